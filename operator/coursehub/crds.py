@@ -49,6 +49,11 @@ def _structural(node: dict, defs: dict) -> dict:
             raise ValueError(f"cannot express {options} structurally")
     for k in _DROP:
         node.pop(k, None)
+    # JSON Schema's numeric exclusive bounds are OpenAPI 3.0's boolean flags.
+    for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if isinstance(node.get(flag), (int, float)) and not isinstance(node.get(flag), bool):
+            node[bound] = node.pop(flag)
+            node[flag] = True
     if "enum" in node and "type" not in node:
         node["type"] = "string"
     if "const" in node:

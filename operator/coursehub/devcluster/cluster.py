@@ -202,7 +202,7 @@ class DevCluster:
             self.binaries["kube-controller-manager"], f"--kubeconfig={self.kubeconfig}",
             f"--service-account-private-key-file={k / 'sa.key'}", f"--root-ca-file={k / 'ca.crt'}",
             "--use-service-account-credentials=true", "--leader-elect=false", "--bind-address=127.0.0.1",
-            "--secure-port=0", "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller",
+            "--secure-port=0", "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
             "--concurrent-gc-syncs=5", "--v=1",
         ]
 
@@ -276,7 +276,7 @@ class DevCluster:
         res = subprocess.run([self.binaries["kubectl"], *args], input=input, capture_output=True, text=True,
                              env=self.env())
         if check and res.returncode != 0:
-            raise subprocess.CalledProcessError(res.returncode, res.args, res.stdout, res.stderr)
+            raise KubectlError(res.returncode, res.args, res.stdout, res.stderr)
         return res
 
     def _write_kubeconfig(self) -> None:
@@ -308,6 +308,11 @@ class DevCluster:
             for b in comp.binaries:
                 c.binaries[b] = str(comp.path(b))
         return c
+
+
+class KubectlError(subprocess.CalledProcessError):
+    def __str__(self) -> str:
+        return f"kubectl {' '.join(self.cmd[1:])} failed ({self.returncode}): {self.stderr.strip()}"
 
 
 def _alive(pid: int) -> bool:

@@ -1,0 +1,66 @@
+"""Pure helpers for metav1.Condition lists: set, merge, summarise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .api.common import now_rfc3339
+
+
+@dataclass(frozen=True)
+class Cond:
+    """A condition as computed (no timestamps yet)."""
+
+    type: str
+    status: bool | None  # None is Unknown
+    reason: str
+    message: str = ""
+
+    @property
+    def status_text(self) -> str:
+        return "Unknown" if self.status is None else ("True" if self.status else "False")
+
+
+def merge(old: list[dict] | None, new: list[Cond], generation: int | None, now: str | None = None) -> list[dict]:
+    """The new condition list; lastTransitionTime moves only when a status flips.
+
+    Conditions of types not in `new` are kept as they were (another writer may own them).
+    """
+    now = now or now_rfc3339()
+    by_type = {c["type"]: c for c in (old or [])}
+    out = dict(by_type)
+    for c in new:
+        prev = by_type.get(c.type)
+        ltt = prev["lastTransitionTime"] if prev and prev.get("status") == c.status_text else now
+        entry = {"type": c.type, "status": c.status_text, "reason": c.reason, "message": c.message,
+                 "lastTransitionTime": ltt}
+        if generation is not None:
+            entry["observedGeneration"] = generation
+        out[c.type] = entry
+    return sorted(out.values(), key=lambda c: (c["type"] != "Ready", c["type"]))
+
+
+def same_ignoring_time(a: list[dict] | None, b: list[dict] | None) -> bool:
+    def strip(cs):
+        return sorted(({k: v for k, v in c.items() if k != "lastTransitionTime"} for c in cs or []),
+                      key=lambda c: c["type"])
+    return strip(a) == strip(b)
+
+
+def summary(conds: list[Cond], *, required: tuple[str, ...], ready_message: str) -> Cond:
+    """Ready is True when every required condition is True; else the first failing one explains it."""
+    by_type = {c.type: c for c in conds}
+    for t in required:
+        c = by_type.get(t)
+        if c is None:
+            return Cond("Ready", None, "Pending", f"{t} not evaluated yet")
+        if c.status is not True:
+            return Cond("Ready", False if c.status is False else None, c.reason, f"{t}: {c.message}")
+    return Cond("Ready", True, "Ready", ready_message)
+
+
+def find(conditions: list[dict] | None, type_: str) -> dict | None:
+    for c in conditions or []:
+        if c.get("type") == type_:
+            return c
+    return None

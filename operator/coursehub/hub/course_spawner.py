@@ -1,0 +1,708 @@
+"""coursehub's code inside the JupyterHub hub: course launch links -> allowlisted images.
+
+This file is embedded verbatim as a ``hub.extraConfig`` entry of the z2jh Helm values
+(see ``coursehub.hub.extra_config_snippets``) and is also importable as
+``coursehub.hub.course_spawner`` for tests. It may import only what the z2jh hub image
+ships (jupyterhub, kubespawner, kubernetes_asyncio, tornado, traitlets, stdlib) and
+never ``coursehub``. No ``from __future__`` import: a settings line is prepended to
+this text when it is embedded, and such an import must be the first statement.
+
+Flow of a launch link ``/hub/tmplogin?course=<slug>&notebook=<path>``:
+
+1. ``CourseTmpLoginHandler`` checks the course against the live allowlist *before*
+   creating a temporary user, so an unoffered course is refused with HTTP 404 and
+   leaves no user behind; otherwise it logs in a fresh user and redirects to
+   ``/hub/spawn?course=...&notebook=...`` (only the known launch keys are carried).
+2. ``CourseSpawner.options_from_query`` reduces the query to the known keys.
+3. ``CourseSpawner.load_user_options`` (called by KubeSpawner at the top of ``_start``)
+   re-reads the allowlist (cached <= ``ALLOWLIST_TTL_SECONDS``), resolves the course
+   and sets image, default URL, resources and GPU scheduling.
+
+Everything that decides is a pure function (``normalize_options``,
+``validate_notebook``, ``parse_allowlist``, ``plan_launch``, ``merge_traits``); the
+classes only do I/O and assignment.
+"""
+
+import asyncio
+import json
+import logging
+import os
+import re
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping, Optional
+from urllib.parse import quote, unquote, urlencode
+
+from kubespawner import KubeSpawner
+from tmpauthenticator import TmpAuthenticateHandler, TmpAuthenticator
+from tornado import web
+from traitlets import default
+
+# The module name under which tests import this file; anything else means we were
+# exec'd by z2jh's jupyterhub_config.py (where __name__ resolves to "builtins").
+_MODULE_NAME = "coursehub.hub.course_spawner"
+
+log = logging.getLogger("coursehub.hub")
+
+ALLOWLIST_CONFIGMAP = "coursehub-allowlist"
+ALLOWLIST_KEY = "allowlist.json"
+# Contract: changes must apply within 5 s; 1 s TTL leaves room for API latency.
+ALLOWLIST_TTL_SECONDS = 1.0
+SERVICE_ACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+# Only these request keys are ever read; everything else (tag, image, profile, ...)
+# is dropped before it can reach the spawner.
+LAUNCH_KEYS = ("course", "notebook", "gpu")
+# The system this replaces used needs_gpu; old links keep working.
+GPU_ALIASES = ("gpu", "needs_gpu")
+MAX_COURSE_LEN = 253
+MAX_NOTEBOOK_LEN = 512
+MAX_RAW_VALUE_LEN = 4096
+TRUTHY = frozenset({"1", "true", "yes", "y", "on"})
+DIGEST_PINNED = re.compile(r"^[^\s@]+@sha256:[0-9a-f]{64}$")
+GPU_MODES = ("none", "required", "optional")
+
+
+class CourseRefused(Exception):
+    """A spawn request that must not start anything; ``status`` is the HTTP code."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class AllowlistError(ValueError):
+    """The allowlist document is not in the contract's shape."""
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    node_selector: Mapping[str, str]
+    tolerations: tuple
+    resource: str = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True)
+class Course:
+    key: str
+    course: str
+    image: str
+    display_name: str = ""
+    gpu: str = "none"
+    default_notebook: Optional[str] = None
+    mem_limit: Optional[int] = None
+    mem_guarantee: Optional[int] = None
+    cpu_limit: Optional[float] = None
+    cpu_guarantee: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class Allowlist:
+    courses: Mapping[str, Course] = field(default_factory=dict)
+    default: Optional[str] = None
+    on_unknown: str = "default"
+    gpu: Optional[GpuConfig] = None
+    hub: str = ""
+    # False when the ConfigMap does not exist (nothing published yet).
+    published: bool = True
+
+    def images(self) -> frozenset:
+        return frozenset(c.image for c in self.courses.values())
+
+
+_MEM_UNITS = {
+    "": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4,
+    "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4,
+}
+_MEM_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]I?)?B?\s*$", re.IGNORECASE)
+
+
+def parse_memory(value: Any) -> Optional[int]:
+    """Bytes from ``8G``/``512Mi``/an int; units are 1024-based like JupyterHub's
+    ByteSpecification (so ``4G`` means what z2jh's singleuser.memory means)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return int(value) if value > 0 else None
+    m = _MEM_RE.match(str(value))
+    if not m:
+        raise ValueError(f"not a memory quantity: {value!r}")
+    n = int(float(m.group(1)) * _MEM_UNITS[(m.group(2) or "").upper()])
+    return n if n > 0 else None
+
+
+def parse_cpu(value: Any) -> Optional[float]:
+    """Cores from ``0.5``/``500m``/a number."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value) if value > 0 else None
+    s = str(value).strip()
+    n = float(s[:-1]) / 1000 if s.endswith("m") else float(s)
+    return n if n > 0 else None
+
+
+def _course_from_json(key: str, raw: Mapping) -> Course:
+    image = raw.get("image")
+    if not isinstance(image, str) or not DIGEST_PINNED.match(image):
+        # Contract: images are always digest-pinned; anything else is not trusted.
+        raise AllowlistError(f"course {key!r}: image is not digest-pinned: {image!r}")
+    gpu = raw.get("gpu") or "none"
+    if gpu not in GPU_MODES:
+        raise AllowlistError(f"course {key!r}: gpu must be one of {GPU_MODES}, got {gpu!r}")
+    res = raw.get("resources") or {}
+    mem = res.get("memory") or {}
+    cpu = res.get("cpu") or {}
+    nb = raw.get("defaultNotebook")
+    return Course(
+        key=key,
+        course=str(raw.get("course") or key),
+        image=image,
+        display_name=str(raw.get("displayName") or ""),
+        gpu=gpu,
+        default_notebook=nb if isinstance(nb, str) and nb else None,
+        mem_limit=parse_memory(mem.get("limit")),
+        mem_guarantee=parse_memory(mem.get("guarantee")),
+        cpu_limit=parse_cpu(cpu.get("limit")),
+        cpu_guarantee=parse_cpu(cpu.get("guarantee")),
+    )
+
+
+def parse_allowlist(text: str, *, on_bad_course: Optional[Callable[[str], None]] = None) -> Allowlist:
+    """Parse the ``allowlist.json`` document (docs/CONTRACTS.md).
+
+    A malformed course entry is dropped (reported through ``on_bad_course``) rather
+    than failing the whole list: one bad course must not take every course down.
+    A malformed document raises ``AllowlistError``.
+    """
+    try:
+        doc = json.loads(text)
+    except (TypeError, ValueError) as e:
+        raise AllowlistError(f"allowlist is not JSON: {e}") from None
+    if not isinstance(doc, dict) or doc.get("version") != 1:
+        raise AllowlistError("allowlist must be an object with version 1")
+    raw_courses = doc.get("courses") or {}
+    if not isinstance(raw_courses, dict):
+        raise AllowlistError("allowlist.courses must be an object")
+    courses = {}
+    for key, raw in raw_courses.items():
+        try:
+            if not isinstance(raw, dict):
+                raise AllowlistError(f"course {key!r} is not an object")
+            # Keys are lower-cased by contract; lower again so a hand edit still matches.
+            courses[str(key).lower()] = _course_from_json(str(key).lower(), raw)
+        except (AllowlistError, ValueError) as e:
+            if on_bad_course:
+                on_bad_course(str(e))
+    on_unknown = doc.get("onUnknown") or "default"
+    if on_unknown not in ("default", "reject"):
+        raise AllowlistError(f"onUnknown must be default or reject, got {on_unknown!r}")
+    dflt = doc.get("default")
+    dflt = str(dflt).lower() if dflt else None
+    gpu = None
+    g = doc.get("gpu")
+    if isinstance(g, dict):
+        sel = g.get("nodeSelector") or {}
+        tol = g.get("tolerations") or []
+        if not isinstance(sel, dict) or not isinstance(tol, list):
+            raise AllowlistError("allowlist.gpu has the wrong shape")
+        gpu = GpuConfig(
+            node_selector={str(k): str(v) for k, v in sel.items()},
+            tolerations=tuple(dict(t) for t in tol if isinstance(t, dict)),
+            resource=str(g.get("resource") or "nvidia.com/gpu"),
+        )
+    return Allowlist(courses=courses, default=dflt, on_unknown=on_unknown, gpu=gpu,
+                     hub=str(doc.get("hub") or ""))
+
+
+# ------------------------------------------------------------------ request options
+
+
+def _first_scalar(value: Any) -> Optional[str]:
+    """One string from a query value (list of str), a form value or a JSON value."""
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return None
+        value = value[0]
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        return None
+    if len(value) > MAX_RAW_VALUE_LEN:
+        return None
+    return value
+
+
+def normalize_options(raw: Any) -> dict:
+    """Reduce query arguments / form data / REST ``user_options`` to the launch keys.
+
+    Returns a dict with at most ``course`` (str), ``notebook`` (str) and ``gpu``
+    (bool). Every other key is dropped here, so ``tag``, ``image``, ``profile`` and
+    friends can never reach the spawner. Idempotent.
+    """
+    out: dict = {}
+    if not isinstance(raw, Mapping):
+        return out
+    course = _first_scalar(raw.get("course"))
+    if course is not None:
+        course = course.strip()
+        if course:
+            out["course"] = course[:MAX_COURSE_LEN + 1]
+    notebook = _first_scalar(raw.get("notebook"))
+    if notebook is not None and notebook.strip():
+        out["notebook"] = notebook
+    for alias in GPU_ALIASES:
+        if alias in raw:
+            flag = _first_scalar(raw.get(alias))
+            if flag is not None:
+                out["gpu"] = flag.strip().lower() in TRUTHY
+                break
+    return out
+
+
+def validate_notebook(value: Any) -> Optional[str]:
+    """The notebook path to open, or None when it is not a safe relative ``.ipynb`` path.
+
+    The value is percent-decoded until stable (a link may be encoded twice, and a
+    double-encoded ``..`` must not slip through), then must be a relative path of
+    plain segments (no ``..``/``.``/empty segment, no backslash, no control
+    characters, no ``~`` home reference) ending in ``.ipynb``, at most
+    ``MAX_NOTEBOOK_LEN`` characters.
+    """
+    if not isinstance(value, str):
+        return None
+    path = value
+    for _ in range(4):
+        try:
+            decoded = unquote(path, errors="strict") if "%" in path else path
+        except UnicodeDecodeError:
+            return None
+        if decoded == path:
+            break
+        path = decoded
+    else:
+        return None  # still changing after several rounds: refuse rather than guess
+    path = path.strip()
+    if not path or len(path) > MAX_NOTEBOOK_LEN:
+        return None
+    if path.startswith(("/", "~")) or "\\" in path or "%" in path:
+        return None
+    if any(unicodedata.category(ch).startswith("C") for ch in path):
+        return None
+    segments = path.split("/")
+    if any(s in ("", ".", "..") for s in segments):
+        return None
+    if not path.endswith(".ipynb") or segments[-1] == ".ipynb":
+        return None
+    return path
+
+
+def notebook_url(path: str) -> str:
+    """JupyterLab URL (relative to the server) that opens ``path``."""
+    return "/lab/tree/" + quote(path, safe="/")
+
+
+# ---------------------------------------------------------------------- the decision
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """What a spawn request resolves to. ``None`` fields keep the hub's default."""
+
+    course: Course
+    image: str
+    default_url: Optional[str] = None
+    gpu: bool = False
+    mem_limit: Optional[int] = None
+    mem_guarantee: Optional[int] = None
+    cpu_limit: Optional[float] = None
+    cpu_guarantee: Optional[float] = None
+    gpu_node_selector: Mapping[str, str] = field(default_factory=dict)
+    gpu_tolerations: tuple = ()
+    gpu_resource: Optional[str] = None
+    notes: tuple = ()  # log lines (ignored notebook, defaulted course, ...)
+
+
+def _printable(s: str, limit: int = 80) -> str:
+    """A requested value made safe to echo in a message or log line."""
+    s = "".join(ch for ch in s if not unicodedata.category(ch).startswith("C"))
+    return s if len(s) <= limit else s[:limit] + "..."
+
+
+def resolve_course(allowlist: Allowlist, requested: Optional[str]) -> tuple:
+    """(Course, note) for a requested slug, applying the hub's onUnknown policy."""
+    if not allowlist.published:
+        raise CourseRefused(503, "No courses are published on this hub yet.")
+    if requested:
+        found = allowlist.courses.get(requested.strip().lower())
+        if found is not None:
+            return found, None
+        shown = _printable(requested)
+        if allowlist.on_unknown == "default" and allowlist.default in allowlist.courses:
+            return (allowlist.courses[allowlist.default],
+                    f"course {shown!r} is not offered; using default course {allowlist.default!r}")
+        raise CourseRefused(404, f"The course '{shown}' is not offered on this hub.")
+    if allowlist.default in allowlist.courses:
+        return allowlist.courses[allowlist.default], "no course requested; using the default course"
+    raise CourseRefused(400, "No course was requested. Use a course launch link.")
+
+
+def plan_launch(allowlist: Allowlist, options: Any) -> LaunchPlan:
+    """Pure: allowlist + raw request options -> LaunchPlan, or CourseRefused.
+
+    The image always comes from ``allowlist.courses[...]``; no option is consulted for it.
+    """
+    opts = normalize_options(options)
+    course, note = resolve_course(allowlist, opts.get("course"))
+    notes = [note] if note else []
+
+    default_url = None
+    if "notebook" in opts:
+        nb = validate_notebook(opts["notebook"])
+        if nb is None:
+            notes.append(f"ignoring invalid notebook {_printable(opts['notebook'])!r}")
+        else:
+            default_url = notebook_url(nb)
+    if default_url is None and course.default_notebook:
+        nb = validate_notebook(course.default_notebook)
+        if nb is not None:
+            default_url = notebook_url(nb)
+        else:
+            notes.append(f"ignoring invalid defaultNotebook of course {course.key!r}")
+
+    wants_gpu = course.gpu == "required" or (course.gpu == "optional" and opts.get("gpu") is True)
+    if course.gpu == "none" and opts.get("gpu") is True:
+        notes.append(f"course {course.key!r} has no GPU; ignoring gpu request")
+    gpu_kw: dict = {}
+    if wants_gpu:
+        if allowlist.gpu is None:
+            raise CourseRefused(503, f"The course '{course.course}' needs a GPU, and this hub has no GPU nodes.")
+        gpu_kw = dict(
+            gpu_node_selector=dict(allowlist.gpu.node_selector),
+            gpu_tolerations=tuple(allowlist.gpu.tolerations),
+            gpu_resource=allowlist.gpu.resource,
+        )
+    return LaunchPlan(
+        course=course,
+        image=course.image,
+        default_url=default_url,
+        gpu=wants_gpu,
+        mem_limit=course.mem_limit,
+        mem_guarantee=course.mem_guarantee,
+        cpu_limit=course.cpu_limit,
+        cpu_guarantee=course.cpu_guarantee,
+        notes=tuple(notes),
+        **gpu_kw,
+    )
+
+
+# Spawner traits a plan may change; snapshotted so a reused spawner starts clean.
+PLANNED_TRAITS = (
+    "image", "default_url", "mem_limit", "mem_guarantee", "cpu_limit", "cpu_guarantee",
+    "node_affinity_required", "tolerations", "extra_resource_limits",
+    "extra_resource_guarantees",
+)
+
+
+def merge_traits(baseline: Mapping[str, Any], plan: LaunchPlan) -> dict:
+    """Pure: hub defaults (``baseline``) + plan -> new values for ``PLANNED_TRAITS``."""
+    new = {k: baseline.get(k) for k in PLANNED_TRAITS}
+    new["image"] = plan.image
+    if plan.default_url is not None:
+        new["default_url"] = plan.default_url
+    for name in ("mem_limit", "mem_guarantee", "cpu_limit", "cpu_guarantee"):
+        value = getattr(plan, name)
+        if value is not None:
+            new[name] = value
+    new["node_affinity_required"] = [dict(t) for t in (baseline.get("node_affinity_required") or [])]
+    new["tolerations"] = [dict(t) for t in (baseline.get("tolerations") or [])]
+    new["extra_resource_limits"] = dict(baseline.get("extra_resource_limits") or {})
+    new["extra_resource_guarantees"] = dict(baseline.get("extra_resource_guarantees") or {})
+    if plan.gpu:
+        exprs = [{"key": k, "operator": "In", "values": [v]} for k, v in sorted(plan.gpu_node_selector.items())]
+        terms = new["node_affinity_required"]
+        if exprs:
+            if terms:
+                # Required terms are ORed by Kubernetes: add the GPU expressions to
+                # every term (AND), or a hub term would let the pod land elsewhere.
+                for t in terms:
+                    t["matchExpressions"] = list(t.get("matchExpressions") or []) + exprs
+            else:
+                terms.append({"matchExpressions": exprs})
+        for tol in plan.gpu_tolerations:
+            if tol not in new["tolerations"]:
+                new["tolerations"].append(dict(tol))
+        new["extra_resource_limits"][plan.gpu_resource] = "1"
+        new["extra_resource_guarantees"][plan.gpu_resource] = "1"
+    return new
+
+
+# --------------------------------------------------------------- live allowlist read
+
+
+@dataclass
+class _Entry:
+    allowlist: Allowlist
+    fetched_at: float
+    version: Optional[str]
+
+
+class AllowlistCache:
+    """The allowlist, read through the Kubernetes API at most once per ``ttl``.
+
+    Concurrent lookups share one in-flight read, an unchanged resourceVersion skips
+    re-parsing, and when the API fails the last good copy is served (a spawn should
+    not fail because of an API blip). ``reads`` counts API reads for the benchmark.
+    """
+
+    def __init__(self, ttl: float = ALLOWLIST_TTL_SECONDS, clock: Callable[[], float] = time.monotonic):
+        self.ttl = ttl
+        self.clock = clock
+        self.reads = 0
+        self.lookups = 0
+        self._entries: dict = {}
+        self._inflight: dict = {}
+
+    async def get(self, key: Any, fetch: Callable[[], Awaitable[tuple]]) -> Allowlist:
+        """``fetch()`` returns ``(text or None when the ConfigMap is absent, version)``."""
+        self.lookups += 1
+        entry = self._entries.get(key)
+        if entry is not None and self.clock() - entry.fetched_at < self.ttl:
+            return entry.allowlist
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._refresh(key, fetch, entry))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        return await asyncio.shield(task)
+
+    async def _refresh(self, key, fetch, entry: Optional[_Entry]) -> Allowlist:
+        self.reads += 1
+        try:
+            text, version = await fetch()
+        except Exception as e:
+            if entry is not None:
+                log.warning("coursehub: allowlist read failed (%s); serving the last good copy", e)
+                return entry.allowlist
+            raise CourseRefused(503, "The course list is unavailable right now; try again shortly.") from e
+        now = self.clock()
+        if entry is not None and version is not None and version == entry.version:
+            entry.fetched_at = now
+            return entry.allowlist
+        if text is None:
+            allowlist = Allowlist(published=False)
+        else:
+            try:
+                allowlist = parse_allowlist(text, on_bad_course=lambda m: log.warning("coursehub: dropping %s", m))
+            except AllowlistError as e:
+                if entry is not None:
+                    log.error("coursehub: invalid allowlist (%s); serving the last good copy", e)
+                    return entry.allowlist
+                raise CourseRefused(503, "The course list is unavailable right now; try again shortly.") from e
+        self._entries[key] = _Entry(allowlist, now, version)
+        return allowlist
+
+
+ALLOWLIST_CACHE = AllowlistCache()
+
+
+def hub_namespace(fallback: Optional[str] = None) -> str:
+    """The namespace of the allowlist: explicit env, the pod's own, else ``fallback``."""
+    for env in ("COURSEHUB_ALLOWLIST_NAMESPACE", "POD_NAMESPACE"):
+        if os.environ.get(env):
+            return os.environ[env]
+    try:
+        with open(SERVICE_ACCOUNT_NAMESPACE_FILE) as f:
+            ns = f.read().strip()
+        if ns:
+            return ns
+    except OSError:
+        pass
+    return fallback or "default"
+
+
+class AllowlistSource:
+    """Where the hub reads the allowlist: ConfigMap name + namespace + an API client."""
+
+    def __init__(self, configmap: str = ALLOWLIST_CONFIGMAP, namespace: Optional[str] = None,
+                 cache: AllowlistCache = ALLOWLIST_CACHE):
+        self.configmap = configmap
+        self.namespace = namespace
+        self.cache = cache
+        self.api = None  # a kubernetes_asyncio CoreV1Api; set by the first spawner
+
+    def _core_api(self):
+        if self.api is None:
+            # Before any spawner exists (the login handler runs first), build the
+            # same shared client KubeSpawner would.
+            from kubespawner.clients import load_config, shared_client
+
+            load_config()
+            self.api = shared_client("CoreV1Api")
+        return self.api
+
+    async def _fetch(self) -> tuple:
+        from kubernetes_asyncio.client.rest import ApiException
+
+        api = self._core_api()
+        try:
+            cm = await api.read_namespaced_config_map(self.configmap, self.namespace, _request_timeout=5)
+        except ApiException as e:
+            if e.status == 404:
+                return None, None
+            raise
+        data = cm.data or {}
+        return data.get(ALLOWLIST_KEY), cm.metadata.resource_version
+
+    async def current(self) -> Allowlist:
+        if not self.namespace:
+            self.namespace = hub_namespace()
+        return await self.cache.get((self.namespace, self.configmap), self._fetch)
+
+
+SOURCE = AllowlistSource()
+
+
+# --------------------------------------------------------------------- hub classes
+
+
+class CourseSpawner(KubeSpawner):
+    """KubeSpawner whose image, default URL, resources and GPU scheduling come only
+    from the course allowlist.
+
+    Why ``load_user_options`` (and not the JupyterHub 5.3 ``apply_user_options`` hook
+    or ``start``): KubeSpawner calls ``load_user_options`` at the top of ``_start``,
+    after every configurable hook (``apply_user_options``, ``pre_spawn_hook``, group
+    overrides) has run and just before the pod manifest is built, so nothing later
+    can replace the image we set. It is KubeSpawner's documented extension point for
+    subclasses, it is a method (a config value cannot swap it out, whereas
+    ``apply_user_options`` is a configurable trait), and by not calling
+    ``super()`` the ``profile`` option is never applied, so no profile_list entry can
+    override the image either. ``apply_user_options`` defaults to a no-op here only
+    so that JupyterHub does not warn about "unhandled" options.
+    """
+
+    _coursehub_baseline = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if SOURCE.api is None and getattr(self, "api", None) is not None:
+            SOURCE.api = self.api
+        if not SOURCE.namespace:
+            SOURCE.namespace = hub_namespace(self.namespace)
+
+    @default("apply_user_options")
+    def _coursehub_apply_user_options_default(self):
+        return _accept_user_options
+
+    def options_from_query(self, query_data):
+        # Store only the launch keys in the hub database, never the rest of the query.
+        return normalize_options(query_data)
+
+    async def load_user_options(self):
+        allowlist = await SOURCE.current()
+        try:
+            plan = plan_launch(allowlist, self.user_options or {})
+        except CourseRefused as e:
+            self.log.warning("coursehub: refusing spawn for %s: %s", self._log_name, e.message)
+            raise web.HTTPError(e.status, e.message) from None
+        for note in plan.notes:
+            self.log.info("coursehub: %s: %s", self._log_name, note)
+        if self._coursehub_baseline is None:
+            self._coursehub_baseline = {k: _copy(getattr(self, k)) for k in PLANNED_TRAITS}
+        for name, value in merge_traits(self._coursehub_baseline, plan).items():
+            setattr(self, name, value)
+        self.log.info(
+            "coursehub: %s -> course %r image %s gpu=%s default_url=%s",
+            self._log_name, plan.course.key, plan.image, plan.gpu, self.default_url,
+        )
+
+
+def _accept_user_options(spawner, user_options):
+    """Options are applied in ``CourseSpawner.load_user_options``; nothing to do here."""
+
+
+def _copy(value):
+    if isinstance(value, list):
+        return [dict(v) if isinstance(v, dict) else v for v in value]
+    if isinstance(value, dict):
+        return dict(value)
+    return value
+
+
+def launch_query(query_arguments: Mapping) -> dict:
+    """Query for ``/hub/spawn`` built from a tmplogin request's query (launch keys only)."""
+    opts = normalize_options(query_arguments)
+    q = {}
+    if "course" in opts:
+        q["course"] = opts["course"]
+    if "notebook" in opts:
+        q["notebook"] = opts["notebook"]
+    if opts.get("gpu"):
+        q["gpu"] = "true"
+    return q
+
+
+class CourseTmpLoginHandler(TmpAuthenticateHandler):
+    """``/hub/tmplogin`` that carries ``course``/``notebook``/``gpu`` to the spawn."""
+
+    async def get(self):
+        query = launch_query(self.request.query_arguments)
+        if "course" in query:
+            try:
+                resolve_course(await SOURCE.current(), query["course"])
+            except CourseRefused as e:
+                if e.status == 404:
+                    # Refuse before creating a temporary user for a course we don't offer.
+                    self.log.warning("coursehub: tmplogin refused: %s", e.message)
+                    raise web.HTTPError(e.status, e.message) from None
+                # Anything else (list unavailable, ...) is decided again at spawn time.
+        return await super().get()
+
+    def get_next_url(self, user=None, default=None):
+        query = launch_query(self.request.query_arguments)
+        if query:
+            return self.hub.base_url + "spawn?" + urlencode(query)
+        return super().get_next_url(user, default)
+
+
+class CourseTmpAuthenticator(TmpAuthenticator):
+    """TmpAuthenticator whose login link keeps the course launch parameters."""
+
+    def get_handlers(self, app):
+        return [("/tmplogin", CourseTmpLoginHandler)]
+
+
+# ------------------------------------------------------------------- configuration
+
+_TMP_NAMES = {"tmp", "tmpauthenticator", "tmpauthenticator.tmpauthenticator"}
+
+
+def configure_hub(c, *, allowlist_configmap: Optional[str] = None) -> None:
+    """Point a JupyterHub config ``c`` at the course spawner (and the course-aware
+    tmp login when tmpauthenticator is the configured authenticator)."""
+    SOURCE.configmap = (allowlist_configmap or os.environ.get("COURSEHUB_ALLOWLIST_CONFIGMAP")
+                        or ALLOWLIST_CONFIGMAP)
+    configured_ns = c.KubeSpawner.get("namespace") if "KubeSpawner" in c else None
+    SOURCE.namespace = hub_namespace(configured_ns if isinstance(configured_ns, str) else None)
+    c.JupyterHub.spawner_class = CourseSpawner
+    auth = c.JupyterHub.get("authenticator_class") if "JupyterHub" in c else None
+    if auth is TmpAuthenticator or (isinstance(auth, str) and auth.lower() in _TMP_NAMES):
+        c.JupyterHub.authenticator_class = CourseTmpAuthenticator
+
+
+# When z2jh's jupyterhub_config.py exec's this text, `c` and `get_config` are globals.
+if __name__ != _MODULE_NAME and "c" in globals() and "get_config" in globals():
+    configure_hub(c, **dict(globals().get("COURSEHUB_SETTINGS") or {}))  # noqa: F821

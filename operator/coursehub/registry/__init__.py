@@ -1,0 +1,89 @@
+"""Image resolution: turn ``spec.image`` into an immutable, digest-pinned reference.
+
+``resolve_image`` dispatches private ECR hosts to ``describe_images`` (boto3)
+and every other registry to the OCI distribution API. See docs/registries.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .ecr import resolve_ecr
+from .errors import (
+    REASONS,
+    ImageNotFound,
+    InvalidImageReference,
+    RegistryError,
+    RegistryUnauthorized,
+    RegistryUnreachable,
+    ResolveError,
+)
+from .oci import resolve_oci
+from .reference import (
+    IMAGE_REFERENCE_PATTERN,
+    ImageReference,
+    parse_ecr_host,
+    parse_reference,
+    pinned,
+)
+
+__all__ = [
+    "IMAGE_REFERENCE_PATTERN",
+    "REASONS",
+    "ImageNotFound",
+    "ImageReference",
+    "InvalidImageReference",
+    "RegistryError",
+    "RegistryUnauthorized",
+    "RegistryUnreachable",
+    "ResolveError",
+    "ResolvedImage",
+    "parse_ecr_host",
+    "parse_reference",
+    "pinned",
+    "resolve_image",
+]
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """The outcome of a resolution: what was asked for and the digest it names now."""
+
+    reference: ImageReference
+    digest: str
+
+    @property
+    def repository(self) -> str:
+        """Fully qualified repository, e.g. ``127.0.0.1:5000/courses``."""
+        return self.reference.name
+
+    @property
+    def pinned(self) -> str:
+        """``repository@sha256:...``: what the allowlist publishes."""
+        return pinned(self.reference.name, self.digest)
+
+
+async def resolve_image(
+    ref: str,
+    *,
+    docker_config: Mapping[str, Any] | None = None,
+    ecr_endpoint_url: str | None = None,
+    insecure_registries: Iterable[str] | None = None,
+) -> ResolvedImage:
+    """Resolve ``ref`` (``repo:tag``, ``repo@sha256:...`` or both) to a digest.
+
+    ``docker_config`` is a dockerconfigjson document (the decoded
+    ``.dockerconfigjson`` of a pull Secret); ``ecr_endpoint_url`` overrides the
+    ECR endpoint; ``insecure_registries`` lists hosts spoken to over plain HTTP
+    (default: loopback only). Raises ``ResolveError`` with one of ``REASONS``.
+    """
+    reference = parse_reference(ref)
+    if parse_ecr_host(reference.registry) is not None:
+        digest = await resolve_ecr(reference, endpoint_url=ecr_endpoint_url)
+    else:
+        digest = await resolve_oci(
+            reference, docker_config=docker_config, insecure_registries=insecure_registries
+        )
+    return ResolvedImage(reference=reference, digest=digest)

@@ -1,0 +1,170 @@
+"""Resolution against a real registry (Debian's docker-registry on loopback)."""
+
+import pytest
+
+from coursehub.registry import ResolveError, resolve_image
+
+
+async def resolve_error(ref: str, **kwargs) -> ResolveError:
+    with pytest.raises(ResolveError) as caught:
+        await resolve_image(ref, **kwargs)
+    return caught.value
+
+
+async def test_tag_resolves_to_pushed_digest(oci_registry, unique_repo):
+    digest = oci_registry.push_image(unique_repo, "v1", "first build")
+    resolved = await resolve_image(oci_registry.ref(unique_repo, "v1"))
+    assert resolved.digest == digest
+    assert resolved.repository == f"{oci_registry.host}/{unique_repo}"
+    assert resolved.pinned == f"{oci_registry.host}/{unique_repo}@{digest}"
+
+
+@pytest.mark.parametrize("media", ["oci", "docker"])
+async def test_moved_tag_resolves_to_new_digest(oci_registry, unique_repo, media):
+    ref = oci_registry.ref(unique_repo, "uai_source-uai.1")
+    first = oci_registry.push_image(unique_repo, "uai_source-uai.1", "build 1", media=media)
+    assert (await resolve_image(ref)).digest == first
+    second = oci_registry.push_image(unique_repo, "uai_source-uai.1", "build 2", media=media)
+    assert second != first
+    assert (await resolve_image(ref)).digest == second
+
+
+async def test_digest_reference_is_verified(oci_registry, unique_repo):
+    digest = oci_registry.push_image(unique_repo, "v1", "pinned")
+    resolved = await resolve_image(oci_registry.ref(unique_repo, digest=digest))
+    assert resolved.digest == digest
+    # A tag next to a digest is informational: the digest decides, as for the kubelet.
+    resolved = await resolve_image(oci_registry.ref(unique_repo, "whatever", digest))
+    assert resolved.pinned == f"{oci_registry.host}/{unique_repo}@{digest}"
+
+    missing = "sha256:" + "0" * 64
+    error = await resolve_error(oci_registry.ref(unique_repo, digest=missing))
+    assert error.reason == "ImageNotFound"
+    assert missing in error.message
+
+
+async def test_unknown_tag(oci_registry, unique_repo):
+    oci_registry.push_image(unique_repo, "v1", "exists")
+    error = await resolve_error(oci_registry.ref(unique_repo, "v2"))
+    assert error.reason == "ImageNotFound"
+    assert error.message == (
+        f"tag 'v2' not found in {oci_registry.host}/{unique_repo}; push it or fix spec.image"
+    )
+
+
+async def test_unknown_repository(oci_registry, unique_repo):
+    error = await resolve_error(oci_registry.ref(unique_repo, "v1"))
+    assert error.reason == "ImageNotFound"
+    assert f"repository '{unique_repo}' not found in {oci_registry.host}" in error.message
+
+
+@pytest.mark.parametrize("media", ["oci", "docker"])
+async def test_index_resolves_to_index_digest(oci_registry, unique_repo, media):
+    # Multi-platform tags pin to the index (manifest list), never to one platform.
+    index = oci_registry.push_index(unique_repo, "multi", "multi-arch", media=media)
+    single_amd64 = oci_registry.push_image(unique_repo, None, "multi-arch", platform="linux/amd64", media=media)
+    resolved = await resolve_image(oci_registry.ref(unique_repo, "multi"))
+    assert resolved.digest == index
+    assert resolved.digest != single_amd64
+
+
+async def test_image_copied_by_skopeo(oci_registry, unique_repo):
+    digest = oci_registry.skopeo_copy(unique_repo, "from-layout", "skopeo build")
+    assert (await resolve_image(oci_registry.ref(unique_repo, "from-layout"))).digest == digest
+
+
+async def test_auth_required_without_credentials(oci_registry_auth, unique_repo):
+    oci_registry_auth.push_image(unique_repo, "v1", "private")
+    error = await resolve_error(oci_registry_auth.ref(unique_repo, "v1"))
+    assert error.reason == "RegistryUnauthorized"
+    assert "dockerconfigjson Secret" in error.message
+    # A pull secret for another registry does not help.
+    error = await resolve_error(
+        oci_registry_auth.ref(unique_repo, "v1"),
+        docker_config={"auths": {"other.example.edu": {"username": "u", "password": "p"}}},
+    )
+    assert error.reason == "RegistryUnauthorized"
+
+
+async def test_auth_with_dockerconfigjson(oci_registry_auth, unique_repo):
+    digest = oci_registry_auth.push_image(unique_repo, "v1", "private")
+    resolved = await resolve_image(
+        oci_registry_auth.ref(unique_repo, "v1"), docker_config=oci_registry_auth.docker_config
+    )
+    assert resolved.digest == digest
+    # username/password entries, keyed with a scheme, work the same way.
+    config = {
+        "auths": {
+            f"http://{oci_registry_auth.host}": {
+                "username": oci_registry_auth.username,
+                "password": oci_registry_auth.password,
+            }
+        }
+    }
+    assert (await resolve_image(oci_registry_auth.ref(unique_repo, "v1"), docker_config=config)).digest == digest
+    # Errors behind auth are still precise.
+    error = await resolve_error(
+        oci_registry_auth.ref(unique_repo, "v9"), docker_config=oci_registry_auth.docker_config
+    )
+    assert error.reason == "ImageNotFound"
+
+
+async def test_wrong_credentials(oci_registry_auth, unique_repo):
+    oci_registry_auth.push_image(unique_repo, "v1", "private")
+    error = await resolve_error(
+        oci_registry_auth.ref(unique_repo, "v1"),
+        docker_config={"auths": {oci_registry_auth.host: {"username": oci_registry_auth.username, "password": "wrong"}}},
+    )
+    assert error.reason == "RegistryUnauthorized"
+    assert "rejected the credentials" in error.message
+
+
+async def test_bearer_token_flow(oci_registry_token, unique_repo):
+    registry = oci_registry_token
+    digest = registry.push_image(unique_repo, "v1", "behind a token service")
+    ref = registry.ref(unique_repo, "v1")
+    assert (await resolve_image(ref, docker_config=registry.docker_config)).digest == digest
+    # The token service saw our user and was asked for exactly pull on this repository.
+    assert (registry.username, f"repository:{unique_repo}:pull") in registry.tokens.requests
+
+    # Anonymous: the token grants nothing, so the registry refuses the manifest.
+    error = await resolve_error(ref)
+    assert error.reason == "RegistryUnauthorized"
+    assert "requires credentials" in error.message
+
+    # Wrong password: the token service itself refuses.
+    wrong = {"auths": {registry.host: {"username": registry.username, "password": "wrong"}}}
+    error = await resolve_error(ref, docker_config=wrong)
+    assert error.reason == "RegistryUnauthorized"
+    assert "rejected the credentials" in error.message
+
+    error = await resolve_error(registry.ref(unique_repo, "v2"), docker_config=registry.docker_config)
+    assert error.reason == "ImageNotFound"
+
+
+async def test_registry_down_then_back(oci_registry_factory):
+    registry = oci_registry_factory()
+    digest = registry.push_image("courses/outage", "v1", "survives restarts")
+    ref = registry.ref("courses/outage", "v1")
+    registry.stop()
+    error = await resolve_error(ref)
+    assert error.reason == "RegistryUnreachable"
+    assert registry.host in error.message
+    registry.start()
+    assert (await resolve_image(ref)).digest == digest
+
+
+async def test_insecure_list_replaces_loopback_default(oci_registry, unique_repo):
+    oci_registry.push_image(unique_repo, "v1", "tls")
+    ref = oci_registry.ref(unique_repo, "v1")
+    # With an empty list we insist on TLS, which a plain-HTTP registry cannot speak.
+    error = await resolve_error(ref, insecure_registries=[])
+    assert error.reason == "RegistryError"
+    assert "insecure registries" in error.message
+    assert (await resolve_image(ref, insecure_registries=[oci_registry.host])).digest
+
+
+async def test_invalid_reference_is_not_sent_anywhere():
+    error = await resolve_error("127.0.0.1:1/Courses:x")
+    assert error.reason == "InvalidImageReference"
+    assert "must be lowercase" in error.message
