@@ -1,8 +1,11 @@
 """Resolution against a real registry (Debian's docker-registry on loopback)."""
 
+import socket
+
 import pytest
 
-from coursehub.registry import ResolveError, resolve_image
+from coursehub.registry import ResolveError, parse_reference, resolve_image
+from coursehub.registry.oci import resolve_oci
 
 
 async def resolve_error(ref: str, **kwargs) -> ResolveError:
@@ -168,3 +171,15 @@ async def test_invalid_reference_is_not_sent_anywhere():
     error = await resolve_error("127.0.0.1:1/Courses:x")
     assert error.reason == "InvalidImageReference"
     assert "must be lowercase" in error.message
+
+
+async def test_silent_registry_times_out():
+    # A socket that accepts connections and never answers, like a hung registry.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        host = f"127.0.0.1:{listener.getsockname()[1]}"
+        with pytest.raises(ResolveError) as caught:
+            await resolve_oci(parse_reference(f"{host}/courses/hung:v1"), timeout=0.5)
+    assert caught.value.reason == "RegistryUnreachable"
+    assert "did not answer" in caught.value.message

@@ -54,7 +54,8 @@ class ChartSource(Model):
     version: str | None = Field(None, description="The chart version, e.g. 4.4.1. Pin it: an upgrade happens only "
                                 "when it or the rendered values change.", pattern=CHART_VERSION_PATTERN, max_length=64)
     path: str | None = Field(None, description="A chart directory on the operator's filesystem (for air-gapped "
-                             "installs and tests).", pattern=r"^/\S*$", max_length=1024)
+                             "installs, demos and tests); a relative path is taken from the operator's working "
+                             "directory.", pattern=r"^[^\s]+$", max_length=1024)
 
 
 class SharedPassword(Model):

@@ -40,7 +40,7 @@ DEFAULT_UNTAGGED_DAYS = 7
 _TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class CourseUsage:
     """One course's use of an image in an ECR repository (one CourseImage)."""
 
@@ -160,7 +160,7 @@ def build_repository_policy(
     untagged_days: int = DEFAULT_UNTAGGED_DAYS,
     max_chars: int = MAX_POLICY_CHARS,
 ) -> RepositoryPolicy:
-    usages = sorted(usages)
+    usages = sorted(usages, key=lambda u: (u.key, u.slug, u.tag or "", u.digest or "", u.keep))
     if not usages:
         raise ValueError("no usages: a repository without courses gets no policy from coursehub")
     if len({u.key for u in usages}) != 1:

@@ -18,11 +18,23 @@ SPAWNER_SNIPPET_KEY = "coursehub-20-course-spawner"
 _DATABASE_SNIPPET = """\
 # coursehub: the hub database URL comes from the DATABASE_URL env var, which
 # hub.extraEnv fills from the database Secret (hub.db.type: postgres leaves db_url unset).
+def _coursehub_db_url(url):
+    # A driverless postgres URL means psycopg (3) to SQLAlchemy >= 2.1 but psycopg2
+    # to older ones; name the driver that is installed so either works.
+    import importlib.util
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgres", "postgresql"):
+        for module, driver in (("psycopg2", "psycopg2"), ("psycopg", "psycopg")):
+            if importlib.util.find_spec(module) is not None:
+                return "postgresql+" + driver + "://" + rest
+        return "postgresql://" + rest
+    return url
+
+
 import os as _coursehub_os
 if _coursehub_os.environ.get("DATABASE_URL"):
-    c.JupyterHub.db_url = _coursehub_os.environ["DATABASE_URL"]
+    c.JupyterHub.db_url = _coursehub_db_url(_coursehub_os.environ["DATABASE_URL"])
 """
-
 
 def course_spawner_source() -> str:
     """The text of ``course_spawner.py`` exactly as it ships in the package."""

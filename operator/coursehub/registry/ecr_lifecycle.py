@@ -98,6 +98,8 @@ def apply_lifecycle_policies(
     then the repository name in the caller's own registry). One failure never stops
     the others. ``put_lifecycle_policy`` is called only when the parsed policy in place
     differs. ``endpoint_url`` defaults to ``$COURSEHUB_AWS_ENDPOINT_URL``.
+    ``max_attempts`` counts every try of one call (botocore's standard mode: 3 unless
+    given); the timeouts are in seconds (botocore's defaults: 60).
     """
     endpoint_url = endpoint_url or os.environ.get(ENDPOINT_ENV) or None
     results = {}
@@ -247,7 +249,7 @@ def _client(region, endpoint_url, max_attempts, connect_timeout, read_timeout):
         if client is None:
             retries: dict[str, Any] = {"mode": "standard"}
             if max_attempts is not None:
-                retries["max_attempts"] = max_attempts
+                retries["total_max_attempts"] = max_attempts  # the first try included
             options: dict[str, Any] = {"retries": retries}
             if connect_timeout is not None:
                 options["connect_timeout"] = connect_timeout

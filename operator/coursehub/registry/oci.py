@@ -192,6 +192,9 @@ class _Resolver:
 
     async def _authorize(self, challenge: str) -> None:
         scheme, params = parse_challenge(challenge)
+        if not scheme:
+            # A bare 401 (no challenge) still means "who are you?".
+            raise self._unauthorized(rejected=self.credentials is not None)
         if scheme == "basic":
             if self.credentials is None:
                 raise self._unauthorized(rejected=False)
@@ -241,19 +244,26 @@ class _Resolver:
         )
 
     async def resolve(self) -> str:
+        digest = await self._digest()
+        if self.ref.digest and digest != self.ref.digest:
+            raise RegistryError(
+                f"{self.ref.registry} returned {digest} when asked for {self.ref.digest} in {self.ref.name}"
+            )
+        return digest
+
+    async def _digest(self) -> str:
         response, body = await self.request("HEAD")
         if response.status == 200:
             digest = response.headers.get("Docker-Content-Digest", "")
             if _DIGEST_RE.match(digest):
                 return digest
-            # Some registries omit the header on HEAD: hash the manifest ourselves.
+        if response.status not in (401, 403):
+            # No digest on HEAD (some registries omit it or refuse HEAD), or an error
+            # whose body HEAD cannot carry: GET the manifest and hash it ourselves.
             response, body = await self.request("GET")
             if response.status == 200:
                 digest = response.headers.get("Docker-Content-Digest", "")
                 return digest if _DIGEST_RE.match(digest) else "sha256:" + hashlib.sha256(body).hexdigest()
-        elif response.status == 404 and not body:
-            # HEAD carries no error body; GET brings the registry's error codes.
-            response, body = await self.request("GET")
         if response.status == 404 and "NAME_UNKNOWN" not in _error_codes(body):
             # Many registries say MANIFEST_UNKNOWN for a missing repository too;
             # the tag list tells the two apart, so the message names the right fix.

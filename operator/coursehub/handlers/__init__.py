@@ -1,0 +1,215 @@
+"""kopf wiring: watch events feed the index; long-lived tasks do the work.
+
+Only `on.event` handlers are used, so kopf keeps no state on our objects (no annotations,
+no kopf finalizer): the operator writes status and its own finalizers, nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+
+import kopf
+from pydantic import ValidationError
+
+from ..api.courseimage import CourseImageSpec
+from ..api.jupyterhubdeployment import JupyterHubDeploymentSpec
+from ..desired.courses import CourseRecord, HubRecord
+from ..kube import Kube
+from ..reconcile import courses as course_io
+from ..reconcile import hub as hub_io
+from ..reconcile.hub import HubReconciler
+from ..settings import Settings
+from ..state import Index
+
+log = logging.getLogger(__name__)
+GROUP, VERSION = "coursehub.dev", "v1alpha1"
+
+
+class Runtime:
+    """Everything the handlers share, created at operator start-up."""
+
+    def __init__(self, kube: Kube, settings: Settings):
+        self.kube = kube
+        self.settings = settings
+        self.index = Index()
+        self.resolver = course_io.Resolver(kube, self.index, settings)
+        self.reconcilers: dict[tuple[str, str], HubReconciler] = {}
+        self.deleting: dict[tuple[str, str], asyncio.Task] = {}
+        self.tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        self.tasks.append(asyncio.create_task(self.resolver.run(), name="resolver"))
+
+    async def stop(self) -> None:
+        for r in self.reconcilers.values():
+            await r.stop()
+        for t in [*self.tasks, *self.deleting.values()]:
+            t.cancel()
+        await asyncio.gather(*self.tasks, *self.deleting.values(), return_exceptions=True)
+        await self.kube.close()
+
+    def spawn_deletion(self, key, coro) -> None:
+        if key in self.deleting and not self.deleting[key].done():
+            coro.close()
+            return
+        task = asyncio.create_task(coro, name=f"delete {key}")
+        self.deleting[key] = task
+        task.add_done_callback(lambda t: self.deleting.pop(key, None) if self.deleting.get(key) is t else None)
+
+
+def _meta(body) -> tuple[str, str, dict]:
+    m = body["metadata"]
+    return m["namespace"], m["name"], m
+
+
+def course_record(body: dict, previous: CourseRecord | None) -> CourseRecord | None:
+    ns, name, m = _meta(body)
+    try:
+        spec = CourseImageSpec.model_validate(dict(body.get("spec") or {}))
+    except ValidationError as e:  # the CRD refuses these; an older CRD version might not have
+        log.error("CourseImage %s/%s has an invalid spec: %s", ns, name, e)
+        return None
+    status = body.get("status") or {}
+    # The last good digest survives restarts in status and spec edits in memory: learners keep
+    # getting it until a new one resolves.
+    resolved = previous.resolved_image if previous else status.get("resolvedImage")
+    return CourseRecord(namespace=ns, name=name, uid=m["uid"], created=m.get("creationTimestamp", ""),
+                        generation=m.get("generation", 1), labels=tuple(sorted((m.get("labels") or {}).items())),
+                        spec=spec, resolved_image=resolved, deleting=bool(m.get("deletionTimestamp")))
+
+
+def hub_record(body: dict) -> HubRecord | None:
+    ns, name, m = _meta(body)
+    try:
+        spec = JupyterHubDeploymentSpec.model_validate(dict(body.get("spec") or {}))
+    except ValidationError as e:
+        log.error("JupyterHubDeployment %s/%s has an invalid spec: %s", ns, name, e)
+        return None
+    return HubRecord(namespace=ns, name=name, uid=m["uid"], created=m.get("creationTimestamp", ""),
+                     generation=m.get("generation", 1), spec=spec, deleting=bool(m.get("deletionTimestamp")))
+
+
+def register(registry: kopf.OperatorRegistry, rt_holder: dict, *, watch_namespaces: bool) -> None:
+    def rt() -> Runtime:
+        return rt_holder["runtime"]
+
+    @kopf.on.event(GROUP, VERSION, "courseimages", registry=registry)
+    async def course_event(type, body, **_):
+        r = rt()
+        ns, name, m = _meta(body)
+        key = (ns, name)
+        idx = r.index
+        if type == "DELETED":
+            idx.courses.pop(key, None)
+            idx.raw_courses.pop(key, None)
+            idx.resolutions.pop(key, None)
+            idx.retention.pop(key, None)
+            idx.wake_hubs_for_namespace(ns)
+            return
+        prev = idx.courses.get(key)
+        record = course_record(dict(body), prev)
+        if record is None:
+            return
+        idx.raw_courses[key] = _plain(body)
+        idx.courses[key] = record
+        if record.deleting:
+            r.spawn_deletion(key, course_io.finish_deletion(r.kube, idx, key, idx.raw_courses[key]))
+            return
+        if course_io.FINALIZER not in (m.get("finalizers") or []):
+            await course_io.ensure_finalizer(r.kube, idx.raw_courses[key])
+        if prev is None or prev.generation != record.generation or key not in idx.resolutions:
+            r.resolver.schedule(key)
+        if prev is None or prev.spec != record.spec or prev.labels != record.labels:
+            idx.wake_hubs_for_namespace(ns)
+
+    @kopf.on.event(GROUP, VERSION, "jupyterhubdeployments", registry=registry)
+    async def hub_event(type, body, **_):
+        r = rt()
+        ns, name, m = _meta(body)
+        key = (ns, name)
+        idx = r.index
+        if type == "DELETED":
+            rec = r.reconcilers.pop(key, None)
+            if rec:
+                await rec.stop()
+            idx.hubs.pop(key, None)
+            idx.raw_hubs.pop(key, None)
+            idx.wake_all_hubs()  # a hub waiting on NamespaceTaken may take over
+            return
+        record = hub_record(dict(body))
+        if record is None:
+            return
+        prev = idx.hubs.get(key)
+        idx.raw_hubs[key] = _plain(body)
+        idx.hubs[key] = record
+        if record.deleting:
+            rec = r.reconcilers.pop(key, None)
+            if rec:
+                await rec.stop()
+            owns = _owns_namespace(idx, record)
+            r.spawn_deletion(key, hub_io.finish_deletion(r.kube, idx, key, idx.raw_hubs[key], owns))
+            return
+        if hub_io.FINALIZER not in (m.get("finalizers") or []):
+            await hub_io.ensure_finalizer(r.kube, idx.raw_hubs[key])
+        if key not in r.reconcilers:
+            rec = HubReconciler(r.kube, idx, r.settings, key)
+            r.reconcilers[key] = rec
+            rec.start()
+        elif prev is None or prev.generation != record.generation:
+            idx.wake_hub(key)
+
+    @kopf.on.event("", "v1", "secrets", registry=registry,
+                   when=lambda body, **_: _referenced_secret(rt_holder, body))
+    async def secret_event(body, **_):
+        """A referenced Secret changed (rotation, or it appeared): the hubs that use it look again."""
+        ns, name, _m = _meta(body)
+        for key, hub in rt().index.hubs.items():
+            if hub.namespace == ns and name in _secret_names(hub):
+                rt().index.wake_hub(key)
+
+    if watch_namespaces:
+        @kopf.on.event("", "v1", "namespaces", registry=registry)
+        async def namespace_event(type, body, **_):
+            idx = rt().index
+            name = body["metadata"]["name"]
+            labels = dict(body["metadata"].get("labels") or {})
+            if type == "DELETED":
+                idx.namespace_labels.pop(name, None)
+            elif idx.namespace_labels.get(name) == labels:
+                return
+            else:
+                idx.namespace_labels[name] = labels
+            for key, hub in idx.hubs.items():
+                if hub.spec.courses and hub.spec.courses.namespaces == "Selector":
+                    idx.wake_hub(key)
+
+
+def _owns_namespace(idx: Index, hub: HubRecord) -> bool:
+    others = [h for h in idx.hubs.values() if h.namespace == hub.namespace]
+    return min(others, key=lambda h: (h.created, h.name)).key == hub.key
+
+
+def _secret_names(hub: HubRecord) -> set[str]:
+    from ..desired.secrets import required_secret_keys
+
+    return {name for pairs in required_secret_keys(hub.spec).values() for name, _ in pairs}
+
+
+def _referenced_secret(rt_holder: dict, body) -> bool:
+    r = rt_holder.get("runtime")
+    if r is None:
+        return False
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    return any(h.namespace == ns and name in _secret_names(h) for h in r.index.hubs.values())
+
+
+def _plain(body) -> dict:
+    """A plain-dict copy of a kopf body (it is a live view that changes under us)."""
+    import copy
+
+    return copy.deepcopy(dict(body))
+
+
+__all__ = ["Runtime", "register", "course_record", "hub_record", "replace"]

@@ -1,0 +1,363 @@
+"""The hub's z2jh Helm release: install, upgrade only on a real change, roll back, uninstall.
+
+All Helm work goes through pyhelm3 (the helm binary, driven as a subprocess). The rule
+that matters: nothing that changes the cluster runs unless the chart or the rendered
+values differ from the deployed revision. Each deployed revision carries a fingerprint
+of (chart, values) in its Helm description, so the common no-change case costs one
+read-only `helm status`, also right after an operator restart; when the description has
+no fingerprint (a rollback, a hand-made upgrade) the deployed chart and values are
+compared directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pyhelm3 import Client
+from pyhelm3 import errors as helm_errors
+from pyhelm3.models import Chart, ChartMetadata, ReleaseRevision, ReleaseRevisionStatus
+
+from .api.jupyterhubdeployment import ChartSource
+from .metrics import HELM_OPERATIONS, HELM_SECONDS
+
+FINGERPRINT_PREFIX = "coursehub fingerprint="
+MUTATING = frozenset({"install", "upgrade", "rollback", "uninstall"})
+
+# Failures that repeat for the same chart and values: retrying them would only add
+# revisions (install/upgrade, then rollback) on every reconcile.
+DETERMINISTIC_REASONS = frozenset({"ValuesRejected", "ChartRenderFailed", "ResourceInvalid"})
+
+
+@dataclass(frozen=True)
+class ReleaseOutcome:
+    changed: bool          # True when this call installed or upgraded
+    revision: int
+    chart_version: str
+    status: str            # helm's status, e.g. "deployed"
+    fingerprint: str       # of the chart and values now deployed ("" if unknown)
+    operation: str = "none"  # "none" | "install" | "upgrade"
+
+
+class ReleaseFailed(Exception):
+    """A Helm operation failed; `message` is helm's error, summarised and secret-free."""
+
+    def __init__(self, reason: str, message: str, *, revision: int | None = None):
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+        self.revision = revision  # the revision deployed after the failure, if any
+
+
+# --- pure helpers --------------------------------------------------------------------
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def chart_identity(chart: ChartSource) -> dict:
+    """What identifies a chart source, independent of how it was spelled in the spec."""
+    if chart.path:
+        return {"path": chart.path}
+    ident = {"name": chart.name, "version": chart.version}
+    if chart.repository:
+        ident["repository"] = chart.repository.rstrip("/") + "/"
+    return ident
+
+
+def release_fingerprint(chart: ChartSource, values: dict, chart_version: str | None = None) -> str:
+    """sha256 over the chart source (and the resolved version, for path/unpinned charts) and values."""
+    doc = {"chart": chart_identity(chart), "version": chart_version, "values": values}
+    return "sha256:" + hashlib.sha256(_canonical(doc).encode()).hexdigest()
+
+
+def description_for(fingerprint: str) -> str:
+    return f"{FINGERPRINT_PREFIX}{fingerprint}"
+
+
+def fingerprint_from_description(description: str | None) -> str | None:
+    if description and description.startswith(FINGERPRINT_PREFIX):
+        return description[len(FINGERPRINT_PREFIX):].strip() or None
+    return None
+
+
+def chart_name(chart: ChartSource) -> str | None:
+    """The chart's name as Helm records it (None for a path: read from its Chart.yaml)."""
+    if chart.path:
+        return None
+    assert chart.name is not None
+    return chart.name.rstrip("/").rsplit("/", 1)[-1] if chart.name.startswith("oci://") else chart.name
+
+
+_CREDENTIALS_IN_URL = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@")
+_SECRETISH = re.compile(r"(?i)\b(password|passwd|token|secret)(\s*[=:]\s*)\S+")
+
+
+def summarise_helm_error(stderr: str, *, limit: int = 600) -> str:
+    """helm's error text, one line, without credentials, at most `limit` characters."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    # helm prints the error last ("Error: ..."); warnings before it are noise here.
+    errs = [ln for ln in lines if ln.startswith("Error:")]
+    if errs:
+        start = lines.index(errs[0])
+        lines = lines[start:]
+    text = " ".join(lines)
+    text = re.sub(r"^Error:\s*", "", text)
+    text = re.sub(r"^(UPGRADE FAILED|INSTALLATION FAILED):\s*", "", text)
+    text = _CREDENTIALS_IN_URL.sub(r"\1***@", text)
+    text = _SECRETISH.sub(r"\1\2***", text)
+    text = re.sub(r"\s+", " ", text).strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def classify_helm_error(stderr: str, operation: str) -> str:
+    """A condition reason (CamelCase) for a failed helm command."""
+    s = stderr.lower()
+    if "values don't meet the specifications of the schema" in s:
+        return "ValuesRejected"
+    if "another operation (install/upgrade/rollback) is in progress" in s:
+        return "OperationInProgress"
+    if "kubernetes cluster unreachable" in s or "connection refused" in s or "no such host" in s:
+        return "ClusterUnreachable"
+    if "timed out waiting for the condition" in s or "context deadline exceeded" in s:
+        return "Timeout"
+    if ("execution error at" in s or "parse error" in s or "failed to render" in s
+            or "template: " in s and "error calling" in s):
+        return "ChartRenderFailed"
+    if (re.search(r'chart "[^"]*"( version "[^"]*")? not found', s) or "failed to download" in s or "no chart version found" in s
+            or "no chart name found" in s or "not a valid chart repository" in s
+            or "path " in s and "not found" in s):
+        return "ChartNotFound"
+    if "is invalid" in s:
+        return "ResourceInvalid"
+    if "already exists" in s or "invalid ownership metadata" in s:
+        return "ResourceConflict"
+    return {"install": "InstallFailed", "upgrade": "UpgradeFailed", "uninstall": "UninstallFailed",
+            "rollback": "RollbackFailed"}.get(operation, "HelmError")
+
+
+def _normalise(values: Any) -> Any:
+    # Through JSON, as helm sees them: tuples become lists, 1.0 and 1 compare equal.
+    return json.loads(json.dumps(values or {}))
+
+
+def find_helm() -> str:
+    """The helm binary: $COURSEHUB_HELM, `helm` on PATH, else the dev cluster's build cache."""
+    env = os.environ.get("COURSEHUB_HELM")
+    if env:
+        return env
+    on_path = shutil.which("helm")
+    if on_path:
+        return on_path
+    from .devcluster import build
+
+    cached = build.helm().path("helm")
+    if cached.exists():
+        return str(cached)
+    raise FileNotFoundError("no helm binary: set COURSEHUB_HELM, put helm on PATH, or run `coursehub dev build`")
+
+
+# --- the release handler -------------------------------------------------------------
+
+class HelmReleases:
+    """Release handling for hubs; one instance per operator process.
+
+    `atomic` makes helm roll a failed upgrade back (and remove a failed install); in
+    Helm 3 it also makes helm wait for the release's workloads to be ready, up to
+    `timeout`. `wait` alone asks for that wait without the rollback.
+    """
+
+    def __init__(self, *, executable: str | None = None, kubeconfig: str | Path | None = None,
+                 timeout: str = "5m", atomic: bool = True, wait: bool = False, history_max: int = 10):
+        self.client = Client(executable=executable or find_helm(),
+                             kubeconfig=Path(kubeconfig) if kubeconfig else None,
+                             default_timeout=timeout, history_max_revisions=history_max)
+        self._command = self.client._command  # pyhelm3 exposes status/values only through it
+        self.timeout = timeout
+        self.atomic = atomic
+        self.wait = wait
+        # (operation, result) -> count, for tests and benchmarks in this process.
+        self.operations: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._refused: dict[tuple[str, str], tuple[str, int, ReleaseFailed]] = {}
+
+    @property
+    def mutating_operations(self) -> int:
+        return sum(n for (op, _), n in self.operations.items() if op in MUTATING)
+
+    async def _run(self, operation: str, coro):
+        start = time.monotonic()
+        try:
+            result = await coro
+        except helm_errors.ReleaseNotFoundError:
+            self._count(operation, "not_found", start)
+            raise
+        except helm_errors.Error as e:
+            self._count(operation, "error", start)
+            stderr = e.stderr.decode(errors="replace")
+            raise ReleaseFailed(classify_helm_error(stderr, operation), summarise_helm_error(stderr)) from None
+        except Exception:
+            self._count(operation, "error", start)
+            raise
+        self._count(operation, "ok", start)
+        return result
+
+    def _count(self, operation: str, result: str, start: float) -> None:
+        self.operations[(operation, result)] += 1
+        HELM_OPERATIONS.labels(operation=operation, result=result).inc()
+        HELM_SECONDS.labels(operation=operation).observe(time.monotonic() - start)
+
+    # -- reads
+
+    async def current_revision(self, name: str, namespace: str) -> ReleaseRevision | None:
+        """The latest revision (any status), or None when the release does not exist."""
+        try:
+            status = await self._run("status", self._command.status(name, namespace=namespace))
+        except helm_errors.ReleaseNotFoundError:
+            return None
+        return ReleaseRevision._from_status(status, self._command)
+
+    async def release_status(self, name: str, namespace: str) -> ReleaseOutcome | None:
+        """Read-only: what is deployed now (for status reporting)."""
+        rev = await self.current_revision(name, namespace)
+        if rev is None:
+            return None
+        meta = await rev.chart_metadata()
+        return ReleaseOutcome(False, rev.revision, meta.version, rev.status.value,
+                              fingerprint_from_description(rev.description) or "")
+
+    # -- writes
+
+    async def ensure_release(self, name: str, namespace: str, chart: ChartSource, values: dict) -> ReleaseOutcome:
+        """Make the release run `chart` with exactly `values`; touch nothing if it already does."""
+        key = (namespace, name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            return await self._ensure(name, namespace, chart, _normalise(values))
+
+    async def _ensure(self, name: str, namespace: str, chart: ChartSource, values: dict) -> ReleaseOutcome:
+        key = (namespace, name)
+        local_meta = _read_local_chart(chart.path) if chart.path else None
+        # The version the spec asks for, when it is known without asking a repository.
+        want_version = local_meta.version if local_meta else chart.version
+        want_name = local_meta.name if local_meta else chart_name(chart)
+        fingerprint = release_fingerprint(chart, values, want_version)
+
+        current = await self.current_revision(name, namespace)
+        current = await self._make_proceedable(name, namespace, current)
+
+        refused = self._refused.get(key)
+        if refused and current is not None and refused[0] == fingerprint and refused[1] == current.revision:
+            # Same chart and values already failed against this very revision: do not
+            # churn revisions again. A spec change, a restart or forget_failure() retries.
+            raise refused[2]
+
+        if current is not None and current.status == ReleaseRevisionStatus.DEPLOYED:
+            meta = await current.chart_metadata()
+            if await self._unchanged(current, meta, fingerprint, want_name, want_version, values):
+                return ReleaseOutcome(False, current.revision, meta.version, current.status.value,
+                                      fingerprint_from_description(current.description) or fingerprint)
+
+        pyhelm_chart = await self._resolve_chart(chart, local_meta)
+        if want_version is None:  # an unpinned OCI chart: the fingerprint names what was resolved
+            fingerprint = release_fingerprint(chart, values, pyhelm_chart.metadata.version)
+            if current is not None and current.status == ReleaseRevisionStatus.DEPLOYED:
+                meta = await current.chart_metadata()
+                if await self._unchanged(current, meta, fingerprint, pyhelm_chart.metadata.name,
+                                         pyhelm_chart.metadata.version, values):
+                    return ReleaseOutcome(False, current.revision, meta.version, current.status.value, fingerprint)
+
+        operation = "install" if current is None else "upgrade"
+        try:
+            rev = await self._run(operation, self.client.install_or_upgrade_release(
+                name, pyhelm_chart, values, atomic=self.atomic, wait=self.wait, namespace=namespace,
+                create_namespace=False, description=description_for(fingerprint), timeout=self.timeout))
+        except ReleaseFailed as e:
+            after = await self.current_revision(name, namespace)
+            e.revision = after.revision if after is not None else None
+            if self.atomic and operation == "upgrade" and after is not None:
+                e.message = f"upgrade failed and was rolled back (revision {after.revision}): {e.message}"
+            elif self.atomic and operation == "install":
+                e.message = f"install failed and was removed: {e.message}"
+            if e.reason in DETERMINISTIC_REASONS and after is not None:
+                self._refused[key] = (fingerprint, after.revision, e)
+            raise
+        self._refused.pop(key, None)
+        return ReleaseOutcome(True, rev.revision, pyhelm_chart.metadata.version, rev.status.value,
+                              fingerprint, operation)
+
+    def forget_failure(self, name: str, namespace: str) -> None:
+        """Allow a retry of chart and values that failed before (e.g. after fixing the cluster)."""
+        self._refused.pop((namespace, name), None)
+
+    async def _unchanged(self, current: ReleaseRevision, meta: ChartMetadata, fingerprint: str,
+                         want_name: str | None, want_version: str | None, values: dict) -> bool:
+        if want_version is None:
+            return False
+        if meta.version.lstrip("v") != want_version.lstrip("v") or (want_name and meta.name != want_name):
+            return False
+        if fingerprint_from_description(current.description) == fingerprint:
+            return True
+        # No fingerprint (rolled back, or upgraded by hand): compare what is deployed.
+        deployed = await self._run("get_values", current.values())
+        return _normalise(deployed) == values
+
+    async def _resolve_chart(self, chart: ChartSource, local_meta: ChartMetadata | None) -> Chart:
+        if chart.path:
+            # pyhelm3 would run `helm show chart` for this; the Chart.yaml is right here.
+            return Chart(self._command, ref=Path(chart.path), metadata=local_meta)
+        if chart.repository:
+            return await self._run("show_chart", self.client.get_chart(
+                chart.name, repo=chart.repository, version=chart.version))
+        return await self._run("show_chart", self.client.get_chart(chart.name, version=chart.version))
+
+    async def _make_proceedable(self, name: str, namespace: str,
+                                current: ReleaseRevision | None) -> ReleaseRevision | None:
+        """Finish what an interrupted helm run (e.g. an operator killed mid-upgrade) left behind."""
+        if current is None:
+            return None
+        st = current.status
+        if st in (ReleaseRevisionStatus.PENDING_INSTALL, ReleaseRevisionStatus.UNINSTALLING) or (
+                st == ReleaseRevisionStatus.FAILED and current.revision == 1):
+            # Nothing deployed to go back to: start over.
+            await self._run("uninstall", self._command.uninstall(name, namespace=namespace, wait=True,
+                                                                 timeout=self.timeout))
+            return None
+        if st in (ReleaseRevisionStatus.PENDING_UPGRADE, ReleaseRevisionStatus.PENDING_ROLLBACK):
+            await self._run("rollback", self._command.rollback(name, None, namespace=namespace, cleanup_on_fail=True,
+                                                               wait=True, timeout=self.timeout))
+            return await self.current_revision(name, namespace)
+        return current
+
+    async def uninstall_release(self, name: str, namespace: str, *, wait: bool = False) -> bool:
+        """Remove the release; False when there was none. Never touches the database."""
+        try:
+            await self._run("uninstall", self._command.uninstall(name, namespace=namespace, wait=wait,
+                                                                 timeout=self.timeout))
+        except helm_errors.ReleaseNotFoundError:
+            return False
+        finally:
+            self._refused.pop((namespace, name), None)
+        return True
+
+
+def _read_local_chart(path: str) -> ChartMetadata:
+    chart_yaml = Path(path) / "Chart.yaml"
+    try:
+        data = yaml.safe_load(chart_yaml.read_text())
+    except OSError as e:
+        raise ReleaseFailed("ChartNotFound", f"no chart at {path}: {e.strerror}") from None
+    try:
+        return ChartMetadata(**data)
+    except Exception as e:  # pydantic's error names the bad field
+        raise ReleaseFailed("ChartNotFound", f"{chart_yaml} is not a valid Chart.yaml: {e}") from None

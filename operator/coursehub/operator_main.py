@@ -1,0 +1,84 @@
+"""Start the operator: kopf with our handlers, metrics, liveness, logging."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+
+import kopf
+
+from . import metrics
+from .settings import Settings
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
+               "message": record.getMessage()}
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def configure_logging(json_logs: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if json_logs:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def build_registry(watch_namespaces: bool) -> tuple[kopf.OperatorRegistry, dict]:
+    from .handlers import Runtime, register
+    from .kube import Kube
+
+    registry = kopf.OperatorRegistry()
+    holder: dict = {}
+    settings = Settings()
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_):
+        # Kopf stores nothing on our objects: we use only event handlers.
+        settings.persistence.finalizer = "coursehub.dev/kopf-unused"
+        settings.posting.level = logging.WARNING
+        # A watch that goes silent (API server restarted, a proxy dropped it) is re-opened.
+        settings.watching.server_timeout = 120
+        settings.watching.client_timeout = 150
+        settings.watching.connect_timeout = 10
+        settings.watching.reconnect_backoff = 1.0
+        settings.networking.request_timeout = 30
+        runtime = Runtime(await Kube.from_environment(), Settings())
+        holder["runtime"] = runtime
+        runtime.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_):
+        if "runtime" in holder:
+            await holder["runtime"].stop()
+
+    register(registry, holder, watch_namespaces=watch_namespaces)
+    holder["settings"] = settings
+    return registry, holder
+
+
+def run(*, namespaces: list[str], all_namespaces: bool, liveness: str | None) -> int:
+    settings = Settings()
+    configure_logging(settings.json_logs)
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
+    clusterwide = all_namespaces or not namespaces
+    registry, _holder = build_registry(watch_namespaces=clusterwide)
+    asyncio.run(kopf.operator(
+        registry=registry,
+        clusterwide=clusterwide,
+        namespaces=[] if clusterwide else namespaces,
+        standalone=True,
+        liveness_endpoint=liveness or None,
+    ))
+    return 0

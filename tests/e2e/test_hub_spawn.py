@@ -1,0 +1,262 @@
+"""Course launch links against a real JupyterHub, PostgreSQL, proxy and control plane.
+
+kwok runs the pods but no notebook server ever answers, so each test asserts on the
+pod KubeSpawner created and on the hub's REST API, then stops the server.
+"""
+
+import json
+from urllib.parse import urlencode, urlparse
+
+import pytest
+import requests
+
+from fixtures.jupyterhub import wait_until, z2jh_values
+
+pytestmark = pytest.mark.e2e
+
+GPU_KEY, GPU_VALUE = "ol.mit.edu/gpu_node", "true"
+GPU = {
+    "nodeSelector": {GPU_KEY: GPU_VALUE},
+    "tolerations": [{"key": GPU_KEY, "operator": "Equal", "value": GPU_VALUE, "effect": "NoSchedule"}],
+    "resource": "nvidia.com/gpu",
+}
+
+
+def image_for(slug: str) -> str:
+    return "registry.example/ol-course-notebooks@sha256:" + (slug.encode().hex() * 64)[:64]
+
+
+def course(slug: str, *, gpu: str = "none", **extra) -> dict:
+    return {"course": slug, "image": image_for(slug), "displayName": slug, "gpu": gpu, **extra}
+
+
+BASE_COURSES = {
+    "clustering_and_descriptive_ai": course("clustering_and_descriptive_ai"),
+    "uai_source-uai.1": course("uai_source-uai.1", gpu="required",
+                               resources={"memory": {"limit": "8G", "guarantee": None},
+                                          "cpu": {"limit": None, "guarantee": None}}),
+    "mitxt-6.3710.3x": course("mitxt-6.3710.3x", gpu="optional"),
+}
+
+
+class Allowlist:
+    """Writes the coursehub-allowlist ConfigMap as the operator would (CONTRACTS.md)."""
+
+    def __init__(self, cluster, namespace):
+        self.cluster, self.namespace = cluster, namespace
+
+    def write(self, courses=None, *, on_unknown="default", default="clustering_and_descriptive_ai"):
+        doc = {"version": 1, "hub": "learn", "default": default, "onUnknown": on_unknown, "gpu": GPU,
+               "courses": courses if courses is not None else BASE_COURSES}
+        cm = {"apiVersion": "v1", "kind": "ConfigMap",
+              "metadata": {"name": "coursehub-allowlist", "namespace": self.namespace,
+                           "labels": {"app.kubernetes.io/managed-by": "coursehub", "coursehub.dev/hub": "learn"}},
+              "data": {"allowlist.json": json.dumps(doc, sort_keys=True, separators=(",", ":"))}}
+        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(cm))
+
+
+@pytest.fixture(scope="module")
+def hub_namespace(cluster):
+    name = "e2e-hub-spawn"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def allowlist(cluster, hub_namespace):
+    a = Allowlist(cluster, hub_namespace)
+    a.write()
+    return a
+
+
+@pytest.fixture(scope="module")
+def hub(jupyterhub_factory, cluster, hub_namespace, allowlist):
+    return jupyterhub_factory(z2jh_values(), namespace=hub_namespace, kubeconfig=cluster.kubeconfig)
+
+
+@pytest.fixture(autouse=True)
+def reset_allowlist(request):
+    if "allowlist" in request.fixturenames:
+        request.getfixturevalue("allowlist").write()
+
+
+def launch(hub, **query):
+    """Follow a launch link like a browser; returns (final response, username or None)."""
+    r = hub.browser().get(hub.url + "/hub/tmplogin?" + urlencode(query), timeout=60)
+    for resp in [*r.history, r]:
+        parts = urlparse(resp.url).path.split("/")
+        for marker in ("spawn-pending", "user"):
+            if marker in parts and parts.index(marker) + 1 < len(parts):
+                return r, parts[parts.index(marker) + 1]
+    return r, None
+
+
+def user_pod(cluster, namespace, user):
+    """The pod KubeSpawner made for `user` (found by the env it gives the server)."""
+    out = cluster.kubectl("get", "pods", "-n", namespace, "-o", "json").stdout
+    for pod in json.loads(out)["items"]:
+        env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0].get("env", [])}
+        if env.get("JUPYTERHUB_USER") == user:
+            return pod
+    return None
+
+
+def launched_pod(hub, cluster, **query):
+    r, user = launch(hub, **query)
+    assert r.status_code == 200, r.text[:2000]
+    assert user, f"no user in redirect chain: {[x.url for x in [*r.history, r]]}"
+    pod = wait_until(lambda: user_pod(cluster, hub.namespace, user), timeout=60, what=f"pod of {user}")
+    return user, pod
+
+
+def container(pod):
+    return pod["spec"]["containers"][0]
+
+
+def env_of(pod):
+    return {e["name"]: e.get("value") for e in container(pod).get("env", [])}
+
+
+def stop(hub, cluster, user):
+    hub.stop_server(user)
+    wait_until(lambda: user_pod(cluster, hub.namespace, user) is None, timeout=60, what=f"pod of {user} deleted")
+
+
+def assert_no_gpu(pod):
+    affinity = (pod["spec"].get("affinity") or {}).get("nodeAffinity") or {}
+    assert GPU_KEY not in json.dumps(affinity)
+    assert all(t.get("key") != GPU_KEY for t in pod["spec"].get("tolerations") or [])
+    res = container(pod).get("resources") or {}
+    assert "nvidia.com/gpu" not in (res.get("limits") or {}) and "nvidia.com/gpu" not in (res.get("requests") or {})
+
+
+def test_launch_link_creates_fresh_user_with_course_image_opened_at_notebook(hub, cluster):
+    before = set(hub.users())
+    user, pod = launched_pod(hub, cluster, course="clustering_and_descriptive_ai", notebook="week 1/intro.ipynb")
+    assert user not in before and user in hub.users()
+    assert container(pod)["image"] == image_for("clustering_and_descriptive_ai")
+    assert env_of(pod)["JUPYTERHUB_DEFAULT_URL"] == "/lab/tree/week%201/intro.ipynb"
+    # hub defaults from singleuser values stay for a course without resources
+    assert container(pod)["resources"]["limits"]["memory"] == str(4 * 1024**3)
+    assert_no_gpu(pod)
+    assert hub.users()[user]["servers"][""]["pending"] == "spawn"
+    stop(hub, cluster, user)
+
+
+def test_upper_case_slug_and_image_parameters(hub, cluster):
+    user, pod = launched_pod(hub, cluster, course="MITXT-6.3710.3X", tag="latest",
+                             image="docker.io/evil/miner:latest", profile="x", notebook="../../etc/x.ipynb")
+    assert container(pod)["image"] == image_for("mitxt-6.3710.3x")
+    assert "JUPYTERHUB_DEFAULT_URL" not in env_of(pod)  # the invalid notebook was ignored
+    assert "ignoring invalid notebook" in hub.log_text()
+    stop(hub, cluster, user)
+
+
+def test_unknown_course_gets_default_image_under_default_policy(hub, cluster, allowlist):
+    allowlist.write(on_unknown="default")
+    user, pod = launched_pod(hub, cluster, course="no-such-course")
+    assert container(pod)["image"] == image_for("clustering_and_descriptive_ai")
+    stop(hub, cluster, user)
+
+
+def test_unknown_course_is_refused_under_reject_policy(hub, cluster, allowlist):
+    allowlist.write(on_unknown="reject")
+    before = set(hub.users())
+    # within the cache TTL the old policy may still apply; the change lands within 5 s
+    r = wait_until(lambda: _refused(hub, "No-Such-Course"), timeout=5, what="reject policy to apply")
+    assert 400 <= r.status_code < 500
+    assert "not offered" in r.text and "No-Such-Course" in r.text
+    assert set(hub.users()) == before  # refused before a temporary user was created
+
+
+def _refused(hub, slug):
+    r, user = launch(hub, course=slug)
+    if r.status_code == 404:
+        return r
+    if user:
+        hub.stop_server(user)
+    return None
+
+
+def test_gpu_course_lands_on_gpu_node_and_others_do_not(hub, cluster):
+    user, pod = launched_pod(hub, cluster, course="uai_source-uai.1")
+    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms and all({"key": GPU_KEY, "operator": "In", "values": [GPU_VALUE]} in t["matchExpressions"] for t in terms)
+    assert GPU["tolerations"][0] in pod["spec"]["tolerations"]
+    res = container(pod)["resources"]
+    assert res["limits"]["nvidia.com/gpu"] == "1" and res["requests"]["nvidia.com/gpu"] == "1"
+    assert res["limits"]["memory"] == str(8 * 1024**3)  # the course's resources override the hub's
+    node = wait_until(lambda: user_pod(cluster, hub.namespace, user)["spec"].get("nodeName"), timeout=60,
+                      what="GPU pod scheduled")
+    assert node == "kwok-gpu-0"
+    stop(hub, cluster, user)
+
+    user, pod = launched_pod(hub, cluster, course="mitxt-6.3710.3x")  # optional, not asked
+    assert_no_gpu(pod)
+    node = wait_until(lambda: user_pod(cluster, hub.namespace, user)["spec"].get("nodeName"), timeout=60,
+                      what="pod scheduled")
+    assert node != "kwok-gpu-0"
+    stop(hub, cluster, user)
+
+    user, pod = launched_pod(hub, cluster, course="mitxt-6.3710.3x", gpu="1")  # optional, asked
+    assert container(pod)["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    stop(hub, cluster, user)
+
+
+def test_rest_api_user_options_cannot_pick_an_image(hub, cluster):
+    name = "api-learner"
+    assert hub.api("POST", f"/users/{name}").status_code in (201, 409)
+    r = hub.api("POST", f"/users/{name}/server",
+                json={"course": "UAI_SOURCE-UAI.1", "image": "evil/x", "profile": "p", "notebook": "a.ipynb"})
+    assert r.status_code in (201, 202), r.text
+    pod = wait_until(lambda: user_pod(cluster, hub.namespace, name), timeout=60, what="API-spawned pod")
+    assert container(pod)["image"] == image_for("uai_source-uai.1")
+    assert env_of(pod)["JUPYTERHUB_DEFAULT_URL"] == "/lab/tree/a.ipynb"
+    stop(hub, cluster, name)
+
+
+def test_course_added_then_removed_without_hub_restart(hub, cluster, allowlist):
+    pid = hub.pid
+    courses = dict(BASE_COURSES, **{"brand_new.101": course("Brand_New.101")})
+    allowlist.write(courses, on_unknown="reject")
+    # spec: a published course is spawnable within 5 s
+    wait_until(lambda: launch_ok(hub, cluster, "brand_new.101"), timeout=5, what="new course spawnable", interval=0.5)
+    allowlist.write(BASE_COURSES, on_unknown="reject")
+    wait_until(lambda: _refused(hub, "brand_new.101"), timeout=5, what="removed course refused", interval=0.5)
+    assert hub.pid == pid and hub.process.poll() is None
+
+
+def launch_ok(hub, cluster, slug):
+    r, user = launch(hub, course=slug)
+    if r.status_code != 200 or not user:
+        return False
+    pod = wait_until(lambda: user_pod(cluster, hub.namespace, user), timeout=60, what=f"pod of {user}")
+    assert container(pod)["image"] == image_for(slug)
+    stop(hub, cluster, user)
+    return True
+
+
+# ------------------------------------------------------------------------ culling
+
+
+@pytest.fixture(scope="module")
+def culling_hub(jupyterhub_factory, cluster, hub_namespace, allowlist):
+    values = z2jh_values(
+        cull={"enabled": True, "timeout": 4, "every": 2, "maxAge": 30, "users": True},
+        # no notebook server answers under kwok: give up on it quickly so the server
+        # stops and the user becomes an idle, serverless temporary user
+        config={"KubeSpawner": {"http_timeout": 3}},
+    )
+    return jupyterhub_factory(values, namespace=hub_namespace, kubeconfig=cluster.kubeconfig)
+
+
+def test_idle_culler_removes_stopped_servers_and_temporary_users(culling_hub, cluster):
+    hub = culling_hub
+    user, pod = launched_pod(hub, cluster, course="clustering_and_descriptive_ai")
+    assert user in hub.users()
+    wait_until(lambda: user_pod(cluster, hub.namespace, user) is None, timeout=120, what="server stopped")
+    wait_until(lambda: user not in hub.users(), timeout=120, what="temporary user culled")
+    assert "jupyterhub-idle-culler" in hub.log_text()
+    r = requests.get(hub.url + "/hub/api/", timeout=10)
+    assert r.status_code == 200

@@ -1,0 +1,152 @@
+"""The z2jh release against the real local control plane, with real helm and the test chart.
+
+The test chart carries the real z2jh 4.4.0 schema, so helm itself refuses what the real
+chart refuses; its hub Deployment restarts on any values change, as z2jh's does.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from coursehub.api.jupyterhubdeployment import ChartSource, JupyterHubDeploymentSpec
+from coursehub.desired.values import DATABASE_HASH_ANNOTATION, render_values, validate_values
+from coursehub.helm import HelmReleases, ReleaseFailed
+from fixtures.cluster import REPO_ROOT
+
+pytestmark = pytest.mark.e2e
+
+CHART = ChartSource(path=str(REPO_ROOT / "tests" / "charts" / "jupyterhub"))
+
+
+def spec(**over) -> JupyterHubDeploymentSpec:
+    base = {
+        "chart": CHART.to_wire(),
+        "domain": "nb.learn.example.edu",
+        "gateway": {"oidc": {"issuerURL": "https://sso.example.edu/realms/olapps",
+                             "secretRef": {"name": "learn-oidc"}}},
+        "database": {"urlSecretRef": {"name": "jupyterhub-db-creds", "key": "DATABASE_URL"}},
+    }
+    base.update(over)
+    return JupyterHubDeploymentSpec.model_validate(base)
+
+
+def values_for(s: JupyterHubDeploymentSpec, namespace: str, **kw) -> dict:
+    v = render_values("learn", namespace, s, **kw)
+    validate_values(v)
+    return v
+
+
+@pytest.fixture
+def helm(cluster):
+    return HelmReleases(executable=cluster.binaries["helm"], kubeconfig=cluster.kubeconfig, timeout="180s")
+
+
+def hub_deployment(cluster, namespace: str) -> dict:
+    out = cluster.kubectl("get", "deployment", "hub", "-n", namespace, "-o", "json")
+    return json.loads(out.stdout)
+
+
+async def test_install_then_noop_then_one_upgrade(cluster, namespace, helm):
+    v1 = values_for(spec(), namespace, database_secret_hash="h1")
+    first = await helm.ensure_release("learn", namespace, CHART, v1)
+    assert (first.changed, first.operation, first.revision, first.status) == (True, "install", 1, "deployed")
+    assert first.chart_version == "4.4.0"
+    dep = hub_deployment(cluster, namespace)
+    pod_annotations = dep["spec"]["template"]["metadata"]["annotations"]
+    assert pod_annotations[DATABASE_HASH_ANNOTATION] == "h1"
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "jupyterhub-db-creds",
+                                                                 "key": "DATABASE_URL"}
+    svc = json.loads(cluster.kubectl("get", "service", "proxy-public", "-n", namespace, "-o", "json").stdout)
+    assert svc["spec"]["type"] == "ClusterIP"
+
+    # Nothing changed: no mutating helm call, the revision stays.
+    mutating = helm.mutating_operations
+    again = await helm.ensure_release("learn", namespace, CHART, values_for(spec(), namespace,
+                                                                            database_secret_hash="h1"))
+    assert (again.changed, again.revision) == (False, 1)
+    assert helm.mutating_operations == mutating
+
+    # An operator restart (fresh handler, no memory) still sees no change.
+    restarted = HelmReleases(executable=cluster.binaries["helm"], kubeconfig=cluster.kubeconfig)
+    after_restart = await restarted.ensure_release("learn", namespace, CHART, v1)
+    assert (after_restart.changed, after_restart.revision) == (False, 1)
+    assert restarted.mutating_operations == 0
+
+    # A spec change upgrades exactly once.
+    v2 = values_for(spec(culling={"timeoutSeconds": 1800}), namespace, database_secret_hash="h1")
+    up = await helm.ensure_release("learn", namespace, CHART, v2)
+    assert (up.changed, up.operation, up.revision) == (True, "upgrade", 2)
+    assert (await helm.ensure_release("learn", namespace, CHART, v2)).changed is False
+
+    # A rotated database Secret (new hash) restarts the hub once: the pod template changes.
+    before = hub_deployment(cluster, namespace)["spec"]["template"]
+    v3 = values_for(spec(culling={"timeoutSeconds": 1800}), namespace, database_secret_hash="h2")
+    rotated = await helm.ensure_release("learn", namespace, CHART, v3)
+    assert (rotated.changed, rotated.revision) == (True, 3)
+    after = hub_deployment(cluster, namespace)["spec"]["template"]
+    assert after["metadata"]["annotations"][DATABASE_HASH_ANNOTATION] == "h2"
+    assert after != before
+    assert (await helm.ensure_release("learn", namespace, CHART, v3)).changed is False
+    status = await helm.release_status("learn", namespace)
+    assert status is not None and status.revision == 3
+
+
+async def test_failed_upgrade_rolls_back_and_is_not_retried(cluster, namespace, helm):
+    good = values_for(spec(), namespace)
+    assert (await helm.ensure_release("learn", namespace, CHART, good)).revision == 1
+
+    # The test chart renders replicas: -1 for this switch; the API server refuses it.
+    bad = values_for(spec(values={"custom": {"coursehubTest": {"invalidHubReplicas": True}}}), namespace)
+    with pytest.raises(ReleaseFailed) as exc:
+        await helm.ensure_release("learn", namespace, CHART, bad)
+    assert exc.value.reason == "ResourceInvalid"
+    assert "rolled back" in exc.value.message
+    assert "replicas" in exc.value.message
+    # Revision 2 failed, revision 3 is the rollback to 1.
+    assert exc.value.revision == 3
+    status = await helm.release_status("learn", namespace)
+    assert (status.revision, status.status) == (3, "deployed")
+    assert hub_deployment(cluster, namespace)["spec"]["replicas"] == 1
+
+    # The same failing values are not tried again against the same revision.
+    mutating = helm.mutating_operations
+    with pytest.raises(ReleaseFailed) as again:
+        await helm.ensure_release("learn", namespace, CHART, bad)
+    assert again.value.reason == "ResourceInvalid"
+    assert helm.mutating_operations == mutating
+
+    # Back to the good values: the rolled-back revision already runs them.
+    back = await helm.ensure_release("learn", namespace, CHART, good)
+    assert (back.changed, back.revision) == (False, 3)
+    assert helm.mutating_operations == mutating
+
+
+async def test_values_the_schema_refuses_never_reach_the_cluster(cluster, namespace, helm):
+    good = values_for(spec(), namespace)
+    await helm.ensure_release("learn", namespace, CHART, good)
+    bad = {**good, "hub": {**good["hub"], "foo": 1}}  # bypassing validate_values on purpose
+    with pytest.raises(ReleaseFailed) as exc:
+        await helm.ensure_release("learn", namespace, CHART, bad)
+    assert exc.value.reason == "ValuesRejected"
+    assert "foo" in exc.value.message
+    status = await helm.release_status("learn", namespace)
+    assert (status.revision, status.status) == (1, "deployed")
+
+
+async def test_uninstall(cluster, namespace, helm):
+    await helm.ensure_release("learn", namespace, CHART, values_for(spec(), namespace))
+    assert await helm.uninstall_release("learn", namespace, wait=True) is True
+    assert await helm.release_status("learn", namespace) is None
+    gone = cluster.kubectl("get", "deployment", "hub", "-n", namespace, check=False)
+    assert gone.returncode != 0
+    assert await helm.uninstall_release("learn", namespace) is False
+
+
+async def test_missing_chart_path_is_reported(namespace, helm):
+    missing = ChartSource(path="/nonexistent/jupyterhub")
+    with pytest.raises(ReleaseFailed) as exc:
+        await helm.ensure_release("learn", namespace, missing, {})
+    assert exc.value.reason == "ChartNotFound"
