@@ -6,4 +6,15 @@ pytest_plugins = [
     "fixtures.ecr",
     "fixtures.postgres",
     "fixtures.jupyterhub",
+    "fixtures.operator",
 ]
+
+import pytest
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can tell a failed test at teardown."""
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import yaml
 from pyhelm3 import Client
 from pyhelm3 import errors as helm_errors
@@ -134,7 +135,10 @@ def classify_helm_error(stderr: str, operation: str) -> str:
     if ("execution error at" in s or "parse error" in s or "failed to render" in s
             or "template: " in s and "error calling" in s):
         return "ChartRenderFailed"
-    if (re.search(r'chart "[^"]*"( version "[^"]*")? not found', s) or "failed to download" in s or "no chart version found" in s
+    if "could not find protocol handler" in s:
+        return "InvalidChartSource"
+    if ("chart not found" in s or re.search(r'chart "[^"]*"( version "[^"]*")? not found', s)
+            or "failed to download" in s or "no chart version found" in s
             or "no chart name found" in s or "not a valid chart repository" in s
             or "path " in s and "not found" in s):
         return "ChartNotFound"
@@ -143,7 +147,7 @@ def classify_helm_error(stderr: str, operation: str) -> str:
     if "already exists" in s or "invalid ownership metadata" in s:
         return "ResourceConflict"
     return {"install": "InstallFailed", "upgrade": "UpgradeFailed", "uninstall": "UninstallFailed",
-            "rollback": "RollbackFailed"}.get(operation, "HelmError")
+            "rollback": "RollbackFailed", "show_chart": "ChartNotFound"}.get(operation, "HelmError")
 
 
 def _normalise(values: Any) -> Any:
@@ -306,13 +310,25 @@ class HelmReleases:
             return False
         if meta.version.lstrip("v") != want_version.lstrip("v") or (want_name and meta.name != want_name):
             return False
-        if fingerprint_from_description(current.description) == fingerprint:
-            return True
-        # No fingerprint (rolled back, or upgraded by hand): compare what is deployed.
+        deployed_fingerprint = fingerprint_from_description(current.description)
+        if deployed_fingerprint is not None:
+            # Ours: it covers the chart source too, which the deployed release does not record.
+            return deployed_fingerprint == fingerprint
+        # No fingerprint (a rollback, or an upgrade by hand): compare what is deployed.
         deployed = await self._run("get_values", current.values())
         return _normalise(deployed) == values
 
     async def _resolve_chart(self, chart: ChartSource, local_meta: ChartMetadata | None) -> Chart:
+        try:
+            return await self._resolve_chart_unchecked(chart, local_meta)
+        except pydantic.ValidationError as e:
+            # pyhelm3 models refuse what they cannot drive (e.g. a file:// repository).
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise ReleaseFailed("InvalidChartSource", f"spec.chart is not usable by helm here: {where}: "
+                                f"{first['msg']}") from None
+
+    async def _resolve_chart_unchecked(self, chart: ChartSource, local_meta: ChartMetadata | None) -> Chart:
         if chart.path:
             # pyhelm3 would run `helm show chart` for this; the Chart.yaml is right here.
             return Chart(self._command, ref=Path(chart.path), metadata=local_meta)

@@ -32,6 +32,9 @@ def configure_logging(json_logs: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # pyhelm3 logs every command, and a WARNING for the expected "release not found" before an
+    # install; our own log lines and conditions report what matters.
+    logging.getLogger("pyhelm3").setLevel(logging.ERROR)
 
 
 def build_registry(watch_namespaces: bool) -> tuple[kopf.OperatorRegistry, dict]:
@@ -56,6 +59,11 @@ def build_registry(watch_namespaces: bool) -> tuple[kopf.OperatorRegistry, dict]
         runtime = Runtime(await Kube.from_environment(), Settings())
         holder["runtime"] = runtime
         runtime.start()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs):
+        # kopf's own loaders: in-cluster service account first, then KUBECONFIG.
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_):

@@ -76,6 +76,7 @@ INVALID = [
      "spec.culling.maxAgeSeconds"),
     ("postgres-without-secret", _with(GOOD_HUB, "spec.database", {"type": "postgres"}),
      "spec.database.urlSecretRef"),
+    ("database-default-type-without-secret", _with(GOOD_HUB, "spec.database", {}), "spec.database.urlSecretRef"),
     ("database-enum", _with(GOOD_HUB, "spec.database", {"type": "mysql"}), "spec.database.type"),
     ("domain-missing", _with(GOOD_HUB, "spec.domain", ...), "spec.domain"),
     ("domain-invalid", _with(GOOD_HUB, "spec.domain", "not a host"), "spec.domain"),
@@ -119,8 +120,18 @@ def test_crds_established(cluster):
     assert "customresourcedefinition.apiextensions.k8s.io/jupyterhubdeployments.coursehub.dev" in out
 
 
+VALID_VARIANTS = [
+    _with(GOOD_HUB, "spec.courses", {"default": "stats_101"}),
+    _with(GOOD_HUB, "spec.courses", {"namespaces": "All", "selector": {"matchLabels": {"hub": "learn"}}}),
+    _with(_with(GOOD_HUB, "spec.gateway", ...), "spec.auth", {"mode": "tmp", "allowUngated": True}),
+    _with(GOOD_HUB, "spec.database", {"type": "sqlite-memory"}),
+    _with(GOOD_HUB, "spec.chart", {"path": "charts/jupyterhub"}),
+    _with(GOOD_HUB, "spec.chart", {"name": "oci://registry.example.edu/charts/jupyterhub", "version": "4.4.1"}),
+]
+
+
 def test_valid_baselines_are_accepted(cluster, namespace):
-    for obj in (GOOD_COURSE, GOOD_HUB):
+    for obj in (GOOD_COURSE, GOOD_HUB, *VALID_VARIANTS):
         cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
 
 

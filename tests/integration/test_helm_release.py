@@ -150,3 +150,61 @@ async def test_missing_chart_path_is_reported(namespace, helm):
     with pytest.raises(ReleaseFailed) as exc:
         await helm.ensure_release("learn", namespace, missing, {})
     assert exc.value.reason == "ChartNotFound"
+
+
+@pytest.fixture
+def chart_repository(cluster, tmp_path):
+    """The test chart packaged into a plain HTTP chart repository on loopback."""
+    import functools
+    import subprocess
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    helm_bin = cluster.binaries["helm"]
+    subprocess.run([helm_bin, "package", CHART.path, "-d", str(repo)], check=True, capture_output=True)
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(repo))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    subprocess.run([helm_bin, "repo", "index", str(repo), "--url", url], check=True, capture_output=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield url
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_chart_from_a_repository(namespace, helm, chart_repository):
+    chart = ChartSource(repository=chart_repository, name="jupyterhub", version="4.4.0")
+    v = values_for(spec(), namespace)
+    first = await helm.ensure_release("learn", namespace, chart, v)
+    assert (first.changed, first.revision, first.chart_version) == (True, 1, "4.4.0")
+    # The pinned version is known without asking the repository: a no-op is one `helm status`.
+    before = dict(helm.operations)
+    again = await helm.ensure_release("learn", namespace, chart, v)
+    assert (again.changed, again.revision) == (False, 1)
+    calls = {k: n - before.get(k, 0) for k, n in helm.operations.items() if n != before.get(k, 0)}
+    assert calls == {("status", "ok"): 1}
+    # The same chart from a path is a different source: one upgrade, then quiet again.
+    moved = await helm.ensure_release("learn", namespace, CHART, v)
+    assert (moved.changed, moved.revision) == (True, 2)
+    assert (await helm.ensure_release("learn", namespace, CHART, v)).changed is False
+
+    missing = ChartSource(repository=chart_repository, name="jupyterhub", version="9.9.9")
+    with pytest.raises(ReleaseFailed) as exc:
+        await helm.ensure_release("learn", namespace, missing, v)
+    assert exc.value.reason == "ChartNotFound"
+    assert "9.9.9" in exc.value.message
+
+
+async def test_a_chart_source_helm_cannot_use_is_reported(namespace, helm, tmp_path):
+    # The CRD allows file:// repositories; helm has no protocol handler for them without a plugin.
+    chart = ChartSource(repository=f"file://{tmp_path}", name="jupyterhub", version="4.4.0")
+    with pytest.raises(ReleaseFailed) as exc:
+        await helm.ensure_release("learn", namespace, chart, {})
+    assert exc.value.reason == "InvalidChartSource"
+    assert "file" in exc.value.message
+    assert await helm.release_status("learn", namespace) is None

@@ -72,14 +72,14 @@ def test_unknown_course_gets_default_image_under_default_policy():
 def test_unknown_course_is_refused_under_reject_policy():
     with pytest.raises(cs.CourseRefused) as e:
         cs.plan_launch(allowlist(onUnknown="reject"), {"course": "not-a-course"})
-    assert e.value.status == 404
+    assert e.value.status == 400 and e.value.kind == "not_offered"
     assert "not-a-course" in e.value.message and "not offered" in e.value.message
 
 
 def test_unknown_course_without_default_is_refused_even_under_default_policy():
     with pytest.raises(cs.CourseRefused) as e:
         cs.plan_launch(allowlist(default=None), {"course": "nope"})
-    assert e.value.status == 404
+    assert e.value.kind == "not_offered"
 
 
 def test_missing_course_uses_default_or_is_refused():

@@ -215,6 +215,8 @@ def test_helm_errors_are_classified_and_summarised():
     assert classify_helm_error("Error: chart \"nope\" version \"1.0.0\" not found in https://x repository",
                                "upgrade") == "ChartNotFound"
     assert classify_helm_error("Error: something odd", "upgrade") == "UpgradeFailed"
+    assert classify_helm_error("Error: could not find protocol handler for: file", "show_chart") == \
+        "InvalidChartSource"
     assert classify_helm_error("Error: timed out waiting for the condition", "upgrade") == "Timeout"
 
 

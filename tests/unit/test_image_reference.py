@@ -4,9 +4,6 @@ import base64
 import re
 
 import pytest
-from hypothesis import example, given
-from hypothesis import strategies as st
-
 from coursehub.registry import (
     IMAGE_REFERENCE_PATTERN,
     InvalidImageReference,
@@ -16,6 +13,8 @@ from coursehub.registry import (
     pinned,
 )
 from coursehub.registry.oci import credentials_for, is_insecure, parse_challenge
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 DIGEST = "sha256:" + "ab12" * 16
 ECR = "610119931565.dkr.ecr.us-east-1.amazonaws.com"
@@ -26,27 +25,80 @@ ECR = "610119931565.dkr.ecr.us-east-1.amazonaws.com"
     [
         ("ubuntu", "docker.io", "library/ubuntu", "latest", None),
         ("ubuntu:22.04", "docker.io", "library/ubuntu", "22.04", None),
-        ("jupyter/scipy-notebook:2024-01-15", "docker.io", "jupyter/scipy-notebook", "2024-01-15", None),
-        ("docker.io/jupyter/base-notebook", "docker.io", "jupyter/base-notebook", "latest", None),
-        ("index.docker.io/library/python:3.11", "docker.io", "library/python", "3.11", None),
+        (
+            "jupyter/scipy-notebook:2024-01-15",
+            "docker.io",
+            "jupyter/scipy-notebook",
+            "2024-01-15",
+            None,
+        ),
+        (
+            "docker.io/jupyter/base-notebook",
+            "docker.io",
+            "jupyter/base-notebook",
+            "latest",
+            None,
+        ),
+        (
+            "index.docker.io/library/python:3.11",
+            "docker.io",
+            "library/python",
+            "3.11",
+            None,
+        ),
         ("docker.io/python", "docker.io", "library/python", "latest", None),
-        ("quay.io/jupyter/minimal-notebook:latest", "quay.io", "jupyter/minimal-notebook", "latest", None),
+        (
+            "quay.io/jupyter/minimal-notebook:latest",
+            "quay.io",
+            "jupyter/minimal-notebook",
+            "latest",
+            None,
+        ),
         ("127.0.0.1:5000/courses:x", "127.0.0.1:5000", "courses", "x", None),
         ("localhost/a/b/c", "localhost", "a/b/c", "latest", None),
         ("localhost:5000/a", "localhost:5000", "a", "latest", None),
         ("registry:5000/a", "registry:5000", "a", "latest", None),
         ("[::1]:5000/a:b", "[::1]:5000", "a", "b", None),
-        (f"{ECR}/ol-course-notebooks:uai_source-uai.1", ECR, "ol-course-notebooks", "uai_source-uai.1", None),
-        (f"{ECR}/ol-course-notebooks@{DIGEST}", ECR, "ol-course-notebooks", None, DIGEST),
-        (f"{ECR}/ol-course-notebooks:mitxt-6.3710.3x@{DIGEST}", ECR, "ol-course-notebooks", "mitxt-6.3710.3x", DIGEST),
-        ("a__b/c--d/e.f_g:TAG_1.x-Y", "docker.io", "a__b/c--d/e.f_g", "TAG_1.x-Y", None),
+        (
+            f"{ECR}/ol-course-notebooks:uai_source-uai.1",
+            ECR,
+            "ol-course-notebooks",
+            "uai_source-uai.1",
+            None,
+        ),
+        (
+            f"{ECR}/ol-course-notebooks@{DIGEST}",
+            ECR,
+            "ol-course-notebooks",
+            None,
+            DIGEST,
+        ),
+        (
+            f"{ECR}/ol-course-notebooks:mitxt-6.3710.3x@{DIGEST}",
+            ECR,
+            "ol-course-notebooks",
+            "mitxt-6.3710.3x",
+            DIGEST,
+        ),
+        (
+            "a__b/c--d/e.f_g:TAG_1.x-Y",
+            "docker.io",
+            "a__b/c--d/e.f_g",
+            "TAG_1.x-Y",
+            None,
+        ),
         # A bare name with a "port-like" suffix is a tag, as in `docker pull`.
         ("localhost:5000", "docker.io", "library/localhost", "5000", None),
     ],
 )
 def test_parses(text, registry, repository, tag, digest):
     ref = parse_reference(text)
-    assert (ref.registry, ref.repository, ref.tag, ref.digest) == (registry, repository, tag, digest)
+    assert (ref.registry, ref.repository, ref.tag, ref.digest) == (
+        registry,
+        repository,
+        tag,
+        digest,
+    )
     assert re.match(IMAGE_REFERENCE_PATTERN, text)
 
 
@@ -124,8 +176,11 @@ _path_component = st.builds(
 _label = st.from_regex(r"\A[a-zA-Z0-9]([a-zA-Z0-9-]{0,8}[a-zA-Z0-9])?\Z")
 _port = st.integers(1, 65535).map(str)
 _domain = st.one_of(
-    st.builds(lambda labels, port: ".".join(labels) + (f":{port}" if port else ""),
-              st.lists(_label, min_size=2, max_size=4), st.none() | _port),
+    st.builds(
+        lambda labels, port: ".".join(labels) + (f":{port}" if port else ""),
+        st.lists(_label, min_size=2, max_size=4),
+        st.none() | _port,
+    ),
     st.builds(lambda label, port: f"{label}:{port}", _label, _port),
     st.just("localhost"),
     st.builds(lambda port: f"[::1]:{port}", _port),
@@ -141,7 +196,11 @@ _digest = st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex())
     digest=st.none() | _digest,
 )
 def test_round_trip_with_domain(domain, path, tag, digest):
-    text = f"{domain}/{'/'.join(path)}" + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
+    text = (
+        f"{domain}/{'/'.join(path)}"
+        + (f":{tag}" if tag else "")
+        + (f"@{digest}" if digest else "")
+    )
     ref = parse_reference(text)
     expected_registry = "docker.io" if domain == "index.docker.io" else domain
     assert ref.registry == expected_registry
@@ -193,7 +252,9 @@ def test_crd_pattern_is_portable():
     for construct in ("(?=", "(?!", "(?<", "(?P", "\\A", "\\Z", "*+", "++", "?+"):
         assert construct not in IMAGE_REFERENCE_PATTERN
     assert not re.search(r"\\[1-9]", IMAGE_REFERENCE_PATTERN)
-    assert IMAGE_REFERENCE_PATTERN.startswith("^") and IMAGE_REFERENCE_PATTERN.endswith("$")
+    assert IMAGE_REFERENCE_PATTERN.startswith("^") and IMAGE_REFERENCE_PATTERN.endswith(
+        "$"
+    )
 
 
 # --- ECR hosts and pinning -------------------------------------------------
@@ -203,9 +264,18 @@ def test_crd_pattern_is_portable():
     ("host", "expected"),
     [
         (ECR, ("610119931565", "us-east-1")),
-        ("123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn", ("123456789012", "cn-north-1")),
-        ("123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com", ("123456789012", "us-gov-west-1")),
-        ("123456789012.dkr.ecr.ap-southeast-2.amazonaws.com", ("123456789012", "ap-southeast-2")),
+        (
+            "123456789012.dkr.ecr.cn-north-1.amazonaws.com.cn",
+            ("123456789012", "cn-north-1"),
+        ),
+        (
+            "123456789012.dkr.ecr-fips.us-gov-west-1.amazonaws.com",
+            ("123456789012", "us-gov-west-1"),
+        ),
+        (
+            "123456789012.dkr.ecr.ap-southeast-2.amazonaws.com",
+            ("123456789012", "ap-southeast-2"),
+        ),
         ("public.ecr.aws", None),
         ("12345.dkr.ecr.us-east-1.amazonaws.com", None),
         ("123456789012.dkr.ecr.us-east-1.amazonaws.com:443", None),
@@ -218,7 +288,9 @@ def test_parse_ecr_host(host, expected):
 
 
 def test_pinned():
-    assert pinned("127.0.0.1:5000/courses", DIGEST) == f"127.0.0.1:5000/courses@{DIGEST}"
+    assert (
+        pinned("127.0.0.1:5000/courses", DIGEST) == f"127.0.0.1:5000/courses@{DIGEST}"
+    )
     assert pinned("python", DIGEST) == f"docker.io/library/python@{DIGEST}"
     with pytest.raises(InvalidImageReference, match="must not carry a tag"):
         pinned("127.0.0.1:5000/courses:x", DIGEST)
@@ -242,7 +314,9 @@ def test_credentials_from_dockerconfigjson():
     assert credentials_for("docker.io", config) == ("hub", "pw")
     assert credentials_for("ghcr.io", config) == ("bob", "tok")
     assert credentials_for("quay.io", config) is None
-    assert credentials_for("ghcr.io", '{"auths": {"ghcr.io": {"username": "u", "password": "p"}}}') == ("u", "p")
+    assert credentials_for(
+        "ghcr.io", '{"auths": {"ghcr.io": {"username": "u", "password": "p"}}}'
+    ) == ("u", "p")
     assert credentials_for("ghcr.io", None) is None
     with pytest.raises(ResolveError) as caught:
         credentials_for("x.io", {"auths": {"x.io": {"auth": "!!!"}}})
@@ -272,4 +346,7 @@ def test_parse_challenge():
         "service": "registry.docker.io",
         "scope": "repository:library/python:pull",
     }
-    assert parse_challenge('Basic realm="coursehub-test"') == ("basic", {"realm": "coursehub-test"})
+    assert parse_challenge('Basic realm="coursehub-test"') == (
+        "basic",
+        {"realm": "coursehub-test"},
+    )

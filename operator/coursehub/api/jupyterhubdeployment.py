@@ -92,7 +92,8 @@ class Gateway(Model):
 
 class Database(Model):
     model_config = Model.model_config | {"json_schema_extra": {"x-kubernetes-validations": [
-        {"rule": "self.type != 'postgres' || has(self.urlSecretRef)",
+        # type defaults to postgres, so an absent type counts as postgres.
+        {"rule": "(has(self.type) && self.type != 'postgres') || has(self.urlSecretRef)",
          "message": "spec.database.urlSecretRef is required for type postgres: name the Secret and key that hold "
                     "DATABASE_URL"},
     ]}}
@@ -115,7 +116,7 @@ class Culling(Model):
 
 class Courses(Model):
     model_config = Model.model_config | {"json_schema_extra": {"x-kubernetes-validations": [
-        {"rule": "self.namespaces != 'Selector' || has(self.namespaceSelector)",
+        {"rule": "!has(self.namespaces) || self.namespaces != 'Selector' || has(self.namespaceSelector)",
          "message": "spec.courses.namespaceSelector is required when spec.courses.namespaces is Selector"},
         {"rule": "!has(self.onUnknown) || self.onUnknown != 'default' || has(self.default)",
          "message": "spec.courses.onUnknown is 'default' but spec.courses.default names no course"},

@@ -35,6 +35,9 @@ class Runtime:
         self.settings = settings
         self.index = Index()
         self.resolver = course_io.Resolver(kube, self.index, settings)
+        from ..helm import HelmReleases
+
+        self.helm = HelmReleases(timeout=settings.helm_timeout)
         self.reconcilers: dict[tuple[str, str], HubReconciler] = {}
         self.deleting: dict[tuple[str, str], asyncio.Task] = {}
         self.tasks: list[asyncio.Task] = []
@@ -149,12 +152,12 @@ def register(registry: kopf.OperatorRegistry, rt_holder: dict, *, watch_namespac
             if rec:
                 await rec.stop()
             owns = _owns_namespace(idx, record)
-            r.spawn_deletion(key, hub_io.finish_deletion(r.kube, idx, key, idx.raw_hubs[key], owns))
+            r.spawn_deletion(key, hub_io.finish_deletion(r.kube, idx, key, idx.raw_hubs[key], owns, r.helm))
             return
         if hub_io.FINALIZER not in (m.get("finalizers") or []):
             await hub_io.ensure_finalizer(r.kube, idx.raw_hubs[key])
         if key not in r.reconcilers:
-            rec = HubReconciler(r.kube, idx, r.settings, key)
+            rec = HubReconciler(r.kube, idx, r.settings, key, r.helm)
             r.reconcilers[key] = rec
             rec.start()
         elif prev is None or prev.generation != record.generation:

@@ -10,7 +10,7 @@ this text when it is embedded, and such an import must be the first statement.
 Flow of a launch link ``/hub/tmplogin?course=<slug>&notebook=<path>``:
 
 1. ``CourseTmpLoginHandler`` checks the course against the live allowlist *before*
-   creating a temporary user, so an unoffered course is refused with HTTP 404 and
+   creating a temporary user, so an unoffered course is refused with HTTP 400 and
    leaves no user behind; otherwise it logs in a fresh user and redirects to
    ``/hub/spawn?course=...&notebook=...`` (only the known launch keys are carried).
 2. ``CourseSpawner.options_from_query`` reduces the query to the known keys.
@@ -65,12 +65,18 @@ GPU_MODES = ("none", "required", "optional")
 
 
 class CourseRefused(Exception):
-    """A spawn request that must not start anything; ``status`` is the HTTP code."""
+    """A spawn request that must not start anything.
 
-    def __init__(self, status: int, message: str):
+    ``status`` is the HTTP code; ``kind`` is one of ``not_offered``, ``no_course``,
+    ``no_gpu_nodes``, ``unavailable``. "Not offered" is 400, not 404, because
+    JupyterHub's 404 page does not show the message, and the learner must read it.
+    """
+
+    def __init__(self, status: int, message: str, kind: str = "not_offered"):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.kind = kind
 
 
 class AllowlistError(ValueError):
@@ -344,7 +350,7 @@ def _printable(s: str, limit: int = 80) -> str:
 def resolve_course(allowlist: Allowlist, requested: Optional[str]) -> tuple:
     """(Course, note) for a requested slug, applying the hub's onUnknown policy."""
     if not allowlist.published:
-        raise CourseRefused(503, "No courses are published on this hub yet.")
+        raise CourseRefused(503, "No courses are published on this hub yet.", "unavailable")
     if requested:
         found = allowlist.courses.get(requested.strip().lower())
         if found is not None:
@@ -353,10 +359,10 @@ def resolve_course(allowlist: Allowlist, requested: Optional[str]) -> tuple:
         if allowlist.on_unknown == "default" and allowlist.default in allowlist.courses:
             return (allowlist.courses[allowlist.default],
                     f"course {shown!r} is not offered; using default course {allowlist.default!r}")
-        raise CourseRefused(404, f"The course '{shown}' is not offered on this hub.")
+        raise CourseRefused(400, f"The course '{shown}' is not offered on this hub.", "not_offered")
     if allowlist.default in allowlist.courses:
         return allowlist.courses[allowlist.default], "no course requested; using the default course"
-    raise CourseRefused(400, "No course was requested. Use a course launch link.")
+    raise CourseRefused(400, "No course was requested. Use a course launch link.", "no_course")
 
 
 def plan_launch(allowlist: Allowlist, options: Any) -> LaunchPlan:
@@ -388,7 +394,8 @@ def plan_launch(allowlist: Allowlist, options: Any) -> LaunchPlan:
     gpu_kw: dict = {}
     if wants_gpu:
         if allowlist.gpu is None:
-            raise CourseRefused(503, f"The course '{course.course}' needs a GPU, and this hub has no GPU nodes.")
+            raise CourseRefused(503, f"The course '{course.course}' needs a GPU, and this hub has no GPU nodes.",
+                                 "no_gpu_nodes")
         gpu_kw = dict(
             gpu_node_selector=dict(allowlist.gpu.node_selector),
             gpu_tolerations=tuple(allowlist.gpu.tolerations),
@@ -496,7 +503,8 @@ class AllowlistCache:
             if entry is not None:
                 log.warning("coursehub: allowlist read failed (%s); serving the last good copy", e)
                 return entry.allowlist
-            raise CourseRefused(503, "The course list is unavailable right now; try again shortly.") from e
+            raise CourseRefused(503, "The course list is unavailable right now; try again shortly.",
+                                 "unavailable") from e
         now = self.clock()
         if entry is not None and version is not None and version == entry.version:
             entry.fetched_at = now
@@ -510,7 +518,8 @@ class AllowlistCache:
                 if entry is not None:
                     log.error("coursehub: invalid allowlist (%s); serving the last good copy", e)
                     return entry.allowlist
-                raise CourseRefused(503, "The course list is unavailable right now; try again shortly.") from e
+                raise CourseRefused(503, "The course list is unavailable right now; try again shortly.",
+                                     "unavailable") from e
         self._entries[key] = _Entry(allowlist, now, version)
         return allowlist
 
@@ -617,7 +626,7 @@ class CourseSpawner(KubeSpawner):
             plan = plan_launch(allowlist, self.user_options or {})
         except CourseRefused as e:
             self.log.warning("coursehub: refusing spawn for %s: %s", self._log_name, e.message)
-            raise web.HTTPError(e.status, e.message) from None
+            raise refusal_error(e) from None
         for note in plan.notes:
             self.log.info("coursehub: %s: %s", self._log_name, note)
         if self._coursehub_baseline is None:
@@ -628,6 +637,14 @@ class CourseSpawner(KubeSpawner):
             "coursehub: %s -> course %r image %s gpu=%s default_url=%s",
             self._log_name, plan.course.key, plan.image, plan.gpu, self.default_url,
         )
+
+
+def refusal_error(refusal: CourseRefused) -> web.HTTPError:
+    """The HTTP error JupyterHub shows for a refusal, message on the error page."""
+    # "%s" + args: a '%' in the echoed slug must not break tornado's formatting
+    err = web.HTTPError(refusal.status, "%s", refusal.message)
+    err.jupyterhub_message = refusal.message  # the text JupyterHub's error page shows
+    return err
 
 
 def _accept_user_options(spawner, user_options):
@@ -664,10 +681,10 @@ class CourseTmpLoginHandler(TmpAuthenticateHandler):
             try:
                 resolve_course(await SOURCE.current(), query["course"])
             except CourseRefused as e:
-                if e.status == 404:
+                if e.kind == "not_offered":
                     # Refuse before creating a temporary user for a course we don't offer.
                     self.log.warning("coursehub: tmplogin refused: %s", e.message)
-                    raise web.HTTPError(e.status, e.message) from None
+                    raise refusal_error(e) from None
                 # Anything else (list unavailable, ...) is decided again at spawn time.
         return await super().get()
 

@@ -118,7 +118,7 @@ class Resolver:
             return
         started = time.monotonic()
         ref = course.spec.image
-        registry_kind = "ecr" if parse_ecr_host(parse_reference(ref).host or "") else "oci"
+        registry_kind = "ecr" if parse_ecr_host(parse_reference(ref).registry) else "oci"
         try:
             docker_config = await self._docker_config(course)
             self.calls += 1

@@ -19,10 +19,14 @@ from .. import conditions, metrics
 from ..api.common import API_VERSION
 from ..conditions import Cond
 from ..desired import allowlist as allowlist_mod
+from ..desired.gateway import gateway_objects
+from ..desired.secrets import check_secrets, required_secret_keys, secret_hash
+from ..desired.values import InvalidValues, hub_allowlist_rbac, render_values, validate_values
+from ..helm import DETERMINISTIC_REASONS, ReleaseFailed
 from ..desired import puller as puller_mod
 from ..desired.courses import HubRecord, select_courses
 from ..desired.status import Publication, hub_ready
-from ..kube import BY_KIND, DAEMON_SETS, HUBS, SECRETS, Kube, KubeError, NotFound, owner_reference
+from ..kube import BY_KIND, CONFIG_MAPS, DAEMON_SETS, HUBS, SECRETS, Kube, KubeError, NotFound, owner_reference
 from ..settings import Settings
 from ..state import Index
 from . import courses as course_io
@@ -43,26 +47,31 @@ class HubRuntime:
 
     applied: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> hash applied
     release_hash: str | None = None  # values+chart hash known to be deployed
-    release_failure: tuple | None = None  # (hash, when, condition) of the last failed upgrade
+    release_done: tuple | None = None  # (hash, ReleaseOutcome | ReleaseFailed, when)
     db_secret_hash: str | None = None
     pulling: bool = False
     rounds: int = 0
 
 
 class HubReconciler:
-    def __init__(self, kube: Kube, index: Index, settings: Settings, key: tuple[str, str]):
+    def __init__(self, kube: Kube, index: Index, settings: Settings, key: tuple[str, str], helm):
         self.kube = kube
+        self.helm = helm  # coursehub.helm.HelmReleases
         self.index = index
         self.settings = settings
         self.key = key
         self.rt = HubRuntime()
         self.task: asyncio.Task | None = None
+        self.release_task: asyncio.Task | None = None
 
     # -- the loop ----------------------------------------------------------
     def start(self) -> None:
         self.task = asyncio.create_task(self._loop(), name=f"hub {self.key[0]}/{self.key[1]}")
 
     async def stop(self) -> None:
+        if self.release_task and not self.release_task.done():
+            # Let a running helm finish rather than leave the release pending.
+            await asyncio.wait([self.release_task], timeout=60)
         if self.task:
             self.task.cancel()
             try:
@@ -225,8 +234,6 @@ class HubReconciler:
         await asyncio.gather(*(course_io.write_status(self.kube, self.index, k) for k in changed))
 
     async def _live_allowlist(self, hub: HubRecord) -> dict | None:
-        from ..kube import CONFIG_MAPS
-
         return await self.kube.get_or_none(CONFIG_MAPS, allowlist_mod.ALLOWLIST_CONFIGMAP, hub.namespace)
 
     # -- apply ---------------------------------------------------------------
@@ -254,8 +261,6 @@ class HubReconciler:
 
     # -- secrets, gateway, release ---------------------------------------------
     async def _check_secrets(self, hub: HubRecord) -> tuple[list[Cond], str | None, bool]:
-        from ..desired.secrets import check_secrets, required_secret_keys, secret_hash
-
         required = required_secret_keys(hub.spec)
         names = {name for pairs in required.values() for name, _ in pairs}
         secrets: dict[str, dict | None] = {}
@@ -279,8 +284,6 @@ class HubReconciler:
         return conds, db_hash, ok
 
     async def _apply_gateway(self, hub: HubRecord, raw: dict, secrets_ok: bool) -> bool:
-        from ..desired.gateway import gateway_objects
-
         objs = gateway_objects(hub.name, hub.namespace, hub.spec, hub.spec.domain) if hub.spec.gateway else []
         if not secrets_ok:
             return True  # the secret check already explains it; keep what runs
@@ -295,9 +298,6 @@ class HubReconciler:
 
     async def _ensure_release(self, hub: HubRecord, raw: dict, db_hash: str | None,
                               secrets_ok: bool) -> tuple[Cond, dict | None]:
-        from .. import helm
-        from ..desired.values import InvalidValues, hub_allowlist_rbac, render_values, validate_values
-
         status_release = (raw.get("status") or {}).get("release") or None
         try:
             values = render_values(hub.name, hub.namespace, hub.spec, database_secret_hash=db_hash,
@@ -320,28 +320,43 @@ class HubReconciler:
             return Cond("ReleaseDeployed", True, "Deployed",
                         f"revision {status_release.get('revision')} of chart {status_release.get('chartVersion')}"
                         ), status_release
-        failed = self.rt.release_failure
-        if failed and failed[0] == want and time.monotonic() - failed[1] < self.settings.resync_interval:
-            # The same spec failed moments ago: report it again rather than hammer Helm.
-            return failed[2], status_release
+        done = self.rt.release_done
+        if (done is not None and done[0] == want and isinstance(done[1], ReleaseFailed)
+                and done[1].reason not in DETERMINISTIC_REASONS and time.monotonic() - done[2] > 30):
+            done = None  # a transient failure (cluster unreachable, timeout): try again
+        if done is not None and done[0] == want:
+            outcome = done[1]
+            if isinstance(outcome, ReleaseFailed):
+                await self._event_once(raw, outcome.reason, outcome.message, warning=True)
+                return Cond("ReleaseDeployed", False, outcome.reason,
+                            f"{outcome.message}; the previous release stays in place"), status_release
+            self.rt.release_hash = want
+            release = {"name": hub.name, "revision": outcome.revision, "chartVersion": outcome.chart_version,
+                       "valuesHash": want}
+            if outcome.changed:
+                await self.kube.event(raw, reason="ReleaseUpgraded",
+                                      message=f"helm release {hub.name} is at revision {outcome.revision} "
+                                              f"(chart {outcome.chart_version})")
+            return Cond("ReleaseDeployed", True, "Deployed",
+                        f"revision {outcome.revision} of chart {outcome.chart_version}"), release
+        if self.release_task is None or self.release_task.done():
+            # Helm runs beside the reconciler (an install waits for the hub's pods), so course
+            # publication never waits for it; the task wakes the hub when it is done.
+            self.release_task = asyncio.create_task(self._run_release(want, hub, chart, values))
+        return Cond("ReleaseDeployed", False, "Progressing",
+                    f"helm is installing or upgrading release {hub.name}"), status_release
+
+    async def _run_release(self, want: str, hub: HubRecord, chart, values: dict) -> None:
         try:
-            # After a restart this is read-only when the deployed release already matches.
-            outcome = await helm.ensure_release(hub.name, hub.namespace, chart, values)
-        except helm.ReleaseFailed as e:
-            await self._event_once(raw, e.reason, e.message, warning=True)
-            cond = Cond("ReleaseDeployed", False, e.reason, f"{e.message}; the previous release stays in place")
-            self.rt.release_failure = (want, time.monotonic(), cond)
-            return cond, status_release
-        self.rt.release_failure = None
-        self.rt.release_hash = want
-        release = {"name": hub.name, "revision": outcome.revision, "chartVersion": outcome.chart_version,
-                   "valuesHash": want}
-        if outcome.changed:
-            await self.kube.event(raw, reason="ReleaseUpgraded",
-                                  message=f"helm release {hub.name} is at revision {outcome.revision} "
-                                          f"(chart {outcome.chart_version})")
-        return Cond("ReleaseDeployed", True, "Deployed",
-                    f"revision {outcome.revision} of chart {outcome.chart_version}"), release
+            # Read-only when the deployed release already matches (also right after a restart);
+            # a spec that just failed is reported again without another upgrade attempt.
+            result = await self.helm.ensure_release(hub.name, hub.namespace, chart, values)
+        except ReleaseFailed as e:
+            result = e
+        except Exception as e:  # helm missing, cluster unreachable...
+            result = ReleaseFailed("ReleaseFailed", f"{type(e).__name__}: {e}")
+        self.rt.release_done = (want, result, time.monotonic())
+        self.index.wake_hub(self.key)
 
     async def _event_once(self, raw: dict, reason: str, message: str, warning: bool = True) -> None:
         old = conditions.find((raw.get("status") or {}).get("conditions"), "ReleaseDeployed")
@@ -384,10 +399,9 @@ async def ensure_finalizer(kube: Kube, raw: dict) -> None:
                                    "finalizers": [FINALIZER]}})
 
 
-async def finish_deletion(kube: Kube, index: Index, key: tuple[str, str], raw: dict, owns_release: bool) -> None:
+async def finish_deletion(kube: Kube, index: Index, key: tuple[str, str], raw: dict, owns_release: bool,
+                          helm) -> None:
     """Uninstall the release (the database is never touched), forget the hub's courses, let it go."""
-    from .. import helm
-
     if owns_release:
         await helm.uninstall_release(key[1], key[0])
     # Owned objects (allowlist, pullers, gateway, RBAC) go with the garbage collector.

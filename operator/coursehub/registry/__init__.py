@@ -84,6 +84,8 @@ async def resolve_image(
         digest = await resolve_ecr(reference, endpoint_url=ecr_endpoint_url)
     else:
         digest = await resolve_oci(
-            reference, docker_config=docker_config, insecure_registries=insecure_registries
+            reference,
+            docker_config=docker_config,
+            insecure_registries=insecure_registries,
         )
     return ResolvedImage(reference=reference, digest=digest)

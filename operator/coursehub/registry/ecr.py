@@ -50,13 +50,21 @@ _client_lock = threading.Lock()
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_client(region: str, endpoint_url: str | None, connect_timeout: float, read_timeout: float, max_attempts: int) -> Any:
+def _cached_client(
+    region: str,
+    endpoint_url: str | None,
+    connect_timeout: float,
+    read_timeout: float,
+    max_attempts: int,
+) -> Any:
     config = botocore.config.Config(
         retries={"mode": "standard", "max_attempts": max_attempts},
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
     )
-    return boto3.session.Session().client("ecr", region_name=region, endpoint_url=endpoint_url, config=config)
+    return boto3.session.Session().client(
+        "ecr", region_name=region, endpoint_url=endpoint_url, config=config
+    )
 
 
 def ecr_client(
@@ -69,10 +77,14 @@ def ecr_client(
 ) -> Any:
     """A (cached) boto3 ECR client for ``region``; credentials from the standard chain."""
     with _client_lock:
-        return _cached_client(region, endpoint_url, connect_timeout, read_timeout, max_attempts)
+        return _cached_client(
+            region, endpoint_url, connect_timeout, read_timeout, max_attempts
+        )
 
 
-def map_ecr_error(exc: BaseException, ref: ImageReference, endpoint: str) -> ResolveError:
+def map_ecr_error(
+    exc: BaseException, ref: ImageReference, endpoint: str
+) -> ResolveError:
     """Turn a botocore exception into a ``ResolveError`` for ``ref``."""
     what = f"digest {ref.digest}" if ref.digest else f"tag {ref.tag!r}"
     if isinstance(exc, botocore.exceptions.ClientError):
@@ -85,13 +97,17 @@ def map_ecr_error(exc: BaseException, ref: ImageReference, endpoint: str) -> Res
                 "create it and push the image, or fix spec.image"
             )
         if code in _NOT_FOUND:
-            return ImageNotFound(f"{what} not found in {ref.name}; push it or fix spec.image")
+            return ImageNotFound(
+                f"{what} not found in {ref.name}; push it or fix spec.image"
+            )
         if code in _UNAUTHORIZED:
             return RegistryUnauthorized(
                 f"AWS refused ecr:DescribeImages on {ref.name} ({code}: {detail}); give the "
                 "operator's role (IRSA) ecr:DescribeImages on this repository"
             )
-        return RegistryError(f"ECR describe_images for {ref.name} failed ({code}: {detail})")
+        return RegistryError(
+            f"ECR describe_images for {ref.name} failed ({code}: {detail})"
+        )
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return RegistryUnauthorized(
             f"the operator has no AWS credentials to look up {ref.name}; configure IRSA or "
@@ -106,19 +122,28 @@ def map_ecr_error(exc: BaseException, ref: ImageReference, endpoint: str) -> Res
             botocore.exceptions.ConnectionClosedError,
         ),
     ):
-        return RegistryUnreachable(f"cannot reach the ECR API at {endpoint} ({exc}); it will be retried")
+        return RegistryUnreachable(
+            f"cannot reach the ECR API at {endpoint} ({exc}); it will be retried"
+        )
     return RegistryError(f"ECR lookup of {ref.name} failed: {exc}")
 
 
 def _describe(client: Any, account: str, ref: ImageReference) -> str:
-    image_id = {"imageDigest": ref.digest} if ref.digest else {"imageTag": ref.tag or "latest"}
+    image_id = (
+        {"imageDigest": ref.digest} if ref.digest else {"imageTag": ref.tag or "latest"}
+    )
     response = client.describe_images(
         registryId=account, repositoryName=ref.repository, imageIds=[image_id]
     )
     details = response.get("imageDetails") or []
     if not details:
         raise botocore.exceptions.ClientError(
-            {"Error": {"Code": "ImageNotFoundException", "Message": "no image details returned"}},
+            {
+                "Error": {
+                    "Code": "ImageNotFoundException",
+                    "Message": "no image details returned",
+                }
+            },
             "DescribeImages",
         )
     return str(details[0]["imageDigest"])
@@ -159,5 +184,7 @@ async def resolve_ecr(
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise map_ecr_error(exc, ref, endpoint) from None
     if ref.digest and digest != ref.digest:
-        raise RegistryError(f"ECR returned {digest} when asked for {ref.digest} in {ref.name}")
+        raise RegistryError(
+            f"ECR returned {digest} when asked for {ref.digest} in {ref.name}"
+        )
     return digest

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,15 +19,22 @@ import botocore.config
 import botocore.exceptions
 
 from coursehub.desired.lifecycle import RepositoryPolicy, normalize_policy, policy_text
+from coursehub.registry.reference import parse_ecr_host  # re-exported: the reference parser owns it
+
+__all__ = [
+    "ENDPOINT_ENV",
+    "FAILURE_REASONS",
+    "LifecycleResult",
+    "RepositorySettings",
+    "apply_lifecycle_policies",
+    "parse_ecr_host",
+]
 
 ENDPOINT_ENV = "COURSEHUB_AWS_ENDPOINT_URL"
 
 # Reasons a failed result carries (RetentionApplied=False); successes say Applied/Unchanged.
 FAILURE_REASONS = frozenset({"RepositoryNotFound", "AccessDenied", "Throttled", "EndpointUnreachable", "RegistryError"})
 
-_ECR_HOST = re.compile(
-    r"^(?P<account>\d{12})\.dkr\.ecr(?:-fips)?\.(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)\.amazonaws\.com(?:\.cn)?$"
-)
 _ACCESS_CODES = {
     "AccessDenied",
     "AccessDeniedException",
@@ -47,16 +53,6 @@ _THROTTLE_CODES = {
     "RequestThrottled",
     "RequestThrottledException",
 }
-
-
-def parse_ecr_host(host: str) -> tuple[str, str] | None:
-    """``(account, region)`` of a private ECR registry host name, else ``None``.
-
-    ``610119931565.dkr.ecr.us-east-1.amazonaws.com`` -> ``("610119931565", "us-east-1")``;
-    FIPS (``dkr.ecr-fips``) and China (``.amazonaws.com.cn``) hosts are ECR too.
-    """
-    m = _ECR_HOST.match(host.strip().lower())
-    return (m["account"], m["region"]) if m else None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ basic auth or with the bearer token flow of the Docker token spec.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -29,8 +28,8 @@ from .errors import (
 from .reference import DOCKER_HUB, ImageReference
 
 __all__ = [
-    "MANIFEST_MEDIA_TYPES",
     "DEFAULT_INSECURE_REGISTRIES",
+    "MANIFEST_MEDIA_TYPES",
     "Credentials",
     "credentials_for",
     "is_insecure",
@@ -78,10 +77,16 @@ def is_insecure(host: str, insecure_registries: Iterable[str] | None = None) -> 
     Entries are ``host`` (any port) or ``host:port``; ``None`` means the
     loopback defaults, an explicit list replaces them (``[]``: TLS everywhere).
     """
-    entries = DEFAULT_INSECURE_REGISTRIES if insecure_registries is None else insecure_registries
+    entries = (
+        DEFAULT_INSECURE_REGISTRIES
+        if insecure_registries is None
+        else insecure_registries
+    )
     name, port = _split_host(host)
     for entry in entries:
-        entry_name, entry_port = _split_host(entry.strip().removeprefix("http://").rstrip("/"))
+        entry_name, entry_port = _split_host(
+            entry.strip().removeprefix("http://").rstrip("/")
+        )
         if entry_name.lower() == name.lower() and entry_port in (None, port):
             return True
     return False
@@ -96,7 +101,9 @@ def _normalize_config_key(key: str) -> str:
     return DOCKER_HUB if host in _DOCKER_HUB_ALIASES else host
 
 
-def credentials_for(registry: str, docker_config: Mapping[str, Any] | str | bytes | None) -> Credentials | None:
+def credentials_for(
+    registry: str, docker_config: Mapping[str, Any] | str | bytes | None
+) -> Credentials | None:
     """Username and password for ``registry`` from a dockerconfigjson document.
 
     Accepts ``{"auths": {host: entry}}`` (``.dockerconfigjson``), the bare map
@@ -109,12 +116,18 @@ def credentials_for(registry: str, docker_config: Mapping[str, Any] | str | byte
         try:
             docker_config = json.loads(docker_config)
         except ValueError as exc:
-            raise RegistryError(f"the docker config for {registry} is not valid JSON: {exc}") from None
+            raise RegistryError(
+                f"the docker config for {registry} is not valid JSON: {exc}"
+            ) from None
     if not isinstance(docker_config, Mapping):
-        raise RegistryError("the docker config must be a JSON object with an 'auths' map")
+        raise RegistryError(
+            "the docker config must be a JSON object with an 'auths' map"
+        )
     auths = docker_config.get("auths", docker_config)
     if not isinstance(auths, Mapping):
-        raise RegistryError("'auths' in the docker config must be a map of registry host to credentials")
+        raise RegistryError(
+            "'auths' in the docker config must be a map of registry host to credentials"
+        )
     wanted = DOCKER_HUB if registry in _DOCKER_HUB_ALIASES else registry
     for key, entry in auths.items():
         if _normalize_config_key(key) != wanted or not isinstance(entry, Mapping):
@@ -139,7 +152,9 @@ def credentials_for(registry: str, docker_config: Mapping[str, Any] | str | byte
 
 # --- WWW-Authenticate -----------------------------------------------------
 
-_CHALLENGE_PARAM_RE = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
+_CHALLENGE_PARAM_RE = re.compile(
+    r'\s*([a-zA-Z_][a-zA-Z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?'
+)
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -148,7 +163,9 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     params: dict[str, str] = {}
     for match in _CHALLENGE_PARAM_RE.finditer(rest):
         quoted, bare = match.group(2), match.group(3)
-        params[match.group(1).lower()] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
+        params[match.group(1).lower()] = (
+            re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
+        )
     return scheme.lower(), params
 
 
@@ -186,7 +203,9 @@ class _Resolver:
         headers = {"Accept": _ACCEPT}
         if self.authorization:
             headers["Authorization"] = self.authorization
-        async with self.session.request(method, self.manifest_url, headers=headers) as response:
+        async with self.session.request(
+            method, self.manifest_url, headers=headers
+        ) as response:
             body = await response.read()
         return response, body
 
@@ -208,12 +227,18 @@ class _Resolver:
             )
 
     async def _fetch_token(self, params: dict[str, str]) -> str:
-        query = {"scope": params.get("scope") or f"repository:{self.ref.repository}:pull"}
+        query = {
+            "scope": params.get("scope") or f"repository:{self.ref.repository}:pull"
+        }
         if params.get("service"):
             query["service"] = params["service"]
         # Credentials go to the token service only; anonymous tokens need none.
-        headers = {"Authorization": _basic(self.credentials)} if self.credentials else {}
-        async with self.session.get(params["realm"], params=query, headers=headers) as response:
+        headers = (
+            {"Authorization": _basic(self.credentials)} if self.credentials else {}
+        )
+        async with self.session.get(
+            params["realm"], params=query, headers=headers
+        ) as response:
             body = await response.read()
         if response.status in (401, 403):
             raise self._unauthorized(rejected=self.credentials is not None)
@@ -228,7 +253,9 @@ class _Resolver:
         except (ValueError, AttributeError):
             token = None
         if not token:
-            raise RegistryError(f"the token service of {self.ref.registry} returned no token")
+            raise RegistryError(
+                f"the token service of {self.ref.registry} returned no token"
+            )
         return str(token)
 
     def _unauthorized(self, *, rejected: bool) -> RegistryUnauthorized:
@@ -263,12 +290,19 @@ class _Resolver:
             response, body = await self.request("GET")
             if response.status == 200:
                 digest = response.headers.get("Docker-Content-Digest", "")
-                return digest if _DIGEST_RE.match(digest) else "sha256:" + hashlib.sha256(body).hexdigest()
-        if response.status == 404 and "NAME_UNKNOWN" not in _error_codes(body):
-            # Many registries say MANIFEST_UNKNOWN for a missing repository too;
-            # the tag list tells the two apart, so the message names the right fix.
-            if await self._repository_missing():
-                body = b'{"errors":[{"code":"NAME_UNKNOWN"}]}'
+                return (
+                    digest
+                    if _DIGEST_RE.match(digest)
+                    else "sha256:" + hashlib.sha256(body).hexdigest()
+                )
+        # Many registries say MANIFEST_UNKNOWN for a missing repository too; the
+        # tag list tells the two apart, so the message names the right fix.
+        if (
+            response.status == 404
+            and "NAME_UNKNOWN" not in _error_codes(body)
+            and await self._repository_missing()
+        ):
+            body = b'{"errors":[{"code":"NAME_UNKNOWN"}]}'
         raise self._error(response, body)
 
     async def _repository_missing(self) -> bool:
@@ -281,17 +315,25 @@ class _Resolver:
     def _error(self, response: aiohttp.ClientResponse, body: bytes) -> ResolveError:
         status = response.status
         codes = _error_codes(body)
-        if status == 404 or codes & {"MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"}:
+        if status == 404 or codes & {
+            "MANIFEST_UNKNOWN",
+            "NAME_UNKNOWN",
+            "BLOB_UNKNOWN",
+        }:
             if "NAME_UNKNOWN" in codes:
                 return ImageNotFound(
                     f"repository {self.ref.repository!r} not found in {self.ref.registry}; "
                     "push the image or fix spec.image"
                 )
-            return ImageNotFound(f"{self.what} not found in {self.ref.name}; push it or fix spec.image")
+            return ImageNotFound(
+                f"{self.what} not found in {self.ref.name}; push it or fix spec.image"
+            )
         if status in (401, 403) or codes & {"UNAUTHORIZED", "DENIED"}:
             return self._unauthorized(rejected=self.credentials is not None)
         if status == 429 or "TOOMANYREQUESTS" in codes:
-            return RegistryError(f"{self.ref.registry} is rate limiting pulls (HTTP 429); it will be retried")
+            return RegistryError(
+                f"{self.ref.registry} is rate limiting pulls (HTTP 429); it will be retried"
+            )
         return RegistryError(
             f"{self.ref.registry} answered HTTP {status} for {self.what} in {self.ref.name}: {_snippet(body)}"
         )
@@ -342,7 +384,11 @@ async def resolve_oci(
         return await resolver.resolve()
     except ResolveError:
         raise
-    except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError, ssl.SSLError) as exc:
+    except (
+        aiohttp.ClientConnectorCertificateError,
+        aiohttp.ClientSSLError,
+        ssl.SSLError,
+    ) as exc:
         raise RegistryError(
             f"TLS to {host} failed ({exc}); if this registry serves plain HTTP, add it to "
             "the operator's insecure registries"
@@ -352,9 +398,15 @@ async def resolve_oci(
             f"cannot connect to {host} ({exc.os_error or exc}); check the registry host in "
             "spec.image and that the registry is up"
         ) from None
-    except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
-        raise RegistryUnreachable(f"{host} did not answer within {timeout:g}s; it will be retried") from None
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError) as exc:
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise RegistryUnreachable(
+            f"{host} did not answer within {timeout:g}s; it will be retried"
+        ) from None
+    except (
+        aiohttp.ServerDisconnectedError,
+        aiohttp.ClientOSError,
+        aiohttp.ClientPayloadError,
+    ) as exc:
         raise RegistryUnreachable(f"the connection to {host} failed: {exc}") from None
     except aiohttp.ClientError as exc:
         raise RegistryError(f"talking to {host} failed: {exc}") from None

@@ -25,8 +25,8 @@ __all__ = [
     "DOCKER_HUB",
     "IMAGE_REFERENCE_PATTERN",
     "ImageReference",
-    "parse_reference",
     "parse_ecr_host",
+    "parse_reference",
     "pinned",
 ]
 
@@ -127,14 +127,21 @@ def _check_digest(text: str, digest: str) -> None:
         return
     algorithm, sep, hex_part = digest.partition(":")
     if not sep:
-        raise _invalid(text, f"digest {digest!r} must look like 'sha256:<64 hex characters>'")
+        raise _invalid(
+            text, f"digest {digest!r} must look like 'sha256:<64 hex characters>'"
+        )
     if algorithm != "sha256":
-        raise _invalid(text, f"digest algorithm {algorithm!r} is not supported; use a sha256 digest")
+        raise _invalid(
+            text,
+            f"digest algorithm {algorithm!r} is not supported; use a sha256 digest",
+        )
     if len(hex_part) != 64:
         raise _invalid(
             text, f"sha256 digest must have 64 hex characters, found {len(hex_part)}"
         )
-    raise _invalid(text, "sha256 digest must contain only lowercase hex characters 0-9 and a-f")
+    raise _invalid(
+        text, "sha256 digest must contain only lowercase hex characters 0-9 and a-f"
+    )
 
 
 def _check_tag(text: str, tag: str) -> None:
@@ -168,7 +175,10 @@ def _check_domain(text: str, domain: str) -> None:
 def _check_path(text: str, path: str) -> None:
     components = path.split("/")
     if any(not c for c in components):
-        raise _invalid(text, f"repository path {path!r} has an empty component (check for '//' or a trailing '/')")
+        raise _invalid(
+            text,
+            f"repository path {path!r} has an empty component (check for '//' or a trailing '/')",
+        )
     if path != path.lower():
         raise _invalid(text, f"repository path {path!r} must be lowercase")
     for component in components:
@@ -191,14 +201,21 @@ def parse_reference(text: str) -> ImageReference:
     with a message that names the offending part.
     """
     if not isinstance(text, str):
-        raise InvalidImageReference(f"image reference must be a string, not {type(text).__name__}")
+        raise InvalidImageReference(
+            f"image reference must be a string, not {type(text).__name__}"
+        )
     if not text:
         raise InvalidImageReference("image reference is empty")
     for position, ch in enumerate(text):
         if ch.isspace() or not ch.isprintable():
-            raise _invalid(text, f"contains whitespace or a control character at position {position}")
+            raise _invalid(
+                text,
+                f"contains whitespace or a control character at position {position}",
+            )
     if "://" in text:
-        raise _invalid(text, "must not include a URL scheme; write it as 'host[:port]/path:tag'")
+        raise _invalid(
+            text, "must not include a URL scheme; write it as 'host[:port]/path:tag'"
+        )
 
     remainder, at, digest = text.partition("@")
     if at:
@@ -217,7 +234,10 @@ def parse_reference(text: str) -> ImageReference:
     if not remainder:
         raise _invalid(text, "repository name is missing")
     if len(remainder) > NAME_MAX_LENGTH:
-        raise _invalid(text, f"repository name is {len(remainder)} characters long; the limit is {NAME_MAX_LENGTH}")
+        raise _invalid(
+            text,
+            f"repository name is {len(remainder)} characters long; the limit is {NAME_MAX_LENGTH}",
+        )
 
     first, slash, rest = remainder.partition("/")
     if slash and _looks_like_domain(first):

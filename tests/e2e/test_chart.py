@@ -1,0 +1,236 @@
+"""The operator's Helm chart on the local control plane.
+
+helm lint; helm template renders; the manifests pass a server dry-run and apply for real in
+a namespace that enforces the "restricted" Pod Security Standard; the operator Deployment
+becomes Available (kwok runs its pod); the ServiceAccount can do what the operator needs and
+nothing more (kubectl auth can-i as the ServiceAccount); the chart's CRDs are crds/.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tarfile
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "coursehub-operator"
+CRD_DIR = REPO / "crds"
+
+
+def helm(cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    res = subprocess.run([cluster.binaries["helm"], *args], capture_output=True, text=True, env=cluster.env())
+    if check and res.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+    return res
+
+
+def render(cluster, release: str, namespace: str, *sets: str) -> str:
+    args = ["template", release, str(CHART), "--namespace", namespace]
+    for s in sets:
+        args += ["--set", s]
+    return helm(cluster, *args).stdout
+
+
+def docs_of(text: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def can_i(cluster, sa: str, verb: str, resource: str, *, namespace: str | None = None,
+          subresource: str | None = None) -> bool:
+    args = ["auth", "can-i", verb, resource, f"--as={sa}"]
+    args += ["--namespace", namespace] if namespace else ["--all-namespaces"]
+    if subresource:
+        args.append(f"--subresource={subresource}")
+    res = cluster.kubectl(*args, check=False)
+    # can-i exits 0 for yes and 1 for no; anything else is an error of the test itself.
+    assert res.returncode in (0, 1), res.stderr
+    return res.stdout.strip() == "yes"
+
+
+@pytest.fixture
+def restricted_namespace(cluster):
+    """A fresh namespace that enforces the restricted Pod Security Standard."""
+    name = f"chart-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted",
+                    "pod-security.kubernetes.io/warn=restricted")
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def _cleanup_cluster_scoped(cluster, release: str) -> None:
+    cluster.kubectl("delete", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={release}",
+                    "--wait=false", check=False)
+
+
+def test_helm_lint_is_clean(cluster):
+    for sets in ([], ["watch.allNamespaces=false", "watch.namespaces={a,b}", "argocd.healthChecks=true"]):
+        args = ["lint", "--strict", str(CHART)]
+        for s in sets:
+            args += ["--set", s]
+        res = helm(cluster, *args)
+        assert "0 chart(s) failed" in res.stdout
+        assert "[ERROR]" not in res.stdout and "[WARNING]" not in res.stdout, res.stdout
+
+
+def test_chart_crds_are_the_generated_crds(cluster, tmp_path):
+    # In the chart directory (symlinks into crds/) ...
+    chart_crds = {p.name: p.read_bytes() for p in sorted((CHART / "crds").glob("*.yaml"))}
+    assert chart_crds == {p.name: p.read_bytes() for p in sorted(CRD_DIR.glob("*.yaml"))}
+    # ... and in the packaged chart, where helm stores the files' contents.
+    helm(cluster, "package", str(CHART), "--destination", str(tmp_path))
+    (tgz,) = tmp_path.glob("coursehub-operator-*.tgz")
+    with tarfile.open(tgz) as tar:
+        packaged = {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers()
+                    if m.name.startswith("coursehub-operator/crds/")}
+    assert packaged == chart_crds
+    # ... and in what `helm template --include-crds` renders.
+    rendered = docs_of(helm(cluster, "template", "x", str(CHART), "--include-crds").stdout)
+    crd_docs = [d for d in rendered if d["kind"] == "CustomResourceDefinition"]
+    assert sorted(crd_docs, key=lambda d: d["metadata"]["name"]) == sorted(
+        (yaml.safe_load(p.read_text()) for p in CRD_DIR.glob("*.yaml")), key=lambda d: d["metadata"]["name"])
+
+
+def test_argocd_snippet_carries_the_lua_files(cluster):
+    text = render(cluster, "x", "ops", "argocd.healthChecks=true")
+    (cm,) = [d for d in docs_of(text) if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("argocd-health")]
+    for kind, path in (("CourseImage", "courseimage-health.lua"),
+                       ("JupyterHubDeployment", "jupyterhubdeployment-health.lua")):
+        assert cm["data"][f"resource.customizations.health.coursehub.dev_{kind}"] == \
+            (CHART / "argocd" / path).read_text()
+    assert not any(d["kind"] == "ConfigMap" for d in docs_of(render(cluster, "x", "ops")))
+
+
+def test_rendered_deployment_follows_the_contract(cluster):
+    objs = docs_of(render(cluster, "rel", "ops", "image.tag=1.2.3", "aws.endpointURL=http://moto:5000",
+                          "operator.resolveIntervalSeconds=120"))
+    (dep,) = [d for d in objs if d["kind"] == "Deployment"]
+    spec = dep["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"].endswith(":1.2.3")
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"healthz": 8080, "metrics": 8000}
+    assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"] and "--all-namespaces" in c["args"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["COURSEHUB_AWS_ENDPOINT_URL"] == "http://moto:5000"
+    assert env["COURSEHUB_RESOLVE_INTERVAL"] == "120"
+    assert env["COURSEHUB_METRICS_PORT"] == "8000"
+    assert c["resources"]["requests"] and c["resources"]["limits"]
+    (svc,) = [d for d in objs if d["kind"] == "Service"]
+    assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
+
+
+def test_chart_applies_and_operator_becomes_available(cluster, restricted_namespace):
+    ns = restricted_namespace
+    release = f"ch{uuid.uuid4().hex[:6]}"
+    manifests = render(cluster, release, ns)
+    try:
+        dry = cluster.kubectl("apply", "--dry-run=server", "-n", ns, "-f", "-", input=manifests)
+        # The restricted profile would warn on the Deployment's pod template if it fell short.
+        assert "PodSecurity" not in dry.stderr, dry.stderr
+        # Control: the same Deployment without its security contexts does draw the warning,
+        # so the check above can fail.
+        (dep,) = [d for d in docs_of(manifests) if d["kind"] == "Deployment"]
+        dep["spec"]["template"]["spec"].pop("securityContext")
+        dep["spec"]["template"]["spec"]["containers"][0].pop("securityContext")
+        weak = cluster.kubectl("apply", "--dry-run=server", "-n", ns, "-f", "-", input=yaml.safe_dump(dep))
+        assert "PodSecurity" in weak.stderr and "restricted" in weak.stderr, weak.stderr
+        cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifests)
+        fullname = f"{release}-coursehub-operator"
+        cluster.kubectl("wait", "-n", ns, "--for=condition=Available", f"deployment/{fullname}", "--timeout=180s")
+        pods = yaml.safe_load(cluster.kubectl("get", "pods", "-n", ns, "-o", "yaml").stdout)["items"]
+        assert len(pods) == 1 and pods[0]["spec"]["serviceAccountName"] == fullname
+
+        sa = f"system:serviceaccount:{ns}:{fullname}"
+        other = "some-hub-namespace"
+        must = [
+            ("list", "courseimages.coursehub.dev", None, None),
+            ("watch", "jupyterhubdeployments.coursehub.dev", None, None),
+            ("patch", "courseimages.coursehub.dev", other, "status"),
+            ("patch", "jupyterhubdeployments.coursehub.dev", other, "status"),
+            ("update", "jupyterhubdeployments.coursehub.dev", other, "finalizers"),
+            ("patch", "courseimages.coursehub.dev", other, None),  # its own finalizer, by SSA
+            ("get", "secrets", other, None),
+            ("watch", "secrets", None, None),
+            ("create", "secrets", other, None),  # helm's release storage
+            ("create", "events", other, None),
+            ("patch", "configmaps", other, None),
+            ("create", "daemonsets.apps", other, None),
+            ("delete", "daemonsets.apps", other, None),
+            ("create", "deployments.apps", other, None),
+            ("create", "services", other, None),
+            ("create", "roles.rbac.authorization.k8s.io", other, None),
+            ("create", "rolebindings.rbac.authorization.k8s.io", other, None),
+            ("create", "networkpolicies.networking.k8s.io", other, None),
+            ("create", "poddisruptionbudgets.policy", other, None),
+            ("list", "namespaces", None, None),
+            ("watch", "customresourcedefinitions.apiextensions.k8s.io", None, None),
+        ]
+        must_not = [
+            ("delete", "nodes", None, None),
+            ("get", "nodes", None, None),
+            ("escalate", "roles.rbac.authorization.k8s.io", other, None),
+            ("bind", "roles.rbac.authorization.k8s.io", other, None),
+            ("escalate", "clusterroles.rbac.authorization.k8s.io", None, None),
+            ("create", "clusterroles.rbac.authorization.k8s.io", None, None),
+            ("create", "clusterrolebindings.rbac.authorization.k8s.io", None, None),
+            ("impersonate", "serviceaccounts", other, None),
+            ("create", "namespaces", None, None),
+            ("delete", "namespaces", None, None),
+            ("create", "customresourcedefinitions.apiextensions.k8s.io", None, None),
+            ("update", "courseimages.coursehub.dev", other, None),  # never rewrites a spec
+            ("delete", "courseimages.coursehub.dev", other, None),  # never deletes a user's object
+            ("delete", "jupyterhubdeployments.coursehub.dev", other, None),
+            ("create", "pods", other, "exec"),
+            ("get", "pods", other, "log"),
+            ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io", None, None),
+            ("*", "*", None, None),
+        ]
+        wrong = [f"{v} {r} (ns={n}, sub={s})" for v, r, n, s in must
+                 if not can_i(cluster, sa, v, r, namespace=n, subresource=s)]
+        assert not wrong, f"the operator's ServiceAccount lacks: {wrong}"
+        wrong = [f"{v} {r} (ns={n}, sub={s})" for v, r, n, s in must_not
+                 if can_i(cluster, sa, v, r, namespace=n, subresource=s)]
+        assert not wrong, f"the operator's ServiceAccount may do more than it needs: {wrong}"
+    finally:
+        _cleanup_cluster_scoped(cluster, release)
+
+
+def test_namespace_scoped_install_with_helm(cluster, restricted_namespace, namespace):
+    """watch.allNamespaces=false: rights only in the listed namespaces (a Role in each)."""
+    ns, watched = restricted_namespace, namespace
+    release = f"sc{uuid.uuid4().hex[:6]}"
+    try:
+        # Real `helm install`: the CRDs already exist in this cluster, which helm must tolerate.
+        helm(cluster, "install", release, str(CHART), "--namespace", ns,
+             "--set", "watch.allNamespaces=false", "--set", f"watch.namespaces={{{watched}}}")
+        fullname = f"{release}-coursehub-operator"
+        cluster.kubectl("wait", "-n", ns, "--for=condition=Available", f"deployment/{fullname}", "--timeout=180s")
+        dep = yaml.safe_load(cluster.kubectl("get", "deployment", fullname, "-n", ns, "-o", "yaml").stdout)
+        args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        assert f"--namespace={watched}" in args and "--all-namespaces" not in args
+
+        sa = f"system:serviceaccount:{ns}:{fullname}"
+        assert can_i(cluster, sa, "watch", "courseimages.coursehub.dev", namespace=watched)
+        assert can_i(cluster, sa, "create", "daemonsets.apps", namespace=watched)
+        assert not can_i(cluster, sa, "watch", "courseimages.coursehub.dev")  # not cluster-wide
+        assert not can_i(cluster, sa, "get", "secrets", namespace="default")
+        assert not can_i(cluster, sa, "create", "daemonsets.apps", namespace="default")
+        assert can_i(cluster, sa, "list", "namespaces")  # rbac.clusterReads
+        assert not can_i(cluster, sa, "delete", "nodes")
+    finally:
+        helm(cluster, "uninstall", release, "--namespace", ns, "--wait", check=False)
+        _cleanup_cluster_scoped(cluster, release)

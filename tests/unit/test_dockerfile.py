@@ -1,0 +1,145 @@
+"""The Dockerfile, read as instructions (no Docker engine here to build it).
+
+What can be checked without building: the stages and what the final one keeps, the pinned
+and verified helm, the locked dependencies, the non-root user, the entrypoint and ports,
+and that the pinned helm module sum is the one Go's checksum database knows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from coursehub.devcluster.build import HELM_VERSION
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    buf = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not buf and (not stripped or stripped.startswith("#")):
+            continue
+        if buf and stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            buf += stripped[:-1] + " "
+            continue
+        buf += stripped
+        word, _, rest = buf.partition(" ")
+        out.append((word.upper(), rest.strip()))
+        buf = ""
+    return out
+
+
+def stages(text: str) -> dict[str, list[tuple[str, str]]]:
+    """Stage name -> its instructions (ARGs before the first FROM are under "")."""
+    result: dict[str, list[tuple[str, str]]] = {"": []}
+    current = ""
+    for word, rest in instructions(text):
+        if word == "FROM":
+            m = re.match(r"(?i)(\S+)(?:\s+AS\s+(\S+))?$", rest)
+            assert m, rest
+            current = m.group(2) or f"stage{len(result)}"
+            result[current] = [(word, rest)]
+        else:
+            result[current].append((word, rest))
+    return result
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> str:
+    return (REPO / "Dockerfile").read_text()
+
+
+def global_args(text: str) -> dict[str, str]:
+    return dict(a.split("=", 1) for w, a in stages(text)[""] if w == "ARG" and "=" in a)
+
+
+def stage_args(st: list[tuple[str, str]]) -> dict[str, str]:
+    return dict(a.split("=", 1) for w, a in st if w == "ARG" and "=" in a)
+
+
+def test_multi_stage_with_a_python_slim_runtime_last(dockerfile):
+    st = stages(dockerfile)
+    names = [n for n in st if n]
+    assert names[-1] == "runtime" and len(names) >= 3
+    base = st["runtime"][0][1].split()[0]
+    assert base == "${PYTHON_IMAGE}"
+    assert re.fullmatch(r"python:3\.11-slim(-\w+)?", global_args(dockerfile)["PYTHON_IMAGE"])
+
+
+def test_final_stage_has_no_build_tools(dockerfile):
+    runtime = stages(dockerfile)["runtime"]
+    runs = " ".join(a for w, a in runtime if w == "RUN")
+    for tool in ("apt-get install", "apk add", "gcc", "build-essential", "make ", "pip install", "uv ", "go "):
+        assert tool not in runs, f"the final stage runs {tool!r}"
+    copies = [a for w, a in runtime if w == "COPY"]
+    # Only the venv and the helm binary come across; no source tree, no uv, no Go.
+    assert all(a.startswith("--from=") for a in copies), copies
+    assert {a.split()[0] for a in copies} == {"--from=python-build", "--from=helm"}
+
+
+def test_locked_dependencies_without_dev_group(dockerfile):
+    runs = [a for w, a in stages(dockerfile)["python-build"] if w == "RUN"]
+    syncs = [r for r in runs if "uv sync" in r]
+    assert syncs and all("--frozen" in r and "--no-dev" in r for r in syncs)
+    assert any("--no-editable" in r for r in syncs)
+
+
+def test_helm_is_pinned_to_the_dev_cluster_version_and_verified(dockerfile):
+    helm = stages(dockerfile)["helm"]
+    args = stage_args(helm)
+    assert args["HELM_VERSION"] == HELM_VERSION
+    assert re.fullmatch(r"h1:[A-Za-z0-9+/]{43}=", args["HELM_MODULE_SUM"])
+    run = " ".join(a for w, a in helm if w == "RUN")
+    assert "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" in run
+    assert "HELM_MODULE_SUM" in run and "exit 1" in run  # the sum is compared, a mismatch stops
+    env = " ".join(a for w, a in helm if w == "ENV")
+    assert "CGO_ENABLED=0" in env  # a static binary that runs on the slim image
+    assert "GONOSUMCHECK" not in dockerfile and "GONOSUMDB" not in dockerfile and "GOSUMDB=off" not in dockerfile
+    assert "GOFLAGS=-insecure" not in dockerfile
+
+
+def test_pinned_helm_sum_is_what_the_go_checksum_database_knows(dockerfile):
+    """Compared against the local module cache only (GOPROXY=off): no network in unit tests."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("no go toolchain")
+    args = stage_args(stages(dockerfile)["helm"])
+    env = {**os.environ, "GOPROXY": "off", "GOFLAGS": "-mod=mod"}
+    res = subprocess.run([go, "mod", "download", "-json", f"helm.sh/helm/v3@{args['HELM_VERSION']}"],
+                         capture_output=True, text=True, env=env, cwd=REPO)
+    if res.returncode != 0:
+        pytest.skip(f"helm {args['HELM_VERSION']} is not in the local Go module cache")
+    assert json.loads(res.stdout)["Sum"] == args["HELM_MODULE_SUM"]
+
+
+def test_non_root_entrypoint_and_ports(dockerfile):
+    runtime = stages(dockerfile)["runtime"]
+    users = [a for w, a in runtime if w == "USER"]
+    assert users and users[-1].split(":")[0] == "65532"
+    (entry,) = [a for w, a in runtime if w == "ENTRYPOINT"]
+    assert json.loads(entry) == ["coursehub", "run"]
+    exposed = {p for w, a in runtime if w == "EXPOSE" for p in a.split()}
+    assert exposed == {"8080", "8000"}
+    env = " ".join(a for w, a in runtime if w == "ENV")
+    # helm needs writable homes; only /tmp is writable with readOnlyRootFilesystem.
+    for var in ("HELM_CACHE_HOME=/tmp", "HELM_CONFIG_HOME=/tmp", "HELM_DATA_HOME=/tmp", "COURSEHUB_HELM="):
+        assert var in env
+
+
+def test_dockerignore_keeps_the_context_to_what_the_build_copies():
+    lines = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
+             if ln.strip() and not ln.startswith("#")]
+    assert lines[0] == "*"
+    assert {"!pyproject.toml", "!uv.lock", "!README.md", "!operator/"} <= set(lines)

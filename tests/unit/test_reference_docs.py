@@ -1,0 +1,33 @@
+"""docs/reference.md is generated from the CRDs (themselves generated from the models).
+
+Like the CRD drift test: a model change without regenerating the page fails here. Regenerate
+with `uv run python -c "from coursehub.docs import write_reference; write_reference()"`
+(or `coursehub docs --write` once the CLI wires it).
+"""
+
+from __future__ import annotations
+
+from coursehub import crds, docs
+
+
+def test_reference_is_up_to_date():
+    committed = docs.REFERENCE_PATH.read_text()
+    assert committed == docs.reference_markdown(), (
+        "docs/reference.md is stale: regenerate it with coursehub.docs.write_reference()")
+
+
+def test_every_schema_field_is_documented():
+    text = docs.reference_markdown()
+    for crd in crds.all_crds().values():
+        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        for part in ("spec", "status"):
+            for path, node, _required in docs.fields(schema["properties"][part]):
+                assert f"| `{part}.{path}` |" in text
+                # Every field the user can read in `kubectl explain` has words here too.
+                assert node.get("description"), f"{part}.{path} has no description in the model"
+
+
+def test_defaults_come_from_the_models():
+    text = docs.reference_markdown()
+    assert "| `spec.gpu` | string | default `none`;" in text
+    assert "| `spec.retention.keep` | integer | default `5`;" in text
