@@ -35,6 +35,8 @@ def configure_logging(json_logs: bool) -> None:
     # pyhelm3 logs every command, and a WARNING for the expected "release not found" before an
     # install; our own log lines and conditions report what matters.
     logging.getLogger("pyhelm3").setLevel(logging.ERROR)
+    # kopf says "Handler ... succeeded" for every watch event: noise at our volume.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
 def build_registry(watch_namespaces: bool) -> tuple[kopf.OperatorRegistry, dict]:

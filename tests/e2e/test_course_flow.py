@@ -215,7 +215,7 @@ def test_spec_and_labels_untouched_by_reconciliation(cluster, hub_env, unique_re
     obj["metadata"]["annotations"] = {"argocd.argoproj.io/tracking-id": "courses:coursehub.dev/CourseImage:x/argo"}
     apply(cluster, ns, obj)
     cluster.kubectl("wait", "--for=condition=Ready", "courseimage/argo", "-n", ns, "--timeout=90s")
-    live = get_yaml(cluster, "courseimage", "argo", "-n", ns)
+    live = get_yaml(cluster, "courseimage", "argo", "-n", ns, "--show-managed-fields")
     assert live["spec"] == obj["spec"]
     assert live["metadata"]["labels"] == obj["metadata"]["labels"]
     assert live["metadata"]["annotations"]["argocd.argoproj.io/tracking-id"] == \

@@ -43,7 +43,11 @@ class Runtime:
         self.tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
+        from ..reconcile.retention import retention_loop
+
         self.tasks.append(asyncio.create_task(self.resolver.run(), name="resolver"))
+        self.tasks.append(asyncio.create_task(retention_loop(self.kube, self.index, self.settings),
+                                              name="ecr-retention"))
 
     async def stop(self) -> None:
         for r in self.reconcilers.values():

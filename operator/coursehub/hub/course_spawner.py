@@ -179,12 +179,52 @@ def _course_from_json(key: str, raw: Mapping) -> Course:
     )
 
 
+class _LazyCourses(Mapping):
+    """Course entries parsed on first lookup: a spawn needs one course, and building
+    all 1,000 on every allowlist change would cost milliseconds in the request path."""
+
+    def __init__(self, raw: Mapping, on_bad_course: Optional[Callable[[str], None]] = None):
+        # Keys are lower-cased by contract; lower again so a hand edit still matches.
+        self._raw = {str(k).lower(): v for k, v in raw.items()}
+        self._parsed: dict = {}
+        self._on_bad = on_bad_course
+
+    def __getitem__(self, key: str) -> Course:
+        found = self._parsed.get(key)
+        if found is None:
+            raw = self._raw[key]  # KeyError: not in the allowlist
+            try:
+                if not isinstance(raw, dict):
+                    raise AllowlistError(f"course {key!r} is not an object")
+                found = _course_from_json(key, raw)
+            except (AllowlistError, ValueError, TypeError) as e:
+                if self._on_bad:
+                    self._on_bad(str(e))
+                self._raw.pop(key, None)  # report a bad entry once, then treat it as absent
+                raise KeyError(key) from None
+            self._parsed[key] = found
+        return found
+
+    def __contains__(self, key) -> bool:
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self):
+        return iter([k for k in list(self._raw) if k in self])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 def parse_allowlist(text: str, *, on_bad_course: Optional[Callable[[str], None]] = None) -> Allowlist:
     """Parse the ``allowlist.json`` document (docs/CONTRACTS.md).
 
-    A malformed course entry is dropped (reported through ``on_bad_course``) rather
-    than failing the whole list: one bad course must not take every course down.
-    A malformed document raises ``AllowlistError``.
+    A malformed course entry is dropped when it is first looked up (reported through
+    ``on_bad_course``) rather than failing the whole list: one bad course must not
+    take every course down. A malformed document raises ``AllowlistError``.
     """
     try:
         doc = json.loads(text)
@@ -195,16 +235,7 @@ def parse_allowlist(text: str, *, on_bad_course: Optional[Callable[[str], None]]
     raw_courses = doc.get("courses") or {}
     if not isinstance(raw_courses, dict):
         raise AllowlistError("allowlist.courses must be an object")
-    courses = {}
-    for key, raw in raw_courses.items():
-        try:
-            if not isinstance(raw, dict):
-                raise AllowlistError(f"course {key!r} is not an object")
-            # Keys are lower-cased by contract; lower again so a hand edit still matches.
-            courses[str(key).lower()] = _course_from_json(str(key).lower(), raw)
-        except (AllowlistError, ValueError) as e:
-            if on_bad_course:
-                on_bad_course(str(e))
+    courses = _LazyCourses(raw_courses, on_bad_course)
     on_unknown = doc.get("onUnknown") or "default"
     if on_unknown not in ("default", "reject"):
         raise AllowlistError(f"onUnknown must be default or reject, got {on_unknown!r}")
@@ -567,13 +598,17 @@ class AllowlistSource:
 
         api = self._core_api()
         try:
-            cm = await api.read_namespaced_config_map(self.configmap, self.namespace, _request_timeout=5)
+            # Raw JSON instead of a V1ConfigMap model: the model build costs more than
+            # the read itself for a 1,000-course list.
+            resp = await api.read_namespaced_config_map(
+                self.configmap, self.namespace, _preload_content=False, _request_timeout=5)
+            body = json.loads(await resp.read())
         except ApiException as e:
             if e.status == 404:
                 return None, None
             raise
-        data = cm.data or {}
-        return data.get(ALLOWLIST_KEY), cm.metadata.resource_version
+        data = body.get("data") or {}
+        return data.get(ALLOWLIST_KEY), (body.get("metadata") or {}).get("resourceVersion")
 
     async def current(self) -> Allowlist:
         if not self.namespace:
