@@ -290,6 +290,9 @@ def render_values(
         # coursehub pre-pulls course images itself, outside the release: z2jh's hook
         # puller would block every upgrade, and its continuous puller needs values changes.
         "prePuller": {"hook": {"enabled": False}, "continuous": {"enabled": False}},
+        # z2jh's user scheduler and pod priority create cluster-scoped objects (ClusterRole,
+        # PriorityClass); the operator installs with namespace-scoped rights only.
+        "scheduling": {"userScheduler": {"enabled": False}, "podPriority": {"enabled": False}},
     }
     if spec.gateway and spec.gateway.oidc:
         # The gate is the only way in: keep the hub's proxy off the load balancer.
