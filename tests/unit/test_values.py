@@ -239,7 +239,7 @@ def test_spec_values_merge_last_and_deep():
         "hub": {"config": {"JupyterHub": {"admin_access": False}}, "extraEnv": {"EXTRA": "1"}},
         "singleuser": {"memory": {"limit": "8G"}, "extraTolerations": [{"key": "a", "operator": "Exists"}]},
         "cull": {"every": 60},
-        "scheduling": {"userScheduler": {"enabled": False}},
+        "scheduling": {"userScheduler": {"enabled": True}},
     })
     v = render(s)
     validate_values(v)
@@ -248,7 +248,8 @@ def test_spec_values_merge_last_and_deep():
     assert "DATABASE_URL" in v["hub"]["extraEnv"]
     assert v["singleuser"]["memory"] == {"limit": "8G", "guarantee": "2G"}
     assert v["cull"]["every"] == 60 and v["cull"]["timeout"] == 900
-    assert v["scheduling"] == {"userScheduler": {"enabled": False}}
+    # the user's choice wins, the operator's other scheduling defaults stay
+    assert v["scheduling"] == {"userScheduler": {"enabled": True}, "podPriority": {"enabled": False}}
 
 
 def test_spec_values_lists_replace_and_nulls_pass_through():
