@@ -33,6 +33,9 @@ test-e2e:
 crds:
 	$(UV) run coursehub crds --write crds
 
+docs:
+	$(UV) run coursehub docs --write
+
 dev-up:
 	$(UV) run coursehub dev up
 

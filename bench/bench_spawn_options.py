@@ -116,7 +116,28 @@ async def main() -> None:
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--kubeconfig")
     ap.add_argument("--namespace", default="coursehub-bench")
+    ap.add_argument("--devcluster", action="store_true",
+                    help="start the local control plane (coursehub.devcluster) and read through it")
     args = ap.parse_args()
+    cluster = None
+    if args.devcluster and not args.kubeconfig:
+        import tempfile
+        from pathlib import Path
+
+        from coursehub.devcluster.cluster import DevCluster
+
+        cluster = DevCluster(state_dir=Path(tempfile.mkdtemp(prefix="bench-devcluster-")) / "state",
+                             log=lambda *a: None)
+        cluster.up()
+        args.kubeconfig = str(cluster.kubeconfig)
+    try:
+        await measure(args)
+    finally:
+        if cluster is not None:
+            cluster.down(quiet=True)
+
+
+async def measure(args) -> None:
 
     text = allowlist_text(args.courses)
     reqs = requests_mix(args.courses, args.requests)

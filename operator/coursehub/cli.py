@@ -28,6 +28,16 @@ def cmd_crds(args) -> int:
     return 0
 
 
+def cmd_docs(args) -> int:
+    from . import docs
+
+    if args.write:
+        print(docs.write_reference())
+        return 0
+    print(docs.reference_markdown(), end="")
+    return 0
+
+
 def cmd_render(args) -> int:
     from .desired.values import render_values_from_manifest
 
@@ -88,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("crds", help="print the CRDs generated from the API models")
     c.add_argument("--write", metavar="DIR", help="write one file per CRD into DIR instead of printing")
     c.set_defaults(fn=cmd_crds)
+
+    dc = sub.add_parser("docs", help="print the reference of both kinds, generated from the models")
+    dc.add_argument("--write", action="store_true", help="write docs/reference.md instead of printing")
+    dc.set_defaults(fn=cmd_docs)
 
     r = sub.add_parser("render", help="print the exact z2jh values a JupyterHubDeployment renders to")
     r.add_argument("file")

@@ -1,0 +1,63 @@
+"""`make demo`: the local control plane, a local registry with tiny course images, a sample hub
+and courses, and the operator in the foreground. Ctrl-C stops everything it started."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+from ..crds import CRD_DIR, REPO_ROOT
+from .cluster import DevCluster
+from .registry import OciRegistry
+
+DEMO_DIR = REPO_ROOT / "examples" / "demo"
+NAMESPACE = "demo"
+
+
+def main() -> int:
+    state = Path(os.environ.get("COURSEHUB_DEVCLUSTER_DIR", REPO_ROOT / ".devcluster"))
+    cluster = DevCluster(state_dir=state).up(crds=sorted(CRD_DIR.glob("*.yaml")))
+    registry_dir = state / "registry"
+    registry_dir.mkdir(parents=True, exist_ok=True)
+    registry = OciRegistry(registry_dir)
+    registry.start()
+    try:
+        docs = []
+        for f in ("namespace.yaml", "hub.yaml", "courses.yaml"):
+            text = (DEMO_DIR / f).read_text().replace("127.0.0.1:5000", registry.host)
+            docs += [d for d in yaml.safe_load_all(text) if d]
+        for d in docs:
+            if d["kind"] == "CourseImage":
+                repo, tag = re.match(r"^[^/]+/(.+):([^:@]+)$", d["spec"]["image"]).groups()
+                registry.push_image(repo, tag, f"demo-{tag}")
+        cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
+        os.environ.update({k: v for k, v in cluster.env().items() if k in ("KUBECONFIG", "PATH")})
+        print(f"""
+coursehub demo: a hub and {sum(d['kind'] == 'CourseImage' for d in docs)} courses in namespace {NAMESPACE}.
+In another shell:
+  eval $(uv run coursehub dev env)
+  kubectl get jhd,cimg -n {NAMESPACE}
+  kubectl get configmap coursehub-allowlist -n {NAMESPACE} -o jsonpath='{{.data.allowlist\\.json}}'
+  kubectl get ds,pods -n {NAMESPACE} -o wide
+Push a new build under a tag and watch the digest follow:
+  registry at {registry.url} (repository ol-course-notebooks)
+Ctrl-C stops the operator, the registry and the cluster.
+""", flush=True)
+        from ..operator_main import run
+
+        os.environ.setdefault("COURSEHUB_RESOLVE_INTERVAL", "30")
+        os.environ.setdefault("COURSEHUB_ECR_LIFECYCLE", "false")
+        return run(namespaces=[NAMESPACE], all_namespaces=False, liveness=None)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        registry.stop()
+        cluster.down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
