@@ -11,10 +11,12 @@ Source of the allowlist:
 - default: the ConfigMap's JSON text handed over in-process (measures our code only),
   once with a new resourceVersion on every read (worst case: every miss re-parses)
   and once unchanged (the common case: a miss costs only the read);
-- ``--kubeconfig PATH --namespace NS``: a real API server; the bench writes the
-  ConfigMap there and every cache miss is a real GET through kubernetes_asyncio.
+- ``--kubeconfig PATH --namespace NS`` or ``--devcluster``: a real API server; the
+  bench writes the ConfigMap there; "api-server" rows make every cache miss a real GET
+  through kubernetes_asyncio (the hub's fallback path), the "api+watch" row is the
+  hub's default (a watch keeps the list in memory; requests run back to back).
 
-Usage: uv run python bench/bench_spawn_options.py [--requests 20000] [--kubeconfig ...]
+Usage: uv run python bench/bench_spawn_options.py [--requests 20000] [--devcluster | --kubeconfig PATH]
 No assertions: numbers only.
 """
 
@@ -163,14 +165,21 @@ async def measure(args) -> None:
         return text, "1"
 
     sources = [("changing", in_process), ("unchanged", in_process_unchanged)]
+    source = None
     if args.kubeconfig:
-        sources.append(("api-server", await api_source(args.kubeconfig, args.namespace, text)))
+        source = await api_source(args.kubeconfig, args.namespace, text)
+        source.watch = False
+        sources.append(("api-server", source._fetch))
 
     print(f"{'source':<14} {'spawn rate':>10} {'requests':>8} {'p50 us':>9} {'p99 us':>9} {'max us':>10} "
           f"{'reads':>7} {'reads/spawn':>10}")
     for label, fetch in sources:
         for rate in (1, 10, 100, 1000):
             await run(rate, reqs, fetch, label)
+    if source is not None:
+        # the hub's default: a watch keeps the list current; spawns read memory
+        await run_watched(source, reqs)
+        await source.api.api_client.close()
 
 
 async def api_source(kubeconfig: str, namespace: str, text: str):
@@ -193,9 +202,36 @@ async def api_source(kubeconfig: str, namespace: str, text: str):
         if e.status != 409:
             raise
         await api.replace_namespaced_config_map("coursehub-allowlist", namespace, body)
-    source = cs.AllowlistSource(namespace=namespace)
+    source = cs.AllowlistSource(namespace=namespace, cache=cs.AllowlistCache())
     source.api = api
-    return source._fetch
+    return source
+
+
+async def run_watched(source, reqs: list) -> None:
+    """Spawn requests as fast as they come, the list kept current by the watch."""
+    source.watch = True
+    source.watcher.ensure_started()
+    for _ in range(200):
+        if source.watcher.live:
+            break
+        await asyncio.sleep(0.05)
+    reads_before = source.cache.reads
+    times = []
+    t_start = time.monotonic()
+    for q in reqs:
+        t0 = time.perf_counter_ns()
+        opts = cs.normalize_options(q)
+        al = await source.current()
+        try:
+            cs.merge_traits(BASELINE, cs.plan_launch(al, opts))
+        except cs.CourseRefused:
+            pass
+        times.append((time.perf_counter_ns() - t0) / 1000)
+    elapsed = time.monotonic() - t_start
+    reads = source.cache.reads - reads_before
+    print(f"{'api+watch':<14} {len(reqs) / elapsed:>8.0f}/s {len(reqs):>8} {statistics.median(times):>9.1f} "
+          f"{pct(times, 99):>9.1f} {max(times):>10.1f} {reads:>7} {reads / len(reqs):>10.4f}")
+    source.watcher.task.cancel()
 
 
 if __name__ == "__main__":

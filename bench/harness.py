@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
+import requests.adapters
 
 from coursehub.crds import CRD_DIR
 from coursehub.devcluster.cluster import DevCluster, free_port
@@ -82,24 +83,37 @@ def slug(i: int) -> str:
 
 
 # -- API server client ------------------------------------------------------------
+class _SSLAdapter(requests.adapters.HTTPAdapter):
+    def __init__(self, ctx, **kw):
+        self._ctx = ctx
+        super().__init__(**kw)
+
+    def init_poolmanager(self, *a, **kw):
+        kw["ssl_context"] = self._ctx
+        return super().init_poolmanager(*a, **kw)
+
+
 class Api:
     """A tiny synchronous client for the dev cluster (admin client certificate)."""
 
     def __init__(self, cluster: DevCluster):
         self.base = cluster.server
-        pki = cluster.pki_dir
-        self.cert = (str(pki / "admin.crt"), str(pki / "admin.key"))
-        self.ca = str(pki / "ca.crt")
+        # The cluster's own SSL context: its CA is minimal (no key identifiers), which
+        # urllib3's stricter default verification refuses.
+        self.ssl = cluster._ssl()
         self._local = threading.local()
+
+    def session(self) -> requests.Session:
+        s = requests.Session()
+        s.mount("https://", _SSLAdapter(self.ssl))
+        return s
 
     @property
     def http(self) -> requests.Session:
         # One keep-alive session per thread (requests.Session is not thread-safe).
         s = getattr(self._local, "s", None)
         if s is None:
-            s = requests.Session()
-            s.cert, s.verify = self.cert, self.ca
-            self._local.s = s
+            s = self._local.s = self.session()
         return s
 
     def _check(self, r: requests.Response) -> dict:
@@ -205,8 +219,7 @@ class CourseWatch:
                 self.ready[key] = now
 
     def _run(self, path: str) -> None:
-        session = requests.Session()
-        session.cert, session.verify = self.api.cert, self.api.ca
+        session = self.api.session()
         rv = None
         while not self._stop.is_set():
             try:

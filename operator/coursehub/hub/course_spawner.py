@@ -15,8 +15,13 @@ Flow of a launch link ``/hub/tmplogin?course=<slug>&notebook=<path>``:
    ``/hub/spawn?course=...&notebook=...`` (only the known launch keys are carried).
 2. ``CourseSpawner.options_from_query`` reduces the query to the known keys.
 3. ``CourseSpawner.load_user_options`` (called by KubeSpawner at the top of ``_start``)
-   re-reads the allowlist (cached <= ``ALLOWLIST_TTL_SECONDS``), resolves the course
-   and sets image, default URL, resources and GPU scheduling.
+   takes the current allowlist, resolves the course and sets image, default URL,
+   resources and GPU scheduling.
+
+The allowlist is kept current by a watch on the ConfigMap (``AllowlistWatcher``), so
+a spawn reads memory; while the watch is down, it is read through the API with a
+cache of ``ALLOWLIST_TTL_SECONDS`` (``AllowlistCache``). Either way a change reaches
+the next spawn within seconds, without a hub restart.
 
 Everything that decides is a pure function (``normalize_options``,
 ``validate_notebook``, ``parse_allowlist``, ``plan_launch``, ``merge_traits``); the
@@ -573,6 +578,92 @@ def hub_namespace(fallback: Optional[str] = None) -> str:
     return fallback or "default"
 
 
+class AllowlistWatcher:
+    """Keeps the allowlist current from a Kubernetes watch, so a spawn reads memory.
+
+    List (one read, also tells "absent" apart), then watch from that resourceVersion
+    until the server ends the watch after ``resync_seconds``, then list again. While
+    the watch is down, ``live`` is False and lookups fall back to the TTL read. A 403
+    (RBAC without list/watch) turns the watcher off for good.
+    """
+
+    def __init__(self, source: "AllowlistSource", resync_seconds: int = 240):
+        self.source = source
+        self.resync_seconds = resync_seconds
+        self.allowlist: Optional[Allowlist] = None
+        self.version: Optional[str] = None
+        self.live = False
+        self.disabled = False
+        self.task: Optional[asyncio.Future] = None
+
+    def ensure_started(self) -> None:
+        if self.task is None and not self.disabled:
+            self.task = asyncio.ensure_future(self._run())
+
+    def _apply(self, obj: Optional[Mapping]) -> None:
+        if obj is None:
+            self.allowlist, self.version = Allowlist(published=False), None
+            return
+        version = (obj.get("metadata") or {}).get("resourceVersion")
+        if version is not None and version == self.version and self.allowlist is not None:
+            return
+        text = (obj.get("data") or {}).get(ALLOWLIST_KEY)
+        if text is None:
+            self.allowlist, self.version = Allowlist(published=False), version
+            return
+        try:
+            self.allowlist = parse_allowlist(text, on_bad_course=lambda m: log.warning("coursehub: dropping %s", m))
+            self.version = version
+        except AllowlistError as e:
+            # keep serving the previous list; a broken edit must not stop every spawn
+            log.error("coursehub: invalid allowlist (%s); keeping the previous one", e)
+
+    async def _run(self) -> None:
+        from kubernetes_asyncio import watch
+        from kubernetes_asyncio.client.rest import ApiException
+
+        backoff = 1.0
+        selector = f"metadata.name={self.source.configmap}"
+        while True:
+            try:
+                api = self.source._core_api()
+                self.source.cache.reads += 1
+                resp = await api.list_namespaced_config_map(
+                    self.source.namespace, field_selector=selector, _preload_content=False, _request_timeout=10)
+                body = json.loads(await resp.read())
+                items = body.get("items") or []
+                self._apply(items[0] if items else None)
+                self.live, backoff = True, 1.0
+                w = watch.Watch()
+                async for event in w.stream(
+                    api.list_namespaced_config_map, self.source.namespace, field_selector=selector,
+                    resource_version=body["metadata"]["resourceVersion"],
+                    timeout_seconds=self.resync_seconds, _request_timeout=self.resync_seconds + 30,
+                ):
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self._apply(event["raw_object"])
+                    elif event["type"] == "DELETED":
+                        self._apply(None)
+            except asyncio.CancelledError:
+                self.live = False
+                raise
+            except ApiException as e:
+                self.live = False
+                if e.status == 403:
+                    log.warning("coursehub: may not list/watch the allowlist (%s); reading it on demand", e.reason)
+                    self.disabled = True
+                    return
+                if e.status != 410:  # 410: our resourceVersion expired, list again now
+                    log.warning("coursehub: allowlist watch failed (%s); retrying", e)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+            except Exception as e:
+                self.live = False
+                log.warning("coursehub: allowlist watch failed (%s); retrying", e)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+
 class AllowlistSource:
     """Where the hub reads the allowlist: ConfigMap name + namespace + an API client."""
 
@@ -582,6 +673,9 @@ class AllowlistSource:
         self.namespace = namespace
         self.cache = cache
         self.api = None  # a kubernetes_asyncio CoreV1Api; set by the first spawner
+        # watch by default; COURSEHUB_ALLOWLIST_WATCH=0 keeps to TTL reads only
+        self.watch = os.environ.get("COURSEHUB_ALLOWLIST_WATCH", "1") != "0"
+        self.watcher = AllowlistWatcher(self)
 
     def _core_api(self):
         if self.api is None:
@@ -613,6 +707,11 @@ class AllowlistSource:
     async def current(self) -> Allowlist:
         if not self.namespace:
             self.namespace = hub_namespace()
+        if self.watch:
+            self.watcher.ensure_started()
+            if self.watcher.live and self.watcher.allowlist is not None:
+                self.cache.lookups += 1
+                return self.watcher.allowlist
         return await self.cache.get((self.namespace, self.configmap), self._fetch)
 
 
