@@ -11,9 +11,6 @@ from traitlets.config import Config
 from coursehub.hub import extra_config_snippets, hub_config_overrides
 from coursehub.hub import course_spawner as cs
 
-DIGEST = "sha256:" + "a" * 64
-
-
 def img(name: str) -> str:
     return f"registry.example/ol-course-notebooks@sha256:{(name.encode().hex() * 64)[:64]}"
 
