@@ -227,3 +227,35 @@ def test_spec_and_labels_untouched_by_reconciliation(cluster, hub_env, unique_re
             assert set(m["fieldsV1"]) == {"f:metadata"}
             assert set(m["fieldsV1"]["f:metadata"]) == {"f:finalizers"}
     assert ("coursehub", "status") in managers
+
+
+def test_argocd_health_of_live_objects(cluster, hub_env, unique_repo):
+    """The Argo CD Lua health checks read the operator's real statuses the intended way.
+
+    With COURSEHUB_CAPTURE_STATUS=<dir> the live objects are written there as fixtures for
+    tests/unit/test_argocd_health.py (that is how tests/fixtures/status/*-live-*.yaml were made).
+    """
+    import os
+
+    from unit.test_argocd_health import health
+
+    ns, reg, op = hub_env
+    reg.push_image(unique_repo, "ok", "ok")
+    apply(cluster, ns, course_manifest("ok", "ok", reg.ref(unique_repo, "ok")),
+          course_manifest("missing", "missing", reg.ref(unique_repo, "missing")))
+    cluster.kubectl("wait", "--for=condition=Ready", "courseimage/ok", "jhd/learn", "-n", ns, "--timeout=90s")
+    wait_until(lambda: course_cond(cluster, ns, "missing", "ImageResolved").get("reason") == "ImageNotFound",
+               what="missing tag reported")
+    cases = {
+        "courseimage-live-ready": (get_yaml(cluster, "courseimage", "ok", "-n", ns), "Healthy"),
+        "courseimage-live-image-not-found": (get_yaml(cluster, "courseimage", "missing", "-n", ns), "Degraded"),
+        "jupyterhubdeployment-live-ready": (get_yaml(cluster, "jhd", "learn", "-n", ns), "Healthy"),
+    }
+    capture = os.environ.get("COURSEHUB_CAPTURE_STATUS")
+    for name, (obj, want) in cases.items():
+        got = health(obj["kind"], obj)
+        assert got["status"] == want, (name, got)
+        if capture:
+            for k in ("managedFields", "uid", "resourceVersion"):
+                obj["metadata"].pop(k, None)
+            Path(capture, f"{name}.yaml").write_text(yaml.safe_dump({"expect": {"status": want}, "object": obj}))
