@@ -259,3 +259,18 @@ def test_argocd_health_of_live_objects(cluster, hub_env, unique_repo):
             for k in ("managedFields", "uid", "resourceVersion"):
                 obj["metadata"].pop(k, None)
             Path(capture, f"{name}.yaml").write_text(yaml.safe_dump({"expect": {"status": want}, "object": obj}))
+
+
+def test_metrics_tell_the_truth(cluster, hub_env, unique_repo):
+    ns, reg, op = hub_env
+    for slug in ("m1", "m2", "m3"):
+        reg.push_image(unique_repo, slug, slug)
+    apply(cluster, ns, *[course_manifest(s, s, reg.ref(unique_repo, s)) for s in ("m1", "m2", "m3")])
+    cluster.kubectl("wait", "--for=condition=Ready", "courseimage", "--all", "-n", ns, "--timeout=90s")
+    wait_until(lambda: op.metric("coursehub_hub_courses", namespace=ns, hub="learn") == 3, what="courses gauge")
+    assert op.metric("coursehub_registry_calls_total", registry="oci", result="ok") >= 3
+    assert op.metric("coursehub_helm_operations_total", operation="install", result="ok") == 1
+    assert op.metric("coursehub_reconciles_total", kind="JupyterHubDeployment", result="ok") >= 1
+    assert op.metric("coursehub_reconcile_duration_seconds_count", kind="CourseImage") >= 3
+    wait_until(lambda: op.metric("coursehub_prepull_ready", namespace=ns, hub="learn") == 1, what="prepull gauge")
+    assert op.metric("coursehub_kube_requests_total", method="PATCH", kind="ConfigMap") >= 1
