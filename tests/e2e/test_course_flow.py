@@ -14,21 +14,12 @@ import pytest
 import yaml
 
 from fixtures.cluster import get_yaml, wait_until
+from fixtures.slugs import GPU_SLUGS, SLUGS_32
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_CHART = REPO / "tests" / "charts" / "jupyterhub"
-SLUGS_32 = [
-    "clustering_and_descriptive_ai", "mitxt-6.3710.3x", "uai_source-uai.0a", "uai_source-uai.st1",
-    "uai_source-uai.0", "uai_source-uai.1", "uai_source-uai.2", "uai_source-uai.3", "uai_source-uai.4",
-    "uai_source-uai.5", "uai_source-uai.6", "uai_source-uai.7", "uai_source-uai.8", "uai_source-uai.9",
-    "uai_source-uai.10", "uai_source-uai.st2", "uai_source-uai.st3", "mitxt-6.86x", "mitxt-18.6501x",
-    "mitxt-6.419x", "deep_learning_basics", "deep-learning-basics", "deep.learning.basics", "nlp_2025",
-    "nlp-2025", "rl_intro", "computer_vision", "time_series.v2", "time_series_v2", "stats-101", "stats_101",
-    "ml4science",
-]
-GPU_SLUGS = set(SLUGS_32[4:20])  # 16 of the 32 need a GPU, like production
 
 
 def hub_manifest(name: str = "learn", **spec) -> dict:

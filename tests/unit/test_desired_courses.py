@@ -14,16 +14,8 @@ from coursehub.conditions import Cond, merge
 from coursehub.desired import allowlist, puller
 from coursehub.desired.courses import CourseRecord, HubRecord, launch_url, select_courses
 from coursehub.desired.status import Publication, Resolution, course_status
+from fixtures.slugs import SLUGS_32
 
-SLUGS_32 = [
-    "clustering_and_descriptive_ai", "mitxt-6.3710.3x", "uai_source-uai.0a", "uai_source-uai.st1",
-    "uai_source-uai.0", "uai_source-uai.1", "uai_source-uai.2", "uai_source-uai.3", "uai_source-uai.4",
-    "uai_source-uai.5", "uai_source-uai.6", "uai_source-uai.7", "uai_source-uai.8", "uai_source-uai.9",
-    "uai_source-uai.10", "uai_source-uai.st2", "uai_source-uai.st3", "mitxt-6.86x", "mitxt-18.6501x",
-    "mitxt-6.419x", "deep_learning_basics", "deep-learning-basics", "deep.learning.basics", "nlp_2025",
-    "nlp-2025", "rl_intro", "computer_vision", "time_series.v2", "time_series_v2", "stats-101", "stats_101",
-    "ml4science",
-]
 DIGEST = "sha256:" + "a" * 64
 
 
