@@ -265,3 +265,30 @@ def test_metrics_tell_the_truth(cluster, hub_env, unique_repo):
     assert op.metric("coursehub_reconcile_duration_seconds_count", kind="CourseImage") >= 3
     wait_until(lambda: op.metric("coursehub_prepull_ready", namespace=ns, hub="learn") == 1, what="prepull gauge")
     assert op.metric("coursehub_kube_requests_total", method="PATCH", kind="ConfigMap") >= 1
+
+
+def test_publish_after_pull_offers_a_digest_only_once_every_node_has_it(cluster, namespace, operator_factory,
+                                                                       oci_registry, unique_repo):
+    """With kwok stopped no puller pod becomes Ready, so nothing counts as pulled: the new
+    digest waits and learners keep the previous one; once the nodes pull, it is offered."""
+    ns = namespace
+    operator_factory([ns])
+    apply(cluster, ns, hub_manifest(prePull={"enabled": True, "publishAfterPull": True}))
+    d1 = oci_registry.push_image(unique_repo, "pap", "v1")
+    apply(cluster, ns, course_manifest("pap", "pap", oci_registry.ref(unique_repo, "pap")))
+    cluster.kubectl("wait", "--for=condition=Ready", "courseimage/pap", "-n", ns, "--timeout=90s")
+    assert allowlist(cluster, ns)["courses"]["pap"]["image"].endswith(d1)
+
+    cluster.stop_process("kwok")
+    try:
+        d2 = oci_registry.push_image(unique_repo, "pap", "v2")
+        wait_until(lambda: f"{oci_registry.host}/{unique_repo}@{d2}" in puller_images(cluster, ns).values(),
+                   timeout=60, what="puller asked to pull the new digest")
+        wait_until(lambda: course_cond(cluster, ns, "pap", "PrePulled").get("status") == "False", timeout=30,
+                   what="PrePulled False while nodes pull")
+        assert allowlist(cluster, ns)["courses"]["pap"]["image"].endswith(d1)  # the old digest stays offered
+    finally:
+        cluster.start_kwok()
+    wait_until(lambda: allowlist(cluster, ns)["courses"]["pap"]["image"].endswith(d2), timeout=90,
+               what="new digest offered once pulled")
+    cluster.kubectl("wait", "--for=condition=Ready", "courseimage/pap", "-n", ns, "--timeout=90s")

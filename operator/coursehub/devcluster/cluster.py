@@ -158,14 +158,25 @@ class DevCluster:
             f.write(f"{proc.pid}\n")
         return proc
 
-    def stop_process(self, name: str) -> None:
-        """Stop one component (fault tests: the API server going away); data stays."""
+    def stop_process(self, name: str, grace: float = 10) -> None:
+        """Stop one component (fault tests: the API server going away); data stays.
+
+        The API server drains watches for up to a minute on SIGTERM; after `grace` seconds
+        it is killed, as a crashed one would be.
+        """
         proc = self._procs.pop(name)
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
     def start_apiserver(self) -> None:
         self._start_apiserver()
+
+    def start_kwok(self) -> None:
+        self._start_kwok()
 
     def _start_etcd(self) -> None:
         p = self.ports
