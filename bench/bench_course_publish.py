@@ -14,7 +14,6 @@ the operator's own metrics (coursehub_kube_requests_total, coursehub_helm_operat
 from __future__ import annotations
 
 import argparse
-import time
 
 from harness import (Env, course_manifest, fmt_s, idle, log, percentile, settle, slug, table)
 
@@ -22,14 +21,13 @@ NAIVE_ENV = {"COURSEHUB_DEBOUNCE_SECONDS": "0", "COURSEHUB_DEBOUNCE_MAX_SECONDS"
 REPO_NAME = "courses/publish"
 
 
-def run_mode(env: Env, mode: str, op_env: dict, refs: dict[str, str], args) -> dict:
+def run_mode(env: Env, mode: str, op_env: dict, slugs: list[str], args) -> dict:
     ns = f"bench-{mode}"
     env.api.create_namespace(ns)
     op = env.operator([ns], mode, op_env)
     env.install_hub(ns, "learn", courses={"default": slug(0)})
     watch = env.watch([ns])
     res: dict = {}
-    slugs = list(refs)
 
     def manifest(i: int) -> dict:
         # Every 5th course needs a GPU, so both pullers (general and GPU) take part.
@@ -85,9 +83,8 @@ def main() -> None:
     with Env(keep=args.keep) as env:
         slugs = [slug(i) for i in range(args.singles + args.burst)]
         env.push_images(REPO_NAME, slugs)
-        refs = {s: s for s in slugs}
-        d = run_mode(env, "debounced", {}, refs, args)
-        n = run_mode(env, "naive", NAIVE_ENV, refs, args)
+        d = run_mode(env, "debounced", {}, slugs, args)
+        n = run_mode(env, "naive", NAIVE_ENV, slugs, args)
 
     cm, ds = "ConfigMap", "DaemonSet"
     b = args.burst

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 
 from harness import (GROUP_PATH, Env, course_manifest, cond, fmt_s, idle, log, percentile, settle, slug,
                      table, wait_for)
@@ -55,11 +56,17 @@ def main() -> None:
         # 2. Restart with nothing changed: every object is re-read, nothing should be rewritten.
         op.stop()
         env.operators.remove(op)
+        seen_events = {e["metadata"]["uid"] for e in env.api.get(f"/api/v1/namespaces/{NS}/events")["items"]}
         op = env.operator([NS], "idle-restarted")
         time.sleep(args.restart_quiet)
         restart_m = op.metrics()
         hub = env.api.hub(NS, HUB)
         restart_ok = cond(hub, "Ready").get("status") == "True"
+        # What the restart told users: the Events it posted, by kind, reason and condition.
+        restart_events = Counter(
+            (e["involvedObject"]["kind"], e["reason"], e["message"].split(":")[0])
+            for e in env.api.get(f"/api/v1/namespaces/{NS}/events")["items"]
+            if e["metadata"]["uid"] not in seen_events and (e.get("source") or {}).get("component") == "coursehub")
 
         # 3. Spec edits: PATCH -> ReleaseDeployed=True on the new generation.
         edit_times, edit_helm = [], []
@@ -107,6 +114,9 @@ def main() -> None:
     print(table(rows, ("figure", "measured", "target")))
     print(f"idle writes by kind: {idle_m.writes_by_kind()}")
     print(f"restart writes by kind: {restart_m.writes_by_kind()}")
+    print("events posted after the restart (count, (kind, reason, condition)):")
+    for k, v in restart_events.most_common():
+        print(f"  {v:5d} {k}")
 
 
 if __name__ == "__main__":

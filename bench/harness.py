@@ -328,6 +328,9 @@ class Operator:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Operator":
+        # The operator package is imported from the working tree when the process starts:
+        # name the exact source it ran, since the tree may differ from any commit.
+        log(f"operator {self.log_path.stem}: source {source_fingerprint()}")
         args = [sys.executable, "-m", "coursehub.cli", "run", "--liveness", ""]
         for ns in self.namespaces:
             args += ["-n", ns]
@@ -374,6 +377,21 @@ class Operator:
         return (utime + stime) / CLK_TCK, (cutime + cstime) / CLK_TCK
 
 
+def source_fingerprint() -> str:
+    """`<commit>` or `<commit>+dirty:<sha256 of operator/coursehub/**/*.py>[:12]`."""
+    import hashlib
+
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "operator/coursehub"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
+    if not dirty:
+        return head
+    h = hashlib.sha256()
+    for f in sorted((REPO / "operator" / "coursehub").rglob("*.py")):
+        h.update(f.read_bytes())
+    return f"{head}+dirty:{h.hexdigest()[:12]}"
+
+
 # -- the whole environment -------------------------------------------------------
 class Env:
     """Control plane + registry + operators, torn down on exit (also on errors)."""
@@ -388,6 +406,8 @@ class Env:
         self.watches: list[CourseWatch] = []
 
     def __enter__(self) -> "Env":
+        # SIGTERM (e.g. from `timeout`) unwinds through __exit__, so no process is left behind.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         log(f"workdir {self.workdir}")
         self.cluster = DevCluster(state_dir=self.workdir / "cluster", log=lambda m: log(str(m)))
         self.cluster.up(crds=sorted(CRD_DIR.glob("*.yaml")))
