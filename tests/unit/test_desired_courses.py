@@ -192,3 +192,10 @@ def test_course_status_reasons():
 
 def test_launch_url_encodes():
     assert launch_url("nb.example.edu", "a b") == "https://nb.example.edu/hub/tmplogin?course=a%20b"
+
+
+def test_course_selected_but_not_yet_published_is_publishing_not_nohub():
+    _, conds = course_status(course("a", "a"), None, [], None, selecting_hubs=("jupyter/learn",))
+    by = {x.type: x for x in conds}
+    assert by["Published"].reason == "Publishing" and by["Published"].status is None
+    assert by["Ready"].status is not True

@@ -13,6 +13,7 @@ local transient = {
   Progressing = true,
   Resolving = true,        -- the registry lookup of spec.image is under way
   NotResolved = true,      -- a hub waits for the first resolution
+  Publishing = true,       -- a hub selects the course and publishes it in its next round
   NotPublished = true,     -- pre-pulling waits for a hub to publish the course
   WaitingForPull = true,   -- publishAfterPull: offered once every node has the image
   Pulling = true,          -- the pre-puller DaemonSet is rolling out

@@ -45,7 +45,7 @@ COURSE_REQUIRED = ("ImageResolved", "Published", "PrePulled")
 
 
 def course_conditions(course: CourseRecord, resolution: Resolution | None, pubs: list[Publication],
-                      retention: Retention | None) -> list[Cond]:
+                      retention: Retention | None, selecting_hubs: tuple[str, ...] = ()) -> list[Cond]:
     conds: list[Cond] = []
     if resolution is None:
         conds.append(Cond("ImageResolved", None, "Resolving", f"resolving {course.spec.image}"))
@@ -57,7 +57,11 @@ def course_conditions(course: CourseRecord, resolution: Resolution | None, pubs:
             msg += f" (learners keep getting the last good image {course.resolved_image})"
         conds.append(Cond("ImageResolved", False, resolution.reason, msg))
 
-    if not pubs:
+    if not pubs and selecting_hubs:
+        # A hub selects it but has not had its round yet: not a problem, just not done.
+        conds.append(Cond("Published", None, "Publishing",
+                          "hub " + ", ".join(sorted(selecting_hubs)) + " will publish it in its next round"))
+    elif not pubs:
         conds.append(Cond("Published", False, "NoHub", "no JupyterHubDeployment selects this course: check the hub's "
                           "spec.courses (namespaces, selector) and this object's labels and namespace"))
     else:
@@ -90,7 +94,7 @@ def course_conditions(course: CourseRecord, resolution: Resolution | None, pubs:
 
 
 def course_status(course: CourseRecord, resolution: Resolution | None, pubs: list[Publication],
-                  retention: Retention | None) -> tuple[dict, list[Cond]]:
+                  retention: Retention | None, selecting_hubs: tuple[str, ...] = ()) -> tuple[dict, list[Cond]]:
     """(status fields without conditions, conditions) for the status subresource."""
     fields: dict = {
         "observedGeneration": course.generation,
@@ -104,7 +108,7 @@ def course_status(course: CourseRecord, resolution: Resolution | None, pubs: lis
     published = sorted((p for p in pubs if p.state == "Published"), key=lambda p: p.hub)
     if published:
         fields["launchURL"] = launch_url(published[0].domain, course.spec.course)
-    return fields, course_conditions(course, resolution, pubs, retention)
+    return fields, course_conditions(course, resolution, pubs, retention, selecting_hubs)
 
 
 HUB_REQUIRED = ("ReleaseDeployed", "DatabaseReady", "GatewayReady", "CoursesPublished")
