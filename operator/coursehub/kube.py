@@ -46,6 +46,14 @@ class Conflict(KubeError):
     pass
 
 
+class ServerError(KubeError):
+    """5xx or 429: the API server (or etcd behind it) is unwell or busy; worth retrying."""
+
+
+# Failures that say nothing about our request, only that the API server is away right now.
+TRANSIENT_API_ERRORS = (aiohttp.ClientConnectionError, asyncio.TimeoutError, ServerError)
+
+
 @dataclass(frozen=True)
 class Resource:
     group: str
@@ -154,7 +162,8 @@ class Kube:
             payload = json.loads(text) if text and text.startswith("{") else {}
             if resp.status >= 400:
                 msg = payload.get("message") or text[:500]
-                exc = {404: NotFound, 409: Conflict}.get(resp.status, KubeError)
+                transient = resp.status >= 500 or resp.status == 429  # 429: e.g. storage still initialising
+                exc = {404: NotFound, 409: Conflict}.get(resp.status, ServerError if transient else KubeError)
                 raise exc(resp.status, msg, payload)
             return payload
 
@@ -184,11 +193,12 @@ class Kube:
     async def merge_patch(self, res: Resource, name: str, namespace: str | None, patch: dict,
                           *, subresource: str | None = None) -> dict:
         return await self.request("PATCH", res.path(namespace, name, subresource), body=patch,
+                                  params={"fieldManager": FIELD_MANAGER},
                                   content_type="application/merge-patch+json",
                                   kind=res.kind + (f"/{subresource}" if subresource else ""))
 
     async def json_patch(self, res: Resource, name: str, namespace: str | None, ops: list) -> dict:
-        return await self.request("PATCH", res.path(namespace, name), body=ops,
+        return await self.request("PATCH", res.path(namespace, name), body=ops, params={"fieldManager": FIELD_MANAGER},
                                   content_type="application/json-patch+json", kind=res.kind)
 
     async def delete(self, res: Resource, name: str, namespace: str | None = None) -> None:

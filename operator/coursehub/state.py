@@ -32,6 +32,23 @@ class Index:
     course_locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     # bumped on any course change; the ECR retention loop waits on it
     courses_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # hub key -> monotonic deadline: hubs that have not published yet in this process. Course
+    # statuses that such a hub may concern wait for it (until the deadline), so that an operator
+    # restart does not flap every course to Published=False/NoHub and back.
+    hubs_starting: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def hub_starting_for(self, course_key: tuple[str, str]) -> bool:
+        import time
+
+        now = time.monotonic()
+        for key, deadline in list(self.hubs_starting.items()):
+            hub = self.hubs.get(key)
+            if hub is None or hub.deleting or now > deadline:
+                continue
+            mode = hub.spec.courses.namespaces if hub.spec.courses else "Same"
+            if mode != "Same" or hub.namespace == course_key[0]:
+                return True
+        return False
 
     def wake_hub(self, key: tuple[str, str]) -> None:
         self.hub_wakeups.setdefault(key, asyncio.Event()).set()

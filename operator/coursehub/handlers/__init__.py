@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from ..api.courseimage import CourseImageSpec
 from ..api.jupyterhubdeployment import JupyterHubDeploymentSpec
 from ..desired.courses import CourseRecord, HubRecord
-from ..kube import Kube
+from ..kube import TRANSIENT_API_ERRORS, Kube
 from ..reconcile import courses as course_io
 from ..reconcile import hub as hub_io
 from ..reconcile.hub import HubReconciler
@@ -57,11 +57,26 @@ class Runtime:
         await asyncio.gather(*self.tasks, *self.deleting.values(), return_exceptions=True)
         await self.kube.close()
 
-    def spawn_deletion(self, key, coro) -> None:
+    def spawn_deletion(self, key, make) -> None:
+        """Run `make()` (a deletion coroutine) until it succeeds: no later event may come to
+        retry it, and a failed finalizer removal would leave the object hanging for good."""
         if key in self.deleting and not self.deleting[key].done():
-            coro.close()
             return
-        task = asyncio.create_task(coro, name=f"delete {key}")
+
+        async def until_done():
+            attempt = 0
+            while True:
+                try:
+                    return await make()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    attempt += 1
+                    log.warning("finishing the deletion of %s/%s failed (%s: %s), retrying", *key, type(e).__name__,
+                                e, exc_info=attempt == 1 and not isinstance(e, TRANSIENT_API_ERRORS))
+                    await asyncio.sleep(min(30.0, 0.5 * 2 ** attempt))
+
+        task = asyncio.create_task(until_done(), name=f"delete {key}")
         self.deleting[key] = task
         task.add_done_callback(lambda t: self.deleting.pop(key, None) if self.deleting.get(key) is t else None)
 
@@ -122,7 +137,7 @@ def register(registry: kopf.OperatorRegistry, rt_holder: dict, *, watch_namespac
         idx.raw_courses[key] = _plain(body)
         idx.courses[key] = record
         if record.deleting:
-            r.spawn_deletion(key, course_io.finish_deletion(r.kube, idx, key, idx.raw_courses[key]))
+            r.spawn_deletion(key, lambda: course_io.finish_deletion(r.kube, idx, key, idx.raw_courses.get(key)))
             return
         if course_io.FINALIZER not in (m.get("finalizers") or []):
             await course_io.ensure_finalizer(r.kube, idx.raw_courses[key])
@@ -156,7 +171,7 @@ def register(registry: kopf.OperatorRegistry, rt_holder: dict, *, watch_namespac
             if rec:
                 await rec.stop()
             owns = _owns_namespace(idx, record)
-            r.spawn_deletion(key, hub_io.finish_deletion(r.kube, idx, key, idx.raw_hubs[key], owns, r.helm))
+            r.spawn_deletion(key, lambda: hub_io.finish_deletion(r.kube, idx, key, idx.raw_hubs.get(key), owns, r.helm))
             return
         if hub_io.FINALIZER not in (m.get("finalizers") or []):
             await hub_io.ensure_finalizer(r.kube, idx.raw_hubs[key])

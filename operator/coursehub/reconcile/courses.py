@@ -15,13 +15,14 @@ from .. import conditions, metrics
 from ..api.common import API_VERSION, now_rfc3339
 from ..desired.courses import CourseRecord
 from ..desired.status import Resolution, course_status
-from ..kube import COURSE_IMAGES, SECRETS, Kube, KubeError, NotFound
+from ..kube import COURSE_IMAGES, SECRETS, TRANSIENT_API_ERRORS, Kube, KubeError, NotFound
 from ..settings import Settings
 from ..state import Index
 
 log = logging.getLogger(__name__)
 
 FINALIZER = "coursehub.dev/unpublish"
+API_RETRY_SECONDS = 2.0
 
 
 # -- status ------------------------------------------------------------------
@@ -32,6 +33,8 @@ async def write_status(kube: Kube, index: Index, key: tuple[str, str]) -> None:
         raw = index.raw_courses.get(key)
         if course is None or raw is None or course.deleting:
             return
+        if index.hub_starting_for(key):
+            return  # that hub's first round writes this status, with its publication in it
         fields, conds = course_status(course, index.resolutions.get(key), index.publications_for(key),
                                       index.retention.get(key))
         old = raw.get("status") or {}
@@ -105,6 +108,13 @@ class Resolver:
                 await self.resolve_one(key)
             except asyncio.CancelledError:
                 raise
+            except TRANSIENT_API_ERRORS as e:
+                # The API server is away (restart, outage): say so in one line and write the
+                # status again soon, not only at the next resolve interval.
+                log.warning("resolving %s/%s: the Kubernetes API failed (%s: %s), retrying", *key,
+                            type(e).__name__, e)
+                metrics.RECONCILE_ERRORS.labels(kind="CourseImage", reason=type(e).__name__).inc()
+                asyncio.get_running_loop().call_later(API_RETRY_SECONDS, self.schedule, key)
             except Exception:  # never let one course stop the others
                 log.exception("resolving %s/%s failed unexpectedly", *key)
                 metrics.RECONCILE_ERRORS.labels(kind="CourseImage", reason="Unexpected").inc()
@@ -126,7 +136,7 @@ class Resolver:
                                            ecr_endpoint_url=self.settings.aws_endpoint_url,
                                            insecure_registries=self.settings.insecure_registries or None)
             resolution = Resolution(course.generation, True, "Resolved", "", resolved.digest, resolved.pinned,
-                                    now_rfc3339())
+                                    self._resolved_at(key, resolved.pinned))
             metrics.REGISTRY_CALLS.labels(registry=registry_kind, result="ok").inc()
         except ResolveError as e:
             resolution = Resolution(course.generation, False, e.reason, e.message)
@@ -149,6 +159,17 @@ class Resolver:
             self.index.courses[key] = _replace(current, resolved_image=resolution.pinned)
             self.index.wake_hubs_for_namespace(key[0])
         await write_status(self.kube, self.index, key)
+
+    def _resolved_at(self, key: tuple[str, str], pinned: str) -> str:
+        """When this digest was first resolved: an unchanged digest keeps its time, so a periodic
+        re-resolve that finds nothing new writes nothing (also after a restart, from status)."""
+        prev = self.index.resolutions.get(key)
+        if prev is not None and prev.ok and prev.pinned == pinned and prev.at:
+            return prev.at
+        status = (self.index.raw_courses.get(key) or {}).get("status") or {}
+        if status.get("resolvedImage") == pinned and status.get("resolvedAt"):
+            return status["resolvedAt"]
+        return now_rfc3339()
 
     async def _docker_config(self, course: CourseRecord) -> dict | None:
         ref = course.spec.image_pull_secret_ref
@@ -180,13 +201,31 @@ def _replace(course: CourseRecord, **changes) -> CourseRecord:
 
 # -- finalizer -----------------------------------------------------------------
 async def ensure_finalizer(kube: Kube, raw: dict) -> None:
-    if FINALIZER in (raw["metadata"].get("finalizers") or []):
+    await add_finalizer(kube, COURSE_IMAGES, raw, FINALIZER)
+
+
+async def add_finalizer(kube: Kube, res, raw: dict, finalizer: str) -> None:
+    """Add `finalizer` to exactly the object version in `raw`, never create or resurrect it.
+
+    A server-side apply would create the object when it was deleted meanwhile (an event
+    handled late), so this is a merge patch guarded by uid and resourceVersion: a deleted
+    object gives 404, a changed one 409; both are left to the next watch event.
+    """
+    meta = raw["metadata"]
+    finalizers = list(meta.get("finalizers") or [])
+    if finalizer in finalizers or meta.get("deletionTimestamp"):
         return
-    # Server-side apply of just our finalizer: the operator owns that entry and nothing else
-    # in metadata, so spec and labels stay exactly as the user (or Argo CD) applied them.
-    await kube.apply({"apiVersion": API_VERSION, "kind": "CourseImage",
-                      "metadata": {"name": raw["metadata"]["name"], "namespace": raw["metadata"]["namespace"],
-                                   "finalizers": [FINALIZER]}})
+    try:
+        await kube.merge_patch(res, meta["name"], meta["namespace"],
+                               {"metadata": {"uid": meta["uid"], "resourceVersion": meta["resourceVersion"],
+                                             "finalizers": [*finalizers, finalizer]}})
+    except NotFound:
+        pass
+    except KubeError as e:
+        if e.status not in (409, 422):
+            raise
+        log.info("%s %s/%s changed before its finalizer was added; the next event retries", res.kind,
+                 meta["namespace"], meta["name"])
 
 
 async def release_finalizer(kube: Kube, raw: dict) -> None:
@@ -209,9 +248,11 @@ async def release_finalizer(kube: Kube, raw: dict) -> None:
         raise
 
 
-async def finish_deletion(kube: Kube, index: Index, key: tuple[str, str], raw: dict) -> None:
+async def finish_deletion(kube: Kube, index: Index, key: tuple[str, str], raw: dict | None) -> None:
     """Unpublish from every hub, then let the object go."""
     index.wake_hubs_for_namespace(key[0])
     while index.publications.get(key):
         await asyncio.sleep(0.2)  # hub reconcilers drop it from their allowlists and pullers
-    await release_finalizer(kube, raw)
+    raw = index.raw_courses.get(key) or raw  # the freshest finalizer list (a retry may follow events)
+    if raw is not None:
+        await release_finalizer(kube, raw)

@@ -26,7 +26,8 @@ from ..helm import DETERMINISTIC_REASONS, ReleaseFailed
 from ..desired import puller as puller_mod
 from ..desired.courses import HubRecord, select_courses
 from ..desired.status import Publication, hub_ready
-from ..kube import BY_KIND, CONFIG_MAPS, DAEMON_SETS, HUBS, SECRETS, Kube, KubeError, NotFound, owner_reference
+from ..kube import (BY_KIND, CONFIG_MAPS, DAEMON_SETS, HUBS, SECRETS, TRANSIENT_API_ERRORS, Kube, KubeError,
+                    NotFound, owner_reference)
 from ..settings import Settings
 from ..state import Index
 from . import courses as course_io
@@ -34,6 +35,8 @@ from . import courses as course_io
 log = logging.getLogger(__name__)
 
 FINALIZER = "coursehub.dev/helm-release"
+# How long course statuses wait for a newly started hub reconciler's first publication.
+FIRST_ROUND_GRACE = 30.0
 APPLIED_HASH = "coursehub.dev/applied-hash"
 
 
@@ -66,9 +69,11 @@ class HubReconciler:
 
     # -- the loop ----------------------------------------------------------
     def start(self) -> None:
+        self.index.hubs_starting[self.key] = time.monotonic() + FIRST_ROUND_GRACE
         self.task = asyncio.create_task(self._loop(), name=f"hub {self.key[0]}/{self.key[1]}")
 
     async def stop(self) -> None:
+        self.index.hubs_starting.pop(self.key, None)
         if self.release_task and not self.release_task.done():
             # Let a running helm finish rather than leave the release pending.
             await asyncio.wait([self.release_task], timeout=60)
@@ -101,8 +106,15 @@ class HubReconciler:
                 attempt += 1
                 reason = type(e).__name__
                 metrics.RECONCILE_ERRORS.labels(kind="JupyterHubDeployment", reason=reason).inc()
-                log.warning("hub %s/%s: reconcile failed (%s), retrying", *self.key, e, exc_info=attempt == 1)
-                await asyncio.sleep(min(30.0, 0.5 * 2 ** attempt))
+                # An API outage is expected weather: one line, no traceback.
+                log.warning("hub %s/%s: reconcile failed (%s: %s), retrying", *self.key, reason, e,
+                            exc_info=attempt == 1 and not isinstance(e, TRANSIENT_API_ERRORS))
+                # A watch event means the API server answers again: retry then, not after the backoff.
+                wake.clear()
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout=min(30.0, 0.5 * 2 ** attempt))
+                except asyncio.TimeoutError:
+                    pass
                 wake.set()
             finally:
                 metrics.RECONCILE_SECONDS.labels(kind="JupyterHubDeployment").observe(time.monotonic() - started)
@@ -231,6 +243,9 @@ class HubReconciler:
                 changed.append(key)
             if not per_hub:
                 self.index.publications.pop(key, None)
+        if self.index.hubs_starting.pop(self.key, None) is not None:
+            # Statuses held back for this first round (write_status skips unchanged ones).
+            changed = sorted(set(changed) | set(self.index.courses))
         await asyncio.gather(*(course_io.write_status(self.kube, self.index, k) for k in changed))
 
     async def _live_allowlist(self, hub: HubRecord) -> dict | None:
@@ -392,16 +407,14 @@ class HubReconciler:
 
 # -- finalizer ----------------------------------------------------------------
 async def ensure_finalizer(kube: Kube, raw: dict) -> None:
-    if FINALIZER in (raw["metadata"].get("finalizers") or []):
-        return
-    await kube.apply({"apiVersion": API_VERSION, "kind": "JupyterHubDeployment",
-                      "metadata": {"name": raw["metadata"]["name"], "namespace": raw["metadata"]["namespace"],
-                                   "finalizers": [FINALIZER]}})
+    await course_io.add_finalizer(kube, HUBS, raw, FINALIZER)
 
 
-async def finish_deletion(kube: Kube, index: Index, key: tuple[str, str], raw: dict, owns_release: bool,
+async def finish_deletion(kube: Kube, index: Index, key: tuple[str, str], raw: dict | None, owns_release: bool,
                           helm) -> None:
     """Uninstall the release (the database is never touched), forget the hub's courses, let it go."""
+    if raw is None:  # already gone
+        return
     if owns_release:
         await helm.uninstall_release(key[1], key[0])
     # Owned objects (allowlist, pullers, gateway, RBAC) go with the garbage collector.
