@@ -64,3 +64,30 @@ def find(conditions: list[dict] | None, type_: str) -> dict | None:
         if c.get("type") == type_:
             return c
     return None
+
+
+# Reasons that settle by themselves: not worth an Event, never a Warning.
+TRANSIENT_REASONS = frozenset({"Pending", "Resolving", "Pulling", "NotPublished", "Publishing", "NotResolved",
+                               "WaitingForPull", "Progressing"})
+
+
+def events_for(old: list | None, new: list) -> list[tuple[str, str, str]]:
+    """(type, reason, message) of the Events a status change deserves.
+
+    One when Ready flips, and one when another condition turns False for a reason someone
+    must act on (or changes that reason); sub-conditions turning True are covered by Ready.
+    """
+    before = {c["type"]: c for c in old or []}
+    out = []
+    for c in new:
+        prev = before.get(c["type"]) or {}
+        if prev.get("status") == c["status"] and prev.get("reason") == c["reason"]:
+            continue
+        transient = c["reason"] in TRANSIENT_REASONS
+        if c["type"] == "Ready":
+            if prev.get("status") != c["status"] and not (transient and c["status"] != "True"):
+                warn = c["status"] == "False"
+                out.append(("Warning" if warn else "Normal", c["reason"], f"Ready={c['status']}: {c['message']}"))
+        elif c["status"] == "False" and not transient:
+            out.append(("Warning", c["reason"], f"{c['type']}=False: {c['message']}"))
+    return out

@@ -199,3 +199,23 @@ def test_course_selected_but_not_yet_published_is_publishing_not_nohub():
     by = {x.type: x for x in conds}
     assert by["Published"].reason == "Publishing" and by["Published"].status is None
     assert by["Ready"].status is not True
+
+
+def test_events_only_for_ready_flips_and_actionable_failures():
+    from coursehub.conditions import events_for
+
+    def c(t, st, reason):
+        return {"type": t, "status": st, "reason": reason, "message": "m"}
+
+    # first status: pending everything -> no events
+    assert events_for(None, [c("Ready", "Unknown", "Pending"), c("ImageResolved", "Unknown", "Resolving")]) == []
+    # sub-conditions turning True are covered by Ready's one event
+    got = events_for([c("Ready", "Unknown", "Pending")],
+                     [c("Ready", "True", "Ready"), c("ImageResolved", "True", "Resolved"),
+                      c("Published", "True", "Published")])
+    assert [(t, r) for t, r, _ in got] == [("Normal", "Ready")]
+    # an actionable failure is a Warning; a transient one is silent
+    got = events_for([c("Ready", "True", "Ready")],
+                     [c("Ready", "False", "ImageNotFound"), c("ImageResolved", "False", "ImageNotFound")])
+    assert [(t, r) for t, r, _ in got] == [("Warning", "ImageNotFound"), ("Warning", "ImageNotFound")]
+    assert events_for([c("Ready", "True", "Ready")], [c("Ready", "False", "Pulling")]) == []

@@ -70,7 +70,9 @@ class CourseImageStatus(Model):
     resolved_image: str | None = Field(None, description="The image pinned to its digest (repo@sha256:...): what "
                                        "learners get. It keeps the last good value while the registry fails.")
     digest: str | None = Field(None, description="The digest spec.image resolved to.")
-    resolved_at: str | None = Field(None, description="When spec.image was last resolved successfully (RFC 3339).")
+    resolved_at: str | None = Field(None, description="When the current digest was first seen (RFC 3339); it moves "
+                                    "only when a new build changes the digest, so re-resolving an unchanged tag "
+                                    "writes nothing.")
     hubs: list[str] | None = Field(None, description="The JupyterHubDeployments (namespace/name) that publish this "
                                    "course.")
     launch_url: str | None = Field(None, description="A link that starts this course on its (first) hub.",

@@ -13,7 +13,7 @@ import time
 
 from .. import conditions, metrics
 from ..api.common import API_VERSION, now_rfc3339
-from ..desired.courses import CourseRecord
+from ..desired.courses import CourseRecord, selects
 from ..desired.status import Resolution, course_status
 from ..kube import COURSE_IMAGES, SECRETS, TRANSIENT_API_ERRORS, Kube, KubeError, NotFound
 from ..settings import Settings
@@ -35,8 +35,11 @@ async def write_status(kube: Kube, index: Index, key: tuple[str, str]) -> None:
             return
         if index.hub_starting_for(key):
             return  # that hub's first round writes this status, with its publication in it
-        fields, conds = course_status(course, index.resolutions.get(key), index.publications_for(key),
-                                      index.retention.get(key))
+        pubs = index.publications_for(key)
+        selecting = () if pubs else tuple(h.ref for h in index.hubs.values()
+                                          if not h.deleting and selects(h, course, index.namespace_labels))
+        fields, conds = course_status(course, index.resolutions.get(key), pubs, index.retention.get(key),
+                                      selecting)
         old = raw.get("status") or {}
         merged = conditions.merge(old.get("conditions"), conds, course.generation)
         merged = [c for c in merged if c["type"] in {x.type for x in conds}]  # drop conditions no longer computed
@@ -60,16 +63,8 @@ def _same_status(old: dict, new: dict) -> bool:
 
 
 async def _transition_events(kube: Kube, raw: dict, old: list | None, new: list) -> None:
-    """One Event per condition whose status flipped, with the condition's reason."""
-    before = {c["type"]: c for c in old or []}
-    for c in new:
-        prev = before.get(c["type"])
-        if prev and prev.get("status") == c["status"] and prev.get("reason") == c["reason"]:
-            continue
-        if c["type"] == "Ready" or c["status"] == "False" or prev is not None:
-            warn = c["status"] == "False" and c["reason"] not in ("Pending", "Resolving", "Pulling", "NotPublished")
-            await kube.event(raw, reason=c["reason"], message=f"{c['type']}={c['status']}: {c['message']}",
-                             type_="Warning" if warn else "Normal")
+    for type_, reason, message in conditions.events_for(old, new):
+        await kube.event(raw, reason=reason, message=message, type_=type_)
 
 
 # -- resolution ----------------------------------------------------------------

@@ -358,6 +358,12 @@ class HubReconciler:
             # Helm runs beside the reconciler (an install waits for the hub's pods), so course
             # publication never waits for it; the task wakes the hub when it is done.
             self.release_task = asyncio.create_task(self._run_release(want, hub, chart, values))
+        if status_release and status_release.get("valuesHash") == want:
+            # This exact chart and values were deployed before (e.g. by the process before a
+            # restart): keep saying so while helm checks it, read-only, instead of flapping.
+            return Cond("ReleaseDeployed", True, "Deployed",
+                        f"revision {status_release.get('revision')} of chart {status_release.get('chartVersion')}"
+                        ), status_release
         return Cond("ReleaseDeployed", False, "Progressing",
                     f"helm is installing or upgrading release {hub.name}"), status_release
 
