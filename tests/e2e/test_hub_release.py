@@ -181,3 +181,29 @@ def test_delete_hub_cleans_up(cluster, namespace, operator_factory, oci_registry
                    .get("reason") == "NoHub" and x, what="course reports it is no longer published")
     assert c["status"] == "False"
     assert get_yaml(cluster, "secret", "db", "-n", ns)["data"]  # the database secret is never touched
+
+
+def test_oidc_gateway_in_front_of_tmp_users(cluster, namespace, operator_factory):
+    ns = namespace
+    operator_factory([ns])
+    gated = hub(auth={"mode": "tmp"},
+                gateway={"oidc": {"issuerURL": "https://sso.example.edu/realms/olapps", "secretRef": {"name": "oidc"}}})
+    apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:p@db/hub"), gated)
+    c = wait_until(lambda: (x := cond(cluster, ns, "GatewayReady")).get("status") == "False" and x,
+                   what="missing gateway secret reported")
+    assert c["reason"] == "SecretNotFound" and "oidc" in c["message"]
+    apply(cluster, ns, secret("oidc", client_id="coursehub", client_secret="s3cret-value",
+                              cookie_secret="0123456789abcdef0123456789abcdef"))
+    wait_until(lambda: ready_on_generation(cluster, ns), timeout=120, what="gated hub Ready")
+    cluster.kubectl("rollout", "status", "deployment/coursehub-gateway", "-n", ns, "--timeout=60s")
+    dep = get_yaml(cluster, "deployment", "coursehub-gateway", "-n", ns)
+    owner = dep["metadata"]["ownerReferences"][0]
+    assert owner["kind"] == "JupyterHubDeployment" and owner["name"] == "learn"
+    pod = dep["spec"]["template"]["spec"]
+    text = json.dumps(dep)
+    assert "s3cret-value" not in text  # referenced, never copied
+    refs = {e["valueFrom"]["secretKeyRef"]["key"] for e in pod["containers"][0]["env"] if "valueFrom" in e}
+    assert {"client_id", "client_secret", "cookie_secret"} <= refs
+    assert any("keycloak-oidc" in a for a in pod["containers"][0]["args"])
+    svc = get_yaml(cluster, "service", "coursehub-gateway", "-n", ns)
+    assert svc["spec"]["ports"]
