@@ -75,8 +75,11 @@ class HubReconciler:
     async def stop(self) -> None:
         self.index.hubs_starting.pop(self.key, None)
         if self.release_task and not self.release_task.done():
-            # Let a running helm finish rather than leave the release pending.
-            await asyncio.wait([self.release_task], timeout=60)
+            # Give a running helm a moment to finish; one cut short leaves the release pending,
+            # which the next start repairs (HelmReleases._make_proceedable). Waiting longer
+            # would outlast the pod's termination grace period anyway.
+            await asyncio.wait([self.release_task], timeout=10)
+            self.release_task.cancel()
         if self.task:
             self.task.cancel()
             try:
