@@ -24,10 +24,11 @@ import requests.adapters
 
 from coursehub.crds import CRD_DIR
 from coursehub.devcluster.cluster import DevCluster, free_port
+from coursehub.devcluster import samples
 from coursehub.devcluster.registry import OciRegistry
+from coursehub.devcluster.samples import course_manifest  # noqa: F401  (re-exported for the benchmarks)
 
 REPO = Path(__file__).resolve().parents[1]
-TEST_CHART = REPO / "tests" / "charts" / "jupyterhub"
 GROUP_PATH = "/apis/coursehub.dev/v1alpha1"
 WRITE_METHODS = ("PATCH", "POST", "PUT", "DELETE")
 MUTATING_HELM = ("install", "upgrade", "rollback", "uninstall")
@@ -54,24 +55,7 @@ def fmt_s(x: float) -> str:
 
 # -- manifests ------------------------------------------------------------------
 def hub_manifest(name: str, domain: str | None = None, **spec) -> dict:
-    base = {
-        "chart": {"path": str(TEST_CHART)},
-        "domain": domain or f"{name}.example.edu",
-        "auth": {"mode": "tmp", "allowUngated": True},
-        "database": {"type": "sqlite-memory"},
-        "singleuser": {"gpuNodes": {"label": "ol.mit.edu/gpu_node=true",
-                                    "toleration": "ol.mit.edu/gpu_node=true:NoSchedule"}},
-        # kwok gives no LoadBalancer an address, and helm --atomic would wait for one.
-        "values": {"proxy": {"service": {"type": "ClusterIP"}}},
-    }
-    base.update(spec)
-    return {"apiVersion": "coursehub.dev/v1alpha1", "kind": "JupyterHubDeployment",
-            "metadata": {"name": name}, "spec": base}
-
-
-def course_manifest(name: str, slug: str, image: str, **spec) -> dict:
-    return {"apiVersion": "coursehub.dev/v1alpha1", "kind": "CourseImage", "metadata": {"name": name},
-            "spec": {"course": slug, "image": image, **spec}}
+    return samples.hub_manifest(name, domain=domain or f"{name}.example.edu", **spec)
 
 
 STEMS = ["uai_source-uai.", "mitxt-6.", "mitxt-18.", "clustering_and_descriptive_ai_", "deep.learning_"]

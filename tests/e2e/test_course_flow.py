@@ -15,33 +15,15 @@ import yaml
 
 from fixtures.cluster import get_yaml, wait_until
 from fixtures.slugs import GPU_SLUGS, SLUGS_32
+from coursehub.devcluster import samples
+from coursehub.devcluster.samples import TEST_CHART, course_manifest
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-TEST_CHART = REPO / "tests" / "charts" / "jupyterhub"
 
 
 def hub_manifest(name: str = "learn", **spec) -> dict:
-    base = {
-        "chart": {"path": str(TEST_CHART)},
-        "domain": "nb.learn.example.edu",
-        "auth": {"mode": "tmp", "allowUngated": True},
-        "database": {"type": "sqlite-memory"},
-        "courses": {"default": "clustering_and_descriptive_ai"},
-        "singleuser": {"gpuNodes": {"label": "ol.mit.edu/gpu_node=true",
-                                    "toleration": "ol.mit.edu/gpu_node=true:NoSchedule"}},
-        # kwok gives no LoadBalancer an address, and helm --atomic waits for one.
-        "values": {"proxy": {"service": {"type": "ClusterIP"}}},
-    }
-    base.update(spec)
-    return {"apiVersion": "coursehub.dev/v1alpha1", "kind": "JupyterHubDeployment",
-            "metadata": {"name": name}, "spec": base}
-
-
-def course_manifest(name: str, slug: str, image: str, **spec) -> dict:
-    return {"apiVersion": "coursehub.dev/v1alpha1", "kind": "CourseImage", "metadata": {"name": name},
-            "spec": {"course": slug, "image": image, **spec}}
+    return samples.hub_manifest(name, **{"courses": {"default": "clustering_and_descriptive_ai"}, **spec})
 
 
 def apply(cluster, ns, *objs):

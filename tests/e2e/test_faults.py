@@ -12,7 +12,6 @@ import json
 import re
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -22,41 +21,23 @@ from coursehub.api.common import COURSE_SLUG_PATTERN
 from coursehub.desired.puller import GENERAL, GPU
 from coursehub.hub.course_spawner import CourseRefused, parse_allowlist, plan_launch
 from fixtures.cluster import wait_until
+from coursehub.devcluster import samples
+from coursehub.devcluster.samples import course_manifest
 
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parents[2]
-TEST_CHART = REPO / "tests" / "charts" / "jupyterhub"
 DEFAULT_SLUG = "clustering_and_descriptive_ai"
 
 
 # -- helpers ---------------------------------------------------------------------------
 
 def hub_manifest(name: str = "learn", **spec) -> dict:
-    base = {
-        "chart": {"path": str(TEST_CHART)},
-        "domain": "nb.learn.example.edu",
-        "auth": {"mode": "tmp", "allowUngated": True},
-        "database": {"type": "sqlite-memory"},
-        "courses": {"default": DEFAULT_SLUG},
-        "singleuser": {"gpuNodes": {"label": "ol.mit.edu/gpu_node=true",
-                                    "toleration": "ol.mit.edu/gpu_node=true:NoSchedule"}},
-        # kwok gives no LoadBalancer an address, and helm --atomic waits for one.
-        "values": {"proxy": {"service": {"type": "ClusterIP"}}},
-    }
-    base.update(spec)
-    return {"apiVersion": "coursehub.dev/v1alpha1", "kind": "JupyterHubDeployment",
-            "metadata": {"name": name}, "spec": base}
+    return samples.hub_manifest(name, **{"courses": {"default": DEFAULT_SLUG}, **spec})
 
 
 def get_json(cluster, *args: str) -> dict:
     # JSON, not YAML: kubectl -o yaml refuses the control characters generated strings may hold.
     return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
-
-
-def course_manifest(name: str, slug: str, image: str, **spec) -> dict:
-    return {"apiVersion": "coursehub.dev/v1alpha1", "kind": "CourseImage", "metadata": {"name": name},
-            "spec": {"course": slug, "image": image, **spec}}
 
 
 def apply(cluster, ns, *objs, check: bool = True):
