@@ -219,3 +219,14 @@ def test_events_only_for_ready_flips_and_actionable_failures():
                      [c("Ready", "False", "ImageNotFound"), c("ImageResolved", "False", "ImageNotFound")])
     assert [(t, r) for t, r, _ in got] == [("Warning", "ImageNotFound"), ("Warning", "ImageNotFound")]
     assert events_for([c("Ready", "True", "Ready")], [c("Ready", "False", "Pulling")]) == []
+
+
+def test_namespace_owner_is_the_oldest_hub_even_while_it_is_deleted():
+    from dataclasses import replace
+
+    from coursehub.desired.courses import namespace_owner
+
+    old = replace(hub(), name="old", created="2026-01-01T00:00:00Z", deleting=True)
+    new = replace(hub(), name="new", created="2026-02-01T00:00:00Z")
+    elsewhere = replace(hub(), name="x", namespace="other", created="2025-01-01T00:00:00Z")
+    assert namespace_owner([new, old, elsewhere], "jupyter").name == "old"

@@ -95,6 +95,13 @@ def select_courses(hub: HubRecord, courses: list[CourseRecord],
     return sel
 
 
+def namespace_owner(hubs, namespace: str) -> HubRecord:
+    """The hub that owns a namespace: the oldest one there. z2jh's object names are not
+    release-prefixed, so only one release fits a namespace. A hub being deleted still owns
+    it until it is gone, so a younger hub never installs beside a release being uninstalled."""
+    return min((h for h in hubs if h.namespace == namespace), key=lambda h: (h.created, h.name))
+
+
 def unknown_course_policy(hub: HubRecord) -> str:
     courses = hub.spec.courses
     if courses and courses.on_unknown:

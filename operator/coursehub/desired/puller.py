@@ -120,7 +120,7 @@ def rolled_out(ds: dict | None) -> bool:
             and st.get("numberUnavailable", 0) == 0)
 
 
-def _images(ds: dict | None) -> set[str]:
+def images_of(ds: dict | None) -> set[str]:
     if not ds:
         return set()
     return {c["image"] for c in ds["spec"]["template"]["spec"].get("initContainers", [])}
@@ -131,7 +131,7 @@ def pulled_images(desired: dict[str, dict | None], live: dict[str, dict | None])
     in its live spec and is fully rolled out (an optional-GPU course needs both pullers)."""
     wanted: dict[str, set[str]] = {}
     for name, ds in desired.items():
-        for image in _images(ds):
+        for image in images_of(ds):
             wanted.setdefault(image, set()).add(name)
     return {image for image, names in wanted.items()
-            if all(rolled_out(live.get(n)) and image in _images(live.get(n)) for n in names)}
+            if all(rolled_out(live.get(n)) and image in images_of(live.get(n)) for n in names)}

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from ..api.courseimage import CourseImageSpec
 from ..api.jupyterhubdeployment import JupyterHubDeploymentSpec
-from ..desired.courses import CourseRecord, HubRecord
+from ..desired.courses import CourseRecord, HubRecord, namespace_owner
 from ..kube import TRANSIENT_API_ERRORS, Kube
 from ..reconcile import courses as course_io
 from ..reconcile import hub as hub_io
@@ -170,7 +170,7 @@ def register(registry: kopf.OperatorRegistry, rt_holder: dict, *, watch_namespac
             rec = r.reconcilers.pop(key, None)
             if rec:
                 await rec.stop()
-            owns = _owns_namespace(idx, record)
+            owns = namespace_owner(idx.hubs.values(), ns).key == key
             r.spawn_deletion(key, lambda: hub_io.finish_deletion(r.kube, idx, key, idx.raw_hubs.get(key), owns, r.helm))
             return
         if hub_io.FINALIZER not in (m.get("finalizers") or []):
@@ -206,11 +206,6 @@ def register(registry: kopf.OperatorRegistry, rt_holder: dict, *, watch_namespac
             for key, hub in idx.hubs.items():
                 if hub.spec.courses and hub.spec.courses.namespaces == "Selector":
                     idx.wake_hub(key)
-
-
-def _owns_namespace(idx: Index, hub: HubRecord) -> bool:
-    others = [h for h in idx.hubs.values() if h.namespace == hub.namespace]
-    return min(others, key=lambda h: (h.created, h.name)).key == hub.key
 
 
 def _secret_names(hub: HubRecord) -> set[str]:

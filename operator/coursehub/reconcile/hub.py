@@ -24,7 +24,7 @@ from ..desired.secrets import check_secrets, required_secret_keys, secret_hash
 from ..desired.values import InvalidValues, hub_allowlist_rbac, render_values, validate_values
 from ..helm import DETERMINISTIC_REASONS, ReleaseFailed
 from ..desired import puller as puller_mod
-from ..desired.courses import HubRecord, select_courses
+from ..desired.courses import HubRecord, namespace_owner, select_courses
 from ..desired.status import Publication, hub_ready
 from ..kube import (BY_KIND, CONFIG_MAPS, DAEMON_SETS, HUBS, SECRETS, TRANSIENT_API_ERRORS, Kube, KubeError,
                     NotFound, owner_reference)
@@ -144,8 +144,8 @@ class HubReconciler:
         self.rt.rounds += 1
         conds: list[Cond] = []
 
-        owner = self._namespace_owner(hub)
-        if owner is not None:
+        owner = namespace_owner(self.index.hubs.values(), hub.namespace)
+        if owner.key != hub.key:
             await self._set_publications(hub, {})
             conds = [Cond("ReleaseDeployed", False, "NamespaceTaken",
                           f"JupyterHubDeployment {owner.name} already owns namespace {hub.namespace}; z2jh's object "
@@ -158,19 +158,10 @@ class HubReconciler:
         published_count, courses_cond = await self._publish_courses(hub, raw)
         secrets_conds, db_hash, secrets_ok = await self._check_secrets(hub)
         conds += secrets_conds
-        gateway_ok = await self._apply_gateway(hub, raw, secrets_ok)
-        if not gateway_ok:
-            conds = [c if c.type != "GatewayReady" else Cond("GatewayReady", False, c.reason, c.message)
-                     for c in conds]
+        await self._apply_gateway(hub, raw, secrets_ok)
         release_cond, release = await self._ensure_release(hub, raw, db_hash, secrets_ok)
         conds += [release_cond, courses_cond]
         await self._write_status(hub, raw, conds, courses=published_count, release=release)
-
-    def _namespace_owner(self, hub: HubRecord) -> HubRecord | None:
-        """The older hub in the same namespace, if there is one (it keeps the namespace)."""
-        others = [h for h in self.index.hubs.values() if h.namespace == hub.namespace and not h.deleting]
-        first = min(others, key=lambda h: (h.created, h.name))
-        return None if first.key == hub.key else first
 
     # -- courses -----------------------------------------------------------
     async def _publish_courses(self, hub: HubRecord, raw: dict) -> tuple[int, Cond]:
@@ -196,7 +187,7 @@ class HubReconciler:
         fresh = {name: await self.kube.get_or_none(DAEMON_SETS, name, hub.namespace) if m else None
                  for name, m in pullers.items()}
         pulled = puller_mod.pulled_images(pullers, fresh)
-        wanted = set().union(*(set(m and puller_mod._images(m) or ()) for m in pullers.values()))
+        wanted = set().union(*(set(m and puller_mod.images_of(m) or ()) for m in pullers.values()))
         self.rt.pulling = bool(wanted - pulled)
         if publish_after_pull and any(selection.winners[s].resolved_image not in published.values()
                                       for s in selection.winners if selection.winners[s].resolved_image):
@@ -301,10 +292,10 @@ class HubReconciler:
                                    secrets[db.url_secret_ref.name].get(db.url_secret_ref.key, b"")})
         return conds, db_hash, ok
 
-    async def _apply_gateway(self, hub: HubRecord, raw: dict, secrets_ok: bool) -> bool:
+    async def _apply_gateway(self, hub: HubRecord, raw: dict, secrets_ok: bool) -> None:
         objs = gateway_objects(hub.name, hub.namespace, hub.spec, hub.spec.domain) if hub.spec.gateway else []
         if not secrets_ok:
-            return True  # the secret check already explains it; keep what runs
+            return  # the secret check already explains it; keep what runs
         for obj in objs:
             await self._apply(raw, obj)
         # Gateway objects that the spec no longer wants are removed.
@@ -312,7 +303,6 @@ class HubReconciler:
         for ident in [i for i in self.rt.applied if i[1].startswith("coursehub-gateway") and i not in wanted]:
             await self.kube.delete(BY_KIND[ident[0]], ident[1], hub.namespace)
             self.rt.applied.pop(ident, None)
-        return True
 
     async def _ensure_release(self, hub: HubRecord, raw: dict, db_hash: str | None,
                               secrets_ok: bool) -> tuple[Cond, dict | None]:
