@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from harness import (Env, course_manifest, fmt_s, idle, log, percentile, settle, slug, table)
+from harness import Env, course_manifest, fmt_s, idle, log, percentile, settle, slug, table
 
 NAIVE_ENV = {"COURSEHUB_DEBOUNCE_SECONDS": "0", "COURSEHUB_DEBOUNCE_MAX_SECONDS": "0"}
 REPO_NAME = "courses/publish"
@@ -31,8 +31,12 @@ def run_mode(env: Env, mode: str, op_env: dict, slugs: list[str], args) -> dict:
 
     def manifest(i: int) -> dict:
         # Every 5th course needs a GPU, so both pullers (general and GPU) take part.
-        return course_manifest(f"c{i:04d}", slugs[i], env.registry.ref(REPO_NAME, slugs[i]),
-                               gpu="required" if i % 5 == 4 else "none")
+        return course_manifest(
+            f"c{i:04d}",
+            slugs[i],
+            env.registry.ref(REPO_NAME, slugs[i]),
+            gpu="required" if i % 5 == 4 else "none",
+        )
 
     # Single applies, one at a time: each waits for its own Published=True.
     singles = []
@@ -76,7 +80,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--singles", type=int, default=20, help="single applies, one at a time")
     ap.add_argument("--burst", type=int, default=200, help="CourseImages applied at once")
-    ap.add_argument("--idle-seconds", type=float, default=300, help="idle window after the burst (debounced run)")
+    ap.add_argument(
+        "--idle-seconds", type=float, default=300, help="idle window after the burst (debounced run)"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work directory (operator logs)")
     args = ap.parse_args()
 
@@ -89,22 +95,52 @@ def main() -> None:
     cm, ds = "ConfigMap", "DaemonSet"
     b = args.burst
     rows = [
-        ("single apply->Published p50", fmt_s(percentile(d["single"], 50)), fmt_s(percentile(n["single"], 50)),
-         "<= 2 s"),
-        ("single apply->Published p95", fmt_s(percentile(d["single"], 95)), fmt_s(percentile(n["single"], 95)), ""),
-        (f"burst {b}: apply->Published p50", fmt_s(percentile(d["burst_published"], 50)),
-         fmt_s(percentile(n["burst_published"], 50)), ""),
-        (f"burst {b}: apply->Published p95", fmt_s(percentile(d["burst_published"], 95)),
-         fmt_s(percentile(n["burst_published"], 95)), ""),
+        (
+            "single apply->Published p50",
+            fmt_s(percentile(d["single"], 50)),
+            fmt_s(percentile(n["single"], 50)),
+            "<= 2 s",
+        ),
+        (
+            "single apply->Published p95",
+            fmt_s(percentile(d["single"], 95)),
+            fmt_s(percentile(n["single"], 95)),
+            "",
+        ),
+        (
+            f"burst {b}: apply->Published p50",
+            fmt_s(percentile(d["burst_published"], 50)),
+            fmt_s(percentile(n["burst_published"], 50)),
+            "",
+        ),
+        (
+            f"burst {b}: apply->Published p95",
+            fmt_s(percentile(d["burst_published"], 95)),
+            fmt_s(percentile(n["burst_published"], 95)),
+            "",
+        ),
         (f"burst {b}: all Published", fmt_s(d["burst_all_published"]), fmt_s(n["burst_all_published"]), ""),
         (f"burst {b}: all Ready", fmt_s(d["burst_all_ready"]), fmt_s(n["burst_all_ready"]), "<= 30 s"),
         (f"burst {b}: allowlist ConfigMap writes", d["burst"].writes(cm), n["burst"].writes(cm), "<= 5"),
         (f"burst {b}: puller DaemonSet writes", d["burst"].writes(ds), n["burst"].writes(ds), "<= 5"),
-        ("  allowlist writes per course change", f"{d['burst'].writes(cm) / b:.3f}",
-         f"{n['burst'].writes(cm) / b:.3f}", ""),
-        ("  puller writes per course change", f"{d['burst'].writes(ds) / b:.3f}",
-         f"{n['burst'].writes(ds) / b:.3f}", ""),
-        (f"burst {b}: all API writes (status, events, finalizers too)", d["burst"].writes(), n["burst"].writes(), ""),
+        (
+            "  allowlist writes per course change",
+            f"{d['burst'].writes(cm) / b:.3f}",
+            f"{n['burst'].writes(cm) / b:.3f}",
+            "",
+        ),
+        (
+            "  puller writes per course change",
+            f"{d['burst'].writes(ds) / b:.3f}",
+            f"{n['burst'].writes(ds) / b:.3f}",
+            "",
+        ),
+        (
+            f"burst {b}: all API writes (status, events, finalizers too)",
+            d["burst"].writes(),
+            n["burst"].writes(),
+            "",
+        ),
         (f"burst {b}: operator CPU seconds", f"{d['burst_cpu']:.1f}", f"{n['burst_cpu']:.1f}", ""),
         ("Helm install/upgrade after the hub install", d["helm_after_install"], n["helm_after_install"], "0"),
     ]
@@ -127,8 +163,10 @@ def main() -> None:
     print(f"burst writes by kind, debounced: {d['burst'].writes_by_kind()}")
     print(f"burst writes by kind, naive:     {n['burst'].writes_by_kind()}")
     if "idle" in d:
-        print(f"idle writes by kind: {d['idle'].writes_by_kind()}; GETs {d['idle'].reads()}, "
-              f"registry calls {d['idle'].registry_calls()}")
+        print(
+            f"idle writes by kind: {d['idle'].writes_by_kind()}; GETs {d['idle'].reads()}, "
+            f"registry calls {d['idle'].registry_calls()}"
+        )
 
 
 if __name__ == "__main__":

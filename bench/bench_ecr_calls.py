@@ -18,10 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from fixtures.ecr import ECR_HOST, FAKE_AWS_ENV, EcrProxy, create_repository, start_moto  # noqa: E402
-
-from coursehub.desired.lifecycle import CourseUsage, build_lifecycle_policies  # noqa: E402
-from coursehub.registry.ecr_lifecycle import apply_lifecycle_policies  # noqa: E402
+from coursehub.desired.lifecycle import CourseUsage, build_lifecycle_policies
+from coursehub.registry.ecr_lifecycle import apply_lifecycle_policies
+from fixtures.ecr import ECR_HOST, FAKE_AWS_ENV, EcrProxy, create_repository, start_moto
 
 STEMS = ["uai_source-uai.", "mitxt-6.", "mitxt-18.", "clustering_and_descriptive_ai_", "ml_"]
 
@@ -43,10 +42,15 @@ def main() -> None:
     server, moto_url = start_moto()
     proxy = EcrProxy(moto_url)
     try:
-        repos = [f"ol-course-notebooks-{i}" if args.repos > 1 else "ol-course-notebooks" for i in range(args.repos)]
+        repos = [
+            f"ol-course-notebooks-{i}" if args.repos > 1 else "ol-course-notebooks" for i in range(args.repos)
+        ]
         for r in repos:
             create_repository(moto_url, r)  # straight to moto: not counted
-        usages = [CourseUsage(repos[i % len(repos)], ECR_HOST, s, None, s, 5) for i, s in enumerate(slugs(args.courses))]
+        usages = [
+            CourseUsage(repos[i % len(repos)], ECR_HOST, s, None, s, 5)
+            for i, s in enumerate(slugs(args.courses))
+        ]
 
         def round_() -> dict[str, int]:
             proxy.clear()
@@ -65,7 +69,9 @@ def main() -> None:
 
     gets = sum(r.get("GetLifecyclePolicy", 0) for r in steady)
     puts = sum(r.get("PutLifecyclePolicy", 0) for r in steady)
-    other = sum(v for r in steady for k, v in r.items() if k not in ("GetLifecyclePolicy", "PutLifecyclePolicy"))
+    other = sum(
+        v for r in steady for k, v in r.items() if k not in ("GetLifecyclePolicy", "PutLifecyclePolicy")
+    )
     per_hour = 60.0 / args.interval_minutes
     print(f"courses={args.courses} repositories={len(repos)} steady rounds={args.rounds}")
     for key, rp in policies.items():

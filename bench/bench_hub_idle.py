@@ -18,8 +18,20 @@ import argparse
 import time
 from collections import Counter
 
-from harness import (GROUP_PATH, Env, course_manifest, cond, fmt_s, idle, log, percentile, settle, slug,
-                     table, wait_for)
+from harness import (
+    GROUP_PATH,
+    Env,
+    cond,
+    course_manifest,
+    fmt_s,
+    idle,
+    log,
+    percentile,
+    settle,
+    slug,
+    table,
+    wait_for,
+)
 
 REPO_NAME = "courses/idle"
 NS, HUB = "bench-idle", "learn"
@@ -30,7 +42,9 @@ def main() -> None:
     ap.add_argument("--courses", type=int, default=100)
     ap.add_argument("--idle-seconds", type=float, default=600)
     ap.add_argument("--edits", type=int, default=5, help="spec edits, one at a time")
-    ap.add_argument("--restart-quiet", type=float, default=30, help="seconds to watch after an operator restart")
+    ap.add_argument(
+        "--restart-quiet", type=float, default=30, help="seconds to watch after an operator restart"
+    )
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
 
@@ -41,8 +55,12 @@ def main() -> None:
         op = env.operator([NS], "idle")
         env.install_hub(NS, HUB, courses={"default": slugs[0]})
         watch = env.watch([NS])
-        manifests = [course_manifest(f"c{i:04d}", s, env.registry.ref(REPO_NAME, s),
-                                     gpu="required" if i % 5 == 4 else "none") for i, s in enumerate(slugs)]
+        manifests = [
+            course_manifest(
+                f"c{i:04d}", s, env.registry.ref(REPO_NAME, s), gpu="required" if i % 5 == 4 else "none"
+            )
+            for i, s in enumerate(slugs)
+        ]
         env.api.create_courses(NS, manifests)
         watch.wait_all([(NS, m["metadata"]["name"]) for m in manifests], "ready", timeout=600)
         settle(op)
@@ -66,28 +84,37 @@ def main() -> None:
         restart_events = Counter(
             (e["involvedObject"]["kind"], e["reason"], e["message"].split(":")[0])
             for e in env.api.get(f"/api/v1/namespaces/{NS}/events")["items"]
-            if e["metadata"]["uid"] not in seen_events and (e.get("source") or {}).get("component") == "coursehub")
+            if e["metadata"]["uid"] not in seen_events
+            and (e.get("source") or {}).get("component") == "coursehub"
+        )
 
         # 3. Spec edits: PATCH -> ReleaseDeployed=True on the new generation.
         edit_times, edit_helm = [], []
         for i in range(args.edits):
             before = op.metrics().helm_mutations()
             t0 = time.monotonic()
-            patched = env.api.merge_patch(f"{GROUP_PATH}/namespaces/{NS}/jupyterhubdeployments/{HUB}",
-                                          {"spec": {"culling": {"timeoutSeconds": 960 + 60 * i}}})
+            patched = env.api.merge_patch(
+                f"{GROUP_PATH}/namespaces/{NS}/jupyterhubdeployments/{HUB}",
+                {"spec": {"culling": {"timeoutSeconds": 960 + 60 * i}}},
+            )
             gen = patched["metadata"]["generation"]
 
             def deployed():
                 h = env.api.hub(NS, HUB)
                 c = cond(h, "ReleaseDeployed")
-                return ((h.get("status") or {}).get("observedGeneration") == gen and c.get("status") == "True"
-                        and c.get("observedGeneration") == gen)
+                return (
+                    (h.get("status") or {}).get("observedGeneration") == gen
+                    and c.get("status") == "True"
+                    and c.get("observedGeneration") == gen
+                )
 
             wait_for(deployed, timeout=600, what=f"ReleaseDeployed on generation {gen}")
             edit_times.append(time.monotonic() - t0)
             settle(op, quiet_for=3)
             edit_helm.append(op.metrics().helm_mutations() - before)
-            log(f"edit {i + 1}: generation {gen} deployed in {fmt_s(edit_times[-1])}, helm mutations {edit_helm[-1]}")
+            log(
+                f"edit {i + 1}: generation {gen} deployed in {fmt_s(edit_times[-1])}, helm mutations {edit_helm[-1]}"
+            )
         revision = (env.api.hub(NS, HUB).get("status") or {}).get("release", {}).get("revision")
         rss = op.peak_rss_mb()
 
@@ -103,14 +130,19 @@ def main() -> None:
         (f"restart, first {args.restart_quiet:g} s: Helm install/upgrade", restart_m.helm_mutations(), "0"),
         (f"restart, first {args.restart_quiet:g} s: Helm calls of any kind", restart_m.helm_calls(), ""),
         ("hub Ready after the restart", restart_ok, "True"),
-        (f"spec edit -> ReleaseDeployed (new generation) p50, n={args.edits}",
-         fmt_s(percentile(edit_times, 50)), ""),
+        (
+            f"spec edit -> ReleaseDeployed (new generation) p50, n={args.edits}",
+            fmt_s(percentile(edit_times, 50)),
+            "",
+        ),
         ("spec edit -> ReleaseDeployed max", fmt_s(max(edit_times) if edit_times else float("nan")), ""),
         ("Helm upgrades per spec edit", ", ".join(map(str, edit_helm)), "1 each"),
         ("release revision at the end", revision, f"{1 + args.edits}"),
         ("operator peak RSS (restarted process)", f"{rss:.0f} MB", ""),
     ]
-    print(f"\nhub at rest: 1 hub, {args.courses} courses, idle {args.idle_seconds:g} s, {args.edits} spec edits")
+    print(
+        f"\nhub at rest: 1 hub, {args.courses} courses, idle {args.idle_seconds:g} s, {args.edits} spec edits"
+    )
     print(table(rows, ("figure", "measured", "target")))
     print(f"idle writes by kind: {idle_m.writes_by_kind()}")
     print(f"restart writes by kind: {restart_m.writes_by_kind()}")

@@ -30,9 +30,16 @@ import time
 from coursehub.hub import course_spawner as cs
 
 BASELINE = {
-    "image": "quay.io/jupyterhub/k8s-singleuser-sample:4.4.0", "default_url": "",
-    "mem_limit": 4 * 1024**3, "mem_guarantee": 2 * 1024**3, "cpu_limit": None, "cpu_guarantee": 0.25,
-    "node_affinity_required": [], "tolerations": [], "extra_resource_limits": {}, "extra_resource_guarantees": {},
+    "image": "quay.io/jupyterhub/k8s-singleuser-sample:4.4.0",
+    "default_url": "",
+    "mem_limit": 4 * 1024**3,
+    "mem_guarantee": 2 * 1024**3,
+    "cpu_limit": None,
+    "cpu_guarantee": 0.25,
+    "node_affinity_required": [],
+    "tolerations": [],
+    "extra_resource_limits": {},
+    "extra_resource_guarantees": {},
 }
 
 
@@ -46,15 +53,25 @@ def allowlist_text(n: int) -> str:
             "displayName": f"Course {i}",
             "gpu": ("none", "required", "optional")[i % 3],
             "defaultNotebook": "intro.ipynb" if i % 2 else None,
-            "resources": {"memory": {"limit": "8G" if i % 5 == 0 else None, "guarantee": None},
-                          "cpu": {"limit": None, "guarantee": None}},
+            "resources": {
+                "memory": {"limit": "8G" if i % 5 == 0 else None, "guarantee": None},
+                "cpu": {"limit": None, "guarantee": None},
+            },
         }
-    doc = {"version": 1, "hub": "bench", "default": "course_0000-sec.0", "onUnknown": "default",
-           "gpu": {"nodeSelector": {"ol.mit.edu/gpu_node": "true"},
-                   "tolerations": [{"key": "ol.mit.edu/gpu_node", "operator": "Equal", "value": "true",
-                                    "effect": "NoSchedule"}],
-                   "resource": "nvidia.com/gpu"},
-           "courses": courses}
+    doc = {
+        "version": 1,
+        "hub": "bench",
+        "default": "course_0000-sec.0",
+        "onUnknown": "default",
+        "gpu": {
+            "nodeSelector": {"ol.mit.edu/gpu_node": "true"},
+            "tolerations": [
+                {"key": "ol.mit.edu/gpu_node", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+            ],
+            "resource": "nvidia.com/gpu",
+        },
+        "courses": courses,
+    }
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
@@ -70,7 +87,9 @@ def requests_mix(n_courses: int, count: int, seed: int = 1) -> list:
         if r > 0.9:
             q = {"course": [f"unknown-{i}"]}
         if rnd.random() < 0.6:
-            q["notebook"] = [rnd.choice(["week%201/lab.ipynb", "intro.ipynb", "../../etc/passwd", "a/b/c.ipynb"])]
+            q["notebook"] = [
+                rnd.choice(["week%201/lab.ipynb", "intro.ipynb", "../../etc/passwd", "a/b/c.ipynb"])
+            ]
         if rnd.random() < 0.3:
             q["gpu"] = ["true"]
         if rnd.random() < 0.1:
@@ -108,8 +127,10 @@ async def run(rate: float, reqs: list, fetch, label: str) -> None:
             refused += 1
         times.append((time.perf_counter_ns() - t0) / 1000)
         clock.t += 1.0 / rate
-    print(f"{label:<14} {rate:>8.0f}/s {len(reqs):>8} {statistics.median(times):>9.1f} {pct(times, 99):>9.1f} "
-          f"{max(times):>10.1f} {cache.reads:>7} {cache.reads / len(reqs):>10.4f}")
+    print(
+        f"{label:<14} {rate:>8.0f}/s {len(reqs):>8} {statistics.median(times):>9.1f} {pct(times, 99):>9.1f} "
+        f"{max(times):>10.1f} {cache.reads:>7} {cache.reads / len(reqs):>10.4f}"
+    )
 
 
 async def main() -> None:
@@ -118,8 +139,11 @@ async def main() -> None:
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--kubeconfig")
     ap.add_argument("--namespace", default="coursehub-bench")
-    ap.add_argument("--devcluster", action="store_true",
-                    help="start the local control plane (coursehub.devcluster) and read through it")
+    ap.add_argument(
+        "--devcluster",
+        action="store_true",
+        help="start the local control plane (coursehub.devcluster) and read through it",
+    )
     args = ap.parse_args()
     cluster = None
     if args.devcluster and not args.kubeconfig:
@@ -128,8 +152,9 @@ async def main() -> None:
 
         from coursehub.devcluster.cluster import DevCluster
 
-        cluster = DevCluster(state_dir=Path(tempfile.mkdtemp(prefix="bench-devcluster-")) / "state",
-                             log=lambda *a: None)
+        cluster = DevCluster(
+            state_dir=Path(tempfile.mkdtemp(prefix="bench-devcluster-")) / "state", log=lambda *a: None
+        )
         cluster.up()
         args.kubeconfig = str(cluster.kubeconfig)
     try:
@@ -143,15 +168,19 @@ async def measure(args) -> None:
 
     text = allowlist_text(args.courses)
     reqs = requests_mix(args.courses, args.requests)
-    print(f"allowlist: {args.courses} courses, {len(text) / 1024:.0f} KiB JSON; TTL {cs.ALLOWLIST_TTL_SECONDS}s")
+    print(
+        f"allowlist: {args.courses} courses, {len(text) / 1024:.0f} KiB JSON; TTL {cs.ALLOWLIST_TTL_SECONDS}s"
+    )
 
     parse = []
     for _ in range(50):
         t0 = time.perf_counter_ns()
         cs.parse_allowlist(text)
         parse.append((time.perf_counter_ns() - t0) / 1000)
-    print(f"full parse of the allowlist (cache miss): p50 {statistics.median(parse):.0f} us, "
-          f"p99 {pct(parse, 99):.0f} us")
+    print(
+        f"full parse of the allowlist (cache miss): p50 {statistics.median(parse):.0f} us, "
+        f"p99 {pct(parse, 99):.0f} us"
+    )
 
     version = [0]
 
@@ -171,8 +200,10 @@ async def measure(args) -> None:
         source.watch = False
         sources.append(("api-server", source._fetch))
 
-    print(f"{'source':<14} {'spawn rate':>10} {'requests':>8} {'p50 us':>9} {'p99 us':>9} {'max us':>10} "
-          f"{'reads':>7} {'reads/spawn':>10}")
+    print(
+        f"{'source':<14} {'spawn rate':>10} {'requests':>8} {'p50 us':>9} {'p99 us':>9} {'max us':>10} "
+        f"{'reads':>7} {'reads/spawn':>10}"
+    )
     for label, fetch in sources:
         for rate in (1, 10, 100, 1000):
             await run(rate, reqs, fetch, label)
@@ -194,8 +225,9 @@ async def api_source(kubeconfig: str, namespace: str, text: str):
     except ApiException as e:
         if e.status != 409:
             raise
-    body = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="coursehub-allowlist"),
-                              data={"allowlist.json": text})
+    body = client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="coursehub-allowlist"), data={"allowlist.json": text}
+    )
     try:
         await api.create_namespaced_config_map(namespace, body)
     except ApiException as e:
@@ -229,8 +261,10 @@ async def run_watched(source, reqs: list) -> None:
         times.append((time.perf_counter_ns() - t0) / 1000)
     elapsed = time.monotonic() - t_start
     reads = source.cache.reads - reads_before
-    print(f"{'api+watch':<14} {len(reqs) / elapsed:>8.0f}/s {len(reqs):>8} {statistics.median(times):>9.1f} "
-          f"{pct(times, 99):>9.1f} {max(times):>10.1f} {reads:>7} {reads / len(reqs):>10.4f}")
+    print(
+        f"{'api+watch':<14} {len(reqs) / elapsed:>8.0f}/s {len(reqs):>8} {statistics.median(times):>9.1f} "
+        f"{pct(times, 99):>9.1f} {max(times):>10.1f} {reads:>7} {reads / len(reqs):>10.4f}"
+    )
     source.watcher.task.cancel()
 
 

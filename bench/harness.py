@@ -23,8 +23,8 @@ import requests
 import requests.adapters
 
 from coursehub.crds import CRD_DIR
-from coursehub.devcluster.cluster import DevCluster, free_port
 from coursehub.devcluster import samples
+from coursehub.devcluster.cluster import DevCluster, free_port
 from coursehub.devcluster.registry import OciRegistry
 from coursehub.devcluster.samples import course_manifest  # noqa: F401  (re-exported for the benchmarks)
 
@@ -116,11 +116,19 @@ class Api:
         return self._check(self.http.post(self.base + path, json=obj, timeout=30))
 
     def merge_patch(self, path: str, patch: dict) -> dict:
-        return self._check(self.http.patch(self.base + path, data=json.dumps(patch), timeout=30,
-                                           headers={"Content-Type": "application/merge-patch+json"}))
+        return self._check(
+            self.http.patch(
+                self.base + path,
+                data=json.dumps(patch),
+                timeout=30,
+                headers={"Content-Type": "application/merge-patch+json"},
+            )
+        )
 
     def create_namespace(self, name: str) -> None:
-        self.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        self.create(
+            "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+        )
 
     def create_courses(self, ns: str, manifests: list[dict], workers: int = 8) -> dict[str, float]:
         """POST every CourseImage (in parallel for bursts); returns name -> monotonic time of its POST."""
@@ -175,8 +183,11 @@ class CourseWatch:
 
     def __init__(self, api: Api, namespaces: list[str] | None = None):
         self.api = api
-        self.paths = ([f"{GROUP_PATH}/namespaces/{ns}/courseimages" for ns in namespaces] if namespaces
-                      else [f"{GROUP_PATH}/courseimages"])
+        self.paths = (
+            [f"{GROUP_PATH}/namespaces/{ns}/courseimages" for ns in namespaces]
+            if namespaces
+            else [f"{GROUP_PATH}/courseimages"]
+        )
         self.published: dict[tuple[str, str], float] = {}
         self.ready: dict[tuple[str, str], float] = {}
         self.seen: set[tuple[str, str]] = set()
@@ -184,7 +195,7 @@ class CourseWatch:
         self._threads = [threading.Thread(target=self._run, args=(p,), daemon=True) for p in self.paths]
         self._lock = threading.Lock()
 
-    def start(self) -> "CourseWatch":
+    def start(self) -> CourseWatch:
         for t in self._threads:
             t.start()
         return self
@@ -214,9 +225,17 @@ class CourseWatch:
                         self._observe(item)
                     rv = listing["metadata"]["resourceVersion"]
                 # Short server-side timeouts so the loop notices stop() within seconds.
-                with session.get(self.api.base + path, stream=True, timeout=(5, 30),
-                                 params={"watch": "1", "resourceVersion": rv, "timeoutSeconds": "10",
-                                         "allowWatchBookmarks": "true"}) as r:
+                with session.get(
+                    self.api.base + path,
+                    stream=True,
+                    timeout=(5, 30),
+                    params={
+                        "watch": "1",
+                        "resourceVersion": rv,
+                        "timeoutSeconds": "10",
+                        "allowWatchBookmarks": "true",
+                    },
+                ) as r:
                     for line in r.iter_lines():
                         if not line:
                             continue
@@ -232,19 +251,23 @@ class CourseWatch:
 
     def wait_all(self, keys: list[tuple[str, str]], which: str, timeout: float) -> None:
         target = self.ready if which == "ready" else self.published
-        wait_for(lambda: all(k in target for k in keys), timeout=timeout, interval=0.05,
-                 what=f"{len(keys)} courses {which} (have {sum(k in target for k in keys)})")
+        wait_for(
+            lambda: all(k in target for k in keys),
+            timeout=timeout,
+            interval=0.05,
+            what=f"{len(keys)} courses {which} (have {sum(k in target for k in keys)})",
+        )
 
 
 # -- the operator as a process -----------------------------------------------------
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)$')
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 class Metrics(dict):
     """{(name, frozenset(labels)): value} from one scrape; subtract two scrapes for a window."""
 
-    def __sub__(self, other: "Metrics") -> "Metrics":
+    def __sub__(self, other: Metrics) -> Metrics:
         return Metrics({k: v - other.get(k, 0.0) for k, v in self.items()})
 
     def sum(self, name: str, **where) -> float:
@@ -253,7 +276,10 @@ class Metrics(dict):
             if n != name:
                 continue
             d = dict(labels)
-            if all((d.get(k) in want) if isinstance(want, tuple) else d.get(k) == want for k, want in where.items()):
+            if all(
+                (d.get(k) in want) if isinstance(want, tuple) else d.get(k) == want
+                for k, want in where.items()
+            ):
                 total += v
         return total
 
@@ -301,17 +327,23 @@ def parse_metrics(text: str) -> Metrics:
 class Operator:
     """`python -m coursehub.cli run -n ...` with COURSEHUB_* settings; metrics and /proc readings."""
 
-    def __init__(self, cluster: DevCluster, namespaces: list[str], log_path: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self, cluster: DevCluster, namespaces: list[str], log_path: Path, env: dict[str, str] | None = None
+    ):
         self.cluster = cluster
         self.namespaces = namespaces
         self.log_path = log_path
         self.port = free_port()
         # The operator's defaults, except: no ECR here, and a metrics port of its own.
-        self.env = {**cluster.env(), "COURSEHUB_METRICS_PORT": str(self.port), "COURSEHUB_ECR_LIFECYCLE": "false",
-                    **(env or {})}
+        self.env = {
+            **cluster.env(),
+            "COURSEHUB_METRICS_PORT": str(self.port),
+            "COURSEHUB_ECR_LIFECYCLE": "false",
+            **(env or {}),
+        }
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Operator":
+    def start(self) -> Operator:
         # The operator package is imported from the working tree when the process starts:
         # name the exact source it ran, since the tree may differ from any commit.
         log(f"operator {self.log_path.stem}: source {source_fingerprint()}")
@@ -319,9 +351,17 @@ class Operator:
         for ns in self.namespaces:
             args += ["-n", ns]
         logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(args, env=self.env, stdout=logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        wait_for(lambda: self.scrape() is not None, timeout=60, what="operator metrics endpoint", interval=0.2)
+        self.proc = subprocess.Popen(
+            args,
+            env=self.env,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_for(
+            lambda: self.scrape() is not None, timeout=60, what="operator metrics endpoint", interval=0.2
+        )
         return self
 
     def stop(self) -> None:
@@ -365,9 +405,12 @@ def source_fingerprint() -> str:
     """`<commit>` or `<commit>+dirty:<sha256 of operator/coursehub/**/*.py>[:12]`."""
     import hashlib
 
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "operator/coursehub"], cwd=REPO,
-                           capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "operator/coursehub"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
     if not dirty:
         return head
     h = hashlib.sha256()
@@ -389,7 +432,7 @@ class Env:
         self.operators: list[Operator] = []
         self.watches: list[CourseWatch] = []
 
-    def __enter__(self) -> "Env":
+    def __enter__(self) -> Env:
         # SIGTERM (e.g. from `timeout`) unwinds through __exit__, so no process is left behind.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         log(f"workdir {self.workdir}")
@@ -430,8 +473,12 @@ class Env:
     def install_hub(self, ns: str, name: str = "learn", timeout: float = 300, **spec) -> dict:
         """Create a namespace's hub and wait until its release is deployed."""
         self.api.create(f"{GROUP_PATH}/namespaces/{ns}/jupyterhubdeployments", hub_manifest(name, **spec))
-        return wait_for(lambda: (h := self.api.hub(ns, name)) and cond_true_now(h, "ReleaseDeployed") and h,
-                        timeout=timeout, what=f"hub {ns}/{name} ReleaseDeployed", interval=0.2)
+        return wait_for(
+            lambda: (h := self.api.hub(ns, name)) and cond_true_now(h, "ReleaseDeployed") and h,
+            timeout=timeout,
+            what=f"hub {ns}/{name} ReleaseDeployed",
+            interval=0.2,
+        )
 
     def push_images(self, repo: str, slugs: list[str], seed: str = "") -> dict[str, str]:
         """One distinct image per slug (tag = slug), as course CI does; returns slug -> pinned ref."""
@@ -465,8 +512,10 @@ def idle(op: Operator, seconds: float, label: str) -> Metrics:
     end = time.monotonic() + seconds
     while (left := end - time.monotonic()) > 0:
         time.sleep(min(60.0, left))
-        log(f"{label}: {max(0, end - time.monotonic()):.0f} s left, writes so far "
-            f"{(op.metrics() - before).writes()}")
+        log(
+            f"{label}: {max(0, end - time.monotonic()):.0f} s left, writes so far "
+            f"{(op.metrics() - before).writes()}"
+        )
     return op.metrics() - before
 
 

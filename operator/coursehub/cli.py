@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -44,8 +43,10 @@ def cmd_render(args) -> int:
     docs = [d for d in yaml.safe_load_all(Path(args.file).read_text()) if d]
     hubs = [d for d in docs if d.get("kind") == "JupyterHubDeployment"]
     if len(hubs) != 1:
-        print(f"error: {args.file} must contain exactly one JupyterHubDeployment (found {len(hubs)})",
-              file=sys.stderr)
+        print(
+            f"error: {args.file} must contain exactly one JupyterHubDeployment (found {len(hubs)})",
+            file=sys.stderr,
+        )
         return 2
     try:
         values = render_values_from_manifest(hubs[0])

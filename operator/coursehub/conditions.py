@@ -21,7 +21,9 @@ class Cond:
         return "Unknown" if self.status is None else ("True" if self.status else "False")
 
 
-def merge(old: list[dict] | None, new: list[Cond], generation: int | None, now: str | None = None) -> list[dict]:
+def merge(
+    old: list[dict] | None, new: list[Cond], generation: int | None, now: str | None = None
+) -> list[dict]:
     """The new condition list; lastTransitionTime moves only when a status flips.
 
     Conditions of types not in `new` are kept as they were (another writer may own them).
@@ -32,8 +34,13 @@ def merge(old: list[dict] | None, new: list[Cond], generation: int | None, now: 
     for c in new:
         prev = by_type.get(c.type)
         ltt = prev["lastTransitionTime"] if prev and prev.get("status") == c.status_text else now
-        entry = {"type": c.type, "status": c.status_text, "reason": c.reason, "message": c.message,
-                 "lastTransitionTime": ltt}
+        entry = {
+            "type": c.type,
+            "status": c.status_text,
+            "reason": c.reason,
+            "message": c.message,
+            "lastTransitionTime": ltt,
+        }
         if generation is not None:
             entry["observedGeneration"] = generation
         out[c.type] = entry
@@ -42,8 +49,11 @@ def merge(old: list[dict] | None, new: list[Cond], generation: int | None, now: 
 
 def same_ignoring_time(a: list[dict] | None, b: list[dict] | None) -> bool:
     def strip(cs):
-        return sorted(({k: v for k, v in c.items() if k != "lastTransitionTime"} for c in cs or []),
-                      key=lambda c: c["type"])
+        return sorted(
+            ({k: v for k, v in c.items() if k != "lastTransitionTime"} for c in cs or []),
+            key=lambda c: c["type"],
+        )
+
     return strip(a) == strip(b)
 
 
@@ -67,8 +77,18 @@ def find(conditions: list[dict] | None, type_: str) -> dict | None:
 
 
 # Reasons that settle by themselves: not worth an Event, never a Warning.
-TRANSIENT_REASONS = frozenset({"Pending", "Resolving", "Pulling", "NotPublished", "Publishing", "NotResolved",
-                               "WaitingForPull", "Progressing"})
+TRANSIENT_REASONS = frozenset(
+    {
+        "Pending",
+        "Resolving",
+        "Pulling",
+        "NotPublished",
+        "Publishing",
+        "NotResolved",
+        "WaitingForPull",
+        "Progressing",
+    }
+)
 
 
 def events_for(old: list | None, new: list) -> list[tuple[str, str, str]]:
@@ -87,7 +107,9 @@ def events_for(old: list | None, new: list) -> list[tuple[str, str, str]]:
         if c["type"] == "Ready":
             if prev.get("status") != c["status"] and not (transient and c["status"] != "True"):
                 warn = c["status"] == "False"
-                out.append(("Warning" if warn else "Normal", c["reason"], f"Ready={c['status']}: {c['message']}"))
+                out.append(
+                    ("Warning" if warn else "Normal", c["reason"], f"Ready={c['status']}: {c['message']}")
+                )
         elif c["status"] == "False" and not transient:
             out.append(("Warning", c["reason"], f"{c['type']}=False: {c['message']}"))
     return out

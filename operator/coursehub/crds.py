@@ -105,39 +105,53 @@ def _crd(mod, spec_model, status_model, *, spec_description: str) -> dict:
                 "categories": ["coursehub"],
             },
             "scope": "Namespaced",
-            "versions": [{
-                "name": common.VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": mod.PRINTER_COLUMNS,
-                "schema": {"openAPIV3Schema": {
-                    "type": "object",
-                    "description": (mod.__doc__ or "").strip(),
-                    "required": ["spec"],
-                    "properties": {
-                        "apiVersion": {"type": "string", "description": "The API version: coursehub.dev/v1alpha1."},
-                        "kind": {"type": "string", "description": f"The kind: {mod.KIND}."},
-                        "metadata": {"type": "object"},
-                        "spec": spec,
-                        "status": status,
+            "versions": [
+                {
+                    "name": common.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": mod.PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": (mod.__doc__ or "").strip(),
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {
+                                    "type": "string",
+                                    "description": "The API version: coursehub.dev/v1alpha1.",
+                                },
+                                "kind": {"type": "string", "description": f"The kind: {mod.KIND}."},
+                                "metadata": {"type": "object"},
+                                "spec": spec,
+                                "status": status,
+                            },
+                        }
                     },
-                }},
-            }],
+                }
+            ],
         },
     }
 
 
 def course_image_crd() -> dict:
-    return _crd(courseimage, courseimage.CourseImageSpec, courseimage.CourseImageStatus,
-                spec_description="The desired state of a course: its slug, its image and how learners get it.")
+    return _crd(
+        courseimage,
+        courseimage.CourseImageSpec,
+        courseimage.CourseImageStatus,
+        spec_description="The desired state of a course: its slug, its image and how learners get it.",
+    )
 
 
 def jupyterhub_deployment_crd() -> dict:
-    return _crd(jupyterhubdeployment, jupyterhubdeployment.JupyterHubDeploymentSpec,
-                jupyterhubdeployment.JupyterHubDeploymentStatus,
-                spec_description="The desired state of a hub: chart, domain, auth, gateway, database, culling, "
-                                 "courses and learner defaults.")
+    return _crd(
+        jupyterhubdeployment,
+        jupyterhubdeployment.JupyterHubDeploymentSpec,
+        jupyterhubdeployment.JupyterHubDeploymentStatus,
+        spec_description="The desired state of a hub: chart, domain, auth, gateway, database, culling, "
+        "courses and learner defaults.",
+    )
 
 
 def all_crds() -> dict[str, dict]:

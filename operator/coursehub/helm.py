@@ -42,11 +42,11 @@ DETERMINISTIC_REASONS = frozenset({"ValuesRejected", "ChartRenderFailed", "Resou
 
 @dataclass(frozen=True)
 class ReleaseOutcome:
-    changed: bool          # True when this call installed or upgraded
+    changed: bool  # True when this call installed or upgraded
     revision: int
     chart_version: str
-    status: str            # helm's status, e.g. "deployed"
-    fingerprint: str       # of the chart and values now deployed ("" if unknown)
+    status: str  # helm's status, e.g. "deployed"
+    fingerprint: str  # of the chart and values now deployed ("" if unknown)
     operation: str = "none"  # "none" | "install" | "upgrade"
 
 
@@ -61,6 +61,7 @@ class ReleaseFailed(Exception):
 
 
 # --- pure helpers --------------------------------------------------------------------
+
 
 def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
@@ -88,7 +89,7 @@ def description_for(fingerprint: str) -> str:
 
 def fingerprint_from_description(description: str | None) -> str | None:
     if description and description.startswith(FINGERPRINT_PREFIX):
-        return description[len(FINGERPRINT_PREFIX):].strip() or None
+        return description[len(FINGERPRINT_PREFIX) :].strip() or None
     return None
 
 
@@ -132,22 +133,38 @@ def classify_helm_error(stderr: str, operation: str) -> str:
         return "ClusterUnreachable"
     if "timed out waiting for the condition" in s or "context deadline exceeded" in s:
         return "Timeout"
-    if ("execution error at" in s or "parse error" in s or "failed to render" in s
-            or "template: " in s and "error calling" in s):
+    if (
+        "execution error at" in s
+        or "parse error" in s
+        or "failed to render" in s
+        or ("template: " in s
+        and "error calling" in s)
+    ):
         return "ChartRenderFailed"
     if "could not find protocol handler" in s:
         return "InvalidChartSource"
-    if ("chart not found" in s or re.search(r'chart "[^"]*"( version "[^"]*")? not found', s)
-            or "failed to download" in s or "no chart version found" in s
-            or "no chart name found" in s or "not a valid chart repository" in s
-            or "path " in s and "not found" in s):
+    if (
+        "chart not found" in s
+        or re.search(r'chart "[^"]*"( version "[^"]*")? not found', s)
+        or "failed to download" in s
+        or "no chart version found" in s
+        or "no chart name found" in s
+        or "not a valid chart repository" in s
+        or ("path " in s
+        and "not found" in s)
+    ):
         return "ChartNotFound"
     if "is invalid" in s:
         return "ResourceInvalid"
     if "already exists" in s or "invalid ownership metadata" in s:
         return "ResourceConflict"
-    return {"install": "InstallFailed", "upgrade": "UpgradeFailed", "uninstall": "UninstallFailed",
-            "rollback": "RollbackFailed", "show_chart": "ChartNotFound"}.get(operation, "HelmError")
+    return {
+        "install": "InstallFailed",
+        "upgrade": "UpgradeFailed",
+        "uninstall": "UninstallFailed",
+        "rollback": "RollbackFailed",
+        "show_chart": "ChartNotFound",
+    }.get(operation, "HelmError")
 
 
 def _normalise(values: Any) -> Any:
@@ -168,10 +185,13 @@ def find_helm() -> str:
     cached = build.helm().path("helm")
     if cached.exists():
         return str(cached)
-    raise FileNotFoundError("no helm binary: set COURSEHUB_HELM, put helm on PATH, or run `coursehub dev build`")
+    raise FileNotFoundError(
+        "no helm binary: set COURSEHUB_HELM, put helm on PATH, or run `coursehub dev build`"
+    )
 
 
 # --- the release handler -------------------------------------------------------------
+
 
 class HelmReleases:
     """Release handling for hubs; one instance per operator process.
@@ -181,11 +201,22 @@ class HelmReleases:
     `timeout`. `wait` alone asks for that wait without the rollback.
     """
 
-    def __init__(self, *, executable: str | None = None, kubeconfig: str | Path | None = None,
-                 timeout: str = "5m", atomic: bool = True, wait: bool = False, history_max: int = 10):
-        self.client = Client(executable=executable or find_helm(),
-                             kubeconfig=Path(kubeconfig) if kubeconfig else None,
-                             default_timeout=timeout, history_max_revisions=history_max)
+    def __init__(
+        self,
+        *,
+        executable: str | None = None,
+        kubeconfig: str | Path | None = None,
+        timeout: str = "5m",
+        atomic: bool = True,
+        wait: bool = False,
+        history_max: int = 10,
+    ):
+        self.client = Client(
+            executable=executable or find_helm(),
+            kubeconfig=Path(kubeconfig) if kubeconfig else None,
+            default_timeout=timeout,
+            history_max_revisions=history_max,
+        )
         self._command = self.client._command  # pyhelm3 exposes status/values only through it
         self.timeout = timeout
         self.atomic = atomic
@@ -209,7 +240,9 @@ class HelmReleases:
         except helm_errors.Error as e:
             self._count(operation, "error", start)
             stderr = e.stderr.decode(errors="replace")
-            raise ReleaseFailed(classify_helm_error(stderr, operation), summarise_helm_error(stderr)) from None
+            raise ReleaseFailed(
+                classify_helm_error(stderr, operation), summarise_helm_error(stderr)
+            ) from None
         except Exception:
             self._count(operation, "error", start)
             raise
@@ -237,12 +270,19 @@ class HelmReleases:
         if rev is None:
             return None
         meta = await rev.chart_metadata()
-        return ReleaseOutcome(False, rev.revision, meta.version, rev.status.value,
-                              fingerprint_from_description(rev.description) or "")
+        return ReleaseOutcome(
+            False,
+            rev.revision,
+            meta.version,
+            rev.status.value,
+            fingerprint_from_description(rev.description) or "",
+        )
 
     # -- writes
 
-    async def ensure_release(self, name: str, namespace: str, chart: ChartSource, values: dict) -> ReleaseOutcome:
+    async def ensure_release(
+        self, name: str, namespace: str, chart: ChartSource, values: dict
+    ) -> ReleaseOutcome:
         """Make the release run `chart` with exactly `values`; touch nothing if it already does."""
         key = (namespace, name)
         lock = self._locks.setdefault(key, asyncio.Lock())
@@ -269,23 +309,47 @@ class HelmReleases:
         if current is not None and current.status == ReleaseRevisionStatus.DEPLOYED:
             meta = await current.chart_metadata()
             if await self._unchanged(current, meta, fingerprint, want_name, want_version, values):
-                return ReleaseOutcome(False, current.revision, meta.version, current.status.value,
-                                      fingerprint_from_description(current.description) or fingerprint)
+                return ReleaseOutcome(
+                    False,
+                    current.revision,
+                    meta.version,
+                    current.status.value,
+                    fingerprint_from_description(current.description) or fingerprint,
+                )
 
         pyhelm_chart = await self._resolve_chart(chart, local_meta)
         if want_version is None:  # an unpinned OCI chart: the fingerprint names what was resolved
             fingerprint = release_fingerprint(chart, values, pyhelm_chart.metadata.version)
             if current is not None and current.status == ReleaseRevisionStatus.DEPLOYED:
                 meta = await current.chart_metadata()
-                if await self._unchanged(current, meta, fingerprint, pyhelm_chart.metadata.name,
-                                         pyhelm_chart.metadata.version, values):
-                    return ReleaseOutcome(False, current.revision, meta.version, current.status.value, fingerprint)
+                if await self._unchanged(
+                    current,
+                    meta,
+                    fingerprint,
+                    pyhelm_chart.metadata.name,
+                    pyhelm_chart.metadata.version,
+                    values,
+                ):
+                    return ReleaseOutcome(
+                        False, current.revision, meta.version, current.status.value, fingerprint
+                    )
 
         operation = "install" if current is None else "upgrade"
         try:
-            rev = await self._run(operation, self.client.install_or_upgrade_release(
-                name, pyhelm_chart, values, atomic=self.atomic, wait=self.wait, namespace=namespace,
-                create_namespace=False, description=description_for(fingerprint), timeout=self.timeout))
+            rev = await self._run(
+                operation,
+                self.client.install_or_upgrade_release(
+                    name,
+                    pyhelm_chart,
+                    values,
+                    atomic=self.atomic,
+                    wait=self.wait,
+                    namespace=namespace,
+                    create_namespace=False,
+                    description=description_for(fingerprint),
+                    timeout=self.timeout,
+                ),
+            )
         except ReleaseFailed as e:
             after = await self.current_revision(name, namespace)
             e.revision = after.revision if after is not None else None
@@ -297,15 +361,23 @@ class HelmReleases:
                 self._refused[key] = (fingerprint, after.revision, e)
             raise
         self._refused.pop(key, None)
-        return ReleaseOutcome(True, rev.revision, pyhelm_chart.metadata.version, rev.status.value,
-                              fingerprint, operation)
+        return ReleaseOutcome(
+            True, rev.revision, pyhelm_chart.metadata.version, rev.status.value, fingerprint, operation
+        )
 
     def forget_failure(self, name: str, namespace: str) -> None:
         """Allow a retry of chart and values that failed before (e.g. after fixing the cluster)."""
         self._refused.pop((namespace, name), None)
 
-    async def _unchanged(self, current: ReleaseRevision, meta: ChartMetadata, fingerprint: str,
-                         want_name: str | None, want_version: str | None, values: dict) -> bool:
+    async def _unchanged(
+        self,
+        current: ReleaseRevision,
+        meta: ChartMetadata,
+        fingerprint: str,
+        want_name: str | None,
+        want_version: str | None,
+        values: dict,
+    ) -> bool:
         if want_version is None:
             return False
         if meta.version.lstrip("v") != want_version.lstrip("v") or (want_name and meta.name != want_name):
@@ -325,41 +397,53 @@ class HelmReleases:
             # pyhelm3 models refuse what they cannot drive (e.g. a file:// repository).
             first = e.errors()[0]
             where = ".".join(str(x) for x in first["loc"])
-            raise ReleaseFailed("InvalidChartSource", f"spec.chart is not usable by helm here: {where}: "
-                                f"{first['msg']}") from None
+            raise ReleaseFailed(
+                "InvalidChartSource", f"spec.chart is not usable by helm here: {where}: {first['msg']}"
+            ) from None
 
     async def _resolve_chart_unchecked(self, chart: ChartSource, local_meta: ChartMetadata | None) -> Chart:
         if chart.path:
             # pyhelm3 would run `helm show chart` for this; the Chart.yaml is right here.
             return Chart(self._command, ref=Path(chart.path), metadata=local_meta)
         if chart.repository:
-            return await self._run("show_chart", self.client.get_chart(
-                chart.name, repo=chart.repository, version=chart.version))
+            return await self._run(
+                "show_chart", self.client.get_chart(chart.name, repo=chart.repository, version=chart.version)
+            )
         return await self._run("show_chart", self.client.get_chart(chart.name, version=chart.version))
 
-    async def _make_proceedable(self, name: str, namespace: str,
-                                current: ReleaseRevision | None) -> ReleaseRevision | None:
+    async def _make_proceedable(
+        self, name: str, namespace: str, current: ReleaseRevision | None
+    ) -> ReleaseRevision | None:
         """Finish what an interrupted helm run (e.g. an operator killed mid-upgrade) left behind."""
         if current is None:
             return None
         st = current.status
         if st in (ReleaseRevisionStatus.PENDING_INSTALL, ReleaseRevisionStatus.UNINSTALLING) or (
-                st == ReleaseRevisionStatus.FAILED and current.revision == 1):
+            st == ReleaseRevisionStatus.FAILED and current.revision == 1
+        ):
             # Nothing deployed to go back to: start over.
-            await self._run("uninstall", self._command.uninstall(name, namespace=namespace, wait=True,
-                                                                 timeout=self.timeout))
+            await self._run(
+                "uninstall",
+                self._command.uninstall(name, namespace=namespace, wait=True, timeout=self.timeout),
+            )
             return None
         if st in (ReleaseRevisionStatus.PENDING_UPGRADE, ReleaseRevisionStatus.PENDING_ROLLBACK):
-            await self._run("rollback", self._command.rollback(name, None, namespace=namespace, cleanup_on_fail=True,
-                                                               wait=True, timeout=self.timeout))
+            await self._run(
+                "rollback",
+                self._command.rollback(
+                    name, None, namespace=namespace, cleanup_on_fail=True, wait=True, timeout=self.timeout
+                ),
+            )
             return await self.current_revision(name, namespace)
         return current
 
     async def uninstall_release(self, name: str, namespace: str, *, wait: bool = False) -> bool:
         """Remove the release; False when there was none. Never touches the database."""
         try:
-            await self._run("uninstall", self._command.uninstall(name, namespace=namespace, wait=wait,
-                                                                 timeout=self.timeout))
+            await self._run(
+                "uninstall",
+                self._command.uninstall(name, namespace=namespace, wait=wait, timeout=self.timeout),
+            )
         except helm_errors.ReleaseNotFoundError:
             return False
         finally:

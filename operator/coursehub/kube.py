@@ -91,15 +91,35 @@ DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
 ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
 
-BY_KIND = {r.kind: r for r in (COURSE_IMAGES, HUBS, CONFIG_MAPS, SECRETS, SERVICES, NAMESPACES, EVENTS, PODS,
-                               DAEMON_SETS, DEPLOYMENTS, ROLES, ROLE_BINDINGS)}
+BY_KIND = {
+    r.kind: r
+    for r in (
+        COURSE_IMAGES,
+        HUBS,
+        CONFIG_MAPS,
+        SECRETS,
+        SERVICES,
+        NAMESPACES,
+        EVENTS,
+        PODS,
+        DAEMON_SETS,
+        DEPLOYMENTS,
+        ROLES,
+        ROLE_BINDINGS,
+    )
+}
 
 
 class Kube:
     """One per operator process."""
 
-    def __init__(self, host: str, ssl_context: ssl.SSLContext | bool, headers: dict[str, str],
-                 token_file: Path | None = None):
+    def __init__(
+        self,
+        host: str,
+        ssl_context: ssl.SSLContext | bool,
+        headers: dict[str, str],
+        token_file: Path | None = None,
+    ):
         self.host = host.rstrip("/")
         self._ssl = ssl_context
         self._headers = headers
@@ -109,7 +129,7 @@ class Kube:
         self.reads: Counter[str] = Counter()
 
     @classmethod
-    async def from_environment(cls) -> "Kube":
+    async def from_environment(cls) -> Kube:
         cfg = k8s_client.Configuration()
         token_file = None
         try:
@@ -143,8 +163,16 @@ class Kube:
             return {**self._headers, "Authorization": f"Bearer {self._token_file.read_text().strip()}"}
         return self._headers
 
-    async def request(self, method: str, path: str, *, body: Any = None, params: dict | None = None,
-                      content_type: str = "application/json", kind: str = "") -> dict:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict | None = None,
+        content_type: str = "application/json",
+        kind: str = "",
+    ) -> dict:
         if self._session is None:
             timeout = aiohttp.ClientTimeout(total=30, sock_connect=5)
             self._session = aiohttp.ClientSession(timeout=timeout)
@@ -156,8 +184,9 @@ class Kube:
         counter = self.reads if method == "GET" else self.writes
         counter[f"{method} {kind}"] += 1
         metrics.API_REQUESTS.labels(method=method, kind=kind or "other").inc()
-        async with self._session.request(method, self.host + path, data=data, params=params, headers=headers,
-                                         ssl=self._ssl) as resp:
+        async with self._session.request(
+            method, self.host + path, data=data, params=params, headers=headers, ssl=self._ssl
+        ) as resp:
             text = await resp.text()
             payload = json.loads(text) if text and text.startswith("{") else {}
             if resp.status >= 400:
@@ -177,7 +206,9 @@ class Kube:
         except NotFound:
             return None
 
-    async def list(self, res: Resource, namespace: str | None = None, *, label_selector: str | None = None) -> list:
+    async def list(
+        self, res: Resource, namespace: str | None = None, *, label_selector: str | None = None
+    ) -> list:
         params = {"labelSelector": label_selector} if label_selector else None
         return (await self.request("GET", res.path(namespace), params=params, kind=res.kind)).get("items", [])
 
@@ -186,25 +217,41 @@ class Kube:
         res = BY_KIND[obj["kind"]]
         meta = obj["metadata"]
         return await self.request(
-            "PATCH", res.path(meta.get("namespace"), meta["name"], subresource), body=obj,
+            "PATCH",
+            res.path(meta.get("namespace"), meta["name"], subresource),
+            body=obj,
             params={"fieldManager": FIELD_MANAGER, "force": "true" if force else "false"},
-            content_type="application/apply-patch+yaml", kind=res.kind + (f"/{subresource}" if subresource else ""))
+            content_type="application/apply-patch+yaml",
+            kind=res.kind + (f"/{subresource}" if subresource else ""),
+        )
 
-    async def merge_patch(self, res: Resource, name: str, namespace: str | None, patch: dict,
-                          *, subresource: str | None = None) -> dict:
-        return await self.request("PATCH", res.path(namespace, name, subresource), body=patch,
-                                  params={"fieldManager": FIELD_MANAGER},
-                                  content_type="application/merge-patch+json",
-                                  kind=res.kind + (f"/{subresource}" if subresource else ""))
+    async def merge_patch(
+        self, res: Resource, name: str, namespace: str | None, patch: dict, *, subresource: str | None = None
+    ) -> dict:
+        return await self.request(
+            "PATCH",
+            res.path(namespace, name, subresource),
+            body=patch,
+            params={"fieldManager": FIELD_MANAGER},
+            content_type="application/merge-patch+json",
+            kind=res.kind + (f"/{subresource}" if subresource else ""),
+        )
 
     async def json_patch(self, res: Resource, name: str, namespace: str | None, ops: list) -> dict:
-        return await self.request("PATCH", res.path(namespace, name), body=ops, params={"fieldManager": FIELD_MANAGER},
-                                  content_type="application/json-patch+json", kind=res.kind)
+        return await self.request(
+            "PATCH",
+            res.path(namespace, name),
+            body=ops,
+            params={"fieldManager": FIELD_MANAGER},
+            content_type="application/json-patch+json",
+            kind=res.kind,
+        )
 
     async def delete(self, res: Resource, name: str, namespace: str | None = None) -> None:
         try:
-            await self.request("DELETE", res.path(namespace, name), body={"propagationPolicy": "Background"},
-                               kind=res.kind)
+            await self.request(
+                "DELETE", res.path(namespace, name), body={"propagationPolicy": "Background"}, kind=res.kind
+            )
         except NotFound:
             pass
 
@@ -212,14 +259,25 @@ class Kube:
         """A core/v1 Event on `obj`, so `kubectl describe` and `kubectl get events` show it."""
         meta = obj["metadata"]
         body = {
-            "apiVersion": "v1", "kind": "Event",
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:12]}", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta.get("uid"),
-                               "resourceVersion": meta.get("resourceVersion")},
-            "reason": reason, "message": message[:1024], "type": type_,
-            "source": {"component": "coursehub"}, "reportingComponent": "coursehub.dev/operator",
-            "reportingInstance": "coursehub", "firstTimestamp": now_rfc3339(), "lastTimestamp": now_rfc3339(),
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": obj.get("kind"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "source": {"component": "coursehub"},
+            "reportingComponent": "coursehub.dev/operator",
+            "reportingInstance": "coursehub",
+            "firstTimestamp": now_rfc3339(),
+            "lastTimestamp": now_rfc3339(),
             "count": 1,
         }
         try:
@@ -229,9 +287,15 @@ class Kube:
 
 
 def owner_reference(owner: dict, *, controller: bool = True) -> dict:
-    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
-            "uid": owner["metadata"]["uid"], "controller": controller, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": controller,
+        "blockOwnerDeletion": True,
+    }
 
 
 async def sleep_backoff(attempt: int, base: float = 0.5, cap: float = 30.0) -> None:
-    await asyncio.sleep(min(cap, base * (2 ** attempt)))
+    await asyncio.sleep(min(cap, base * (2**attempt)))

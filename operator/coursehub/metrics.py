@@ -5,20 +5,27 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 RECONCILES = Counter("coursehub_reconciles_total", "Reconciles by kind and result.", ["kind", "result"])
-RECONCILE_ERRORS = Counter("coursehub_reconcile_errors_total", "Reconcile errors by kind and reason.",
-                           ["kind", "reason"])
+RECONCILE_ERRORS = Counter(
+    "coursehub_reconcile_errors_total", "Reconcile errors by kind and reason.", ["kind", "reason"]
+)
 RECONCILE_SECONDS = Histogram("coursehub_reconcile_duration_seconds", "Reconcile latency by kind.", ["kind"])
-API_REQUESTS = Counter("coursehub_kube_requests_total", "Kubernetes API requests by method and kind.",
-                       ["method", "kind"])
-REGISTRY_CALLS = Counter("coursehub_registry_calls_total", "Image resolutions by registry type and result.",
-                         ["registry", "result"])
-HELM_OPERATIONS = Counter("coursehub_helm_operations_total", "Helm operations by operation and result.",
-                          ["operation", "result"])
+API_REQUESTS = Counter(
+    "coursehub_kube_requests_total", "Kubernetes API requests by method and kind.", ["method", "kind"]
+)
+REGISTRY_CALLS = Counter(
+    "coursehub_registry_calls_total", "Image resolutions by registry type and result.", ["registry", "result"]
+)
+HELM_OPERATIONS = Counter(
+    "coursehub_helm_operations_total", "Helm operations by operation and result.", ["operation", "result"]
+)
 HELM_SECONDS = Histogram("coursehub_helm_operation_seconds", "Helm operation durations.", ["operation"])
 COURSES_PER_HUB = Gauge("coursehub_hub_courses", "Courses published per hub.", ["namespace", "hub"])
-PREPULL_READY = Gauge("coursehub_prepull_ready", "1 when every pre-puller of the hub is fully rolled out.",
-                      ["namespace", "hub"])
-ECR_POLICY_PUTS = Counter("coursehub_ecr_lifecycle_puts_total", "put_lifecycle_policy calls by result.", ["result"])
+PREPULL_READY = Gauge(
+    "coursehub_prepull_ready", "1 when every pre-puller of the hub is fully rolled out.", ["namespace", "hub"]
+)
+ECR_POLICY_PUTS = Counter(
+    "coursehub_ecr_lifecycle_puts_total", "put_lifecycle_policy calls by result.", ["result"]
+)
 
 
 def serve(port: int) -> None:

@@ -15,8 +15,12 @@ from .settings import Settings
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        out = {"time": self.formatTime(record), "level": record.levelname, "logger": record.name,
-               "message": record.getMessage()}
+        out = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out)
@@ -92,11 +96,13 @@ def run(*, namespaces: list[str], all_namespaces: bool, liveness: str | None) ->
         metrics.serve(settings.metrics_port)
     clusterwide = all_namespaces or not namespaces
     registry, _holder = build_registry(watch_namespaces=clusterwide)
-    asyncio.run(kopf.operator(
-        registry=registry,
-        clusterwide=clusterwide,
-        namespaces=[] if clusterwide else namespaces,
-        standalone=True,
-        liveness_endpoint=liveness or None,
-    ))
+    asyncio.run(
+        kopf.operator(
+            registry=registry,
+            clusterwide=clusterwide,
+            namespaces=[] if clusterwide else namespaces,
+            standalone=True,
+            liveness_endpoint=liveness or None,
+        )
+    )
     return 0

@@ -41,8 +41,15 @@ def docs_of(text: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(text) if d]
 
 
-def can_i(cluster, sa: str, verb: str, resource: str, *, namespace: str | None = None,
-          subresource: str | None = None) -> bool:
+def can_i(
+    cluster,
+    sa: str,
+    verb: str,
+    resource: str,
+    *,
+    namespace: str | None = None,
+    subresource: str | None = None,
+) -> bool:
     args = ["auth", "can-i", verb, resource, f"--as={sa}"]
     args += ["--namespace", namespace] if namespace else ["--all-namespaces"]
     if subresource:
@@ -58,15 +65,26 @@ def restricted_namespace(cluster):
     """A fresh namespace that enforces the restricted Pod Security Standard."""
     name = f"chart-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
-    cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted",
-                    "pod-security.kubernetes.io/warn=restricted")
+    cluster.kubectl(
+        "label",
+        "namespace",
+        name,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/warn=restricted",
+    )
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def _cleanup_cluster_scoped(cluster, release: str) -> None:
-    cluster.kubectl("delete", "clusterrole,clusterrolebinding", "-l", f"app.kubernetes.io/instance={release}",
-                    "--wait=false", check=False)
+    cluster.kubectl(
+        "delete",
+        "clusterrole,clusterrolebinding",
+        "-l",
+        f"app.kubernetes.io/instance={release}",
+        "--wait=false",
+        check=False,
+    )
 
 
 def test_helm_lint_is_clean(cluster):
@@ -87,29 +105,49 @@ def test_chart_crds_are_the_generated_crds(cluster, tmp_path):
     helm(cluster, "package", str(CHART), "--destination", str(tmp_path))
     (tgz,) = tmp_path.glob("coursehub-operator-*.tgz")
     with tarfile.open(tgz) as tar:
-        packaged = {Path(m.name).name: tar.extractfile(m).read() for m in tar.getmembers()
-                    if m.name.startswith("coursehub-operator/crds/")}
+        packaged = {
+            Path(m.name).name: tar.extractfile(m).read()
+            for m in tar.getmembers()
+            if m.name.startswith("coursehub-operator/crds/")
+        }
     assert packaged == chart_crds
     # ... and in what `helm template --include-crds` renders.
     rendered = docs_of(helm(cluster, "template", "x", str(CHART), "--include-crds").stdout)
     crd_docs = [d for d in rendered if d["kind"] == "CustomResourceDefinition"]
     assert sorted(crd_docs, key=lambda d: d["metadata"]["name"]) == sorted(
-        (yaml.safe_load(p.read_text()) for p in CRD_DIR.glob("*.yaml")), key=lambda d: d["metadata"]["name"])
+        (yaml.safe_load(p.read_text()) for p in CRD_DIR.glob("*.yaml")), key=lambda d: d["metadata"]["name"]
+    )
 
 
 def test_argocd_snippet_carries_the_lua_files(cluster):
     text = render(cluster, "x", "ops", "argocd.healthChecks=true")
-    (cm,) = [d for d in docs_of(text) if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("argocd-health")]
-    for kind, path in (("CourseImage", "courseimage-health.lua"),
-                       ("JupyterHubDeployment", "jupyterhubdeployment-health.lua")):
-        assert cm["data"][f"resource.customizations.health.coursehub.dev_{kind}"] == \
-            (CHART / "argocd" / path).read_text()
+    (cm,) = [
+        d
+        for d in docs_of(text)
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("argocd-health")
+    ]
+    for kind, path in (
+        ("CourseImage", "courseimage-health.lua"),
+        ("JupyterHubDeployment", "jupyterhubdeployment-health.lua"),
+    ):
+        assert (
+            cm["data"][f"resource.customizations.health.coursehub.dev_{kind}"]
+            == (CHART / "argocd" / path).read_text()
+        )
     assert not any(d["kind"] == "ConfigMap" for d in docs_of(render(cluster, "x", "ops")))
 
 
 def test_rendered_deployment_follows_the_contract(cluster):
-    objs = docs_of(render(cluster, "rel", "ops", "image.tag=1.2.3", "aws.endpointURL=http://moto:5000",
-                          "operator.resolveIntervalSeconds=120"))
+    objs = docs_of(
+        render(
+            cluster,
+            "rel",
+            "ops",
+            "image.tag=1.2.3",
+            "aws.endpointURL=http://moto:5000",
+            "operator.resolveIntervalSeconds=120",
+        )
+    )
     (dep,) = [d for d in objs if d["kind"] == "Deployment"]
     spec = dep["spec"]
     assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
@@ -150,7 +188,9 @@ def test_chart_applies_and_operator_becomes_available(cluster, restricted_namesp
         assert "PodSecurity" in weak.stderr and "restricted" in weak.stderr, weak.stderr
         cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifests)
         fullname = f"{release}-coursehub-operator"
-        cluster.kubectl("wait", "-n", ns, "--for=condition=Available", f"deployment/{fullname}", "--timeout=180s")
+        cluster.kubectl(
+            "wait", "-n", ns, "--for=condition=Available", f"deployment/{fullname}", "--timeout=180s"
+        )
         pods = yaml.safe_load(cluster.kubectl("get", "pods", "-n", ns, "-o", "yaml").stdout)["items"]
         assert len(pods) == 1 and pods[0]["spec"]["serviceAccountName"] == fullname
 
@@ -199,11 +239,17 @@ def test_chart_applies_and_operator_becomes_available(cluster, restricted_namesp
             ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io", None, None),
             ("*", "*", None, None),
         ]
-        wrong = [f"{v} {r} (ns={n}, sub={s})" for v, r, n, s in must
-                 if not can_i(cluster, sa, v, r, namespace=n, subresource=s)]
+        wrong = [
+            f"{v} {r} (ns={n}, sub={s})"
+            for v, r, n, s in must
+            if not can_i(cluster, sa, v, r, namespace=n, subresource=s)
+        ]
         assert not wrong, f"the operator's ServiceAccount lacks: {wrong}"
-        wrong = [f"{v} {r} (ns={n}, sub={s})" for v, r, n, s in must_not
-                 if can_i(cluster, sa, v, r, namespace=n, subresource=s)]
+        wrong = [
+            f"{v} {r} (ns={n}, sub={s})"
+            for v, r, n, s in must_not
+            if can_i(cluster, sa, v, r, namespace=n, subresource=s)
+        ]
         assert not wrong, f"the operator's ServiceAccount may do more than it needs: {wrong}"
     finally:
         _cleanup_cluster_scoped(cluster, release)
@@ -215,10 +261,22 @@ def test_namespace_scoped_install_with_helm(cluster, restricted_namespace, names
     release = f"sc{uuid.uuid4().hex[:6]}"
     try:
         # Real `helm install`: the CRDs already exist in this cluster, which helm must tolerate.
-        helm(cluster, "install", release, str(CHART), "--namespace", ns,
-             "--set", "watch.allNamespaces=false", "--set", f"watch.namespaces={{{watched}}}")
+        helm(
+            cluster,
+            "install",
+            release,
+            str(CHART),
+            "--namespace",
+            ns,
+            "--set",
+            "watch.allNamespaces=false",
+            "--set",
+            f"watch.namespaces={{{watched}}}",
+        )
         fullname = f"{release}-coursehub-operator"
-        cluster.kubectl("wait", "-n", ns, "--for=condition=Available", f"deployment/{fullname}", "--timeout=180s")
+        cluster.kubectl(
+            "wait", "-n", ns, "--for=condition=Available", f"deployment/{fullname}", "--timeout=180s"
+        )
         dep = yaml.safe_load(cluster.kubectl("get", "deployment", fullname, "-n", ns, "-o", "yaml").stdout)
         args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
         assert f"--namespace={watched}" in args and "--all-namespaces" not in args

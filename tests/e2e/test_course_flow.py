@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from coursehub.devcluster import samples
+from coursehub.devcluster.samples import course_manifest
 from fixtures.cluster import get_yaml, wait_until
 from fixtures.slugs import GPU_SLUGS, SLUGS_32
-from coursehub.devcluster import samples
-from coursehub.devcluster.samples import TEST_CHART, course_manifest
 
 pytestmark = pytest.mark.e2e
-
 
 
 def hub_manifest(name: str = "learn", **spec) -> dict:
@@ -52,8 +51,13 @@ def puller_images(cluster, ns, name="coursehub-puller") -> dict[str, str]:
 
 
 def helm_revision(cluster, ns, release="learn") -> int:
-    out = subprocess.run([cluster.binaries["helm"], "status", release, "-n", ns, "-o", "json"], capture_output=True,
-                         text=True, env=cluster.env(), check=True).stdout
+    out = subprocess.run(
+        [cluster.binaries["helm"], "status", release, "-n", ns, "-o", "json"],
+        capture_output=True,
+        text=True,
+        env=cluster.env(),
+        check=True,
+    ).stdout
     return json.loads(out)["version"]
 
 
@@ -62,8 +66,14 @@ def hub_env(cluster, namespace, operator_factory, oci_registry):
     """A namespace with a hub and a running operator; yields (namespace, registry, operator)."""
     op = operator_factory([namespace])
     apply(cluster, namespace, hub_manifest())
-    wait_until(lambda: condition(get_yaml(cluster, "jhd", "learn", "-n", namespace), "ReleaseDeployed")
-               .get("status") == "True", timeout=120, what="hub release deployed")
+    wait_until(
+        lambda: (
+            condition(get_yaml(cluster, "jhd", "learn", "-n", namespace), "ReleaseDeployed").get("status")
+            == "True"
+        ),
+        timeout=120,
+        what="hub release deployed",
+    )
     return namespace, oci_registry, op
 
 
@@ -71,10 +81,19 @@ def test_resolve_publish_prepull_and_follow_tag(cluster, hub_env, unique_repo):
     ns, reg, op = hub_env
     d1 = reg.push_image(unique_repo, "uai_source-uai.1", "build-1")
     d2 = reg.push_image(unique_repo, "stats-101", "stats-1")
-    apply(cluster, ns,
-          course_manifest("uai-1", "uai_source-uai.1", reg.ref(unique_repo, "uai_source-uai.1"), gpu="required",
-                          defaultNotebook="intro.ipynb", resources={"memory": {"limit": "8G"}}),
-          course_manifest("stats", "Stats-101", reg.ref(unique_repo, "stats-101")))
+    apply(
+        cluster,
+        ns,
+        course_manifest(
+            "uai-1",
+            "uai_source-uai.1",
+            reg.ref(unique_repo, "uai_source-uai.1"),
+            gpu="required",
+            defaultNotebook="intro.ipynb",
+            resources={"memory": {"limit": "8G"}},
+        ),
+        course_manifest("stats", "Stats-101", reg.ref(unique_repo, "stats-101")),
+    )
     cluster.kubectl("wait", "--for=condition=Ready", "courseimage", "--all", "-n", ns, "--timeout=90s")
 
     doc = allowlist(cluster, ns)
@@ -101,10 +120,18 @@ def test_resolve_publish_prepull_and_follow_tag(cluster, hub_env, unique_repo):
     # A new build under the same tag: the digest follows without any touch.
     d1b = reg.push_image(unique_repo, "uai_source-uai.1", "build-2")
     assert d1b != d1
-    wait_until(lambda: allowlist(cluster, ns)["courses"]["uai_source-uai.1"]["image"].endswith(d1b),
-               timeout=60, what="digest follows the moved tag")
-    wait_until(lambda: f"{reg.host}/{unique_repo}@{d1b}" in puller_images(cluster, ns, "coursehub-puller-gpu")
-               .values(), timeout=30, what="puller re-pulls the new digest")
+    wait_until(
+        lambda: allowlist(cluster, ns)["courses"]["uai_source-uai.1"]["image"].endswith(d1b),
+        timeout=60,
+        what="digest follows the moved tag",
+    )
+    wait_until(
+        lambda: (
+            f"{reg.host}/{unique_repo}@{d1b}" in puller_images(cluster, ns, "coursehub-puller-gpu").values()
+        ),
+        timeout=30,
+        what="puller re-pulls the new digest",
+    )
     events = cluster.kubectl("get", "events", "-n", ns, "--field-selector", "reason=DigestChanged").stdout
     assert "uai-1" in events
 
@@ -118,28 +145,47 @@ def test_unknown_tag_and_registry_outage(cluster, namespace, operator_factory, o
     op = operator_factory([ns])
     apply(cluster, ns, hub_manifest())
     good = reg.push_image("courses/nb", "good", "g1")
-    apply(cluster, ns, course_manifest("good", "good", reg.ref("courses/nb", "good")),
-          course_manifest("missing", "missing", reg.ref("courses/nb", "no-such-tag")))
+    apply(
+        cluster,
+        ns,
+        course_manifest("good", "good", reg.ref("courses/nb", "good")),
+        course_manifest("missing", "missing", reg.ref("courses/nb", "no-such-tag")),
+    )
     cluster.kubectl("wait", "--for=condition=Ready", "courseimage/good", "-n", ns, "--timeout=90s")
-    c = wait_until(lambda: course_cond(cluster, ns, "missing", "ImageResolved").get("status") == "False"
-                   and course_cond(cluster, ns, "missing", "ImageResolved"), what="missing tag reported")
+    c = wait_until(
+        lambda: (
+            course_cond(cluster, ns, "missing", "ImageResolved").get("status") == "False"
+            and course_cond(cluster, ns, "missing", "ImageResolved")
+        ),
+        what="missing tag reported",
+    )
     assert c["reason"] == "ImageNotFound"
     assert "no-such-tag" in c["message"]
 
     reg.stop()
     apply(cluster, ns, course_manifest("late", "late", reg.ref("courses/nb", "late")))
-    c = wait_until(lambda: course_cond(cluster, ns, "late", "ImageResolved").get("reason") == "RegistryUnreachable"
-                   and course_cond(cluster, ns, "late", "ImageResolved"), what="outage reported", timeout=60)
+    c = wait_until(
+        lambda: (
+            course_cond(cluster, ns, "late", "ImageResolved").get("reason") == "RegistryUnreachable"
+            and course_cond(cluster, ns, "late", "ImageResolved")
+        ),
+        what="outage reported",
+        timeout=60,
+    )
     assert c["status"] == "False"
     # The course that resolved before keeps its last good digest published.
-    wait_until(lambda: course_cond(cluster, ns, "good", "ImageResolved").get("reason") == "RegistryUnreachable",
-               what="re-resolve hits the outage", timeout=30)
+    wait_until(
+        lambda: course_cond(cluster, ns, "good", "ImageResolved").get("reason") == "RegistryUnreachable",
+        what="re-resolve hits the outage",
+        timeout=30,
+    )
     assert allowlist(cluster, ns)["courses"]["good"]["image"].endswith(good)
 
     reg.start()
     reg.push_image("courses/nb", "late", "l1")
-    cluster.kubectl("wait", "--for=condition=Ready", "courseimage/late", "courseimage/good", "-n", ns,
-                    "--timeout=90s")
+    cluster.kubectl(
+        "wait", "--for=condition=Ready", "courseimage/late", "courseimage/good", "-n", ns, "--timeout=90s"
+    )
     assert set(allowlist(cluster, ns)["courses"]) == {"good", "late"}
 
 
@@ -149,14 +195,21 @@ def test_duplicate_slug_and_delete(cluster, hub_env, unique_repo):
     apply(cluster, ns, course_manifest("first", "nlp_2025", reg.ref(unique_repo, "a")))
     cluster.kubectl("wait", "--for=condition=Ready", "courseimage/first", "-n", ns, "--timeout=90s")
     apply(cluster, ns, course_manifest("second", "NLP_2025", reg.ref(unique_repo, "a")))
-    c = wait_until(lambda: course_cond(cluster, ns, "second", "Published").get("reason") == "DuplicateCourse"
-                   and course_cond(cluster, ns, "second", "Published"), what="duplicate reported")
+    c = wait_until(
+        lambda: (
+            course_cond(cluster, ns, "second", "Published").get("reason") == "DuplicateCourse"
+            and course_cond(cluster, ns, "second", "Published")
+        ),
+        what="duplicate reported",
+    )
     assert "first" in c["message"] and c["status"] == "False"
 
     cluster.kubectl("delete", "courseimage", "first", "-n", ns, "--timeout=60s")
     assert "nlp_2025" in allowlist(cluster, ns)["courses"]  # the second one takes the slug over
-    wait_until(lambda: course_cond(cluster, ns, "second", "Published").get("status") == "True",
-               what="second publishes once the first is gone")
+    wait_until(
+        lambda: course_cond(cluster, ns, "second", "Published").get("status") == "True",
+        what="second publishes once the first is gone",
+    )
     cluster.kubectl("delete", "courseimage", "second", "-n", ns, "--timeout=60s")
     assert "nlp_2025" not in allowlist(cluster, ns)["courses"]
     assert not get_yaml(cluster, "daemonset", "-n", ns, "-l", "coursehub.dev/hub=learn")["items"]
@@ -167,8 +220,11 @@ def test_32_realistic_slugs(cluster, hub_env, unique_repo):
     objs = []
     for i, slug in enumerate(SLUGS_32):
         reg.push_image(unique_repo, slug, f"seed-{slug}")
-        objs.append(course_manifest(f"c{i:02d}", slug, reg.ref(unique_repo, slug),
-                                    gpu="required" if slug in GPU_SLUGS else "none"))
+        objs.append(
+            course_manifest(
+                f"c{i:02d}", slug, reg.ref(unique_repo, slug), gpu="required" if slug in GPU_SLUGS else "none"
+            )
+        )
     apply(cluster, ns, *objs)
     cluster.kubectl("wait", "--for=condition=Ready", "courseimage", "--all", "-n", ns, "--timeout=120s")
     doc = allowlist(cluster, ns)
@@ -185,16 +241,23 @@ def test_spec_and_labels_untouched_by_reconciliation(cluster, hub_env, unique_re
     reg.push_image(unique_repo, "argo", "argo")
     obj = course_manifest("argo", "argo", reg.ref(unique_repo, "argo"), displayName="Argo course")
     obj["metadata"]["labels"] = {"app.kubernetes.io/instance": "courses", "team": "ai"}
-    obj["metadata"]["annotations"] = {"argocd.argoproj.io/tracking-id": "courses:coursehub.dev/CourseImage:x/argo"}
+    obj["metadata"]["annotations"] = {
+        "argocd.argoproj.io/tracking-id": "courses:coursehub.dev/CourseImage:x/argo"
+    }
     apply(cluster, ns, obj)
     cluster.kubectl("wait", "--for=condition=Ready", "courseimage/argo", "-n", ns, "--timeout=90s")
     live = get_yaml(cluster, "courseimage", "argo", "-n", ns, "--show-managed-fields")
     assert live["spec"] == obj["spec"]
     assert live["metadata"]["labels"] == obj["metadata"]["labels"]
-    assert live["metadata"]["annotations"]["argocd.argoproj.io/tracking-id"] == \
-        obj["metadata"]["annotations"]["argocd.argoproj.io/tracking-id"]
-    managers = {(m["manager"], m.get("subresource", "")) for m in live["metadata"]["managedFields"]
-                if m["manager"] == "coursehub"}
+    assert (
+        live["metadata"]["annotations"]["argocd.argoproj.io/tracking-id"]
+        == obj["metadata"]["annotations"]["argocd.argoproj.io/tracking-id"]
+    )
+    managers = {
+        (m["manager"], m.get("subresource", ""))
+        for m in live["metadata"]["managedFields"]
+        if m["manager"] == "coursehub"
+    }
     for m in live["metadata"]["managedFields"]:
         if m["manager"] == "coursehub" and not m.get("subresource"):
             assert set(m["fieldsV1"]) == {"f:metadata"}
@@ -214,14 +277,23 @@ def test_argocd_health_of_live_objects(cluster, hub_env, unique_repo):
 
     ns, reg, op = hub_env
     reg.push_image(unique_repo, "ok", "ok")
-    apply(cluster, ns, course_manifest("ok", "ok", reg.ref(unique_repo, "ok")),
-          course_manifest("missing", "missing", reg.ref(unique_repo, "missing")))
+    apply(
+        cluster,
+        ns,
+        course_manifest("ok", "ok", reg.ref(unique_repo, "ok")),
+        course_manifest("missing", "missing", reg.ref(unique_repo, "missing")),
+    )
     cluster.kubectl("wait", "--for=condition=Ready", "courseimage/ok", "jhd/learn", "-n", ns, "--timeout=90s")
-    wait_until(lambda: course_cond(cluster, ns, "missing", "ImageResolved").get("reason") == "ImageNotFound",
-               what="missing tag reported")
+    wait_until(
+        lambda: course_cond(cluster, ns, "missing", "ImageResolved").get("reason") == "ImageNotFound",
+        what="missing tag reported",
+    )
     cases = {
         "courseimage-live-ready": (get_yaml(cluster, "courseimage", "ok", "-n", ns), "Healthy"),
-        "courseimage-live-image-not-found": (get_yaml(cluster, "courseimage", "missing", "-n", ns), "Degraded"),
+        "courseimage-live-image-not-found": (
+            get_yaml(cluster, "courseimage", "missing", "-n", ns),
+            "Degraded",
+        ),
         "jupyterhubdeployment-live-ready": (get_yaml(cluster, "jhd", "learn", "-n", ns), "Healthy"),
     }
     capture = os.environ.get("COURSEHUB_CAPTURE_STATUS")
@@ -231,7 +303,9 @@ def test_argocd_health_of_live_objects(cluster, hub_env, unique_repo):
         if capture:
             for k in ("managedFields", "uid", "resourceVersion"):
                 obj["metadata"].pop(k, None)
-            Path(capture, f"{name}.yaml").write_text(yaml.safe_dump({"expect": {"status": want}, "object": obj}))
+            Path(capture, f"{name}.yaml").write_text(
+                yaml.safe_dump({"expect": {"status": want}, "object": obj})
+            )
 
 
 def test_metrics_tell_the_truth(cluster, hub_env, unique_repo):
@@ -240,17 +314,22 @@ def test_metrics_tell_the_truth(cluster, hub_env, unique_repo):
         reg.push_image(unique_repo, slug, slug)
     apply(cluster, ns, *[course_manifest(s, s, reg.ref(unique_repo, s)) for s in ("m1", "m2", "m3")])
     cluster.kubectl("wait", "--for=condition=Ready", "courseimage", "--all", "-n", ns, "--timeout=90s")
-    wait_until(lambda: op.metric("coursehub_hub_courses", namespace=ns, hub="learn") == 3, what="courses gauge")
+    wait_until(
+        lambda: op.metric("coursehub_hub_courses", namespace=ns, hub="learn") == 3, what="courses gauge"
+    )
     assert op.metric("coursehub_registry_calls_total", registry="oci", result="ok") >= 3
     assert op.metric("coursehub_helm_operations_total", operation="install", result="ok") == 1
     assert op.metric("coursehub_reconciles_total", kind="JupyterHubDeployment", result="ok") >= 1
     assert op.metric("coursehub_reconcile_duration_seconds_count", kind="CourseImage") >= 3
-    wait_until(lambda: op.metric("coursehub_prepull_ready", namespace=ns, hub="learn") == 1, what="prepull gauge")
+    wait_until(
+        lambda: op.metric("coursehub_prepull_ready", namespace=ns, hub="learn") == 1, what="prepull gauge"
+    )
     assert op.metric("coursehub_kube_requests_total", method="PATCH", kind="ConfigMap") >= 1
 
 
-def test_publish_after_pull_offers_a_digest_only_once_every_node_has_it(cluster, namespace, operator_factory,
-                                                                       oci_registry, unique_repo):
+def test_publish_after_pull_offers_a_digest_only_once_every_node_has_it(
+    cluster, namespace, operator_factory, oci_registry, unique_repo
+):
     """With kwok stopped no puller pod becomes Ready, so nothing counts as pulled: the new
     digest waits and learners keep the previous one; once the nodes pull, it is offered."""
     ns = namespace
@@ -264,13 +343,22 @@ def test_publish_after_pull_offers_a_digest_only_once_every_node_has_it(cluster,
     cluster.stop_process("kwok")
     try:
         d2 = oci_registry.push_image(unique_repo, "pap", "v2")
-        wait_until(lambda: f"{oci_registry.host}/{unique_repo}@{d2}" in puller_images(cluster, ns).values(),
-                   timeout=60, what="puller asked to pull the new digest")
-        wait_until(lambda: course_cond(cluster, ns, "pap", "PrePulled").get("status") == "False", timeout=30,
-                   what="PrePulled False while nodes pull")
+        wait_until(
+            lambda: f"{oci_registry.host}/{unique_repo}@{d2}" in puller_images(cluster, ns).values(),
+            timeout=60,
+            what="puller asked to pull the new digest",
+        )
+        wait_until(
+            lambda: course_cond(cluster, ns, "pap", "PrePulled").get("status") == "False",
+            timeout=30,
+            what="PrePulled False while nodes pull",
+        )
         assert allowlist(cluster, ns)["courses"]["pap"]["image"].endswith(d1)  # the old digest stays offered
     finally:
         cluster.start_kwok()
-    wait_until(lambda: allowlist(cluster, ns)["courses"]["pap"]["image"].endswith(d2), timeout=90,
-               what="new digest offered once pulled")
+    wait_until(
+        lambda: allowlist(cluster, ns)["courses"]["pap"]["image"].endswith(d2),
+        timeout=90,
+        what="new digest offered once pulled",
+    )
     cluster.kubectl("wait", "--for=condition=Ready", "courseimage/pap", "-n", ns, "--timeout=90s")

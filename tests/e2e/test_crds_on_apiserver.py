@@ -13,18 +13,26 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[2]
 
 GOOD_COURSE = {
-    "apiVersion": "coursehub.dev/v1alpha1", "kind": "CourseImage",
+    "apiVersion": "coursehub.dev/v1alpha1",
+    "kind": "CourseImage",
     "metadata": {"name": "c1"},
     "spec": {"course": "uai_source-uai.0a", "image": "registry.example.edu/courses/nb:uai_source-uai.0a"},
 }
 GOOD_HUB = {
-    "apiVersion": "coursehub.dev/v1alpha1", "kind": "JupyterHubDeployment",
+    "apiVersion": "coursehub.dev/v1alpha1",
+    "kind": "JupyterHubDeployment",
     "metadata": {"name": "h1"},
     "spec": {
-        "chart": {"repository": "https://hub.jupyter.org/helm-chart/", "name": "jupyterhub", "version": "4.4.1"},
+        "chart": {
+            "repository": "https://hub.jupyter.org/helm-chart/",
+            "name": "jupyterhub",
+            "version": "4.4.1",
+        },
         "domain": "nb.example.edu",
         "auth": {"mode": "tmp"},
-        "gateway": {"oidc": {"issuerURL": "https://sso.example.edu/realms/olapps", "secretRef": {"name": "oidc"}}},
+        "gateway": {
+            "oidc": {"issuerURL": "https://sso.example.edu/realms/olapps", "secretRef": {"name": "oidc"}}
+        },
         "database": {"type": "postgres", "urlSecretRef": {"name": "db", "key": "DATABASE_URL"}},
     },
 }
@@ -57,56 +65,123 @@ INVALID = [
     ("image-bad-digest", _with(GOOD_COURSE, "spec.image", "r.example.edu/nb@sha256:abc"), "spec.image"),
     ("image-missing", _with(GOOD_COURSE, "spec.image", ...), "spec.image"),
     ("gpu-enum", _with(GOOD_COURSE, "spec.gpu", "sometimes"), "spec.gpu"),
-    ("notebook-absolute", _with(GOOD_COURSE, "spec.defaultNotebook", "/etc/passwd.ipynb"), "spec.defaultNotebook"),
-    ("notebook-dotdot", _with(GOOD_COURSE, "spec.defaultNotebook", "a/../../b.ipynb"), "spec.defaultNotebook"),
+    (
+        "notebook-absolute",
+        _with(GOOD_COURSE, "spec.defaultNotebook", "/etc/passwd.ipynb"),
+        "spec.defaultNotebook",
+    ),
+    (
+        "notebook-dotdot",
+        _with(GOOD_COURSE, "spec.defaultNotebook", "a/../../b.ipynb"),
+        "spec.defaultNotebook",
+    ),
     ("notebook-not-ipynb", _with(GOOD_COURSE, "spec.defaultNotebook", "intro.py"), "spec.defaultNotebook"),
     ("retention-zero", _with(GOOD_COURSE, "spec.retention", {"keep": 0}), "spec.retention.keep"),
-    ("memory-format", _with(GOOD_COURSE, "spec.resources", {"memory": {"limit": "lots"}}),
-     "spec.resources.memory.limit"),
-    ("cpu-negative", _with(GOOD_COURSE, "spec.resources", {"cpu": {"guarantee": -1}}),
-     "spec.resources.cpu.guarantee"),
+    (
+        "memory-format",
+        _with(GOOD_COURSE, "spec.resources", {"memory": {"limit": "lots"}}),
+        "spec.resources.memory.limit",
+    ),
+    (
+        "cpu-negative",
+        _with(GOOD_COURSE, "spec.resources", {"cpu": {"guarantee": -1}}),
+        "spec.resources.cpu.guarantee",
+    ),
     ("course-unknown-field", _with(GOOD_COURSE, "spec.tag", "latest"), "spec.tag"),
     ("course-no-spec", _with(GOOD_COURSE, "spec", ...), "spec"),
     ("tmp-without-gateway", _with(GOOD_HUB, "spec.gateway", ...), "spec.gateway.oidc"),
     ("auth-enum", _with(GOOD_HUB, "spec.auth", {"mode": "github"}), "spec.auth.mode"),
-    ("culling-negative-timeout", _with(GOOD_HUB, "spec.culling", {"timeoutSeconds": -5}),
-     "spec.culling.timeoutSeconds"),
-    ("culling-negative-every", _with(GOOD_HUB, "spec.culling", {"everySeconds": -1}), "spec.culling.everySeconds"),
-    ("culling-negative-max-age", _with(GOOD_HUB, "spec.culling", {"maxAgeSeconds": -1}),
-     "spec.culling.maxAgeSeconds"),
-    ("postgres-without-secret", _with(GOOD_HUB, "spec.database", {"type": "postgres"}),
-     "spec.database.urlSecretRef"),
-    ("database-default-type-without-secret", _with(GOOD_HUB, "spec.database", {}), "spec.database.urlSecretRef"),
+    (
+        "culling-negative-timeout",
+        _with(GOOD_HUB, "spec.culling", {"timeoutSeconds": -5}),
+        "spec.culling.timeoutSeconds",
+    ),
+    (
+        "culling-negative-every",
+        _with(GOOD_HUB, "spec.culling", {"everySeconds": -1}),
+        "spec.culling.everySeconds",
+    ),
+    (
+        "culling-negative-max-age",
+        _with(GOOD_HUB, "spec.culling", {"maxAgeSeconds": -1}),
+        "spec.culling.maxAgeSeconds",
+    ),
+    (
+        "postgres-without-secret",
+        _with(GOOD_HUB, "spec.database", {"type": "postgres"}),
+        "spec.database.urlSecretRef",
+    ),
+    (
+        "database-default-type-without-secret",
+        _with(GOOD_HUB, "spec.database", {}),
+        "spec.database.urlSecretRef",
+    ),
     ("database-enum", _with(GOOD_HUB, "spec.database", {"type": "mysql"}), "spec.database.type"),
     ("domain-missing", _with(GOOD_HUB, "spec.domain", ...), "spec.domain"),
     ("domain-invalid", _with(GOOD_HUB, "spec.domain", "not a host"), "spec.domain"),
     ("chart-missing", _with(GOOD_HUB, "spec.chart", ...), "spec.chart"),
-    ("chart-name-and-path", _with(GOOD_HUB, "spec.chart", {"name": "jupyterhub", "path": "/charts/jupyterhub"}),
-     "spec.chart"),
-    ("chart-repo-without-version", _with(GOOD_HUB, "spec.chart", {"repository": "https://x.example/", "name": "j"}),
-     "spec.chart.repository"),
+    (
+        "chart-name-and-path",
+        _with(GOOD_HUB, "spec.chart", {"name": "jupyterhub", "path": "/charts/jupyterhub"}),
+        "spec.chart",
+    ),
+    (
+        "chart-repo-without-version",
+        _with(GOOD_HUB, "spec.chart", {"repository": "https://x.example/", "name": "j"}),
+        "spec.chart.repository",
+    ),
     ("chart-version-format", _with(GOOD_HUB, "spec.chart.version", "latest"), "spec.chart.version"),
     ("namespaces-enum", _with(GOOD_HUB, "spec.courses", {"namespaces": "Some"}), "spec.courses.namespaces"),
-    ("selector-without-namespace-selector", _with(GOOD_HUB, "spec.courses", {"namespaces": "Selector"}),
-     "spec.courses.namespaceSelector"),
-    ("on-unknown-default-without-default", _with(GOOD_HUB, "spec.courses", {"onUnknown": "default"}),
-     "spec.courses.default"),
+    (
+        "selector-without-namespace-selector",
+        _with(GOOD_HUB, "spec.courses", {"namespaces": "Selector"}),
+        "spec.courses.namespaceSelector",
+    ),
+    (
+        "on-unknown-default-without-default",
+        _with(GOOD_HUB, "spec.courses", {"onUnknown": "default"}),
+        "spec.courses.default",
+    ),
     ("on-unknown-enum", _with(GOOD_HUB, "spec.courses", {"onUnknown": "ignore"}), "spec.courses.onUnknown"),
-    ("default-course-slug", _with(GOOD_HUB, "spec.courses", {"default": "no spaces allowed"}),
-     "spec.courses.default"),
-    ("gpu-label-format", _with(GOOD_HUB, "spec.singleuser", {"gpuNodes": {"label": "gpu"}}),
-     "spec.singleuser.gpuNodes.label"),
-    ("gpu-toleration-effect", _with(GOOD_HUB, "spec.singleuser",
-                                    {"gpuNodes": {"label": "gpu=true", "toleration": "gpu=true:Sometimes"}}),
-     "spec.singleuser.gpuNodes.toleration"),
-    ("start-timeout-small", _with(GOOD_HUB, "spec.singleuser", {"startTimeoutSeconds": 1}),
-     "spec.singleuser.startTimeoutSeconds"),
-    ("shared-password-without-secret", _with(GOOD_HUB, "spec.auth", {"mode": "sharedPassword"}),
-     "spec.auth.sharedPassword"),
+    (
+        "default-course-slug",
+        _with(GOOD_HUB, "spec.courses", {"default": "no spaces allowed"}),
+        "spec.courses.default",
+    ),
+    (
+        "gpu-label-format",
+        _with(GOOD_HUB, "spec.singleuser", {"gpuNodes": {"label": "gpu"}}),
+        "spec.singleuser.gpuNodes.label",
+    ),
+    (
+        "gpu-toleration-effect",
+        _with(
+            GOOD_HUB,
+            "spec.singleuser",
+            {"gpuNodes": {"label": "gpu=true", "toleration": "gpu=true:Sometimes"}},
+        ),
+        "spec.singleuser.gpuNodes.toleration",
+    ),
+    (
+        "start-timeout-small",
+        _with(GOOD_HUB, "spec.singleuser", {"startTimeoutSeconds": 1}),
+        "spec.singleuser.startTimeoutSeconds",
+    ),
+    (
+        "shared-password-without-secret",
+        _with(GOOD_HUB, "spec.auth", {"mode": "sharedPassword"}),
+        "spec.auth.sharedPassword",
+    ),
     ("hub-unknown-field", _with(GOOD_HUB, "spec.replicas", 2), "spec.replicas"),
-    ("oidc-issuer-scheme", _with(GOOD_HUB, "spec.gateway", {"oidc": {"issuerURL": "sso.example.edu",
-                                                                      "secretRef": {"name": "oidc"}}}),
-     "spec.gateway.oidc.issuerURL"),
+    (
+        "oidc-issuer-scheme",
+        _with(
+            GOOD_HUB,
+            "spec.gateway",
+            {"oidc": {"issuerURL": "sso.example.edu", "secretRef": {"name": "oidc"}}},
+        ),
+        "spec.gateway.oidc.issuerURL",
+    ),
 ]
 
 
@@ -126,7 +201,9 @@ VALID_VARIANTS = [
     _with(_with(GOOD_HUB, "spec.gateway", ...), "spec.auth", {"mode": "tmp", "allowUngated": True}),
     _with(GOOD_HUB, "spec.database", {"type": "sqlite-memory"}),
     _with(GOOD_HUB, "spec.chart", {"path": "charts/jupyterhub"}),
-    _with(GOOD_HUB, "spec.chart", {"name": "oci://registry.example.edu/charts/jupyterhub", "version": "4.4.1"}),
+    _with(
+        GOOD_HUB, "spec.chart", {"name": "oci://registry.example.edu/charts/jupyterhub", "version": "4.4.1"}
+    ),
 ]
 
 
@@ -137,8 +214,9 @@ def test_valid_baselines_are_accepted(cluster, namespace):
 
 @pytest.mark.parametrize("case,manifest,field", INVALID, ids=[c[0] for c in INVALID])
 def test_invalid_manifest_refused_naming_field(cluster, namespace, case, manifest, field):
-    res = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest),
-                          check=False)
+    res = cluster.kubectl(
+        "apply", "--dry-run=server", "-n", namespace, "-f", "-", input=yaml.safe_dump(manifest), check=False
+    )
     assert res.returncode != 0, f"{case}: the API server accepted an invalid manifest"
     assert field in res.stderr, f"{case}: refusal does not name {field}: {res.stderr}"
 
@@ -163,12 +241,21 @@ def test_kubectl_explain_teaches(cluster):
 
 def test_daemonset_runs_one_ready_pod_per_eligible_node(cluster, namespace):
     ds = {
-        "apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "probe"},
-        "spec": {"selector": {"matchLabels": {"app": "probe"}},
-                 "template": {"metadata": {"labels": {"app": "probe"}},
-                              "spec": {"initContainers": [{"name": "pull", "image": "example.edu/x:1",
-                                                           "command": ["/bin/sh", "-c", "true"]}],
-                                       "containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}]}}},
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": "probe"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "probe"}},
+            "template": {
+                "metadata": {"labels": {"app": "probe"}},
+                "spec": {
+                    "initContainers": [
+                        {"name": "pull", "image": "example.edu/x:1", "command": ["/bin/sh", "-c", "true"]}
+                    ],
+                    "containers": [{"name": "pause", "image": "registry.k8s.io/pause:3.10"}],
+                },
+            },
+        },
     }
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(ds))
     cluster.kubectl("rollout", "status", "-n", namespace, "ds/probe", "--timeout=60s")
@@ -176,15 +263,22 @@ def test_daemonset_runs_one_ready_pod_per_eligible_node(cluster, namespace):
     nodes = sorted(p["spec"]["nodeName"] for p in pods)
     # The GPU node is tainted and this DaemonSet does not tolerate it.
     assert nodes == ["kwok-node-0", "kwok-node-1"]
-    assert all(any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"]) for p in pods)
+    assert all(
+        any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"]) for p in pods
+    )
 
 
 def test_garbage_collection_follows_owner_references(cluster, namespace):
     cm = cluster.kubectl("create", "configmap", "owner", "-n", namespace, "-o", "yaml").stdout
     uid = yaml.safe_load(cm)["metadata"]["uid"]
-    child = {"apiVersion": "v1", "kind": "ConfigMap",
-             "metadata": {"name": "child", "ownerReferences": [
-                 {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}]}}
+    child = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "child",
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}],
+        },
+    }
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(child))
     cluster.kubectl("delete", "configmap", "owner", "-n", namespace)
     cluster.kubectl("wait", "--for=delete", "configmap/child", "-n", namespace, "--timeout=60s")

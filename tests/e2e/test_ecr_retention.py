@@ -17,8 +17,12 @@ REPO = "ol-course-notebooks"
 
 
 def course(name: str, slug: str, keep: int = 5) -> dict:
-    return {"apiVersion": "coursehub.dev/v1alpha1", "kind": "CourseImage", "metadata": {"name": name},
-            "spec": {"course": slug, "image": f"{ECR_HOST}/{REPO}:{slug}", "retention": {"keep": keep}}}
+    return {
+        "apiVersion": "coursehub.dev/v1alpha1",
+        "kind": "CourseImage",
+        "metadata": {"name": name},
+        "spec": {"course": slug, "image": f"{ECR_HOST}/{REPO}:{slug}", "retention": {"keep": keep}},
+    }
 
 
 def cond(cluster, ns, name, type_) -> dict:
@@ -28,7 +32,9 @@ def cond(cluster, ns, name, type_) -> dict:
 
 def policy(endpoint: str) -> dict | None:
     try:
-        return json.loads(ecr_client(endpoint).get_lifecycle_policy(repositoryName=REPO)["lifecyclePolicyText"])
+        return json.loads(
+            ecr_client(endpoint).get_lifecycle_policy(repositoryName=REPO)["lifecyclePolicyText"]
+        )
     except Exception:
         return None
 
@@ -50,16 +56,36 @@ def test_resolution_and_lifecycle_through_moto(cluster, namespace, operator_fact
         pass  # the session's moto may have it from another test
     d1 = put_image(ecr_endpoint, REPO, "uai_source-uai.1", seed=f"{ns}-1")
     put_image(ecr_endpoint, REPO, "mitxt-6.3710.3x", seed=f"{ns}-2")
-    op = operator_factory([ns], env={**FAKE_AWS_ENV, "COURSEHUB_ECR_LIFECYCLE": "true",
-                                     "COURSEHUB_AWS_ENDPOINT_URL": ecr_proxy.url,
-                                     "COURSEHUB_RESOLVE_INTERVAL": "600", "COURSEHUB_RESYNC_SECONDS": "600"})
-    hub = {"apiVersion": "coursehub.dev/v1alpha1", "kind": "JupyterHubDeployment", "metadata": {"name": "learn"},
-           "spec": {"chart": {"path": "/nonexistent"}, "domain": "nb.example.edu",
-                    "auth": {"mode": "tmp", "allowUngated": True}, "database": {"type": "sqlite-memory"}}}
-    cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump_all([hub, course("uai-1", "uai_source-uai.1")]))
+    op = operator_factory(
+        [ns],
+        env={
+            **FAKE_AWS_ENV,
+            "COURSEHUB_ECR_LIFECYCLE": "true",
+            "COURSEHUB_AWS_ENDPOINT_URL": ecr_proxy.url,
+            "COURSEHUB_RESOLVE_INTERVAL": "600",
+            "COURSEHUB_RESYNC_SECONDS": "600",
+        },
+    )
+    hub = {
+        "apiVersion": "coursehub.dev/v1alpha1",
+        "kind": "JupyterHubDeployment",
+        "metadata": {"name": "learn"},
+        "spec": {
+            "chart": {"path": "/nonexistent"},
+            "domain": "nb.example.edu",
+            "auth": {"mode": "tmp", "allowUngated": True},
+            "database": {"type": "sqlite-memory"},
+        },
+    }
+    cluster.kubectl(
+        "apply", "-n", ns, "-f", "-", input=yaml.safe_dump_all([hub, course("uai-1", "uai_source-uai.1")])
+    )
 
-    wait_until(lambda: cond(cluster, ns, "uai-1", "RetentionApplied").get("status") == "True", timeout=60,
-               what="RetentionApplied")
+    wait_until(
+        lambda: cond(cluster, ns, "uai-1", "RetentionApplied").get("status") == "True",
+        timeout=60,
+        what="RetentionApplied",
+    )
     ci = get_yaml(cluster, "courseimage", "uai-1", "-n", ns)
     assert ci["status"]["resolvedImage"] == f"{ECR_HOST}/{REPO}@{d1}"
     assert cond(cluster, ns, "uai-1", "ImageResolved")["status"] == "True"
@@ -67,11 +93,19 @@ def test_resolution_and_lifecycle_through_moto(cluster, namespace, operator_fact
     assert "uai_source-uai.1" in protected_tags(policy(ecr_endpoint))
 
     # A second course changes the policy.
-    cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(course("mitxt", "mitxt-6.3710.3x", keep=3)))
-    wait_until(lambda: "mitxt-6.3710.3x" in protected_tags(policy(ecr_endpoint) or {"rules": []}), timeout=60,
-               what="policy covers the new course")
-    wait_until(lambda: cond(cluster, ns, "mitxt", "RetentionApplied").get("status") == "True", timeout=60,
-               what="RetentionApplied on the new course")
+    cluster.kubectl(
+        "apply", "-n", ns, "-f", "-", input=yaml.safe_dump(course("mitxt", "mitxt-6.3710.3x", keep=3))
+    )
+    wait_until(
+        lambda: "mitxt-6.3710.3x" in protected_tags(policy(ecr_endpoint) or {"rules": []}),
+        timeout=60,
+        what="policy covers the new course",
+    )
+    wait_until(
+        lambda: cond(cluster, ns, "mitxt", "RetentionApplied").get("status") == "True",
+        timeout=60,
+        what="RetentionApplied on the new course",
+    )
 
     # Nothing changes: no further put_lifecycle_policy (and no get either, within the resync interval).
     puts = ecr_proxy.counts["PutLifecyclePolicy"]
@@ -82,12 +116,16 @@ def test_resolution_and_lifecycle_through_moto(cluster, namespace, operator_fact
 
     # Removing a course takes its protection out.
     cluster.kubectl("delete", "courseimage", "mitxt", "-n", ns, "--timeout=60s")
-    wait_until(lambda: "mitxt-6.3710.3x" not in protected_tags(policy(ecr_endpoint)), timeout=60,
-               what="policy drops the removed course")
+    wait_until(
+        lambda: "mitxt-6.3710.3x" not in protected_tags(policy(ecr_endpoint)),
+        timeout=60,
+        what="policy drops the removed course",
+    )
 
 
-def test_throttled_lifecycle_becomes_condition_and_recovers(cluster, namespace, operator_factory, ecr_endpoint,
-                                                           ecr_proxy):
+def test_throttled_lifecycle_becomes_condition_and_recovers(
+    cluster, namespace, operator_factory, ecr_endpoint, ecr_proxy
+):
     ns = namespace
     try:
         create_repository(ecr_endpoint, REPO)
@@ -95,13 +133,21 @@ def test_throttled_lifecycle_becomes_condition_and_recovers(cluster, namespace, 
         pass
     put_image(ecr_endpoint, REPO, "stats_101", seed=f"{ns}-s")
     ecr_proxy.fail("GetLifecyclePolicy", "ThrottlingException", times=12)
-    operator_factory([ns], env={**FAKE_AWS_ENV, "COURSEHUB_ECR_LIFECYCLE": "true",
-                                "COURSEHUB_AWS_ENDPOINT_URL": ecr_proxy.url})
+    operator_factory(
+        [ns],
+        env={**FAKE_AWS_ENV, "COURSEHUB_ECR_LIFECYCLE": "true", "COURSEHUB_AWS_ENDPOINT_URL": ecr_proxy.url},
+    )
     cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(course("stats", "stats_101")))
-    c = wait_until(lambda: (x := cond(cluster, ns, "stats", "RetentionApplied")).get("status") == "False" and x,
-                   timeout=60, what="throttling reported")
+    c = wait_until(
+        lambda: (x := cond(cluster, ns, "stats", "RetentionApplied")).get("status") == "False" and x,
+        timeout=60,
+        what="throttling reported",
+    )
     assert c["reason"] == "Throttled"
     # The rest of the course's status is unaffected.
     assert cond(cluster, ns, "stats", "ImageResolved")["status"] == "True"
-    wait_until(lambda: cond(cluster, ns, "stats", "RetentionApplied").get("status") == "True", timeout=90,
-               what="recovery after throttling stops")
+    wait_until(
+        lambda: cond(cluster, ns, "stats", "RetentionApplied").get("status") == "True",
+        timeout=90,
+        what="recovery after throttling stops",
+    )

@@ -8,40 +8,69 @@ import subprocess
 
 import pytest
 import yaml
-
-from fixtures.cluster import get_yaml, wait_until
 from test_course_flow import TEST_CHART
 from test_hub_spawn import container, env_of, launched_pod, stop
+
+from fixtures.cluster import get_yaml
 
 pytestmark = pytest.mark.e2e
 
 
-def test_launch_link_gets_the_digest_the_operator_published(cluster, namespace, operator_factory, oci_registry,
-                                                            unique_repo, jupyterhub_factory):
+def test_launch_link_gets_the_digest_the_operator_published(
+    cluster, namespace, operator_factory, oci_registry, unique_repo, jupyterhub_factory
+):
     ns = namespace
     digest = oci_registry.push_image(unique_repo, "uai_source-uai.0a", "full-stack")
     operator_factory([ns])
-    hub = {"apiVersion": "coursehub.dev/v1alpha1", "kind": "JupyterHubDeployment", "metadata": {"name": "learn"},
-           "spec": {"chart": {"path": str(TEST_CHART)}, "domain": "nb.example.edu",
-                    "auth": {"mode": "tmp", "allowUngated": True},
-                    "database": {"type": "postgres", "urlSecretRef": {"name": "db", "key": "DATABASE_URL"}},
-                    "courses": {"onUnknown": "reject"},
-                    "values": {"proxy": {"service": {"type": "ClusterIP"}}}}}
-    course = {"apiVersion": "coursehub.dev/v1alpha1", "kind": "CourseImage", "metadata": {"name": "uai-0a"},
-              "spec": {"course": "uai_source-uai.0a", "image": oci_registry.ref(unique_repo, "uai_source-uai.0a"),
-                       "defaultNotebook": "intro.ipynb"}}
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
-              "stringData": {"DATABASE_URL": "postgresql://unused@localhost/hub"}}
+    hub = {
+        "apiVersion": "coursehub.dev/v1alpha1",
+        "kind": "JupyterHubDeployment",
+        "metadata": {"name": "learn"},
+        "spec": {
+            "chart": {"path": str(TEST_CHART)},
+            "domain": "nb.example.edu",
+            "auth": {"mode": "tmp", "allowUngated": True},
+            "database": {"type": "postgres", "urlSecretRef": {"name": "db", "key": "DATABASE_URL"}},
+            "courses": {"onUnknown": "reject"},
+            "values": {"proxy": {"service": {"type": "ClusterIP"}}},
+        },
+    }
+    course = {
+        "apiVersion": "coursehub.dev/v1alpha1",
+        "kind": "CourseImage",
+        "metadata": {"name": "uai-0a"},
+        "spec": {
+            "course": "uai_source-uai.0a",
+            "image": oci_registry.ref(unique_repo, "uai_source-uai.0a"),
+            "defaultNotebook": "intro.ipynb",
+        },
+    }
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "db"},
+        "stringData": {"DATABASE_URL": "postgresql://unused@localhost/hub"},
+    }
     cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump_all([secret, hub, course]))
-    cluster.kubectl("wait", "--for=condition=Ready", "courseimage/uai-0a", "jhd/learn", "-n", ns, "--timeout=180s")
+    cluster.kubectl(
+        "wait", "--for=condition=Ready", "courseimage/uai-0a", "jhd/learn", "-n", ns, "--timeout=180s"
+    )
 
     # The values helm actually deployed for this hub, exactly as z2jh would receive them.
-    values = json.loads(subprocess.run([cluster.binaries["helm"], "get", "values", "learn", "-n", ns, "-o", "json"],
-                                       capture_output=True, text=True, env=cluster.env(), check=True).stdout)
+    values = json.loads(
+        subprocess.run(
+            [cluster.binaries["helm"], "get", "values", "learn", "-n", ns, "-o", "json"],
+            capture_output=True,
+            text=True,
+            env=cluster.env(),
+            check=True,
+        ).stdout
+    )
     running = jupyterhub_factory(values, namespace=ns, kubeconfig=cluster.kubeconfig)
 
-    user, pod = launched_pod(running, cluster, course="UAI_SOURCE-UAI.0A", tag="latest",
-                             image="evil.example/x:1")
+    user, pod = launched_pod(
+        running, cluster, course="UAI_SOURCE-UAI.0A", tag="latest", image="evil.example/x:1"
+    )
     assert container(pod)["image"] == f"{oci_registry.host}/{unique_repo}@{digest}"
     assert env_of(pod)["JUPYTERHUB_DEFAULT_URL"] == "/lab/tree/intro.ipynb"
     stop(running, cluster, user)

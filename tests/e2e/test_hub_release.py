@@ -19,19 +19,28 @@ from test_course_flow import TEST_CHART, condition  # noqa: E402  (shared manife
 
 def hub(name="learn", **spec) -> dict:
     base = {
-        "chart": {"path": str(TEST_CHART)}, "domain": "nb.example.edu",
+        "chart": {"path": str(TEST_CHART)},
+        "domain": "nb.example.edu",
         "auth": {"mode": "tmp", "allowUngated": True},
         "database": {"type": "postgres", "urlSecretRef": {"name": "db", "key": "DATABASE_URL"}},
         "values": {"proxy": {"service": {"type": "ClusterIP"}}},
     }
     base.update(spec)
-    return {"apiVersion": "coursehub.dev/v1alpha1", "kind": "JupyterHubDeployment", "metadata": {"name": name},
-            "spec": base}
+    return {
+        "apiVersion": "coursehub.dev/v1alpha1",
+        "kind": "JupyterHubDeployment",
+        "metadata": {"name": name},
+        "spec": base,
+    }
 
 
 def secret(name: str, **data: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
 
 
 def apply(cluster, ns, *objs):
@@ -47,8 +56,12 @@ def cond(cluster, ns, type_, name="learn") -> dict:
 
 
 def helm_history(cluster, ns, release="learn") -> list[dict]:
-    res = subprocess.run([cluster.binaries["helm"], "history", release, "-n", ns, "-o", "json"], capture_output=True,
-                         text=True, env=cluster.env())
+    res = subprocess.run(
+        [cluster.binaries["helm"], "history", release, "-n", ns, "-o", "json"],
+        capture_output=True,
+        text=True,
+        env=cluster.env(),
+    )
     return json.loads(res.stdout) if res.returncode == 0 else []
 
 
@@ -67,15 +80,19 @@ def test_missing_secret_then_install_then_noop_then_upgrade_once(cluster, namesp
     ns = namespace
     op = operator_factory([ns])
     apply(cluster, ns, hub())
-    c = wait_until(lambda: (x := cond(cluster, ns, "DatabaseReady")).get("status") == "False" and x,
-                   what="missing database secret reported")
+    c = wait_until(
+        lambda: (x := cond(cluster, ns, "DatabaseReady")).get("status") == "False" and x,
+        what="missing database secret reported",
+    )
     assert c["reason"] == "SecretNotFound" and "db" in c["message"]
     assert cond(cluster, ns, "ReleaseDeployed")["reason"] == "WaitingForSecrets"
     assert helm_history(cluster, ns) == []  # nothing installed while the secret is missing
 
     apply(cluster, ns, secret("db", OTHER="x"))
-    c = wait_until(lambda: (x := cond(cluster, ns, "DatabaseReady")).get("reason") == "SecretKeyMissing" and x,
-                   what="missing key reported")
+    c = wait_until(
+        lambda: (x := cond(cluster, ns, "DatabaseReady")).get("reason") == "SecretKeyMissing" and x,
+        what="missing key reported",
+    )
     assert "DATABASE_URL" in c["message"] and "x" not in c["message"].split("DATABASE_URL")[-1]
 
     apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:pw-1@db/hub"))
@@ -84,8 +101,13 @@ def test_missing_secret_then_install_then_noop_then_upgrade_once(cluster, namesp
     assert status["release"]["revision"] == 1 and status["url"] == "https://nb.example.edu/"
     assert len(helm_history(cluster, ns)) == 1
     # The URL never lands in values (ConfigMaps, helm's stored values).
-    values = subprocess.run([cluster.binaries["helm"], "get", "values", "learn", "-n", ns, "-o", "json"],
-                            capture_output=True, text=True, env=cluster.env(), check=True).stdout
+    values = subprocess.run(
+        [cluster.binaries["helm"], "get", "values", "learn", "-n", ns, "-o", "json"],
+        capture_output=True,
+        text=True,
+        env=cluster.env(),
+        check=True,
+    ).stdout
     assert "pw-1" not in values
     assert "postgresql://u:" not in values
 
@@ -112,7 +134,9 @@ def test_secret_rotation_restarts_hub_once(cluster, namespace, operator_factory)
     before = hub_pod_annotation(cluster, ns)
     assert any("hash" in k for k in before), before
     apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:rotated@db/hub"))
-    wait_until(lambda: hub_pod_annotation(cluster, ns) != before, timeout=60, what="hub restarted for rotation")
+    wait_until(
+        lambda: hub_pod_annotation(cluster, ns) != before, timeout=60, what="hub restarted for rotation"
+    )
     wait_until(lambda: len(helm_history(cluster, ns)) == 2, timeout=60, what="one upgrade")
     time.sleep(6)
     assert len(helm_history(cluster, ns)) == 2  # once, not on every reconcile
@@ -124,8 +148,10 @@ def test_invalid_values_keep_release_untouched(cluster, namespace, operator_fact
     apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:p@db/hub"), hub())
     wait_until(lambda: ready_on_generation(cluster, ns), timeout=120, what="hub Ready")
     apply(cluster, ns, hub(values={"proxy": {"service": {"type": "ClusterIP"}}, "hub": {"notAKey": 1}}))
-    c = wait_until(lambda: (x := cond(cluster, ns, "ReleaseDeployed")).get("reason") == "InvalidValues" and x,
-                   what="InvalidValues")
+    c = wait_until(
+        lambda: (x := cond(cluster, ns, "ReleaseDeployed")).get("reason") == "InvalidValues" and x,
+        what="InvalidValues",
+    )
     assert "spec.values.hub.notAKey" in c["message"]
     assert cond(cluster, ns, "Ready")["status"] == "False"
     assert len(helm_history(cluster, ns)) == 1
@@ -138,10 +164,20 @@ def test_failing_upgrade_rolls_back_and_recovers(cluster, namespace, operator_fa
     operator_factory([ns])
     apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:p@db/hub"), hub())
     wait_until(lambda: ready_on_generation(cluster, ns), timeout=120, what="hub Ready")
-    bad = {"proxy": {"service": {"type": "ClusterIP"}}, "custom": {"coursehubTest": {"invalidHubReplicas": True}}}
+    bad = {
+        "proxy": {"service": {"type": "ClusterIP"}},
+        "custom": {"coursehubTest": {"invalidHubReplicas": True}},
+    }
     apply(cluster, ns, hub(values=bad))
-    c = wait_until(lambda: (x := cond(cluster, ns, "ReleaseDeployed")).get("status") == "False"
-                   and x.get("reason") != "Progressing" and x, timeout=120, what="failed upgrade reported")
+    c = wait_until(
+        lambda: (
+            (x := cond(cluster, ns, "ReleaseDeployed")).get("status") == "False"
+            and x.get("reason") != "Progressing"
+            and x
+        ),
+        timeout=120,
+        what="failed upgrade reported",
+    )
     assert "previous release stays" in c["message"]
     history = helm_history(cluster, ns)
     assert history[-1]["status"] == "deployed"  # rolled back
@@ -156,8 +192,10 @@ def test_two_hubs_in_one_namespace(cluster, namespace, operator_factory):
     apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:p@db/hub"), hub("first"))
     wait_until(lambda: ready_on_generation(cluster, ns, "first"), timeout=120, what="first hub Ready")
     apply(cluster, ns, hub("second"))
-    c = wait_until(lambda: (x := cond(cluster, ns, "Ready", "second")).get("reason") == "NamespaceTaken" and x,
-                   what="NamespaceTaken")
+    c = wait_until(
+        lambda: (x := cond(cluster, ns, "Ready", "second")).get("reason") == "NamespaceTaken" and x,
+        what="NamespaceTaken",
+    )
     assert "first" in c["message"] and c["status"] == "False"
     assert helm_history(cluster, ns, "second") == []
     assert ready_on_generation(cluster, ns, "first")
@@ -167,18 +205,39 @@ def test_delete_hub_cleans_up(cluster, namespace, operator_factory, oci_registry
     ns = namespace
     operator_factory([ns])
     oci_registry.push_image(unique_repo, "c1", "c1")
-    course = {"apiVersion": "coursehub.dev/v1alpha1", "kind": "CourseImage", "metadata": {"name": "c1"},
-              "spec": {"course": "c1", "image": oci_registry.ref(unique_repo, "c1")}}
+    course = {
+        "apiVersion": "coursehub.dev/v1alpha1",
+        "kind": "CourseImage",
+        "metadata": {"name": "c1"},
+        "spec": {"course": "c1", "image": oci_registry.ref(unique_repo, "c1")},
+    }
     apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:p@db/hub"), hub(), course)
     cluster.kubectl("wait", "--for=condition=Ready", "courseimage/c1", "-n", ns, "--timeout=120s")
     wait_until(lambda: ready_on_generation(cluster, ns), timeout=120, what="hub Ready")
     cluster.kubectl("delete", "jhd", "learn", "-n", ns, "--timeout=90s")
     assert helm_history(cluster, ns) == []
-    wait_until(lambda: not get_yaml(cluster, "configmap,daemonset,deployment", "-n", ns,
-                                    "-l", "app.kubernetes.io/managed-by=coursehub")["items"],
-               timeout=60, what="owned objects garbage-collected")
-    c = wait_until(lambda: (x := condition(get_yaml(cluster, "courseimage", "c1", "-n", ns), "Published"))
-                   .get("reason") == "NoHub" and x, what="course reports it is no longer published")
+    wait_until(
+        lambda: (
+            not get_yaml(
+                cluster,
+                "configmap,daemonset,deployment",
+                "-n",
+                ns,
+                "-l",
+                "app.kubernetes.io/managed-by=coursehub",
+            )["items"]
+        ),
+        timeout=60,
+        what="owned objects garbage-collected",
+    )
+    c = wait_until(
+        lambda: (
+            (x := condition(get_yaml(cluster, "courseimage", "c1", "-n", ns), "Published")).get("reason")
+            == "NoHub"
+            and x
+        ),
+        what="course reports it is no longer published",
+    )
     assert c["status"] == "False"
     assert get_yaml(cluster, "secret", "db", "-n", ns)["data"]  # the database secret is never touched
 
@@ -186,14 +245,28 @@ def test_delete_hub_cleans_up(cluster, namespace, operator_factory, oci_registry
 def test_oidc_gateway_in_front_of_tmp_users(cluster, namespace, operator_factory):
     ns = namespace
     operator_factory([ns])
-    gated = hub(auth={"mode": "tmp"},
-                gateway={"oidc": {"issuerURL": "https://sso.example.edu/realms/olapps", "secretRef": {"name": "oidc"}}})
+    gated = hub(
+        auth={"mode": "tmp"},
+        gateway={
+            "oidc": {"issuerURL": "https://sso.example.edu/realms/olapps", "secretRef": {"name": "oidc"}}
+        },
+    )
     apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:p@db/hub"), gated)
-    c = wait_until(lambda: (x := cond(cluster, ns, "GatewayReady")).get("status") == "False" and x,
-                   what="missing gateway secret reported")
+    c = wait_until(
+        lambda: (x := cond(cluster, ns, "GatewayReady")).get("status") == "False" and x,
+        what="missing gateway secret reported",
+    )
     assert c["reason"] == "SecretNotFound" and "oidc" in c["message"]
-    apply(cluster, ns, secret("oidc", client_id="coursehub", client_secret="s3cret-value",
-                              cookie_secret="0123456789abcdef0123456789abcdef"))
+    apply(
+        cluster,
+        ns,
+        secret(
+            "oidc",
+            client_id="coursehub",
+            client_secret="s3cret-value",
+            cookie_secret="0123456789abcdef0123456789abcdef",
+        ),
+    )
     wait_until(lambda: ready_on_generation(cluster, ns), timeout=120, what="gated hub Ready")
     cluster.kubectl("rollout", "status", "deployment/coursehub-gateway", "-n", ns, "--timeout=60s")
     dep = get_yaml(cluster, "deployment", "coursehub-gateway", "-n", ns)

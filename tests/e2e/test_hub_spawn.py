@@ -31,9 +31,11 @@ def course(slug: str, *, gpu: str = "none", **extra) -> dict:
 
 BASE_COURSES = {
     "clustering_and_descriptive_ai": course("clustering_and_descriptive_ai"),
-    "uai_source-uai.1": course("uai_source-uai.1", gpu="required",
-                               resources={"memory": {"limit": "8G", "guarantee": None},
-                                          "cpu": {"limit": None, "guarantee": None}}),
+    "uai_source-uai.1": course(
+        "uai_source-uai.1",
+        gpu="required",
+        resources={"memory": {"limit": "8G", "guarantee": None}, "cpu": {"limit": None, "guarantee": None}},
+    ),
     "mitxt-6.3710.3x": course("mitxt-6.3710.3x", gpu="optional"),
 }
 
@@ -45,12 +47,24 @@ class Allowlist:
         self.cluster, self.namespace = cluster, namespace
 
     def write(self, courses=None, *, on_unknown="default", default="clustering_and_descriptive_ai"):
-        doc = {"version": 1, "hub": "learn", "default": default, "onUnknown": on_unknown, "gpu": GPU,
-               "courses": courses if courses is not None else BASE_COURSES}
-        cm = {"apiVersion": "v1", "kind": "ConfigMap",
-              "metadata": {"name": "coursehub-allowlist", "namespace": self.namespace,
-                           "labels": {"app.kubernetes.io/managed-by": "coursehub", "coursehub.dev/hub": "learn"}},
-              "data": {"allowlist.json": json.dumps(doc, sort_keys=True, separators=(",", ":"))}}
+        doc = {
+            "version": 1,
+            "hub": "learn",
+            "default": default,
+            "onUnknown": on_unknown,
+            "gpu": GPU,
+            "courses": courses if courses is not None else BASE_COURSES,
+        }
+        cm = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": "coursehub-allowlist",
+                "namespace": self.namespace,
+                "labels": {"app.kubernetes.io/managed-by": "coursehub", "coursehub.dev/hub": "learn"},
+            },
+            "data": {"allowlist.json": json.dumps(doc, sort_keys=True, separators=(",", ":"))},
+        }
         self.cluster.kubectl("apply", "-f", "-", input=json.dumps(cm))
 
 
@@ -119,7 +133,9 @@ def env_of(pod):
 
 def stop(hub, cluster, user):
     hub.stop_server(user)
-    wait_until(lambda: user_pod(cluster, hub.namespace, user) is None, timeout=60, what=f"pod of {user} deleted")
+    wait_until(
+        lambda: user_pod(cluster, hub.namespace, user) is None, timeout=60, what=f"pod of {user} deleted"
+    )
 
 
 def assert_no_gpu(pod):
@@ -127,12 +143,16 @@ def assert_no_gpu(pod):
     assert GPU_KEY not in json.dumps(affinity)
     assert all(t.get("key") != GPU_KEY for t in pod["spec"].get("tolerations") or [])
     res = container(pod).get("resources") or {}
-    assert "nvidia.com/gpu" not in (res.get("limits") or {}) and "nvidia.com/gpu" not in (res.get("requests") or {})
+    assert "nvidia.com/gpu" not in (res.get("limits") or {}) and "nvidia.com/gpu" not in (
+        res.get("requests") or {}
+    )
 
 
 def test_launch_link_creates_fresh_user_with_course_image_opened_at_notebook(hub, cluster):
     before = set(hub.users())
-    user, pod = launched_pod(hub, cluster, course="clustering_and_descriptive_ai", notebook="week 1/intro.ipynb")
+    user, pod = launched_pod(
+        hub, cluster, course="clustering_and_descriptive_ai", notebook="week 1/intro.ipynb"
+    )
     assert user not in before and user in hub.users()
     assert container(pod)["image"] == image_for("clustering_and_descriptive_ai")
     assert env_of(pod)["JUPYTERHUB_DEFAULT_URL"] == "/lab/tree/week%201/intro.ipynb"
@@ -144,8 +164,15 @@ def test_launch_link_creates_fresh_user_with_course_image_opened_at_notebook(hub
 
 
 def test_upper_case_slug_and_image_parameters(hub, cluster):
-    user, pod = launched_pod(hub, cluster, course="MITXT-6.3710.3X", tag="latest",
-                             image="docker.io/evil/miner:latest", profile="x", notebook="../../etc/x.ipynb")
+    user, pod = launched_pod(
+        hub,
+        cluster,
+        course="MITXT-6.3710.3X",
+        tag="latest",
+        image="docker.io/evil/miner:latest",
+        profile="x",
+        notebook="../../etc/x.ipynb",
+    )
     assert container(pod)["image"] == image_for("mitxt-6.3710.3x")
     assert "JUPYTERHUB_DEFAULT_URL" not in env_of(pod)  # the invalid notebook was ignored
     assert "ignoring invalid notebook" in hub.log_text()
@@ -187,21 +214,31 @@ def _refused(hub, slug):
 
 def test_gpu_course_lands_on_gpu_node_and_others_do_not(hub, cluster):
     user, pod = launched_pod(hub, cluster, course="uai_source-uai.1")
-    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
-    assert terms and all({"key": GPU_KEY, "operator": "In", "values": [GPU_VALUE]} in t["matchExpressions"] for t in terms)
+    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert terms and all(
+        {"key": GPU_KEY, "operator": "In", "values": [GPU_VALUE]} in t["matchExpressions"] for t in terms
+    )
     assert GPU["tolerations"][0] in pod["spec"]["tolerations"]
     res = container(pod)["resources"]
     assert res["limits"]["nvidia.com/gpu"] == "1" and res["requests"]["nvidia.com/gpu"] == "1"
     assert res["limits"]["memory"] == str(8 * 1024**3)  # the course's resources override the hub's
-    node = wait_until(lambda: user_pod(cluster, hub.namespace, user)["spec"].get("nodeName"), timeout=60,
-                      what="GPU pod scheduled")
+    node = wait_until(
+        lambda: user_pod(cluster, hub.namespace, user)["spec"].get("nodeName"),
+        timeout=60,
+        what="GPU pod scheduled",
+    )
     assert node == "kwok-gpu-0"
     stop(hub, cluster, user)
 
     user, pod = launched_pod(hub, cluster, course="mitxt-6.3710.3x")  # optional, not asked
     assert_no_gpu(pod)
-    node = wait_until(lambda: user_pod(cluster, hub.namespace, user)["spec"].get("nodeName"), timeout=60,
-                      what="pod scheduled")
+    node = wait_until(
+        lambda: user_pod(cluster, hub.namespace, user)["spec"].get("nodeName"),
+        timeout=60,
+        what="pod scheduled",
+    )
     assert node != "kwok-gpu-0"
     stop(hub, cluster, user)
 
@@ -213,8 +250,11 @@ def test_gpu_course_lands_on_gpu_node_and_others_do_not(hub, cluster):
 def test_rest_api_user_options_cannot_pick_an_image(hub, cluster):
     name = "api-learner"
     assert hub.api("POST", f"/users/{name}").status_code in (201, 409)
-    r = hub.api("POST", f"/users/{name}/server",
-                json={"course": "UAI_SOURCE-UAI.1", "image": "evil/x", "profile": "p", "notebook": "a.ipynb"})
+    r = hub.api(
+        "POST",
+        f"/users/{name}/server",
+        json={"course": "UAI_SOURCE-UAI.1", "image": "evil/x", "profile": "p", "notebook": "a.ipynb"},
+    )
     assert r.status_code in (201, 202), r.text
     pod = wait_until(lambda: user_pod(cluster, hub.namespace, name), timeout=60, what="API-spawned pod")
     assert container(pod)["image"] == image_for("uai_source-uai.1")
@@ -227,7 +267,12 @@ def test_course_added_then_removed_without_hub_restart(hub, cluster, allowlist):
     courses = dict(BASE_COURSES, **{"brand_new.101": course("Brand_New.101")})
     allowlist.write(courses, on_unknown="reject")
     # spec: a published course is spawnable within 5 s
-    wait_until(lambda: launch_ok(hub, cluster, "brand_new.101", image_for("Brand_New.101")), timeout=5, what="new course spawnable", interval=0.5)
+    wait_until(
+        lambda: launch_ok(hub, cluster, "brand_new.101", image_for("Brand_New.101")),
+        timeout=5,
+        what="new course spawnable",
+        interval=0.5,
+    )
     allowlist.write(BASE_COURSES, on_unknown="reject")
     wait_until(lambda: _refused(hub, "brand_new.101"), timeout=5, what="removed course refused", interval=0.5)
     assert hub.pid == pid and hub.process.poll() is None
@@ -278,8 +323,9 @@ class _ServerStandIn:
 def culling_hub(jupyterhub_factory, cluster, hub_namespace, allowlist):
     stand_in = _ServerStandIn()
     values = z2jh_values(cull={"enabled": True, "timeout": 4, "every": 2, "maxAge": 60, "users": True})
-    hub = jupyterhub_factory(values, namespace=hub_namespace, kubeconfig=cluster.kubeconfig,
-                             server_port=stand_in.port)
+    hub = jupyterhub_factory(
+        values, namespace=hub_namespace, kubeconfig=cluster.kubeconfig, server_port=stand_in.port
+    )
     yield hub
     hub.stop()
     stand_in.close()

@@ -32,9 +32,21 @@ def remote_policy(endpoint: str, repo: str) -> dict:
 
 def test_parse_ecr_host():
     assert parse_ecr_host("610119931565.dkr.ecr.us-east-1.amazonaws.com") == ("610119931565", "us-east-1")
-    assert parse_ecr_host("610119931565.dkr.ecr-fips.us-gov-west-1.amazonaws.com") == ("610119931565", "us-gov-west-1")
-    assert parse_ecr_host("610119931565.dkr.ecr.cn-north-1.amazonaws.com.cn") == ("610119931565", "cn-north-1")
-    for host in ("docker.io", "ghcr.io", "localhost:5000", "61011993156.dkr.ecr.us-east-1.amazonaws.com", "public.ecr.aws"):
+    assert parse_ecr_host("610119931565.dkr.ecr-fips.us-gov-west-1.amazonaws.com") == (
+        "610119931565",
+        "us-gov-west-1",
+    )
+    assert parse_ecr_host("610119931565.dkr.ecr.cn-north-1.amazonaws.com.cn") == (
+        "610119931565",
+        "cn-north-1",
+    )
+    for host in (
+        "docker.io",
+        "ghcr.io",
+        "localhost:5000",
+        "61011993156.dkr.ecr.us-east-1.amazonaws.com",
+        "public.ecr.aws",
+    ):
         assert parse_ecr_host(host) is None
 
 
@@ -50,7 +62,9 @@ def test_policy_appears_changes_and_is_not_reput(ecr_proxy):
     assert normalize_policy(remote_policy(endpoint, repo)) == normalize_policy(first[key].policy)
 
     ecr_proxy.clear()
-    again = apply_lifecycle_policies(desired(repo, ["mitxt-6.3710.3x", "uai_source-uai.1"]), endpoint_url=endpoint, **FAST)[key]
+    again = apply_lifecycle_policies(
+        desired(repo, ["mitxt-6.3710.3x", "uai_source-uai.1"]), endpoint_url=endpoint, **FAST
+    )[key]
     assert (again.ok, again.reason, again.changed) == (True, "Unchanged", False)
     assert ecr_proxy.counts == {"GetLifecyclePolicy": 1}
 
@@ -77,7 +91,9 @@ def test_equal_policy_written_differently_is_not_reput(ecr_proxy):
     # Someone put the same policy with other spacing, key order and rule order.
     doc = json.loads(want[key].text)
     doc["rules"].reverse()
-    ecr_client(endpoint).put_lifecycle_policy(repositoryName=repo, lifecyclePolicyText=json.dumps(doc, indent=2))
+    ecr_client(endpoint).put_lifecycle_policy(
+        repositoryName=repo, lifecyclePolicyText=json.dumps(doc, indent=2)
+    )
     ecr_proxy.clear()
     assert apply_lifecycle_policies(want, endpoint_url=endpoint, **FAST)[key].reason == "Unchanged"
     assert "PutLifecyclePolicy" not in ecr_proxy.counts
@@ -102,9 +118,13 @@ def test_missing_repository_is_reported(ecr_endpoint):
 def test_missing_repository_is_created_when_enabled(ecr_endpoint):
     want = desired("created-by-operator", ["a_course"])
     settings = RepositorySettings(scan_on_push=True, tag_mutability="MUTABLE", encryption_type="AES256")
-    [result] = apply_lifecycle_policies(want, endpoint_url=ecr_endpoint, create_missing=settings, **FAST).values()
+    [result] = apply_lifecycle_policies(
+        want, endpoint_url=ecr_endpoint, create_missing=settings, **FAST
+    ).values()
     assert (result.ok, result.reason, result.created, result.changed) == (True, "Applied", True, True)
-    [repo] = ecr_client(ecr_endpoint).describe_repositories(repositoryNames=["created-by-operator"])["repositories"]
+    [repo] = ecr_client(ecr_endpoint).describe_repositories(repositoryNames=["created-by-operator"])[
+        "repositories"
+    ]
     assert repo["imageScanningConfiguration"] == {"scanOnPush": True}
     assert repo["imageTagMutability"] == "MUTABLE"
     assert repo["encryptionConfiguration"]["encryptionType"] == "AES256"
@@ -166,7 +186,15 @@ def test_access_denied(ecr_proxy, code):
 
 def test_rejected_policy_is_registry_error(ecr_endpoint):
     repo = new_repo(ecr_endpoint)
-    bad = {"rules": [{"rulePriority": 1, "selection": {"tagStatus": "untagged", "countType": "imageCountMoreThan", "countNumber": 0}, "action": {"type": "expire"}}]}
+    bad = {
+        "rules": [
+            {
+                "rulePriority": 1,
+                "selection": {"tagStatus": "untagged", "countType": "imageCountMoreThan", "countNumber": 0},
+                "action": {"type": "expire"},
+            }
+        ]
+    }
     result = apply_lifecycle_policies({repo: ("us-east-1", bad)}, endpoint_url=ecr_endpoint, **FAST)[repo]
     assert (result.ok, result.reason) == (False, "RegistryError")
     assert "InvalidParameterException" in result.message

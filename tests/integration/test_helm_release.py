@@ -24,8 +24,12 @@ def spec(**over) -> JupyterHubDeploymentSpec:
     base = {
         "chart": CHART.to_wire(),
         "domain": "nb.learn.example.edu",
-        "gateway": {"oidc": {"issuerURL": "https://sso.example.edu/realms/olapps",
-                             "secretRef": {"name": "learn-oidc"}}},
+        "gateway": {
+            "oidc": {
+                "issuerURL": "https://sso.example.edu/realms/olapps",
+                "secretRef": {"name": "learn-oidc"},
+            }
+        },
         "database": {"urlSecretRef": {"name": "jupyterhub-db-creds", "key": "DATABASE_URL"}},
     }
     base.update(over)
@@ -57,15 +61,18 @@ async def test_install_then_noop_then_one_upgrade(cluster, namespace, helm):
     pod_annotations = dep["spec"]["template"]["metadata"]["annotations"]
     assert pod_annotations[DATABASE_HASH_ANNOTATION] == "h1"
     env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "jupyterhub-db-creds",
-                                                                 "key": "DATABASE_URL"}
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
+        "name": "jupyterhub-db-creds",
+        "key": "DATABASE_URL",
+    }
     svc = json.loads(cluster.kubectl("get", "service", "proxy-public", "-n", namespace, "-o", "json").stdout)
     assert svc["spec"]["type"] == "ClusterIP"
 
     # Nothing changed: no mutating helm call, the revision stays.
     mutating = helm.mutating_operations
-    again = await helm.ensure_release("learn", namespace, CHART, values_for(spec(), namespace,
-                                                                            database_secret_hash="h1"))
+    again = await helm.ensure_release(
+        "learn", namespace, CHART, values_for(spec(), namespace, database_secret_hash="h1")
+    )
     assert (again.changed, again.revision) == (False, 1)
     assert helm.mutating_operations == mutating
 

@@ -8,6 +8,7 @@ import socket
 
 import botocore.exceptions
 import pytest
+
 from coursehub.registry import ResolveError, parse_reference, resolve_image
 from coursehub.registry.ecr import ENDPOINT_ENV, map_ecr_error, resolve_ecr
 from fixtures.ecr import ECR_HOST, create_repository, put_image
@@ -28,9 +29,7 @@ async def resolve_error(ref: str, **kwargs) -> ResolveError:
 
 async def test_tag_resolves(ecr_endpoint, ecr_repo):
     digest = put_image(ecr_endpoint, ecr_repo, "uai_source-uai.1", seed="build 1")
-    resolved = await resolve_image(
-        f"{ECR_HOST}/{ecr_repo}:uai_source-uai.1", ecr_endpoint_url=ecr_endpoint
-    )
+    resolved = await resolve_image(f"{ECR_HOST}/{ecr_repo}:uai_source-uai.1", ecr_endpoint_url=ecr_endpoint)
     assert resolved.digest == digest
     assert resolved.pinned == f"{ECR_HOST}/{ecr_repo}@{digest}"
 
@@ -46,32 +45,21 @@ async def test_moved_tag(ecr_endpoint, ecr_repo):
 
 async def test_digest_reference_is_verified(ecr_endpoint, ecr_repo):
     digest = put_image(ecr_endpoint, ecr_repo, "v1", seed="pinned")
-    resolved = await resolve_image(
-        f"{ECR_HOST}/{ecr_repo}@{digest}", ecr_endpoint_url=ecr_endpoint
-    )
+    resolved = await resolve_image(f"{ECR_HOST}/{ecr_repo}@{digest}", ecr_endpoint_url=ecr_endpoint)
     assert resolved.digest == digest
-    error = await resolve_error(
-        f"{ECR_HOST}/{ecr_repo}@sha256:{'0' * 64}", ecr_endpoint_url=ecr_endpoint
-    )
+    error = await resolve_error(f"{ECR_HOST}/{ecr_repo}@sha256:{'0' * 64}", ecr_endpoint_url=ecr_endpoint)
     assert error.reason == "ImageNotFound"
 
 
 async def test_unknown_tag(ecr_endpoint, ecr_repo):
     put_image(ecr_endpoint, ecr_repo, "v1")
-    error = await resolve_error(
-        f"{ECR_HOST}/{ecr_repo}:v2", ecr_endpoint_url=ecr_endpoint
-    )
+    error = await resolve_error(f"{ECR_HOST}/{ecr_repo}:v2", ecr_endpoint_url=ecr_endpoint)
     assert error.reason == "ImageNotFound"
-    assert (
-        error.message
-        == f"tag 'v2' not found in {ECR_HOST}/{ecr_repo}; push it or fix spec.image"
-    )
+    assert error.message == f"tag 'v2' not found in {ECR_HOST}/{ecr_repo}; push it or fix spec.image"
 
 
 async def test_unknown_repository(ecr_endpoint):
-    error = await resolve_error(
-        f"{ECR_HOST}/no-such-repo:v1", ecr_endpoint_url=ecr_endpoint
-    )
+    error = await resolve_error(f"{ECR_HOST}/no-such-repo:v1", ecr_endpoint_url=ecr_endpoint)
     assert error.reason == "ImageNotFound"
     assert "ECR repository 'no-such-repo' not found" in error.message
 
@@ -85,9 +73,7 @@ async def test_endpoint_from_environment(ecr_endpoint, ecr_repo, monkeypatch):
 async def test_access_denied(ecr_proxy, ecr_endpoint, ecr_repo):
     put_image(ecr_endpoint, ecr_repo, "v1")
     ecr_proxy.fail("DescribeImages", "AccessDeniedException")
-    error = await resolve_error(
-        f"{ECR_HOST}/{ecr_repo}:v1", ecr_endpoint_url=ecr_proxy.url
-    )
+    error = await resolve_error(f"{ECR_HOST}/{ecr_repo}:v1", ecr_endpoint_url=ecr_proxy.url)
     assert error.reason == "RegistryUnauthorized"
     assert "ecr:DescribeImages" in error.message
     # Not a transient error: asked once, not retried.
@@ -97,9 +83,7 @@ async def test_access_denied(ecr_proxy, ecr_endpoint, ecr_repo):
 async def test_throttling_is_retried(ecr_proxy, ecr_endpoint, ecr_repo):
     digest = put_image(ecr_endpoint, ecr_repo, "v1")
     ecr_proxy.fail("DescribeImages", "ThrottlingException", times=1)
-    resolved = await resolve_image(
-        f"{ECR_HOST}/{ecr_repo}:v1", ecr_endpoint_url=ecr_proxy.url
-    )
+    resolved = await resolve_image(f"{ECR_HOST}/{ecr_repo}:v1", ecr_endpoint_url=ecr_proxy.url)
     assert resolved.digest == digest
     assert ecr_proxy.counts["DescribeImages"] == 2
 
@@ -111,9 +95,7 @@ async def test_unreachable_endpoint(ecr_endpoint):
         closed_port = sock.getsockname()[1]
     ref = parse_reference(f"{ECR_HOST}/ol-course-notebooks:v1")
     with pytest.raises(ResolveError) as caught:
-        await resolve_ecr(
-            ref, endpoint_url=f"http://127.0.0.1:{closed_port}", max_attempts=1
-        )
+        await resolve_ecr(ref, endpoint_url=f"http://127.0.0.1:{closed_port}", max_attempts=1)
     assert caught.value.reason == "RegistryUnreachable"
     assert f"127.0.0.1:{closed_port}" in caught.value.message
 
@@ -131,13 +113,8 @@ async def test_unreachable_endpoint(ecr_endpoint):
     ],
 )
 def test_error_mapping(code, reason):
-    error = botocore.exceptions.ClientError(
-        {"Error": {"Code": code, "Message": "m"}}, "DescribeImages"
-    )
-    assert (
-        map_ecr_error(error, parse_reference(f"{ECR_HOST}/r:t"), "endpoint").reason
-        == reason
-    )
+    error = botocore.exceptions.ClientError({"Error": {"Code": code, "Message": "m"}}, "DescribeImages")
+    assert map_ecr_error(error, parse_reference(f"{ECR_HOST}/r:t"), "endpoint").reason == reason
 
 
 def test_missing_credentials_mapping():

@@ -3,6 +3,7 @@
 import socket
 
 import pytest
+
 from coursehub.registry import ResolveError, parse_reference, resolve_image
 from coursehub.registry.oci import resolve_oci
 
@@ -24,13 +25,9 @@ async def test_tag_resolves_to_pushed_digest(oci_registry, unique_repo):
 @pytest.mark.parametrize("media", ["oci", "docker"])
 async def test_moved_tag_resolves_to_new_digest(oci_registry, unique_repo, media):
     ref = oci_registry.ref(unique_repo, "uai_source-uai.1")
-    first = oci_registry.push_image(
-        unique_repo, "uai_source-uai.1", "build 1", media=media
-    )
+    first = oci_registry.push_image(unique_repo, "uai_source-uai.1", "build 1", media=media)
     assert (await resolve_image(ref)).digest == first
-    second = oci_registry.push_image(
-        unique_repo, "uai_source-uai.1", "build 2", media=media
-    )
+    second = oci_registry.push_image(unique_repo, "uai_source-uai.1", "build 2", media=media)
     assert second != first
     assert (await resolve_image(ref)).digest == second
 
@@ -61,9 +58,7 @@ async def test_unknown_tag(oci_registry, unique_repo):
 async def test_unknown_repository(oci_registry, unique_repo):
     error = await resolve_error(oci_registry.ref(unique_repo, "v1"))
     assert error.reason == "ImageNotFound"
-    assert (
-        f"repository '{unique_repo}' not found in {oci_registry.host}" in error.message
-    )
+    assert f"repository '{unique_repo}' not found in {oci_registry.host}" in error.message
 
 
 @pytest.mark.parametrize("media", ["oci", "docker"])
@@ -80,9 +75,7 @@ async def test_index_resolves_to_index_digest(oci_registry, unique_repo, media):
 
 async def test_image_copied_by_skopeo(oci_registry, unique_repo):
     digest = oci_registry.skopeo_copy(unique_repo, "from-layout", "skopeo build")
-    assert (
-        await resolve_image(oci_registry.ref(unique_repo, "from-layout"))
-    ).digest == digest
+    assert (await resolve_image(oci_registry.ref(unique_repo, "from-layout"))).digest == digest
 
 
 async def test_auth_required_without_credentials(oci_registry_auth, unique_repo):
@@ -93,9 +86,7 @@ async def test_auth_required_without_credentials(oci_registry_auth, unique_repo)
     # A pull secret for another registry does not help.
     error = await resolve_error(
         oci_registry_auth.ref(unique_repo, "v1"),
-        docker_config={
-            "auths": {"other.example.edu": {"username": "u", "password": "p"}}
-        },
+        docker_config={"auths": {"other.example.edu": {"username": "u", "password": "p"}}},
     )
     assert error.reason == "RegistryUnauthorized"
 
@@ -117,9 +108,7 @@ async def test_auth_with_dockerconfigjson(oci_registry_auth, unique_repo):
         }
     }
     assert (
-        await resolve_image(
-            oci_registry_auth.ref(unique_repo, "v1"), docker_config=config
-        )
+        await resolve_image(oci_registry_auth.ref(unique_repo, "v1"), docker_config=config)
     ).digest == digest
     # Errors behind auth are still precise.
     error = await resolve_error(
@@ -150,9 +139,7 @@ async def test_bearer_token_flow(oci_registry_token, unique_repo):
     registry = oci_registry_token
     digest = registry.push_image(unique_repo, "v1", "behind a token service")
     ref = registry.ref(unique_repo, "v1")
-    assert (
-        await resolve_image(ref, docker_config=registry.docker_config)
-    ).digest == digest
+    assert (await resolve_image(ref, docker_config=registry.docker_config)).digest == digest
     # The token service saw our user and was asked for exactly pull on this repository.
     assert (
         registry.username,
@@ -165,16 +152,12 @@ async def test_bearer_token_flow(oci_registry_token, unique_repo):
     assert "requires credentials" in error.message
 
     # Wrong password: the token service itself refuses.
-    wrong = {
-        "auths": {registry.host: {"username": registry.username, "password": "wrong"}}
-    }
+    wrong = {"auths": {registry.host: {"username": registry.username, "password": "wrong"}}}
     error = await resolve_error(ref, docker_config=wrong)
     assert error.reason == "RegistryUnauthorized"
     assert "rejected the credentials" in error.message
 
-    error = await resolve_error(
-        registry.ref(unique_repo, "v2"), docker_config=registry.docker_config
-    )
+    error = await resolve_error(registry.ref(unique_repo, "v2"), docker_config=registry.docker_config)
     assert error.reason == "ImageNotFound"
 
 

@@ -149,7 +149,9 @@ def evaluate(policy: dict, images: list[Image], now: int) -> dict[str, int]:
         if sel["countType"] == "imageCountMoreThan":
             marked[rule["rulePriority"]] = {i.digest for i in chosen[sel["countNumber"] :]}
         else:
-            marked[rule["rulePriority"]] = {i.digest for i in chosen if now - i.pushed > sel["countNumber"] * 86400}
+            marked[rule["rulePriority"]] = {
+                i.digest for i in chosen if now - i.pushed > sel["countNumber"] * 86400
+            }
     out = {}
     for image in images:
         # The first rule whose selection matches decides; lower rules cannot expire it.
@@ -161,7 +163,9 @@ def evaluate(policy: dict, images: list[Image], now: int) -> dict[str, int]:
     return out
 
 
-def run_to_fixpoint(policy: dict, images: list[Image], now: int, rounds: int = 50) -> tuple[list[Image], dict[str, int]]:
+def run_to_fixpoint(
+    policy: dict, images: list[Image], now: int, rounds: int = 50
+) -> tuple[list[Image], dict[str, int]]:
     """Apply daily runs until nothing more expires: (survivors, everything expired)."""
     expired_all: dict[str, int] = {}
     for _ in range(rounds):

@@ -64,16 +64,32 @@ def test_health_of_fixture(path: Path):
 @pytest.mark.parametrize("kind", sorted(SCRIPTS))
 def test_ready_true_for_an_older_generation_is_not_healthy(kind):
     """Right after an edit `kubectl wait --for=condition=Ready` and Argo CD must both wait."""
-    obj = {"apiVersion": "coursehub.dev/v1alpha1", "kind": kind, "metadata": {"name": "x", "generation": 2},
-           "status": {"observedGeneration": 1, "conditions": [
-               {"type": "Ready", "status": "True", "reason": "Ready", "message": "ok", "observedGeneration": 1}]}}
+    obj = {
+        "apiVersion": "coursehub.dev/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": "x", "generation": 2},
+        "status": {
+            "observedGeneration": 1,
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "Ready",
+                    "message": "ok",
+                    "observedGeneration": 1,
+                }
+            ],
+        },
+    }
     assert health(kind, obj)["status"] == "Progressing"
     obj["metadata"]["generation"] = 1
     assert health(kind, obj)["status"] == "Healthy"
 
 
 @pytest.mark.parametrize("kind", sorted(SCRIPTS))
-@pytest.mark.parametrize("status", [None, {}, {"observedGeneration": 1}, {"observedGeneration": 1, "conditions": []}])
+@pytest.mark.parametrize(
+    "status", [None, {}, {"observedGeneration": 1}, {"observedGeneration": 1, "conditions": []}]
+)
 def test_incomplete_status_is_progressing(kind, status):
     obj = {"apiVersion": "coursehub.dev/v1alpha1", "kind": kind, "metadata": {"name": "x", "generation": 1}}
     if status is not None:
@@ -84,9 +100,23 @@ def test_incomplete_status_is_progressing(kind, status):
 @pytest.mark.parametrize("kind", sorted(SCRIPTS))
 def test_unknown_ready_is_progressing_and_unknown_reason_false_is_degraded(kind):
     def with_ready(status, reason):
-        return {"apiVersion": "coursehub.dev/v1alpha1", "kind": kind, "metadata": {"name": "x", "generation": 1},
-                "status": {"observedGeneration": 1, "conditions": [
-                    {"type": "Ready", "status": status, "reason": reason, "message": "m", "observedGeneration": 1}]}}
+        return {
+            "apiVersion": "coursehub.dev/v1alpha1",
+            "kind": kind,
+            "metadata": {"name": "x", "generation": 1},
+            "status": {
+                "observedGeneration": 1,
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": status,
+                        "reason": reason,
+                        "message": "m",
+                        "observedGeneration": 1,
+                    }
+                ],
+            },
+        }
 
     assert health(kind, with_ready("Unknown", "SomethingNew"))["status"] == "Progressing"
     assert health(kind, with_ready("False", "SomethingNew"))["status"] == "Degraded"
@@ -96,10 +126,23 @@ def test_unknown_ready_is_progressing_and_unknown_reason_false_is_degraded(kind)
 
 def test_course_transient_reasons_are_progressing():
     for reason in ("Resolving", "Pulling", "NotPublished", "WaitingForPull", "NotResolved"):
-        obj = {"apiVersion": "coursehub.dev/v1alpha1", "kind": "CourseImage",
-               "metadata": {"name": "x", "generation": 1},
-               "status": {"observedGeneration": 1, "conditions": [
-                   {"type": "Ready", "status": "False", "reason": reason, "message": "m", "observedGeneration": 1}]}}
+        obj = {
+            "apiVersion": "coursehub.dev/v1alpha1",
+            "kind": "CourseImage",
+            "metadata": {"name": "x", "generation": 1},
+            "status": {
+                "observedGeneration": 1,
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "False",
+                        "reason": reason,
+                        "message": "m",
+                        "observedGeneration": 1,
+                    }
+                ],
+            },
+        }
         assert health("CourseImage", obj)["status"] == "Progressing", reason
 
 

@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from traitlets.config import Config
 
-from coursehub.hub import extra_config_snippets, hub_config_overrides
 from coursehub.hub import course_spawner as cs
+from coursehub.hub import extra_config_snippets, hub_config_overrides
+
 
 def img(name: str) -> str:
     return f"registry.example/ol-course-notebooks@sha256:{(name.encode().hex() * 64)[:64]}"
@@ -23,18 +24,30 @@ def allowlist_doc(**over) -> dict:
         "onUnknown": "default",
         "gpu": {
             "nodeSelector": {"ol.mit.edu/gpu_node": "true"},
-            "tolerations": [{"key": "ol.mit.edu/gpu_node", "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
+            "tolerations": [
+                {"key": "ol.mit.edu/gpu_node", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+            ],
             "resource": "nvidia.com/gpu",
         },
         "courses": {
             "clustering_and_descriptive_ai": {
-                "course": "clustering_and_descriptive_ai", "image": img("clu"), "gpu": "none",
-                "resources": {"memory": {"limit": None, "guarantee": None}, "cpu": {"limit": None, "guarantee": None}},
+                "course": "clustering_and_descriptive_ai",
+                "image": img("clu"),
+                "gpu": "none",
+                "resources": {
+                    "memory": {"limit": None, "guarantee": None},
+                    "cpu": {"limit": None, "guarantee": None},
+                },
             },
             "uai_source-uai.1": {
-                "course": "UAI_source-uai.1", "image": img("uai1"), "gpu": "required",
+                "course": "UAI_source-uai.1",
+                "image": img("uai1"),
+                "gpu": "required",
                 "defaultNotebook": "intro.ipynb",
-                "resources": {"memory": {"limit": "8G", "guarantee": "4G"}, "cpu": {"limit": 2, "guarantee": "500m"}},
+                "resources": {
+                    "memory": {"limit": "8G", "guarantee": "4G"},
+                    "cpu": {"limit": 2, "guarantee": "500m"},
+                },
             },
             "mitxt-6.3710.3x": {"course": "mitxt-6.3710.3x", "image": img("mitx"), "gpu": "optional"},
         },
@@ -92,11 +105,16 @@ def test_unpublished_allowlist_refuses():
     assert e.value.status == 503
 
 
-@pytest.mark.parametrize("extra", [
-    {"tag": "latest"}, {"image": "evil/image:latest"}, {"profile": "gpu-big"},
-    {"image": ["evil/image"], "tag": ["x"], "profile-option-a--image": "evil"},
-    {"kubespawner_override": {"image": "evil"}},
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"tag": "latest"},
+        {"image": "evil/image:latest"},
+        {"profile": "gpu-big"},
+        {"image": ["evil/image"], "tag": ["x"], "profile-option-a--image": "evil"},
+        {"kubespawner_override": {"image": "evil"}},
+    ],
+)
 def test_image_parameters_are_ignored(extra):
     plan = cs.plan_launch(allowlist(), {"course": "mitxt-6.3710.3x", **extra})
     assert plan.image == img("mitx")
@@ -121,23 +139,47 @@ def test_malformed_allowlist_documents_raise(text):
 # ---------------------------------------------------------------------- notebooks
 
 
-@pytest.mark.parametrize("raw,expected", [
-    ("intro.ipynb", "intro.ipynb"),
-    ("week1/lab 2.ipynb", "week1/lab 2.ipynb"),
-    ("week1%2Flab%202.ipynb", "week1/lab 2.ipynb"),
-    ("week1%252Flab.ipynb", "week1/lab.ipynb"),  # encoded twice
-    ("Ünïcode/ノート.ipynb", "Ünïcode/ノート.ipynb"),
-])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [
+        ("intro.ipynb", "intro.ipynb"),
+        ("week1/lab 2.ipynb", "week1/lab 2.ipynb"),
+        ("week1%2Flab%202.ipynb", "week1/lab 2.ipynb"),
+        ("week1%252Flab.ipynb", "week1/lab.ipynb"),  # encoded twice
+        ("Ünïcode/ノート.ipynb", "Ünïcode/ノート.ipynb"),
+    ],
+)
 def test_valid_notebooks(raw, expected):
     assert cs.validate_notebook(raw) == expected
 
 
-@pytest.mark.parametrize("raw", [
-    "../etc/passwd.ipynb", "a/../../b.ipynb", "%2e%2e/x.ipynb", "%252e%252e/x.ipynb",
-    "/abs/path.ipynb", "~/x.ipynb", "a\\..\\b.ipynb", "a//b.ipynb", "./x.ipynb",
-    "notes.txt", "x.ipynb.py", ".ipynb", "", "   ", "a\x00b.ipynb", "a\nb.ipynb",
-    "x" * 600 + ".ipynb", "%ff%fe.ipynb", "a%zz.ipynb", None, 42, ["a.ipynb"],
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "../etc/passwd.ipynb",
+        "a/../../b.ipynb",
+        "%2e%2e/x.ipynb",
+        "%252e%252e/x.ipynb",
+        "/abs/path.ipynb",
+        "~/x.ipynb",
+        "a\\..\\b.ipynb",
+        "a//b.ipynb",
+        "./x.ipynb",
+        "notes.txt",
+        "x.ipynb.py",
+        ".ipynb",
+        "",
+        "   ",
+        "a\x00b.ipynb",
+        "a\nb.ipynb",
+        "x" * 600 + ".ipynb",
+        "%ff%fe.ipynb",
+        "a%zz.ipynb",
+        None,
+        42,
+        ["a.ipynb"],
+    ],
+)
 def test_invalid_notebooks(raw):
     assert cs.validate_notebook(raw) is None
 
@@ -167,7 +209,9 @@ BASELINE = {
     "cpu_limit": None,
     "cpu_guarantee": 0.25,
     "node_affinity_required": [],
-    "tolerations": [{"key": "hub.jupyter.org/dedicated", "operator": "Equal", "value": "user", "effect": "NoSchedule"}],
+    "tolerations": [
+        {"key": "hub.jupyter.org/dedicated", "operator": "Equal", "value": "user", "effect": "NoSchedule"}
+    ],
     "extra_resource_limits": {},
     "extra_resource_guarantees": {},
 }
@@ -220,11 +264,25 @@ def test_gpu_course_on_hub_without_gpu_nodes_is_refused():
 
 
 def test_gpu_expressions_are_anded_into_existing_required_terms():
-    base = dict(BASELINE, node_affinity_required=[
-        {"matchExpressions": [{"key": "hub.jupyter.org/node-purpose", "operator": "In", "values": ["user"]}]}])
+    base = dict(
+        BASELINE,
+        node_affinity_required=[
+            {
+                "matchExpressions": [
+                    {"key": "hub.jupyter.org/node-purpose", "operator": "In", "values": ["user"]}
+                ]
+            }
+        ],
+    )
     t = traits({"course": "uai_source-uai.1"}, baseline=base)
-    assert t["node_affinity_required"] == [{"matchExpressions": [
-        {"key": "hub.jupyter.org/node-purpose", "operator": "In", "values": ["user"]}, GPU_TERM]}]
+    assert t["node_affinity_required"] == [
+        {
+            "matchExpressions": [
+                {"key": "hub.jupyter.org/node-purpose", "operator": "In", "values": ["user"]},
+                GPU_TERM,
+            ]
+        }
+    ]
     # the baseline itself is not mutated (a reused spawner starts from it again)
     assert len(base["node_affinity_required"][0]["matchExpressions"]) == 1
 
@@ -239,23 +297,41 @@ def test_course_resources_override_hub_defaults_and_nulls_keep_them():
     assert t["default_url"] == "" and t["image"] == img("clu")
 
 
-@pytest.mark.parametrize("q,n", [("8G", 8 * 1024**3), ("512Mi", 512 * 1024**2), ("1.5G", int(1.5 * 1024**3)),
-                                  (1024, 1024), (None, None), ("0", None)])
+@pytest.mark.parametrize(
+    "q,n",
+    [
+        ("8G", 8 * 1024**3),
+        ("512Mi", 512 * 1024**2),
+        ("1.5G", int(1.5 * 1024**3)),
+        (1024, 1024),
+        (None, None),
+        ("0", None),
+    ],
+)
 def test_parse_memory(q, n):
     assert cs.parse_memory(q) == n
 
 
 # ----------------------------------------------------------------------- properties
 
-json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=40))
-json_values = st.recursive(json_leaf, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=10), inner, max_size=3)), max_leaves=8)
+json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=40)
+)
+json_values = st.recursive(
+    json_leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=10), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
 known_or_random_key = st.one_of(
     st.sampled_from(["course", "notebook", "gpu", "needs_gpu", "tag", "image", "profile", "next"]),
-    st.text(max_size=20))
+    st.text(max_size=20),
+)
 course_like = st.one_of(
     st.sampled_from(["uai_source-uai.1", "UAI_SOURCE-UAI.1", "mitxt-6.3710.3x", "nope", ""]),
-    st.text(max_size=30))
+    st.text(max_size=30),
+)
 
 
 @settings(max_examples=400, deadline=None)
@@ -265,7 +341,9 @@ course_like = st.one_of(
     policy=st.sampled_from(["default", "reject"]),
     has_default=st.booleans(),
 )
-def test_arbitrary_user_options_never_yield_an_image_outside_the_allowlist(user_options, course, policy, has_default):
+def test_arbitrary_user_options_never_yield_an_image_outside_the_allowlist(
+    user_options, course, policy, has_default
+):
     if course is not None:
         user_options = dict(user_options, course=course)
     al = allowlist(onUnknown=policy, default="clustering_and_descriptive_ai" if has_default else None)
@@ -280,7 +358,11 @@ def test_arbitrary_user_options_never_yield_an_image_outside_the_allowlist(user_
 
 
 @settings(max_examples=400, deadline=None)
-@given(query=st.dictionaries(known_or_random_key, st.lists(st.text(max_size=40), min_size=1, max_size=3), max_size=8))
+@given(
+    query=st.dictionaries(
+        known_or_random_key, st.lists(st.text(max_size=40), min_size=1, max_size=3), max_size=8
+    )
+)
 def test_arbitrary_query_strings_never_yield_an_image_outside_the_allowlist(query):
     # the shape JupyterHub hands options_from_query: {key: [str, ...]}
     opts = cs.normalize_options(query)
@@ -303,8 +385,15 @@ def test_valid_notebook_paths_are_always_relative_and_clean(raw):
 
 
 def test_launch_query_keeps_only_launch_keys():
-    q = cs.launch_query({"course": [b"UAI_source-uai.1"], "notebook": [b"a b.ipynb"], "gpu": [b"1"],
-                         "tag": [b"x"], "next": [b"/evil"]})
+    q = cs.launch_query(
+        {
+            "course": [b"UAI_source-uai.1"],
+            "notebook": [b"a b.ipynb"],
+            "gpu": [b"1"],
+            "tag": [b"x"],
+            "next": [b"/evil"],
+        }
+    )
     assert q == {"course": "UAI_source-uai.1", "notebook": "a b.ipynb", "gpu": "true"}
 
 

@@ -11,13 +11,16 @@ from coursehub import crds
 def test_committed_crd_matches_models(name):
     committed = (crds.CRD_DIR / name).read_text()
     assert committed == crds.render(crds.all_crds()[name]), (
-        f"crds/{name} drifted from operator/coursehub/api: run `uv run coursehub crds --write crds`")
+        f"crds/{name} drifted from operator/coursehub/api: run `uv run coursehub crds --write crds`"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(crds.all_crds()))
 def test_every_field_has_a_description(name):
     schema = crds.all_crds()[name]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-    missing = [p for p, node in crds.walk_properties(schema) if p != "metadata" and not node.get("description")]
+    missing = [
+        p for p, node in crds.walk_properties(schema) if p != "metadata" and not node.get("description")
+    ]
     assert not missing
 
 
@@ -43,10 +46,12 @@ def test_status_subresource_and_columns():
         assert v["subresources"] == {"status": {}}
         cols = {c["name"] for c in v["additionalPrinterColumns"]}
         assert {"Ready", "Reason", "Age"} <= cols
-    assert {"Course", "Image"} <= {c["name"] for c in
-                                   crds.course_image_crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
-    assert {"Domain", "Courses"} <= {c["name"] for c in
-                                     crds.jupyterhub_deployment_crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert {"Course", "Image"} <= {
+        c["name"] for c in crds.course_image_crd()["spec"]["versions"][0]["additionalPrinterColumns"]
+    }
+    assert {"Domain", "Courses"} <= {
+        c["name"] for c in crds.jupyterhub_deployment_crd()["spec"]["versions"][0]["additionalPrinterColumns"]
+    }
 
 
 def test_short_names():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from coursehub.api.courseimage import CourseImageSpec
 from coursehub.api.jupyterhubdeployment import JupyterHubDeploymentSpec
@@ -20,17 +20,33 @@ DIGEST = "sha256:" + "a" * 64
 
 
 def hub(**spec) -> HubRecord:
-    base = {"chart": {"path": "/charts/jupyterhub"}, "domain": "nb.example.edu",
-            "database": {"type": "sqlite-memory"}, "auth": {"mode": "tmp", "allowUngated": True}}
+    base = {
+        "chart": {"path": "/charts/jupyterhub"},
+        "domain": "nb.example.edu",
+        "database": {"type": "sqlite-memory"},
+        "auth": {"mode": "tmp", "allowUngated": True},
+    }
     base.update(spec)
-    return HubRecord("jupyter", "learn", "uid-h", "2026-01-01T00:00:00Z", 1,
-                     JupyterHubDeploymentSpec.model_validate(base))
+    return HubRecord(
+        "jupyter", "learn", "uid-h", "2026-01-01T00:00:00Z", 1, JupyterHubDeploymentSpec.model_validate(base)
+    )
 
 
-def course(name, slug, *, ns="jupyter", created="2026-01-01T00:00:00Z", gpu="none", labels=(), resolved=True,
-           pre_pull=True, image=None) -> CourseRecord:
-    spec = CourseImageSpec.model_validate({"course": slug, "image": image or f"r.example.edu/nb:{slug}", "gpu": gpu,
-                                           "prePull": pre_pull})
+def course(
+    name,
+    slug,
+    *,
+    ns="jupyter",
+    created="2026-01-01T00:00:00Z",
+    gpu="none",
+    labels=(),
+    resolved=True,
+    pre_pull=True,
+    image=None,
+) -> CourseRecord:
+    spec = CourseImageSpec.model_validate(
+        {"course": slug, "image": image or f"r.example.edu/nb:{slug}", "gpu": gpu, "prePull": pre_pull}
+    )
     pinned = f"r.example.edu/nb@sha256:{abs(hash(slug)) % 10**10:064d}" if resolved else None
     return CourseRecord(ns, name, f"uid-{name}", created, 1, tuple(labels), spec, pinned)
 
@@ -42,10 +58,18 @@ def test_same_namespace_by_default():
 
 
 def test_label_and_namespace_selectors():
-    h = hub(courses={"namespaces": "Selector", "namespaceSelector": {"matchLabels": {"team": "ai"}},
-                     "selector": {"matchExpressions": [{"key": "hub", "operator": "In", "values": ["learn"]}]}})
-    cs = [course("a", "a", ns="ns1", labels=(("hub", "learn"),)), course("b", "b", ns="ns2", labels=(("hub", "learn"),)),
-          course("c", "c", ns="ns1", labels=(("hub", "other"),))]
+    h = hub(
+        courses={
+            "namespaces": "Selector",
+            "namespaceSelector": {"matchLabels": {"team": "ai"}},
+            "selector": {"matchExpressions": [{"key": "hub", "operator": "In", "values": ["learn"]}]},
+        }
+    )
+    cs = [
+        course("a", "a", ns="ns1", labels=(("hub", "learn"),)),
+        course("b", "b", ns="ns2", labels=(("hub", "learn"),)),
+        course("c", "c", ns="ns1", labels=(("hub", "other"),)),
+    ]
     sel = select_courses(h, cs, {"ns1": {"team": "ai"}, "ns2": {"team": "bio"}})
     assert set(sel.winners) == {"a"}
 
@@ -84,17 +108,25 @@ def test_publish_after_pull_keeps_previous_digest_until_pulled():
     prev = {"a": "r.example.edu/nb@" + DIGEST}
     assert allowlist.published_images(winners, publish_after_pull=True, pulled=set(), previous=prev) == prev
     assert allowlist.published_images(winners, publish_after_pull=True, pulled=set(), previous={}) == {}
-    assert allowlist.published_images(winners, publish_after_pull=True, pulled={c.resolved_image},
-                                      previous=prev) == {"a": c.resolved_image}
+    assert allowlist.published_images(
+        winners, publish_after_pull=True, pulled={c.resolved_image}, previous=prev
+    ) == {"a": c.resolved_image}
 
 
 def test_gpu_settings_from_hub():
-    h = hub(singleuser={"gpuNodes": {"label": "ol.mit.edu/gpu_node=true",
-                                     "toleration": "ol.mit.edu/gpu_node=true:NoSchedule"}})
+    h = hub(
+        singleuser={
+            "gpuNodes": {
+                "label": "ol.mit.edu/gpu_node=true",
+                "toleration": "ol.mit.edu/gpu_node=true:NoSchedule",
+            }
+        }
+    )
     g = allowlist.gpu_settings(h)
     assert g["nodeSelector"] == {"ol.mit.edu/gpu_node": "true"}
-    assert g["tolerations"] == [{"key": "ol.mit.edu/gpu_node", "operator": "Equal", "value": "true",
-                                 "effect": "NoSchedule"}]
+    assert g["tolerations"] == [
+        {"key": "ol.mit.edu/gpu_node", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+    ]
 
 
 def test_container_names_are_dns_labels_and_collision_free():
@@ -115,14 +147,20 @@ def test_container_names_unique_for_any_slugs(slugs):
 
 def test_gpu_images_only_in_gpu_puller():
     h = hub(singleuser={"gpuNodes": {"label": "gpu=true", "toleration": "gpu=true:NoSchedule"}})
-    winners = {"cpu": course("a", "cpu"), "gpu": course("b", "gpu", gpu="required"),
-               "opt": course("c", "opt", gpu="optional"), "nopull": course("d", "nopull", pre_pull=False)}
+    winners = {
+        "cpu": course("a", "cpu"),
+        "gpu": course("b", "gpu", gpu="required"),
+        "opt": course("c", "opt", gpu="optional"),
+        "nopull": course("d", "nopull", pre_pull=False),
+    }
     ds = puller.desired_pullers(h, winners)
     general = {c["image"] for c in ds[puller.GENERAL]["spec"]["template"]["spec"]["initContainers"]}
     gpu = ds[puller.GPU]["spec"]["template"]["spec"]
     assert general == {winners["cpu"].resolved_image, winners["opt"].resolved_image}
-    assert {c["image"] for c in gpu["initContainers"]} == {winners["gpu"].resolved_image,
-                                                          winners["opt"].resolved_image}
+    assert {c["image"] for c in gpu["initContainers"]} == {
+        winners["gpu"].resolved_image,
+        winners["opt"].resolved_image,
+    }
     assert gpu["nodeSelector"] == {"gpu": "true"}
     assert {"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"} in gpu["tolerations"]
     assert "nodeSelector" not in ds[puller.GENERAL]["spec"]["template"]["spec"]
@@ -141,8 +179,12 @@ def test_prepull_disabled_removes_pullers():
 def _rolled(ds, ready=True):
     live = json.loads(json.dumps(ds))
     live["metadata"]["generation"] = 2
-    live["status"] = {"observedGeneration": 2, "desiredNumberScheduled": 2, "updatedNumberScheduled": 2,
-                      "numberReady": 2 if ready else 1}
+    live["status"] = {
+        "observedGeneration": 2,
+        "desiredNumberScheduled": 2,
+        "updatedNumberScheduled": 2,
+        "numberReady": 2 if ready else 1,
+    }
     return live
 
 
@@ -150,7 +192,10 @@ def test_pulled_images_needs_every_puller_rolled_out():
     h = hub(singleuser={"gpuNodes": {"label": "gpu=true"}})
     opt = course("c", "opt", gpu="optional")
     desired = puller.desired_pullers(h, {"opt": opt})
-    live = {puller.GENERAL: _rolled(desired[puller.GENERAL]), puller.GPU: _rolled(desired[puller.GPU], ready=False)}
+    live = {
+        puller.GENERAL: _rolled(desired[puller.GENERAL]),
+        puller.GPU: _rolled(desired[puller.GPU], ready=False),
+    }
     assert puller.pulled_images(desired, live) == set()
     live[puller.GPU] = _rolled(desired[puller.GPU])
     assert puller.pulled_images(desired, live) == {opt.resolved_image}
@@ -168,7 +213,9 @@ def test_condition_transition_time_moves_only_on_flip():
 def test_course_status_ready_when_resolved_published_pulled():
     c = course("a", "uai_source-uai.1")
     res = Resolution(1, True, "Resolved", "", DIGEST, c.resolved_image, "2026-01-01T00:00:00Z")
-    pub = Publication("jupyter/learn", "nb.example.edu", "Published", "published", c.resolved_image, "PrePulled")
+    pub = Publication(
+        "jupyter/learn", "nb.example.edu", "Published", "published", c.resolved_image, "PrePulled"
+    )
     fields, conds = course_status(c, res, [pub], None)
     by = {x.type: x for x in conds}
     assert by["Ready"].status is True
@@ -208,15 +255,24 @@ def test_events_only_for_ready_flips_and_actionable_failures():
         return {"type": t, "status": st, "reason": reason, "message": "m"}
 
     # first status: pending everything -> no events
-    assert events_for(None, [c("Ready", "Unknown", "Pending"), c("ImageResolved", "Unknown", "Resolving")]) == []
+    assert (
+        events_for(None, [c("Ready", "Unknown", "Pending"), c("ImageResolved", "Unknown", "Resolving")]) == []
+    )
     # sub-conditions turning True are covered by Ready's one event
-    got = events_for([c("Ready", "Unknown", "Pending")],
-                     [c("Ready", "True", "Ready"), c("ImageResolved", "True", "Resolved"),
-                      c("Published", "True", "Published")])
+    got = events_for(
+        [c("Ready", "Unknown", "Pending")],
+        [
+            c("Ready", "True", "Ready"),
+            c("ImageResolved", "True", "Resolved"),
+            c("Published", "True", "Published"),
+        ],
+    )
     assert [(t, r) for t, r, _ in got] == [("Normal", "Ready")]
     # an actionable failure is a Warning; a transient one is silent
-    got = events_for([c("Ready", "True", "Ready")],
-                     [c("Ready", "False", "ImageNotFound"), c("ImageResolved", "False", "ImageNotFound")])
+    got = events_for(
+        [c("Ready", "True", "Ready")],
+        [c("Ready", "False", "ImageNotFound"), c("ImageResolved", "False", "ImageNotFound")],
+    )
     assert [(t, r) for t, r, _ in got] == [("Warning", "ImageNotFound"), ("Warning", "ImageNotFound")]
     assert events_for([c("Ready", "True", "Ready")], [c("Ready", "False", "Pulling")]) == []
 

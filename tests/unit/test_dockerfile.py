@@ -81,7 +81,16 @@ def test_multi_stage_with_a_python_slim_runtime_last(dockerfile):
 def test_final_stage_has_no_build_tools(dockerfile):
     runtime = stages(dockerfile)["runtime"]
     runs = " ".join(a for w, a in runtime if w == "RUN")
-    for tool in ("apt-get install", "apk add", "gcc", "build-essential", "make ", "pip install", "uv ", "go "):
+    for tool in (
+        "apt-get install",
+        "apk add",
+        "gcc",
+        "build-essential",
+        "make ",
+        "pip install",
+        "uv ",
+        "go ",
+    ):
         assert tool not in runs, f"the final stage runs {tool!r}"
     copies = [a for w, a in runtime if w == "COPY"]
     # Only the venv and the helm binary come across; no source tree, no uv, no Go.
@@ -106,7 +115,9 @@ def test_helm_is_pinned_to_the_dev_cluster_version_and_verified(dockerfile):
     assert "HELM_MODULE_SUM" in run and "exit 1" in run  # the sum is compared, a mismatch stops
     env = " ".join(a for w, a in helm if w == "ENV")
     assert "CGO_ENABLED=0" in env  # a static binary that runs on the slim image
-    assert "GONOSUMCHECK" not in dockerfile and "GONOSUMDB" not in dockerfile and "GOSUMDB=off" not in dockerfile
+    assert (
+        "GONOSUMCHECK" not in dockerfile and "GONOSUMDB" not in dockerfile and "GOSUMDB=off" not in dockerfile
+    )
     assert "GOFLAGS=-insecure" not in dockerfile
 
 
@@ -117,8 +128,13 @@ def test_pinned_helm_sum_is_what_the_go_checksum_database_knows(dockerfile):
         pytest.skip("no go toolchain")
     args = stage_args(stages(dockerfile)["helm"])
     env = {**os.environ, "GOPROXY": "off", "GOFLAGS": "-mod=mod"}
-    res = subprocess.run([go, "mod", "download", "-json", f"helm.sh/helm/v3@{args['HELM_VERSION']}"],
-                         capture_output=True, text=True, env=env, cwd=REPO)
+    res = subprocess.run(
+        [go, "mod", "download", "-json", f"helm.sh/helm/v3@{args['HELM_VERSION']}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     if res.returncode != 0:
         pytest.skip(f"helm {args['HELM_VERSION']} is not in the local Go module cache")
     assert json.loads(res.stdout)["Sum"] == args["HELM_MODULE_SUM"]
@@ -139,7 +155,10 @@ def test_non_root_entrypoint_and_ports(dockerfile):
 
 
 def test_dockerignore_keeps_the_context_to_what_the_build_copies():
-    lines = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
-             if ln.strip() and not ln.startswith("#")]
+    lines = [
+        ln.strip()
+        for ln in (REPO / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    ]
     assert lines[0] == "*"
     assert {"!pyproject.toml", "!uv.lock", "!README.md", "!operator/"} <= set(lines)

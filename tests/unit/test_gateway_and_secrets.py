@@ -29,7 +29,9 @@ from coursehub.helm import (
 BASE = {
     "chart": {"repository": "https://hub.jupyter.org/helm-chart/", "name": "jupyterhub", "version": "4.4.1"},
     "domain": "nb.learn.example.edu",
-    "gateway": {"oidc": {"issuerURL": "https://sso.example.edu/realms/olapps", "secretRef": {"name": "learn-oidc"}}},
+    "gateway": {
+        "oidc": {"issuerURL": "https://sso.example.edu/realms/olapps", "secretRef": {"name": "learn-oidc"}}
+    },
     "database": {"urlSecretRef": {"name": "jupyterhub-db-creds", "key": "DATABASE_URL"}},
 }
 
@@ -38,11 +40,16 @@ def spec(**over) -> JupyterHubDeploymentSpec:
     return JupyterHubDeploymentSpec.model_validate({**BASE, **over})
 
 
-OIDC_DATA = {"client_id": b"nb-learn-client", "client_secret": b"very-secret", "cookie_secret": b"0123456789abcdef0123456789abcdef"}
+OIDC_DATA = {
+    "client_id": b"nb-learn-client",
+    "client_secret": b"very-secret",
+    "cookie_secret": b"0123456789abcdef0123456789abcdef",
+}
 DB_DATA = {"DATABASE_URL": b"postgresql://hub:pw@db/jupyterhub"}
 
 
 # --- gateway -------------------------------------------------------------------------
+
 
 def test_gateway_objects_for_keycloak():
     dep, svc = gateway_objects("learn", "jupyter", spec(), "nb.learn.example.edu")
@@ -90,12 +97,23 @@ def test_gateway_never_copies_secret_content():
 
 
 def test_gateway_groups_and_domains_and_image():
-    s = spec(gateway={"oidc": {"issuerURL": "https://sso.example.edu/realms/olapps", "secretRef": {"name": "x"},
-                               "allowedGroups": ["learners", "staff"], "emailDomains": ["mit.edu"],
-                               "image": "registry.example.edu/oauth2-proxy:v7.7.1"}})
+    s = spec(
+        gateway={
+            "oidc": {
+                "issuerURL": "https://sso.example.edu/realms/olapps",
+                "secretRef": {"name": "x"},
+                "allowedGroups": ["learners", "staff"],
+                "emailDomains": ["mit.edu"],
+                "image": "registry.example.edu/oauth2-proxy:v7.7.1",
+            }
+        }
+    )
     c = gateway_objects("learn", "ns", s, "d.example.edu")[0]["spec"]["template"]["spec"]["containers"][0]
     assert [a for a in c["args"] if a.startswith(("--allowed-group", "--email-domain"))] == [
-        "--email-domain=mit.edu", "--allowed-group=learners", "--allowed-group=staff"]
+        "--email-domain=mit.edu",
+        "--allowed-group=learners",
+        "--allowed-group=staff",
+    ]
     assert c["image"] == "registry.example.edu/oauth2-proxy:v7.7.1"
 
 
@@ -110,30 +128,46 @@ def test_gateway_is_deterministic():
 
 # --- secrets -------------------------------------------------------------------------
 
+
 def test_required_keys():
     r = required_secret_keys(spec())
-    assert r == {DATABASE_READY: [("jupyterhub-db-creds", "DATABASE_URL")],
-                 GATEWAY_READY: [("learn-oidc", "client_id"), ("learn-oidc", "client_secret"),
-                                 ("learn-oidc", "cookie_secret")]}
+    assert r == {
+        DATABASE_READY: [("jupyterhub-db-creds", "DATABASE_URL")],
+        GATEWAY_READY: [
+            ("learn-oidc", "client_id"),
+            ("learn-oidc", "client_secret"),
+            ("learn-oidc", "cookie_secret"),
+        ],
+    }
     assert secret_names(r) == ["jupyterhub-db-creds", "learn-oidc"]
 
 
 def test_required_keys_sqlite_and_shared_password():
-    s = spec(database={"type": "sqlite-memory"}, gateway=None,
-             auth={"mode": "sharedPassword", "sharedPassword": {"secretRef": {"name": "pw", "key": "password"}}})
+    s = spec(
+        database={"type": "sqlite-memory"},
+        gateway=None,
+        auth={"mode": "sharedPassword", "sharedPassword": {"secretRef": {"name": "pw", "key": "password"}}},
+    )
     assert required_secret_keys(s) == {DATABASE_READY: [], GATEWAY_READY: [("pw", "password")]}
 
 
 def test_check_secrets_all_present():
-    out = check_secrets(required_secret_keys(spec()), {"jupyterhub-db-creds": DB_DATA, "learn-oidc": OIDC_DATA})
+    out = check_secrets(
+        required_secret_keys(spec()), {"jupyterhub-db-creds": DB_DATA, "learn-oidc": OIDC_DATA}
+    )
     assert out[DATABASE_READY][0] is True and out[GATEWAY_READY][0] is True
     assert out[DATABASE_READY][1] == "SecretsFound"
 
 
 def test_check_secrets_missing_secret_and_key():
-    out = check_secrets(required_secret_keys(spec()),
-                        {"jupyterhub-db-creds": {"OTHER": b"x"}, "learn-oidc": None})
-    assert out[DATABASE_READY] == (False, "SecretKeyMissing", "Secret jupyterhub-db-creds has no key DATABASE_URL")
+    out = check_secrets(
+        required_secret_keys(spec()), {"jupyterhub-db-creds": {"OTHER": b"x"}, "learn-oidc": None}
+    )
+    assert out[DATABASE_READY] == (
+        False,
+        "SecretKeyMissing",
+        "Secret jupyterhub-db-creds has no key DATABASE_URL",
+    )
     ok, reason, message = out[GATEWAY_READY]
     assert (ok, reason) == (False, "SecretNotFound")
     assert message == "Secret learn-oidc not found"  # once, not once per key
@@ -147,13 +181,17 @@ def test_check_secrets_absent_from_dict_counts_as_not_found_and_empty_as_missing
 
 def test_check_secrets_not_required():
     out = check_secrets({DATABASE_READY: [], GATEWAY_READY: []}, {})
-    assert out == {DATABASE_READY: (True, "NoSecretRequired", "No Secret is needed."),
-                   GATEWAY_READY: (True, "NoSecretRequired", "No Secret is needed.")}
+    assert out == {
+        DATABASE_READY: (True, "NoSecretRequired", "No Secret is needed."),
+        GATEWAY_READY: (True, "NoSecretRequired", "No Secret is needed."),
+    }
 
 
 def test_messages_never_carry_values():
-    out = check_secrets(required_secret_keys(spec()), {"jupyterhub-db-creds": DB_DATA,
-                                                       "learn-oidc": {"client_id": b"nb-learn-client"}})
+    out = check_secrets(
+        required_secret_keys(spec()),
+        {"jupyterhub-db-creds": DB_DATA, "learn-oidc": {"client_id": b"nb-learn-client"}},
+    )
     text = json.dumps(out)
     assert "postgresql" not in text and "nb-learn-client" not in text
 
@@ -185,6 +223,7 @@ def test_database_secret_hash_covers_only_the_referenced_key():
 
 # --- helm.py pure helpers -----------------------------------------------------------
 
+
 def test_fingerprint_follows_chart_and_values():
     chart = ChartSource(repository="https://hub.jupyter.org/helm-chart", name="jupyterhub", version="4.4.1")
     same = ChartSource(repository="https://hub.jupyter.org/helm-chart/", name="jupyterhub", version="4.4.1")
@@ -199,30 +238,50 @@ def test_fingerprint_follows_chart_and_values():
 
 
 def test_helm_errors_are_classified_and_summarised():
-    schema = ("Error: UPGRADE FAILED: values don't meet the specifications of the schema(s) in the following "
-              "chart(s):\njupyterhub:\n- at '/hub': additional properties 'foo' not allowed\n")
+    schema = (
+        "Error: UPGRADE FAILED: values don't meet the specifications of the schema(s) in the following "
+        "chart(s):\njupyterhub:\n- at '/hub': additional properties 'foo' not allowed\n"
+    )
     assert classify_helm_error(schema, "upgrade") == "ValuesRejected"
     assert summarise_helm_error(schema).startswith("values don't meet")
     assert "'foo'" in summarise_helm_error(schema)
-    invalid = ('Error: UPGRADE FAILED: release learn failed, and has been rolled back due to atomic being set: '
-               'cannot patch "hub" with kind Deployment: Deployment.apps "hub" is invalid: spec.replicas: '
-               'Invalid value: -1: must be greater than or equal to 0')
+    invalid = (
+        "Error: UPGRADE FAILED: release learn failed, and has been rolled back due to atomic being set: "
+        'cannot patch "hub" with kind Deployment: Deployment.apps "hub" is invalid: spec.replicas: '
+        "Invalid value: -1: must be greater than or equal to 0"
+    )
     assert classify_helm_error(invalid, "upgrade") == "ResourceInvalid"
-    assert classify_helm_error("Error: Kubernetes cluster unreachable: dial tcp: connection refused",
-                               "install") == "ClusterUnreachable"
-    assert classify_helm_error("Error: INSTALLATION FAILED: template: jupyterhub/templates/x.yaml:3:4: "
-                               "executing ... at <fail>: error calling fail: nope", "install") == "ChartRenderFailed"
-    assert classify_helm_error("Error: chart \"nope\" version \"1.0.0\" not found in https://x repository",
-                               "upgrade") == "ChartNotFound"
+    assert (
+        classify_helm_error("Error: Kubernetes cluster unreachable: dial tcp: connection refused", "install")
+        == "ClusterUnreachable"
+    )
+    assert (
+        classify_helm_error(
+            "Error: INSTALLATION FAILED: template: jupyterhub/templates/x.yaml:3:4: "
+            "executing ... at <fail>: error calling fail: nope",
+            "install",
+        )
+        == "ChartRenderFailed"
+    )
+    assert (
+        classify_helm_error(
+            'Error: chart "nope" version "1.0.0" not found in https://x repository', "upgrade"
+        )
+        == "ChartNotFound"
+    )
     assert classify_helm_error("Error: something odd", "upgrade") == "UpgradeFailed"
-    assert classify_helm_error("Error: could not find protocol handler for: file", "show_chart") == \
-        "InvalidChartSource"
+    assert (
+        classify_helm_error("Error: could not find protocol handler for: file", "show_chart")
+        == "InvalidChartSource"
+    )
     assert classify_helm_error("Error: timed out waiting for the condition", "upgrade") == "Timeout"
 
 
 def test_summaries_drop_credentials_and_are_bounded():
-    s = summarise_helm_error("warning: x\nError: failed to fetch https://user:hunter2@charts.example.edu/index.yaml"
-                             " token=abc123 password: pw1")
+    s = summarise_helm_error(
+        "warning: x\nError: failed to fetch https://user:hunter2@charts.example.edu/index.yaml"
+        " token=abc123 password: pw1"
+    )
     assert "hunter2" not in s and "abc123" not in s and "pw1" not in s
     assert "https://***@charts.example.edu" in s
     assert not s.startswith("warning")

@@ -4,6 +4,9 @@ import base64
 import re
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
 from coursehub.registry import (
     IMAGE_REFERENCE_PATTERN,
     InvalidImageReference,
@@ -13,8 +16,6 @@ from coursehub.registry import (
     pinned,
 )
 from coursehub.registry.oci import credentials_for, is_insecure, parse_challenge
-from hypothesis import example, given
-from hypothesis import strategies as st
 
 DIGEST = "sha256:" + "ab12" * 16
 ECR = "610119931565.dkr.ecr.us-east-1.amazonaws.com"
@@ -196,11 +197,7 @@ _digest = st.binary(min_size=32, max_size=32).map(lambda b: "sha256:" + b.hex())
     digest=st.none() | _digest,
 )
 def test_round_trip_with_domain(domain, path, tag, digest):
-    text = (
-        f"{domain}/{'/'.join(path)}"
-        + (f":{tag}" if tag else "")
-        + (f"@{digest}" if digest else "")
-    )
+    text = f"{domain}/{'/'.join(path)}" + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
     ref = parse_reference(text)
     expected_registry = "docker.io" if domain == "index.docker.io" else domain
     assert ref.registry == expected_registry
@@ -252,9 +249,7 @@ def test_crd_pattern_is_portable():
     for construct in ("(?=", "(?!", "(?<", "(?P", "\\A", "\\Z", "*+", "++", "?+"):
         assert construct not in IMAGE_REFERENCE_PATTERN
     assert not re.search(r"\\[1-9]", IMAGE_REFERENCE_PATTERN)
-    assert IMAGE_REFERENCE_PATTERN.startswith("^") and IMAGE_REFERENCE_PATTERN.endswith(
-        "$"
-    )
+    assert IMAGE_REFERENCE_PATTERN.startswith("^") and IMAGE_REFERENCE_PATTERN.endswith("$")
 
 
 # --- ECR hosts and pinning -------------------------------------------------
@@ -288,9 +283,7 @@ def test_parse_ecr_host(host, expected):
 
 
 def test_pinned():
-    assert (
-        pinned("127.0.0.1:5000/courses", DIGEST) == f"127.0.0.1:5000/courses@{DIGEST}"
-    )
+    assert pinned("127.0.0.1:5000/courses", DIGEST) == f"127.0.0.1:5000/courses@{DIGEST}"
     assert pinned("python", DIGEST) == f"docker.io/library/python@{DIGEST}"
     with pytest.raises(InvalidImageReference, match="must not carry a tag"):
         pinned("127.0.0.1:5000/courses:x", DIGEST)
@@ -314,9 +307,10 @@ def test_credentials_from_dockerconfigjson():
     assert credentials_for("docker.io", config) == ("hub", "pw")
     assert credentials_for("ghcr.io", config) == ("bob", "tok")
     assert credentials_for("quay.io", config) is None
-    assert credentials_for(
-        "ghcr.io", '{"auths": {"ghcr.io": {"username": "u", "password": "p"}}}'
-    ) == ("u", "p")
+    assert credentials_for("ghcr.io", '{"auths": {"ghcr.io": {"username": "u", "password": "p"}}}') == (
+        "u",
+        "p",
+    )
     assert credentials_for("ghcr.io", None) is None
     with pytest.raises(ResolveError) as caught:
         credentials_for("x.io", {"auths": {"x.io": {"auth": "!!!"}}})

@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+from ecr_policy_rules import Image, evaluate, run_to_fixpoint, violations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,7 +19,6 @@ from coursehub.desired.lifecycle import (
     normalize_policy,
     policy_text,
 )
-from ecr_policy_rules import Image, evaluate, run_to_fixpoint, violations
 
 HOST = "610119931565.dkr.ecr.us-east-1.amazonaws.com"
 REPO = "ol-course-notebooks"
@@ -86,17 +86,27 @@ def test_32_courses_one_rule_each_and_valid():
     assert rp.groups == ()
     kinds = rules_by_kind(rp.policy)
     assert sorted(r["selection"]["tagPatternList"][0] for r in kinds["protect"]) == sorted(SLUGS)
-    assert sorted(r["selection"]["tagPatternList"][0] for r in kinds["keep"]) == sorted(s + "-*" for s in SLUGS)
+    assert sorted(r["selection"]["tagPatternList"][0] for r in kinds["keep"]) == sorted(
+        s + "-*" for s in SLUGS
+    )
     assert all(r["selection"]["countNumber"] == 5 for r in kinds["keep"])
     [untagged] = kinds["untagged"]
-    assert untagged["selection"] == {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days", "countNumber": 7}
+    assert untagged["selection"] == {
+        "tagStatus": "untagged",
+        "countType": "sinceImagePushed",
+        "countUnit": "days",
+        "countNumber": 7,
+    }
     priorities = [r["rulePriority"] for r in rp.policy["rules"]]
     assert priorities == list(range(1, 66))
     # Protection outranks every expiring rule.
     assert max(r["rulePriority"] for r in kinds["protect"]) < min(r["rulePriority"] for r in kinds["keep"])
     assert untagged["rulePriority"] == max(priorities)
     assert all("description" in r for r in rp.policy["rules"])
-    assert rp.summaries["uai_source-uai.1"] == "keeps 5 builds of uai_source-uai.1; tag uai_source-uai.1 protected"
+    assert (
+        rp.summaries["uai_source-uai.1"]
+        == "keeps 5 builds of uai_source-uai.1; tag uai_source-uai.1 protected"
+    )
 
 
 def test_output_is_deterministic_whatever_the_input_order():
@@ -107,7 +117,9 @@ def test_output_is_deterministic_whatever_the_input_order():
         random.Random(seed).shuffle(shuffled)
         again = build_lifecycle_policies(shuffled)
         assert {k: v.text for k, v in again.items()} == {k: v.text for k, v in first.items()}
-        assert {k: dict(v.summaries) for k, v in again.items()} == {k: dict(v.summaries) for k, v in first.items()}
+        assert {k: dict(v.summaries) for k, v in again.items()} == {
+            k: dict(v.summaries) for k, v in first.items()
+        }
 
 
 def test_untagged_days_and_keep_are_used():
@@ -119,7 +131,11 @@ def test_untagged_days_and_keep_are_used():
 
 
 def test_one_repository_per_host_and_name():
-    usages = [usage("a_course"), usage("b_course", repo="other"), CourseUsage(REPO, "999999999999.dkr.ecr.eu-west-1.amazonaws.com", "c", None, "c")]
+    usages = [
+        usage("a_course"),
+        usage("b_course", repo="other"),
+        CourseUsage(REPO, "999999999999.dkr.ecr.eu-west-1.amazonaws.com", "c", None, "c"),
+    ]
     result = build_lifecycle_policies(usages)
     assert sorted(result) == sorted(
         [f"{HOST}/{REPO}", f"{HOST}/other", f"999999999999.dkr.ecr.eu-west-1.amazonaws.com/{REPO}"]
@@ -128,7 +144,9 @@ def test_one_repository_per_host_and_name():
 
 
 def test_same_course_in_two_hubs_keeps_the_larger_count_and_both_tags():
-    rp = build_repository_policy([usage("uai_source-uai.1", keep=3), usage("uai_source-uai.1", tag="uai_source-uai.1-rc2", keep=8)])
+    rp = build_repository_policy(
+        [usage("uai_source-uai.1", keep=3), usage("uai_source-uai.1", tag="uai_source-uai.1-rc2", keep=8)]
+    )
     kinds = rules_by_kind(rp.policy)
     protected = sorted(r["selection"]["tagPatternList"][0] for r in kinds["protect"])
     assert protected == ["uai_source-uai.1", "uai_source-uai.1-rc2"]
@@ -249,7 +267,11 @@ def test_nested_course_prefix_is_judged_by_its_own_rule():
 def test_untagged_images_expire_after_the_configured_days():
     rp = build_repository_policy([usage("a_course")], untagged_days=7)
     day = 86400
-    images = [Image("old", 0, frozenset()), Image("new", 5 * day, frozenset()), Image("cur", 0, frozenset({"a_course"}))]
+    images = [
+        Image("old", 0, frozenset()),
+        Image("new", 5 * day, frozenset()),
+        Image("cur", 0, frozenset({"a_course"})),
+    ]
     assert set(evaluate(rp.policy, images, now=8 * day)) == {"old"}
 
 
@@ -258,7 +280,15 @@ def test_untagged_images_expire_after_the_configured_days():
 
 def many_slugs(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
-    stems = ["uai_source-uai", "mitxt-6", "mitxt-18", "clustering_and_descriptive_ai", "ml", "data_science", "nlp"]
+    stems = [
+        "uai_source-uai",
+        "mitxt-6",
+        "mitxt-18",
+        "clustering_and_descriptive_ai",
+        "ml",
+        "data_science",
+        "nlp",
+    ]
     out = set()
     while len(out) < n:
         stem = rng.choice(stems)
@@ -277,8 +307,14 @@ def test_2000_courses_in_one_repository_are_grouped_to_fit():
     trimmed = [s for s in slugs if s not in grouped]
     assert trimmed, "the policy should still trim some courses individually"
     # Every course's tag stays protected, by its own rule or by a group.
-    patterns = [r["selection"]["tagPatternList"][0] for r in rp.policy["rules"] if r["selection"]["tagStatus"] == "tagged"]
-    protect = [p for p, r in zip(patterns, rp.policy["rules"]) if r["selection"]["countNumber"] == PROTECT_COUNT]
+    patterns = [
+        r["selection"]["tagPatternList"][0]
+        for r in rp.policy["rules"]
+        if r["selection"]["tagStatus"] == "tagged"
+    ]
+    protect = [
+        p for p, r in zip(patterns, rp.policy["rules"]) if r["selection"]["countNumber"] == PROTECT_COUNT
+    ]
     for s in slugs:
         assert s in protect or any(p.endswith("*") and s.startswith(p[:-1]) for p in protect), s
     # Deterministic.
@@ -296,7 +332,13 @@ def test_2000_courses_over_many_repositories_need_no_grouping():
 
 def test_grouping_keeps_protection_and_trims_the_rest_correctly():
     rp = build_repository_policy([usage(s, keep=2) for s in SLUGS], max_chars=4000)
-    assert violations(rp.policy, ) == [] and len(rp.text) <= 4000
+    assert (
+        violations(
+            rp.policy,
+        )
+        == []
+        and len(rp.text) <= 4000
+    )
     assert rp.groups
     images = history({s: 6 for s in SLUGS}, current={s: 0 for s in SLUGS}, seed=9)
     survivors, _ = run_to_fixpoint(rp.policy, images, now=10**6)
@@ -353,7 +395,11 @@ def test_policy_is_valid_protects_in_use_tags_and_keeps_builds(data):
     for image in images:
         if image.tags & set(slugs):
             assert image.digest in alive, f"in-use image {image.tags} expired"
-    keep_patterns = {r["rulePriority"]: r["selection"]["tagPatternList"][0] for r in rp.policy["rules"] if r["selection"]["tagStatus"] == "tagged"}
+    keep_patterns = {
+        r["rulePriority"]: r["selection"]["tagPatternList"][0]
+        for r in rp.policy["rules"]
+        if r["selection"]["tagStatus"] == "tagged"
+    }
     for digest, prio in expired.items():
         owner = digest.split("@")[0]
         # The rule that expired it is the course's own keep rule.
@@ -363,7 +409,7 @@ def test_policy_is_valid_protects_in_use_tags_and_keeps_builds(data):
             assert len(surviving_builds(survivors, s)) == builds[s]
         else:
             kept = surviving_builds(survivors, s)
-            newest = list(range(builds[s]))[-keeps[s]:]
+            newest = list(range(builds[s]))[-keeps[s] :]
             assert set(newest) <= set(kept), (s, kept, newest)
 
 
@@ -384,7 +430,13 @@ def _ok_rules():
     "mutate, expected",
     [
         (lambda p: p["rules"][1].__setitem__("rulePriority", 1), "not unique"),
-        (lambda p: p["rules"][0]["selection"].__setitem__("tagStatus", "any") or p["rules"][0]["selection"].pop("tagPatternList"), "highest rulePriority"),
+        (
+            lambda p: (
+                p["rules"][0]["selection"].__setitem__("tagStatus", "any")
+                or p["rules"][0]["selection"].pop("tagPatternList")
+            ),
+            "highest rulePriority",
+        ),
         (lambda p: p["rules"][0]["selection"].__setitem__("tagPatternList", ["a*b*c*d*e*f"]), "wildcards"),
         (lambda p: p["rules"][0]["selection"].pop("tagPatternList"), "exactly one of"),
         (lambda p: p["rules"][0]["selection"].__setitem__("tagPrefixList", ["a"]), "exactly one of"),
@@ -393,8 +445,16 @@ def _ok_rules():
         (lambda p: p["rules"][-1]["selection"].pop("countUnit"), "countUnit 'days'"),
         (lambda p: p["rules"][0]["selection"].__setitem__("countUnit", "days"), "must not have countUnit"),
         (lambda p: p["rules"][0].__setitem__("action", {"type": "delete"}), "action"),
-        (lambda p: p["rules"].append(json.loads(json.dumps(p["rules"][-1])) | {"rulePriority": 99}), "only one rule may select untagged"),
-        (lambda p: p["rules"][1]["selection"].__setitem__("tagPatternList", p["rules"][0]["selection"]["tagPatternList"]), "same tag list"),
+        (
+            lambda p: p["rules"].append(json.loads(json.dumps(p["rules"][-1])) | {"rulePriority": 99}),
+            "only one rule may select untagged",
+        ),
+        (
+            lambda p: p["rules"][1]["selection"].__setitem__(
+                "tagPatternList", p["rules"][0]["selection"]["tagPatternList"]
+            ),
+            "same tag list",
+        ),
         (lambda p: p["rules"][0].__setitem__("description", "x" * 31000), "characters"),
         (lambda p: p["rules"][0]["selection"].__setitem__("tagPatternList", ["a b"]), "no tag can hold"),
     ],

@@ -13,7 +13,8 @@ from coursehub import crds, docs
 def test_reference_is_up_to_date():
     committed = docs.REFERENCE_PATH.read_text()
     assert committed == docs.reference_markdown(), (
-        "docs/reference.md is stale: regenerate it with coursehub.docs.write_reference()")
+        "docs/reference.md is stale: regenerate it with coursehub.docs.write_reference()"
+    )
 
 
 def test_every_schema_field_is_documented():

@@ -81,6 +81,7 @@ def merged(values: dict) -> dict:
 
 # --- the example hub ---------------------------------------------------------------
 
+
 def test_design_hub_renders_the_facts_of_the_system_it_replaces():
     v = render(database_secret_hash=secret_hash({"DATABASE_URL": DB_URL.encode()}))
     validate_values(v)
@@ -89,13 +90,20 @@ def test_design_hub_renders_the_facts_of_the_system_it_replaces():
     assert hub["db"]["type"] == "postgres"
     assert hub["db"]["url"] is None  # the default stays: the URL never goes through values
     assert hub["extraEnv"]["DATABASE_URL"] == {
-        "valueFrom": {"secretKeyRef": {"name": "jupyterhub-db-creds", "key": "DATABASE_URL"}}}
-    assert 'c.JupyterHub.db_url = ' in hub["extraConfig"][V.DATABASE_SNIPPET_KEY]
+        "valueFrom": {"secretKeyRef": {"name": "jupyterhub-db-creds", "key": "DATABASE_URL"}}
+    }
+    assert "c.JupyterHub.db_url = " in hub["extraConfig"][V.DATABASE_SNIPPET_KEY]
     assert hub["config"]["JupyterHub"]["authenticator_class"] == "tmp"
     assert hub["config"]["Authenticator"]["allow_all"] is True
     assert hub["extraEnv"][V.ALLOWLIST_ENV] == "coursehub-allowlist"
-    assert m["cull"] == {**z2jh_defaults()["cull"], "enabled": True, "every": 300, "timeout": 900,
-                         "maxAge": 14400, "users": True}
+    assert m["cull"] == {
+        **z2jh_defaults()["cull"],
+        "enabled": True,
+        "every": 300,
+        "timeout": 900,
+        "maxAge": 14400,
+        "users": True,
+    }
     su = m["singleuser"]
     assert su["memory"] == {"limit": "4G", "guarantee": "2G"}
     assert su["cpu"] == {"limit": None, "guarantee": 0.25}
@@ -125,8 +133,10 @@ def test_hub_module_is_embedded_as_extra_config():
 
 def test_no_secret_content_anywhere_in_the_values():
     password = "correct-horse-battery"
-    s = spec(auth={"mode": "sharedPassword", "sharedPassword": {"secretRef": {"name": "pw", "key": "password"}}},
-             gateway=None)
+    s = spec(
+        auth={"mode": "sharedPassword", "sharedPassword": {"secretRef": {"name": "pw", "key": "password"}}},
+        gateway=None,
+    )
     h = secret_hash({"DATABASE_URL": DB_URL.encode()})
     text = json.dumps(render(s, database_secret_hash=h))
     for needle in (DB_URL, "s3cr3t-pw", "db.example.edu", password):
@@ -151,6 +161,7 @@ def test_deterministic_and_key_sorted():
 
 # --- every option ------------------------------------------------------------------
 
+
 def test_database_hash_annotation_changes_only_with_the_hash():
     same1, same2 = render(database_secret_hash="aaa"), render(database_secret_hash="aaa")
     other = render(database_secret_hash="bbb")
@@ -171,19 +182,23 @@ def test_sqlite_memory_dev_mode():
 
 
 def test_shared_password_auth():
-    s = spec(auth={"mode": "sharedPassword", "sharedPassword": {"secretRef": {"name": "pw", "key": "password"}}})
+    s = spec(
+        auth={"mode": "sharedPassword", "sharedPassword": {"secretRef": {"name": "pw", "key": "password"}}}
+    )
     v = render(s)
     validate_values(v)
     assert v["hub"]["config"]["JupyterHub"]["authenticator_class"] == "shared-password"
     assert v["hub"]["config"]["Authenticator"]["allow_all"] is True
     assert v["hub"]["extraEnv"][V.SHARED_PASSWORD_ENV] == {
-        "valueFrom": {"secretKeyRef": {"name": "pw", "key": "password"}}}
+        "valueFrom": {"secretKeyRef": {"name": "pw", "key": "password"}}
+    }
     assert "SharedPasswordAuthenticator.user_password" in v["hub"]["extraConfig"][V.AUTH_SNIPPET_KEY]
 
 
 def test_custom_auth_sets_no_authenticator():
-    s = spec(auth={"mode": "custom"},
-             values={"hub": {"config": {"JupyterHub": {"authenticator_class": "github"}}}})
+    s = spec(
+        auth={"mode": "custom"}, values={"hub": {"config": {"JupyterHub": {"authenticator_class": "github"}}}}
+    )
     v = render(s)
     validate_values(v)
     assert v["hub"]["config"]["JupyterHub"] == {"authenticator_class": "github"}
@@ -234,13 +249,19 @@ def test_defaulted_guarantee_never_exceeds_an_explicit_limit():
 
 # --- spec.values -------------------------------------------------------------------
 
+
 def test_spec_values_merge_last_and_deep():
-    s = spec(values={
-        "hub": {"config": {"JupyterHub": {"admin_access": False}}, "extraEnv": {"EXTRA": "1"}},
-        "singleuser": {"memory": {"limit": "8G"}, "extraTolerations": [{"key": "a", "operator": "Exists"}]},
-        "cull": {"every": 60},
-        "scheduling": {"userScheduler": {"enabled": True}},
-    })
+    s = spec(
+        values={
+            "hub": {"config": {"JupyterHub": {"admin_access": False}}, "extraEnv": {"EXTRA": "1"}},
+            "singleuser": {
+                "memory": {"limit": "8G"},
+                "extraTolerations": [{"key": "a", "operator": "Exists"}],
+            },
+            "cull": {"every": 60},
+            "scheduling": {"userScheduler": {"enabled": True}},
+        }
+    )
     v = render(s)
     validate_values(v)
     assert v["hub"]["config"]["JupyterHub"] == {"authenticator_class": "tmp", "admin_access": False}
@@ -262,8 +283,16 @@ def test_spec_values_lists_replace_and_nulls_pass_through():
 
 
 def test_spec_values_extra_env_list_form_merges_with_ours():
-    s = spec(values={"hub": {"extraEnv": [{"name": "A", "value": "b"},
-                                          {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]}})
+    s = spec(
+        values={
+            "hub": {
+                "extraEnv": [
+                    {"name": "A", "value": "b"},
+                    {"name": "B", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                ]
+            }
+        }
+    )
     v = render(s)
     validate_values(v)
     env = v["hub"]["extraEnv"]
@@ -274,12 +303,16 @@ def test_spec_values_extra_env_list_form_merges_with_ours():
 
 # --- validation ----------------------------------------------------------------------
 
+
 def test_unknown_key_is_named():
     v = render(spec(values={"hub": {"foo": 1}}))
     with pytest.raises(InvalidValues) as e:
         validate_values(v)
     assert e.value.path == "spec.values.hub.foo"
-    assert str(e.value) == "spec.values.hub.foo: additional property 'foo' is not allowed by the z2jh 4.4.0 schema"
+    assert (
+        str(e.value)
+        == "spec.values.hub.foo: additional property 'foo' is not allowed by the z2jh 4.4.0 schema"
+    )
 
 
 def test_unknown_top_level_and_deep_keys_are_named():
@@ -319,6 +352,7 @@ def test_invalid_values_is_a_value_error():
 
 # --- `coursehub render` --------------------------------------------------------------
 
+
 def test_render_from_manifest_equals_render():
     assert render_values_from_manifest(manifest()) == render()
 
@@ -350,15 +384,25 @@ def test_cli_render_prints_the_values(tmp_path, capsys):
 
 # --- RBAC for the allowlist ---------------------------------------------------------
 
+
 def test_hub_allowlist_rbac_grants_exactly_the_configmap():
     role, binding = hub_allowlist_rbac("learn", "jupyter", "coursehub-allowlist")
     assert role["kind"] == "Role" and binding["kind"] == "RoleBinding"
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
-                              "resourceNames": ["coursehub-allowlist"], "verbs": ["get", "list", "watch"]}]
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["coursehub-allowlist"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "hub", "namespace": "jupyter"}]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
     for o in (role, binding):
-        assert o["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "coursehub", "coursehub.dev/hub": "learn"}
+        assert o["metadata"]["labels"] == {
+            "app.kubernetes.io/managed-by": "coursehub",
+            "coursehub.dev/hub": "learn",
+        }
         assert "ownerReferences" not in o["metadata"]
 
 
@@ -366,10 +410,13 @@ def test_hub_service_account_follows_values():
     assert hub_service_account(render()) == "hub"
     v = render(spec(values={"hub": {"serviceAccount": {"name": "my-hub"}}}))
     assert hub_service_account(v) == "my-hub"
-    assert hub_allowlist_rbac("learn", "jupyter", service_account="my-hub")[1]["subjects"][0]["name"] == "my-hub"
+    assert (
+        hub_allowlist_rbac("learn", "jupyter", service_account="my-hub")[1]["subjects"][0]["name"] == "my-hub"
+    )
 
 
 # --- the shipped schema copies ------------------------------------------------------
+
 
 def test_package_and_test_chart_carry_the_same_z2jh_files():
     pkg_schema = json.loads((V.Z2JH_DIR / "values.schema.json").read_text())
@@ -413,15 +460,34 @@ cpu_q = st.sampled_from([0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 8.0])
     start=st.integers(30, 3600),
     db_hash=st.none() | st.text("0123456789abcdef", min_size=64, max_size=64),
 )
-def test_any_culling_and_resources_validate(enabled, timeout, every, max_age, users, mem_limit, mem_guarantee,
-                                            cpu_limit, cpu_guarantee, start, db_hash):
+def test_any_culling_and_resources_validate(
+    enabled,
+    timeout,
+    every,
+    max_age,
+    users,
+    mem_limit,
+    mem_guarantee,
+    cpu_limit,
+    cpu_guarantee,
+    start,
+    db_hash,
+):
     su: dict = {"startTimeoutSeconds": start}
     if mem_limit or mem_guarantee:
         su["memory"] = {k: v for k, v in (("limit", mem_limit), ("guarantee", mem_guarantee)) if v}
     if cpu_limit or cpu_guarantee:
         su["cpu"] = {k: v for k, v in (("limit", cpu_limit), ("guarantee", cpu_guarantee)) if v}
-    s = spec(culling={"enabled": enabled, "timeoutSeconds": timeout, "everySeconds": every,
-                      "maxAgeSeconds": max_age, "users": users}, singleuser=su)
+    s = spec(
+        culling={
+            "enabled": enabled,
+            "timeoutSeconds": timeout,
+            "everySeconds": every,
+            "maxAgeSeconds": max_age,
+            "users": users,
+        },
+        singleuser=su,
+    )
     v = render(s, database_secret_hash=db_hash)
     validate_values(v)
     assert v == render(s, database_secret_hash=db_hash)

@@ -5,6 +5,15 @@ from .courseimage import CourseImageSpec, CourseImageStatus
 from .jupyterhubdeployment import JupyterHubDeploymentSpec, JupyterHubDeploymentStatus
 
 __all__ = [
-    "API_VERSION", "GROUP", "VERSION", "Condition", "LabelSelector", "SecretKeyRef", "SecretRef",
-    "CourseImageSpec", "CourseImageStatus", "JupyterHubDeploymentSpec", "JupyterHubDeploymentStatus",
+    "API_VERSION",
+    "GROUP",
+    "VERSION",
+    "Condition",
+    "CourseImageSpec",
+    "CourseImageStatus",
+    "JupyterHubDeploymentSpec",
+    "JupyterHubDeploymentStatus",
+    "LabelSelector",
+    "SecretKeyRef",
+    "SecretRef",
 ]

@@ -9,10 +9,10 @@ from pydantic import Field
 from .common import (
     COURSE_SLUG_PATTERN,
     Condition,
+    CpuResources,
     LabelSelector,
     MemoryResources,
     Model,
-    CpuResources,
     SecretKeyRef,
     SecretRef,
 )
@@ -35,27 +35,54 @@ CHART_VERSION_PATTERN = r"^v?[0-9]+\.[0-9]+\.[0-9]+([-+][0-9A-Za-z.-]+)?$"
 class ChartSource(Model):
     """Where the z2jh chart comes from: a Helm repository, an OCI reference, or a local path."""
 
-    model_config = Model.model_config | {"json_schema_extra": {"x-kubernetes-validations": [
-        {"rule": "has(self.name) != has(self.path)",
-         "message": "spec.chart needs exactly one of 'name' (with 'repository', or an oci:// reference) or 'path' "
-                    "(a chart directory inside the operator's container)"},
-        {"rule": "!has(self.repository) || (has(self.name) && has(self.version))",
-         "message": "spec.chart.repository needs spec.chart.name and spec.chart.version (e.g. jupyterhub, 4.4.1)"},
-        {"rule": "!has(self.name) || !self.name.startsWith('oci://') || !has(self.repository)",
-         "message": "spec.chart.name is an oci:// reference: remove spec.chart.repository"},
-    ]}}
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.name) != has(self.path)",
+                    "message": "spec.chart needs exactly one of 'name' (with 'repository', or an oci:// reference) or 'path' "
+                    "(a chart directory inside the operator's container)",
+                },
+                {
+                    "rule": "!has(self.repository) || (has(self.name) && has(self.version))",
+                    "message": "spec.chart.repository needs spec.chart.name and spec.chart.version (e.g. jupyterhub, 4.4.1)",
+                },
+                {
+                    "rule": "!has(self.name) || !self.name.startsWith('oci://') || !has(self.repository)",
+                    "message": "spec.chart.name is an oci:// reference: remove spec.chart.repository",
+                },
+            ]
+        }
+    }
 
-    repository: str | None = Field(None, description="A Helm chart repository URL, e.g. "
-                                   "https://hub.jupyter.org/helm-chart/.", pattern=r"^(https?|file)://\S+$",
-                                   max_length=512)
-    name: str | None = Field(None, description="The chart name in the repository (jupyterhub), or a full "
-                             "oci://host/path/jupyterhub reference.", pattern=r"^(oci://\S+|[a-z0-9][-a-z0-9]*)$",
-                             max_length=512)
-    version: str | None = Field(None, description="The chart version, e.g. 4.4.1. Pin it: an upgrade happens only "
-                                "when it or the rendered values change.", pattern=CHART_VERSION_PATTERN, max_length=64)
-    path: str | None = Field(None, description="A chart directory on the operator's filesystem (for air-gapped "
-                             "installs, demos and tests); a relative path is taken from the operator's working "
-                             "directory.", pattern=r"^[^\s]+$", max_length=1024)
+    repository: str | None = Field(
+        None,
+        description="A Helm chart repository URL, e.g. https://hub.jupyter.org/helm-chart/.",
+        pattern=r"^(https?|file)://\S+$",
+        max_length=512,
+    )
+    name: str | None = Field(
+        None,
+        description="The chart name in the repository (jupyterhub), or a full "
+        "oci://host/path/jupyterhub reference.",
+        pattern=r"^(oci://\S+|[a-z0-9][-a-z0-9]*)$",
+        max_length=512,
+    )
+    version: str | None = Field(
+        None,
+        description="The chart version, e.g. 4.4.1. Pin it: an upgrade happens only "
+        "when it or the rendered values change.",
+        pattern=CHART_VERSION_PATTERN,
+        max_length=64,
+    )
+    path: str | None = Field(
+        None,
+        description="A chart directory on the operator's filesystem (for air-gapped "
+        "installs, demos and tests); a relative path is taken from the operator's working "
+        "directory.",
+        pattern=r"^[^\s]+$",
+        max_length=1024,
+    )
 
 
 class SharedPassword(Model):
@@ -64,137 +91,226 @@ class SharedPassword(Model):
 
 class Auth(Model):
     mode: Literal["tmp", "sharedPassword", "custom"] = Field(
-        "tmp", description="'tmp': every visit gets a fresh temporary user (tmpauthenticator); needs a gateway in "
+        "tmp",
+        description="'tmp': every visit gets a fresh temporary user (tmpauthenticator); needs a gateway in "
         "front unless allowUngated is true. 'sharedPassword': one password from a Secret. 'custom': configure an "
-        "authenticator yourself through spec.values.")
-    allow_ungated: bool = Field(False, description="Allow tmp auth without an SSO gateway: anyone who reaches the "
-                                "hub gets a server. Set it only on purpose (demos, internal networks).")
-    shared_password: SharedPassword | None = Field(None, description="For mode sharedPassword: where the password is.")
+        "authenticator yourself through spec.values.",
+    )
+    allow_ungated: bool = Field(
+        False,
+        description="Allow tmp auth without an SSO gateway: anyone who reaches the "
+        "hub gets a server. Set it only on purpose (demos, internal networks).",
+    )
+    shared_password: SharedPassword | None = Field(
+        None, description="For mode sharedPassword: where the password is."
+    )
 
 
 class Oidc(Model):
-    issuer_url: str = Field(description="The OIDC issuer, e.g. https://sso.example.edu/realms/olapps (Keycloak).",
-                            pattern=r"^https?://\S+$", max_length=512, alias="issuerURL")
-    secret_ref: SecretRef = Field(description="A Secret with keys client_id, client_secret and cookie_secret "
-                                  "(kept by External Secrets or Vault; referenced, never copied).")
-    image: str = Field("quay.io/oauth2-proxy/oauth2-proxy:v7.7.1", description="The oauth2-proxy image of the gate.",
-                       max_length=512)
-    allowed_groups: list[str] | None = Field(None, description="Only members of these groups pass the gate.",
-                                             max_length=64)
-    email_domains: list[str] | None = Field(None, description="Only these e-mail domains pass ('*' for any).",
-                                            max_length=64)
+    issuer_url: str = Field(
+        description="The OIDC issuer, e.g. https://sso.example.edu/realms/olapps (Keycloak).",
+        pattern=r"^https?://\S+$",
+        max_length=512,
+        alias="issuerURL",
+    )
+    secret_ref: SecretRef = Field(
+        description="A Secret with keys client_id, client_secret and cookie_secret "
+        "(kept by External Secrets or Vault; referenced, never copied)."
+    )
+    image: str = Field(
+        "quay.io/oauth2-proxy/oauth2-proxy:v7.7.1",
+        description="The oauth2-proxy image of the gate.",
+        max_length=512,
+    )
+    allowed_groups: list[str] | None = Field(
+        None, description="Only members of these groups pass the gate.", max_length=64
+    )
+    email_domains: list[str] | None = Field(
+        None, description="Only these e-mail domains pass ('*' for any).", max_length=64
+    )
 
 
 class Gateway(Model):
-    oidc: Oidc | None = Field(None, description="An OIDC gate (oauth2-proxy, keycloak-oidc provider) in front of "
-                              "the hub.")
+    oidc: Oidc | None = Field(
+        None, description="An OIDC gate (oauth2-proxy, keycloak-oidc provider) in front of the hub."
+    )
 
 
 class Database(Model):
-    model_config = Model.model_config | {"json_schema_extra": {"x-kubernetes-validations": [
-        # type defaults to postgres, so an absent type counts as postgres.
-        {"rule": "(has(self.type) && self.type != 'postgres') || has(self.urlSecretRef)",
-         "message": "spec.database.urlSecretRef is required for type postgres: name the Secret and key that hold "
-                    "DATABASE_URL"},
-    ]}}
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                # type defaults to postgres, so an absent type counts as postgres.
+                {
+                    "rule": "(has(self.type) && self.type != 'postgres') || has(self.urlSecretRef)",
+                    "message": "spec.database.urlSecretRef is required for type postgres: name the Secret and key that hold "
+                    "DATABASE_URL",
+                },
+            ]
+        }
+    }
 
     type: Literal["postgres", "sqlite-memory"] = Field(
-        "postgres", description="'postgres' (production; URL from a Secret) or 'sqlite-memory' (demos: the hub "
-        "forgets everything when it restarts).")
-    url_secret_ref: SecretKeyRef | None = Field(None, description="The Secret key holding the database URL "
-                                                "(postgresql://...). The URL never appears in Helm values.")
+        "postgres",
+        description="'postgres' (production; URL from a Secret) or 'sqlite-memory' (demos: the hub "
+        "forgets everything when it restarts).",
+    )
+    url_secret_ref: SecretKeyRef | None = Field(
+        None,
+        description="The Secret key holding the database URL "
+        "(postgresql://...). The URL never appears in Helm values.",
+    )
 
 
 class Culling(Model):
     enabled: bool = Field(True, description="Cull idle servers.")
-    timeout_seconds: int = Field(900, ge=60, le=31536000, description="Idle time after which a server is culled.")
+    timeout_seconds: int = Field(
+        900, ge=60, le=31536000, description="Idle time after which a server is culled."
+    )
     every_seconds: int = Field(300, ge=10, le=86400, description="How often the culler runs.")
-    max_age_seconds: int = Field(14400, ge=0, le=31536000, description="Cull servers older than this even if "
-                                 "active (0 disables).")
+    max_age_seconds: int = Field(
+        14400, ge=0, le=31536000, description="Cull servers older than this even if active (0 disables)."
+    )
     users: bool = Field(True, description="Also delete the (temporary) users whose servers were culled.")
 
 
 class Courses(Model):
-    model_config = Model.model_config | {"json_schema_extra": {"x-kubernetes-validations": [
-        {"rule": "!has(self.namespaces) || self.namespaces != 'Selector' || has(self.namespaceSelector)",
-         "message": "spec.courses.namespaceSelector is required when spec.courses.namespaces is Selector"},
-        {"rule": "!has(self.onUnknown) || self.onUnknown != 'default' || has(self.default)",
-         "message": "spec.courses.onUnknown is 'default' but spec.courses.default names no course"},
-    ]}}
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.namespaces) || self.namespaces != 'Selector' || has(self.namespaceSelector)",
+                    "message": "spec.courses.namespaceSelector is required when spec.courses.namespaces is Selector",
+                },
+                {
+                    "rule": "!has(self.onUnknown) || self.onUnknown != 'default' || has(self.default)",
+                    "message": "spec.courses.onUnknown is 'default' but spec.courses.default names no course",
+                },
+            ]
+        }
+    }
 
     namespaces: Literal["Same", "All", "Selector"] = Field(
-        "Same", description="Where this hub looks for CourseImages: its own namespace, all namespaces, or those "
-        "matching namespaceSelector.")
-    namespace_selector: LabelSelector | None = Field(None, description="Namespaces to take CourseImages from "
-                                                     "(with namespaces: Selector).")
-    selector: LabelSelector | None = Field(None, description="A label selector over CourseImages; empty takes all.")
-    default: str | None = Field(None, description="The course slug learners get when a link names no course, or "
-                                "an unknown one with onUnknown: default.", pattern=COURSE_SLUG_PATTERN, max_length=63)
+        "Same",
+        description="Where this hub looks for CourseImages: its own namespace, all namespaces, or those "
+        "matching namespaceSelector.",
+    )
+    namespace_selector: LabelSelector | None = Field(
+        None, description="Namespaces to take CourseImages from (with namespaces: Selector)."
+    )
+    selector: LabelSelector | None = Field(
+        None, description="A label selector over CourseImages; empty takes all."
+    )
+    default: str | None = Field(
+        None,
+        description="The course slug learners get when a link names no course, or "
+        "an unknown one with onUnknown: default.",
+        pattern=COURSE_SLUG_PATTERN,
+        max_length=63,
+    )
     on_unknown: Literal["default", "reject"] | None = Field(
-        None, description="An unknown ?course=: 'default' starts the default course, 'reject' answers with a page "
-        "saying the course is not offered. Unset: default when a default is set, else reject.")
+        None,
+        description="An unknown ?course=: 'default' starts the default course, 'reject' answers with a page "
+        "saying the course is not offered. Unset: default when a default is set, else reject.",
+    )
 
 
 class PrePull(Model):
     enabled: bool = Field(True, description="Run coursehub's pre-puller DaemonSet for this hub's courses.")
-    publish_after_pull: bool = Field(False, description="Offer a course (or its new digest) only once every node "
-                                     "has pulled it; until then the previous digest stays published.")
-    pause_image: str = Field("registry.k8s.io/pause:3.10", description="The image of the puller's final container.",
-                             max_length=512)
+    publish_after_pull: bool = Field(
+        False,
+        description="Offer a course (or its new digest) only once every node "
+        "has pulled it; until then the previous digest stays published.",
+    )
+    pause_image: str = Field(
+        "registry.k8s.io/pause:3.10", description="The image of the puller's final container.", max_length=512
+    )
 
 
 class GpuNodes(Model):
-    label: str = Field(description="The node label of GPU nodes, key=value, e.g. ol.mit.edu/gpu_node=true.",
-                       pattern=NODE_LABEL_PATTERN, max_length=317)
-    toleration: str | None = Field(None, description="The taint GPU nodes carry, key=value:Effect, e.g. "
-                                   "ol.mit.edu/gpu_node=true:NoSchedule.", pattern=TOLERATION_PATTERN, max_length=400)
-    resource: str = Field("nvidia.com/gpu", description="The extended resource a GPU course asks one of.",
-                          max_length=253)
+    label: str = Field(
+        description="The node label of GPU nodes, key=value, e.g. ol.mit.edu/gpu_node=true.",
+        pattern=NODE_LABEL_PATTERN,
+        max_length=317,
+    )
+    toleration: str | None = Field(
+        None,
+        description="The taint GPU nodes carry, key=value:Effect, e.g. ol.mit.edu/gpu_node=true:NoSchedule.",
+        pattern=TOLERATION_PATTERN,
+        max_length=400,
+    )
+    resource: str = Field(
+        "nvidia.com/gpu", description="The extended resource a GPU course asks one of.", max_length=253
+    )
 
 
 class Singleuser(Model):
-    memory: MemoryResources | None = Field(None, description="Default memory for learners' servers (4G limit, 2G "
-                                           "guarantee when unset).")
-    cpu: CpuResources | None = Field(None, description="Default CPU for learners' servers (0.25 guaranteed when "
-                                     "unset).")
-    start_timeout_seconds: int = Field(600, ge=30, le=3600, description="How long a server may take to start.")
+    memory: MemoryResources | None = Field(
+        None, description="Default memory for learners' servers (4G limit, 2G guarantee when unset)."
+    )
+    cpu: CpuResources | None = Field(
+        None, description="Default CPU for learners' servers (0.25 guaranteed when unset)."
+    )
+    start_timeout_seconds: int = Field(
+        600, ge=30, le=3600, description="How long a server may take to start."
+    )
     gpu_nodes: GpuNodes | None = Field(None, description="Where GPU courses run.")
 
 
 class JupyterHubDeploymentSpec(Model):
-    model_config = Model.model_config | {"json_schema_extra": {"x-kubernetes-validations": [
-        # auth.mode defaults to tmp, so an absent auth block counts as tmp here.
-        {"rule": "(has(self.auth) && has(self.auth.mode) && self.auth.mode != 'tmp') || "
-                 "(has(self.gateway) && has(self.gateway.oidc)) || "
-                 "(has(self.auth) && has(self.auth.allowUngated) && self.auth.allowUngated)",
-         "message": "spec.auth.mode tmp gives every visitor a server: put an SSO gate in front (spec.gateway.oidc) "
-                    "or set spec.auth.allowUngated: true on purpose"},
-        {"rule": "!has(self.auth) || !has(self.auth.mode) || self.auth.mode != 'sharedPassword' || "
-                 "has(self.auth.sharedPassword)",
-         "message": "spec.auth.sharedPassword.secretRef is required for auth mode sharedPassword"},
-    ]}}
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                # auth.mode defaults to tmp, so an absent auth block counts as tmp here.
+                {
+                    "rule": "(has(self.auth) && has(self.auth.mode) && self.auth.mode != 'tmp') || "
+                    "(has(self.gateway) && has(self.gateway.oidc)) || "
+                    "(has(self.auth) && has(self.auth.allowUngated) && self.auth.allowUngated)",
+                    "message": "spec.auth.mode tmp gives every visitor a server: put an SSO gate in front (spec.gateway.oidc) "
+                    "or set spec.auth.allowUngated: true on purpose",
+                },
+                {
+                    "rule": "!has(self.auth) || !has(self.auth.mode) || self.auth.mode != 'sharedPassword' || "
+                    "has(self.auth.sharedPassword)",
+                    "message": "spec.auth.sharedPassword.secretRef is required for auth mode sharedPassword",
+                },
+            ]
+        }
+    }
 
     chart: ChartSource = Field(description="The Zero to JupyterHub chart to install.")
-    domain: str = Field(description="The public host name of the hub, e.g. nb.learn.example.edu.",
-                        pattern=DOMAIN_PATTERN, max_length=253)
+    domain: str = Field(
+        description="The public host name of the hub, e.g. nb.learn.example.edu.",
+        pattern=DOMAIN_PATTERN,
+        max_length=253,
+    )
     auth: Auth | None = Field(None, description="How learners log in (tmp by default).")
     gateway: Gateway | None = Field(None, description="The SSO gate in front of the hub.")
     database: Database = Field(description="The hub's database.")
-    culling: Culling | None = Field(None, description="Idle culling of servers and temporary users (on by default: "
-                                    "every 300 s, timeout 900 s, max age 14400 s, users culled).")
-    courses: Courses | None = Field(None, description="Which CourseImages this hub offers and what unknown courses "
-                                    "get.")
+    culling: Culling | None = Field(
+        None,
+        description="Idle culling of servers and temporary users (on by default: "
+        "every 300 s, timeout 900 s, max age 14400 s, users culled).",
+    )
+    courses: Courses | None = Field(
+        None, description="Which CourseImages this hub offers and what unknown courses get."
+    )
     pre_pull: PrePull | None = Field(None, description="Pre-pulling of course images onto nodes.")
     singleuser: Singleuser | None = Field(None, description="Defaults for learners' servers.")
-    values: dict[str, Any] | None = Field(None, description="Raw z2jh values merged last (an escape hatch). They "
-                                          "are validated against the chart's schema before any upgrade.")
+    values: dict[str, Any] | None = Field(
+        None,
+        description="Raw z2jh values merged last (an escape hatch). They "
+        "are validated against the chart's schema before any upgrade.",
+    )
 
 
 class ReleaseStatus(Model):
     name: str | None = Field(None, description="The Helm release name.")
     revision: int | None = Field(None, description="The deployed Helm revision.")
     chart_version: str | None = Field(None, description="The deployed chart version.")
-    values_hash: str | None = Field(None, description="A hash of the rendered values and chart last deployed.")
+    values_hash: str | None = Field(
+        None, description="A hash of the rendered values and chart last deployed."
+    )
 
 
 class JupyterHubDeploymentStatus(Model):
@@ -203,18 +319,38 @@ class JupyterHubDeploymentStatus(Model):
     release: ReleaseStatus | None = Field(None, description="The Helm release as last deployed.")
     courses: int | None = Field(None, description="How many courses the hub's allowlist publishes.")
     conditions: list[Condition] | None = Field(
-        None, description="ReleaseDeployed, DatabaseReady, GatewayReady, CoursesPublished and the summary Ready.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
+        None,
+        description="ReleaseDeployed, DatabaseReady, GatewayReady, CoursesPublished and the summary Ready.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
 
 
 PRINTER_COLUMNS = [
     {"name": "Domain", "type": "string", "jsonPath": ".spec.domain", "description": "The hub's host name."},
-    {"name": "Courses", "type": "integer", "jsonPath": ".status.courses", "description": "Published courses."},
-    {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
-     "description": "Whether the hub is serving its declared state."},
-    {"name": "Reason", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
-     "description": "Why it is (not) ready."},
-    {"name": "Revision", "type": "integer", "jsonPath": ".status.release.revision", "priority": 1,
-     "description": "The Helm revision."},
+    {
+        "name": "Courses",
+        "type": "integer",
+        "jsonPath": ".status.courses",
+        "description": "Published courses.",
+    },
+    {
+        "name": "Ready",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+        "description": "Whether the hub is serving its declared state.",
+    },
+    {
+        "name": "Reason",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+        "description": "Why it is (not) ready.",
+    },
+    {
+        "name": "Revision",
+        "type": "integer",
+        "jsonPath": ".status.release.revision",
+        "priority": 1,
+        "description": "The Helm revision.",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

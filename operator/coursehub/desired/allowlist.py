@@ -33,8 +33,9 @@ def gpu_settings(hub: HubRecord) -> dict | None:
     return {"nodeSelector": {k: v}, "tolerations": tolerations, "resource": su.gpu_nodes.resource}
 
 
-def published_images(winners: dict[str, CourseRecord], *, publish_after_pull: bool, pulled: set[str],
-                     previous: dict[str, str]) -> dict[str, str]:
+def published_images(
+    winners: dict[str, CourseRecord], *, publish_after_pull: bool, pulled: set[str], previous: dict[str, str]
+) -> dict[str, str]:
     """slug -> the digest-pinned image the hub offers now.
 
     With publishAfterPull a new course, or a course's new digest, is offered only once the
@@ -63,10 +64,14 @@ def course_entry(course: CourseRecord, image: str) -> dict:
         "gpu": s.gpu,
         "defaultNotebook": s.default_notebook,
         "resources": {
-            "memory": {"limit": res.memory.limit if res and res.memory else None,
-                       "guarantee": res.memory.guarantee if res and res.memory else None},
-            "cpu": {"limit": res.cpu.limit if res and res.cpu else None,
-                    "guarantee": res.cpu.guarantee if res and res.cpu else None},
+            "memory": {
+                "limit": res.memory.limit if res and res.memory else None,
+                "guarantee": res.memory.guarantee if res and res.memory else None,
+            },
+            "cpu": {
+                "limit": res.cpu.limit if res and res.cpu else None,
+                "guarantee": res.cpu.guarantee if res and res.cpu else None,
+            },
         },
         "imagePullSecret": s.image_pull_secret_ref.name if s.image_pull_secret_ref else None,
     }

@@ -82,8 +82,9 @@ def _age_key(c: CourseRecord):
     return (c.created, c.namespace, c.name)
 
 
-def select_courses(hub: HubRecord, courses: list[CourseRecord],
-                   namespace_labels: dict[str, dict[str, str]]) -> Selection:
+def select_courses(
+    hub: HubRecord, courses: list[CourseRecord], namespace_labels: dict[str, dict[str, str]]
+) -> Selection:
     sel = Selection()
     chosen = [c for c in courses if not c.deleting and selects(hub, c, namespace_labels)]
     for c in sorted(chosen, key=_age_key):

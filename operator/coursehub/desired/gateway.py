@@ -71,8 +71,9 @@ def _args(namespace: str, spec: JupyterHubDeploymentSpec, domain: str) -> list[s
     return args
 
 
-def gateway_objects(name: str, namespace: str, spec: JupyterHubDeploymentSpec, domain: str, *,
-                    secret_hash: str | None = None) -> list[dict]:
+def gateway_objects(
+    name: str, namespace: str, spec: JupyterHubDeploymentSpec, domain: str, *, secret_hash: str | None = None
+) -> list[dict]:
     """The gate's Deployment and Service, or [] when the spec has no OIDC gateway.
 
     `secret_hash` (of the gateway Secret's keys) goes into a pod annotation so a rotated
@@ -84,23 +85,41 @@ def gateway_objects(name: str, namespace: str, spec: JupyterHubDeploymentSpec, d
     labels = gateway_labels(name)
     selector = gateway_selector(name)
     pod_annotations = {SECRET_HASH_ANNOTATION: secret_hash} if secret_hash else {}
-    env = [{"name": var, "valueFrom": {"secretKeyRef": {"name": oidc.secret_ref.name, "key": key}}}
-           for var, key in _ENV_FROM_SECRET]
+    env = [
+        {"name": var, "valueFrom": {"secretKeyRef": {"name": oidc.secret_ref.name, "key": key}}}
+        for var, key in _ENV_FROM_SECRET
+    ]
     container = {
         "name": "oauth2-proxy",
         "image": oidc.image,
         "args": _args(namespace, spec, domain),
         "env": env,
-        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
-                  {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        "livenessProbe": {"httpGet": {"path": "/ping", "port": "http"}, "periodSeconds": 10,
-                          "timeoutSeconds": 2, "failureThreshold": 3},
-        "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 5,
-                           "timeoutSeconds": 2, "failureThreshold": 3},
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "livenessProbe": {
+            "httpGet": {"path": "/ping", "port": "http"},
+            "periodSeconds": 10,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/ready", "port": "http"},
+            "periodSeconds": 5,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
-                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
     }
     pod_meta: dict = {"labels": dict(labels)}
     if pod_annotations:
@@ -119,8 +138,13 @@ def gateway_objects(name: str, namespace: str, spec: JupyterHubDeploymentSpec, d
                 "spec": {
                     # The gate never talks to the Kubernetes API.
                     "automountServiceAccountToken": False,
-                    "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
-                                        "fsGroup": RUN_AS, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": RUN_AS,
+                        "runAsGroup": RUN_AS,
+                        "fsGroup": RUN_AS,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
                     "containers": [container],
                 },
             },

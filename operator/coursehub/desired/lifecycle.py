@@ -192,7 +192,9 @@ def build_repository_policy(
 
     notes = []
     if groups:
-        shown = ", ".join(g + "*" for g in groups[:8]) + (f" and {len(groups) - 8} more" if len(groups) > 8 else "")
+        shown = ", ".join(g + "*" for g in groups[:8]) + (
+            f" and {len(groups) - 8} more" if len(groups) > 8 else ""
+        )
         notes.append(
             f"{len(courses)} courses outgrow ECR's {max_chars}-character policy limit: "
             f"every image under {shown} is kept"
@@ -278,7 +280,12 @@ def _keep(prefix: str, count: int) -> dict[str, Any]:
 
 
 def _untagged(days: int) -> dict[str, Any]:
-    return {"tagStatus": "untagged", "countType": "sinceImagePushed", "countUnit": "days", "countNumber": days}
+    return {
+        "tagStatus": "untagged",
+        "countType": "sinceImagePushed",
+        "countUnit": "days",
+        "countNumber": days,
+    }
 
 
 def _render(courses, tags, groups, untagged_days, expire_untagged, *, describe: bool) -> dict[str, Any]:
@@ -295,10 +302,13 @@ def _render(courses, tags, groups, untagged_days, expire_untagged, *, describe: 
     for c, count, _nested in _keep_plan(courses, tags, groups):
         specs.append((_keep(c.prefix, count), f"coursehub: keep last {c.keep} builds of {c.slug}"))
     if expire_untagged:
-        specs.append((_untagged(untagged_days), f"coursehub: expire untagged images after {untagged_days} days"))
+        specs.append(
+            (_untagged(untagged_days), f"coursehub: expire untagged images after {untagged_days} days")
+        )
     return {
         "rules": [
-            _rule(i, selection, text if describe else None) for i, (selection, text) in enumerate(specs, start=1)
+            _rule(i, selection, text if describe else None)
+            for i, (selection, text) in enumerate(specs, start=1)
         ]
     }
 
@@ -406,7 +416,9 @@ def _summaries(courses, tags, groups, expire_untagged) -> dict[str, str]:
             count, nested = plan[slug]
             text = f"keeps {c.keep} builds of {slug}"
             if count != c.keep:
-                text += f" (counts {count} under {c.prefix}* to make room for images of other courses sharing it)"
+                text += (
+                    f" (counts {count} under {c.prefix}* to make room for images of other courses sharing it)"
+                )
             parts.append(text)
         else:
             g = _covered(c.prefix, groups)

@@ -59,18 +59,28 @@ def puller_daemonset(hub: HubRecord, name: str, images: dict[str, str], *, pull_
         node_selector = gpu.get("nodeSelector")
     security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
     small = {"requests": {"cpu": "0", "memory": "0"}, "limits": {"cpu": "100m", "memory": "64Mi"}}
-    init = [{
-        "name": container_name(slug),
-        "image": image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["/bin/sh", "-c", "echo pulled"],
-        "resources": small,
-        "securityContext": security,
-    } for slug, image in sorted(images.items())]
+    init = [
+        {
+            "name": container_name(slug),
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["/bin/sh", "-c", "echo pulled"],
+            "resources": small,
+            "securityContext": security,
+        }
+        for slug, image in sorted(images.items())
+    ]
     pod_spec: dict = {
         "initContainers": init,
-        "containers": [{"name": "pause", "image": pause, "imagePullPolicy": "IfNotPresent", "resources": small,
-                        "securityContext": {**security, "runAsNonRoot": True, "runAsUser": 65535}}],
+        "containers": [
+            {
+                "name": "pause",
+                "image": pause,
+                "imagePullPolicy": "IfNotPresent",
+                "resources": small,
+                "securityContext": {**security, "runAsNonRoot": True, "runAsUser": 65535},
+            }
+        ],
         "tolerations": tolerations,
         "terminationGracePeriodSeconds": 0,
         "automountServiceAccountToken": False,
@@ -114,10 +124,12 @@ def rolled_out(ds: dict | None) -> bool:
         return False
     st = ds.get("status") or {}
     desired = st.get("desiredNumberScheduled", 0)
-    return (st.get("observedGeneration", 0) >= ds["metadata"].get("generation", 1)
-            and st.get("updatedNumberScheduled", 0) == desired
-            and st.get("numberReady", 0) == desired
-            and st.get("numberUnavailable", 0) == 0)
+    return (
+        st.get("observedGeneration", 0) >= ds["metadata"].get("generation", 1)
+        and st.get("updatedNumberScheduled", 0) == desired
+        and st.get("numberReady", 0) == desired
+        and st.get("numberUnavailable", 0) == 0
+    )
 
 
 def images_of(ds: dict | None) -> set[str]:
@@ -133,5 +145,8 @@ def pulled_images(desired: dict[str, dict | None], live: dict[str, dict | None])
     for name, ds in desired.items():
         for image in images_of(ds):
             wanted.setdefault(image, set()).add(name)
-    return {image for image, names in wanted.items()
-            if all(rolled_out(live.get(n)) and image in images_of(live.get(n)) for n in names)}
+    return {
+        image
+        for image, names in wanted.items()
+        if all(rolled_out(live.get(n)) and image in images_of(live.get(n)) for n in names)
+    }

@@ -103,8 +103,9 @@ def secret_hash(data: dict[str, bytes | str]) -> str:
     return h.hexdigest()
 
 
-def database_secret_hash(spec: JupyterHubDeploymentSpec,
-                         secrets: dict[str, dict[str, bytes] | None]) -> str | None:
+def database_secret_hash(
+    spec: JupyterHubDeploymentSpec, secrets: dict[str, dict[str, bytes] | None]
+) -> str | None:
     """The hash for render_values(database_secret_hash=...): only the referenced key counts,
     so a change to an unrelated key of the same Secret does not restart the hub."""
     db = spec.database

@@ -44,8 +44,13 @@ class Retention:
 COURSE_REQUIRED = ("ImageResolved", "Published", "PrePulled")
 
 
-def course_conditions(course: CourseRecord, resolution: Resolution | None, pubs: list[Publication],
-                      retention: Retention | None, selecting_hubs: tuple[str, ...] = ()) -> list[Cond]:
+def course_conditions(
+    course: CourseRecord,
+    resolution: Resolution | None,
+    pubs: list[Publication],
+    retention: Retention | None,
+    selecting_hubs: tuple[str, ...] = (),
+) -> list[Cond]:
     conds: list[Cond] = []
     if resolution is None:
         conds.append(Cond("ImageResolved", None, "Resolving", f"resolving {course.spec.image}"))
@@ -59,31 +64,56 @@ def course_conditions(course: CourseRecord, resolution: Resolution | None, pubs:
 
     if not pubs and selecting_hubs:
         # A hub selects it but has not had its round yet: not a problem, just not done.
-        conds.append(Cond("Published", None, "Publishing",
-                          "hub " + ", ".join(sorted(selecting_hubs)) + " will publish it in its next round"))
+        conds.append(
+            Cond(
+                "Published",
+                None,
+                "Publishing",
+                "hub " + ", ".join(sorted(selecting_hubs)) + " will publish it in its next round",
+            )
+        )
     elif not pubs:
-        conds.append(Cond("Published", False, "NoHub", "no JupyterHubDeployment selects this course: check the hub's "
-                          "spec.courses (namespaces, selector) and this object's labels and namespace"))
+        conds.append(
+            Cond(
+                "Published",
+                False,
+                "NoHub",
+                "no JupyterHubDeployment selects this course: check the hub's "
+                "spec.courses (namespaces, selector) and this object's labels and namespace",
+            )
+        )
     else:
         bad = [p for p in pubs if p.state != "Published"]
         if bad:
-            conds.append(Cond("Published", False, bad[0].state, "; ".join(f"{p.hub}: {p.message}" for p in bad)))
+            conds.append(
+                Cond("Published", False, bad[0].state, "; ".join(f"{p.hub}: {p.message}" for p in bad))
+            )
         else:
-            conds.append(Cond("Published", True, "Published",
-                              "offered by " + ", ".join(sorted(p.hub for p in pubs))))
+            conds.append(
+                Cond("Published", True, "Published", "offered by " + ", ".join(sorted(p.hub for p in pubs)))
+            )
 
     published = [p for p in pubs if p.state == "Published"]
     if not course.spec.pre_pull:
-        conds.append(Cond("PrePulled", True, "PrePullDisabled", "spec.prePull is false: nodes pull on first start"))
+        conds.append(
+            Cond("PrePulled", True, "PrePullDisabled", "spec.prePull is false: nodes pull on first start")
+        )
     elif not published:
-        conds.append(Cond("PrePulled", False, "NotPublished", "pre-pulling starts once a hub publishes the course"))
+        conds.append(
+            Cond("PrePulled", False, "NotPublished", "pre-pulling starts once a hub publishes the course")
+        )
     else:
         pending = [p for p in published if p.prepull == "Pulling"]
         if pending:
-            conds.append(Cond("PrePulled", False, "Pulling",
-                              "; ".join(f"{p.hub}: {p.prepull_message}" for p in pending)))
+            conds.append(
+                Cond(
+                    "PrePulled", False, "Pulling", "; ".join(f"{p.hub}: {p.prepull_message}" for p in pending)
+                )
+            )
         elif all(p.prepull == "PrePullDisabled" for p in published):
-            conds.append(Cond("PrePulled", True, "PrePullDisabled", "the hub's spec.prePull.enabled is false"))
+            conds.append(
+                Cond("PrePulled", True, "PrePullDisabled", "the hub's spec.prePull.enabled is false")
+            )
         else:
             conds.append(Cond("PrePulled", True, "PrePulled", "the image is on every eligible node"))
 
@@ -93,8 +123,13 @@ def course_conditions(course: CourseRecord, resolution: Resolution | None, pubs:
     return [ready, *conds]
 
 
-def course_status(course: CourseRecord, resolution: Resolution | None, pubs: list[Publication],
-                  retention: Retention | None, selecting_hubs: tuple[str, ...] = ()) -> tuple[dict, list[Cond]]:
+def course_status(
+    course: CourseRecord,
+    resolution: Resolution | None,
+    pubs: list[Publication],
+    retention: Retention | None,
+    selecting_hubs: tuple[str, ...] = (),
+) -> tuple[dict, list[Cond]]:
     """(status fields without conditions, conditions) for the status subresource."""
     fields: dict = {
         "observedGeneration": course.generation,

@@ -71,6 +71,7 @@ class InvalidValues(ValueError):
 
 # --- the z2jh schema and defaults, shipped inside the package -------------------------
 
+
 @functools.cache
 def z2jh_schema() -> dict:
     return json.loads((Z2JH_DIR / "values.schema.json").read_text())
@@ -92,6 +93,7 @@ def _validator() -> jsonschema.Draft7Validator:
 
 
 # --- the extension point for the in-hub module ---------------------------------------
+
 
 def hub_extra_config(*, allowlist_configmap: str = DEFAULT_ALLOWLIST_CONFIGMAP) -> dict[str, str]:
     """The hub-side module's extraConfig snippets (spawner integration), keyed for hub.extraConfig.
@@ -117,8 +119,21 @@ def hub_config_overrides() -> dict:
 
 # --- quantities (only to keep a defaulted guarantee below an explicit limit) ----------
 
-_MEMORY_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-                 "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_MEMORY_UNITS = {
+    "": 1,
+    "K": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "P": 10**15,
+    "E": 10**18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
 
 
 def memory_bytes(quantity: str) -> Decimal:
@@ -129,6 +144,7 @@ def memory_bytes(quantity: str) -> Decimal:
 
 
 # --- merging -------------------------------------------------------------------------
+
 
 def deep_merge(base: dict, override: dict) -> dict:
     """`override` over `base`: dicts merge key by key, anything else (lists, null) replaces.
@@ -183,6 +199,7 @@ def _sorted(obj: Any) -> Any:
 
 
 # --- rendering -----------------------------------------------------------------------
+
 
 def _singleuser(spec: JupyterHubDeploymentSpec) -> dict:
     su = spec.singleuser
@@ -239,8 +256,9 @@ def render_values(
         if db.url_secret_ref is None:
             raise ValueError("spec.database.urlSecretRef is required for database type postgres")
         hub_db: dict[str, Any] = {"type": "postgres"}
-        extra_env[DATABASE_URL_ENV] = {"valueFrom": {"secretKeyRef": {
-            "name": db.url_secret_ref.name, "key": db.url_secret_ref.key}}}
+        extra_env[DATABASE_URL_ENV] = {
+            "valueFrom": {"secretKeyRef": {"name": db.url_secret_ref.name, "key": db.url_secret_ref.key}}
+        }
         extra_config[DATABASE_SNIPPET_KEY] = _DATABASE_SNIPPET
         if database_secret_hash:
             annotations[DATABASE_HASH_ANNOTATION] = database_secret_hash
@@ -258,8 +276,9 @@ def render_values(
             raise ValueError("spec.auth.sharedPassword.secretRef is required for auth mode sharedPassword")
         hub_config["JupyterHub"] = {"authenticator_class": "shared-password"}
         hub_config["Authenticator"] = {"allow_all": True}
-        extra_env[SHARED_PASSWORD_ENV] = {"valueFrom": {"secretKeyRef": {
-            "name": sp.secret_ref.name, "key": sp.secret_ref.key}}}
+        extra_env[SHARED_PASSWORD_ENV] = {
+            "valueFrom": {"secretKeyRef": {"name": sp.secret_ref.name, "key": sp.secret_ref.key}}
+        }
         extra_config[AUTH_SNIPPET_KEY] = _SHARED_PASSWORD_SNIPPET
     # "custom": the authenticator comes from spec.values.
 
@@ -278,8 +297,13 @@ def render_values(
 
     c = spec.culling or Culling()  # the model's defaults are the seed values (300/900/14400, users)
     if c.enabled:
-        cull = {"enabled": True, "every": c.every_seconds, "timeout": c.timeout_seconds,
-                "maxAge": c.max_age_seconds, "users": c.users}
+        cull = {
+            "enabled": True,
+            "every": c.every_seconds,
+            "timeout": c.timeout_seconds,
+            "maxAge": c.max_age_seconds,
+            "users": c.users,
+        }
     else:
         cull = {"enabled": False}
 
@@ -308,6 +332,7 @@ def render_values(
 
 
 # --- validation ----------------------------------------------------------------------
+
 
 def _join(prefix: str, parts) -> str:
     path = prefix
@@ -342,10 +367,15 @@ def _describe(error: jsonschema.ValidationError, prefix: str) -> tuple[str, str]
     path = _join(prefix, where)
     if error.validator == "type":
         types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        return path, f"{path}: {_short(error.instance)} is not of type {' or '.join(types)} (required {suffix})"
+        return (
+            path,
+            f"{path}: {_short(error.instance)} is not of type {' or '.join(types)} (required {suffix})",
+        )
     if error.validator == "enum":
-        return path, (f"{path}: {_short(error.instance)} is not one of "
-                      f"{', '.join(_short(v) for v in error.validator_value)} (required {suffix})")
+        return path, (
+            f"{path}: {_short(error.instance)} is not one of "
+            f"{', '.join(_short(v) for v in error.validator_value)} (required {suffix})"
+        )
     return path, f"{path}: {error.message} (refused {suffix})"
 
 
@@ -356,8 +386,9 @@ def validate_values(values: dict, *, prefix: str = "spec.values") -> None:
     to validate, so any refusal comes from spec.values.
     """
     merged = helm_coalesce(z2jh_defaults(), values)
-    errors = sorted(_validator().iter_errors(merged),
-                    key=lambda e: ([str(p) for p in e.absolute_path], e.validator))
+    errors = sorted(
+        _validator().iter_errors(merged), key=lambda e: ([str(p) for p in e.absolute_path], e.validator)
+    )
     if not errors:
         return
     path, message = _describe(errors[0], prefix)
@@ -367,6 +398,7 @@ def validate_values(values: dict, *, prefix: str = "spec.values") -> None:
 
 
 # --- `coursehub render` --------------------------------------------------------------
+
 
 def _pydantic_message(e: ValidationError) -> str:
     parts = []
@@ -403,14 +435,20 @@ def render_values_from_manifest(manifest: dict) -> dict:
 
 # --- hub RBAC for the allowlist (applied by the operator, outside the release) --------
 
+
 def hub_service_account(values: dict) -> str:
     """The ServiceAccount the z2jh hub runs as, given the rendered values."""
-    sa = ((values.get("hub") or {}).get("serviceAccount") or {})
+    sa = (values.get("hub") or {}).get("serviceAccount") or {}
     return sa.get("name") or DEFAULT_HUB_SERVICE_ACCOUNT
 
 
-def hub_allowlist_rbac(name: str, namespace: str, configmap: str = DEFAULT_ALLOWLIST_CONFIGMAP, *,
-                       service_account: str = DEFAULT_HUB_SERVICE_ACCOUNT) -> list[dict]:
+def hub_allowlist_rbac(
+    name: str,
+    namespace: str,
+    configmap: str = DEFAULT_ALLOWLIST_CONFIGMAP,
+    *,
+    service_account: str = DEFAULT_HUB_SERVICE_ACCOUNT,
+) -> list[dict]:
     """A Role that lets the hub read exactly the allowlist ConfigMap, and its RoleBinding.
 
     Outside the z2jh release because the release must not change when courses do, and
@@ -420,15 +458,23 @@ def hub_allowlist_rbac(name: str, namespace: str, configmap: str = DEFAULT_ALLOW
     role_name = "coursehub-hub-allowlist"
     return [
         {
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
             "metadata": {"name": role_name, "namespace": namespace, "labels": dict(labels)},
             # list/watch with resourceNames work for a metadata.name field selector, which
             # is how the hub module watches the one ConfigMap.
-            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "resourceNames": [configmap],
-                       "verbs": ["get", "list", "watch"]}],
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "resourceNames": [configmap],
+                    "verbs": ["get", "list", "watch"],
+                }
+            ],
         },
         {
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
             "metadata": {"name": role_name, "namespace": namespace, "labels": dict(labels)},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
             "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}],

@@ -13,10 +13,10 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 KUBERNETES_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.8"
@@ -60,7 +60,10 @@ class Component:
 def _go_mod_download(module: str, version: str) -> dict:
     out = subprocess.run(
         ["go", "mod", "download", "-json", f"{module}@{version}"],
-        check=True, capture_output=True, text=True, cwd=cache_root(),
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=cache_root(),
     )
     return json.loads(out.stdout)
 
@@ -117,11 +120,16 @@ def etcd() -> Component:
     # etcd's own main module carries replace directives (unusable as a dependency), so a
     # two-line wrapper calls the same entry point the etcd binary uses.
     main_go = (
-        "package main\n\nimport (\n\t\"os\"\n\n\t\"go.etcd.io/etcd/server/v3/etcdmain\"\n)\n\n"
+        'package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\n'
         "func main() { etcdmain.Main(os.Args) }\n"
     )
-    mods = ("go.etcd.io/etcd/server/v3", "go.etcd.io/etcd/api/v3", "go.etcd.io/etcd/client/v3",
-            "go.etcd.io/etcd/client/pkg/v3", "go.etcd.io/etcd/pkg/v3")
+    mods = (
+        "go.etcd.io/etcd/server/v3",
+        "go.etcd.io/etcd/api/v3",
+        "go.etcd.io/etcd/client/v3",
+        "go.etcd.io/etcd/client/pkg/v3",
+        "go.etcd.io/etcd/pkg/v3",
+    )
     requires = "\n".join(f"\t{m} {v}" for m in mods)
     return Component(
         name="etcd",
@@ -154,8 +162,10 @@ def helm() -> Component:
         binaries=("helm",),
         go_mod=lambda: f"module coursehub.dev/devcluster/helm\n\ngo 1.24.0\n\nrequire helm.sh/helm/v3 {v}\n",
         packages=("helm.sh/helm/v3/cmd/helm",),
-        ldflags=(f"-X helm.sh/helm/v3/internal/version.version={v}",
-                 "-X helm.sh/helm/v3/internal/version.gitTreeState=clean"),
+        ldflags=(
+            f"-X helm.sh/helm/v3/internal/version.version={v}",
+            "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+        ),
     )
 
 
@@ -175,25 +185,39 @@ def build(component: Component, log=print) -> Component:
     if component.main_go:
         (work / "main.go").write_text(component.main_go)
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false"}
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     log(f"[devcluster] building {component.name} {component.version} (cold build, cached afterwards)")
-    subprocess.run(["go", "mod", "tidy"] if component.main_go else ["go", "mod", "download"],
-                   cwd=work, env=env, check=True)
+    subprocess.run(
+        ["go", "mod", "tidy"] if component.main_go else ["go", "mod", "download"],
+        cwd=work,
+        env=env,
+        check=True,
+    )
     out_dir = component.directory.with_name(component.directory.name + ".partial")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
     for binary, pkg in zip(component.binaries, component.packages):
         subprocess.run(
-            ["go", "build", "-trimpath", "-ldflags", " ".join(("-s", "-w", *component.ldflags)),
-             "-o", str(out_dir / binary), pkg],
-            cwd=work, env=env, check=True,
+            [
+                "go",
+                "build",
+                "-trimpath",
+                "-ldflags",
+                " ".join(("-s", "-w", *component.ldflags)),
+                "-o",
+                str(out_dir / binary),
+                pkg,
+            ],
+            cwd=work,
+            env=env,
+            check=True,
         )
     if component.directory.exists():
         shutil.rmtree(component.directory)
     out_dir.rename(component.directory)  # atomic: a half build never looks cached
     shutil.rmtree(work, ignore_errors=True)
-    secs = (datetime.now(timezone.utc) - started).total_seconds()
+    secs = (datetime.now(UTC) - started).total_seconds()
     log(f"[devcluster] built {component.name} in {secs:.0f}s -> {component.directory}")
     return component
 

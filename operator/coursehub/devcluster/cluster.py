@@ -37,8 +37,12 @@ def free_port() -> int:
 
 
 def node_manifest(name: str, *, gpu: bool) -> dict:
-    labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-              "type": "kwok"}
+    labels = {
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "type": "kwok",
+    }
     capacity = {"cpu": "32", "memory": "256Gi", "pods": "110", "ephemeral-storage": "500Gi"}
     spec: dict = {}
     if gpu:
@@ -46,18 +50,26 @@ def node_manifest(name: str, *, gpu: bool) -> dict:
         capacity["nvidia.com/gpu"] = "4"
         spec["taints"] = [GPU_TAINT]
     return {
-        "apiVersion": "v1", "kind": "Node",
+        "apiVersion": "v1",
+        "kind": "Node",
         "metadata": {"name": name, "labels": labels, "annotations": {KWOK_NODE_ANNOTATION: "fake"}},
         "spec": spec,
-        "status": {"capacity": capacity, "allocatable": capacity,
-                   "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake"}},
+        "status": {
+            "capacity": capacity,
+            "allocatable": capacity,
+            "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake"},
+        },
     }
 
 
 @dataclass
 class DevCluster:
     state_dir: Path
-    nodes: tuple[tuple[str, bool], ...] = (("kwok-node-0", False), ("kwok-node-1", False), ("kwok-gpu-0", True))
+    nodes: tuple[tuple[str, bool], ...] = (
+        ("kwok-node-0", False),
+        ("kwok-node-1", False),
+        ("kwok-gpu-0", True),
+    )
     log: callable = print
     ports: dict = field(default_factory=dict)
     binaries: dict = field(default_factory=dict)
@@ -79,11 +91,14 @@ class DevCluster:
     def env(self) -> dict[str, str]:
         """Environment for tools pointed at this cluster (kubectl, helm, the operator)."""
         bin_dirs = sorted({str(Path(p).parent) for p in self.binaries.values()})
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig),
-                "PATH": os.pathsep.join(bin_dirs + [os.environ.get("PATH", "")])}
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PATH": os.pathsep.join(bin_dirs + [os.environ.get("PATH", "")]),
+        }
 
     # -- lifecycle ---------------------------------------------------------
-    def up(self, crds: list[Path] | None = None) -> "DevCluster":
+    def up(self, crds: list[Path] | None = None) -> DevCluster:
         self.down(quiet=True)  # leftovers of a crashed run must not hold ports or data
         started = time.monotonic()
         self.binaries = {k: str(v) for k, v in build.build_all(log=self.log).items()}
@@ -97,8 +112,16 @@ class DevCluster:
             self._start_etcd()
             self._start_apiserver()
             self._start("kube-controller-manager", self._controller_manager_args())
-            self._start("kube-scheduler", [self.binaries["kube-scheduler"], f"--kubeconfig={self.kubeconfig}",
-                                           "--leader-elect=false", "--bind-address=127.0.0.1", "--secure-port=0"])
+            self._start(
+                "kube-scheduler",
+                [
+                    self.binaries["kube-scheduler"],
+                    f"--kubeconfig={self.kubeconfig}",
+                    "--leader-elect=false",
+                    "--bind-address=127.0.0.1",
+                    "--secure-port=0",
+                ],
+            )
             self._start_kwok()
             self._register_nodes()
             self._wait_for(self._default_service_account_exists, "the default ServiceAccount", 60)
@@ -112,8 +135,10 @@ class DevCluster:
             self.log(self.tail_logs())
             self.down(quiet=True)
             raise
-        self.log(f"[devcluster] up in {time.monotonic() - started:.1f}s: {self.server} "
-                 f"(export KUBECONFIG={self.kubeconfig})")
+        self.log(
+            f"[devcluster] up in {time.monotonic() - started:.1f}s: {self.server} "
+            f"(export KUBECONFIG={self.kubeconfig})"
+        )
         return self
 
     def down(self, quiet: bool = False) -> None:
@@ -151,8 +176,14 @@ class DevCluster:
     def _start(self, name: str, argv: list[str]) -> subprocess.Popen:
         logf = open(self.state_dir / "logs" / f"{name}.log", "ab")
         # A session of its own per process, so `down` can stop it and its children.
-        proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=self.state_dir)
+        proc = subprocess.Popen(
+            argv,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.state_dir,
+        )
         self._procs[name] = proc
         with open(self.state_dir / "pids", "a") as f:
             f.write(f"{proc.pid}\n")
@@ -180,27 +211,44 @@ class DevCluster:
 
     def _start_etcd(self) -> None:
         p = self.ports
-        self._start("etcd", [
-            self.binaries["etcd"], f"--data-dir={self.state_dir / 'etcd'}", "--name=default",
-            f"--listen-client-urls=http://127.0.0.1:{p['etcd']}", f"--advertise-client-urls=http://127.0.0.1:{p['etcd']}",
-            f"--listen-peer-urls=http://127.0.0.1:{p['etcd_peer']}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{p['etcd_peer']}",
-            f"--initial-cluster=default=http://127.0.0.1:{p['etcd_peer']}",
-            "--unsafe-no-fsync=true", "--quota-backend-bytes=4294967296", "--log-level=warn",
-        ])
+        self._start(
+            "etcd",
+            [
+                self.binaries["etcd"],
+                f"--data-dir={self.state_dir / 'etcd'}",
+                "--name=default",
+                f"--listen-client-urls=http://127.0.0.1:{p['etcd']}",
+                f"--advertise-client-urls=http://127.0.0.1:{p['etcd']}",
+                f"--listen-peer-urls=http://127.0.0.1:{p['etcd_peer']}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{p['etcd_peer']}",
+                f"--initial-cluster=default=http://127.0.0.1:{p['etcd_peer']}",
+                "--unsafe-no-fsync=true",
+                "--quota-backend-bytes=4294967296",
+                "--log-level=warn",
+            ],
+        )
         self._wait_for(lambda: _http_ok(f"http://127.0.0.1:{p['etcd']}/health"), "etcd", 30)
 
     def _apiserver_args(self) -> list[str]:
         k = self.pki_dir
         return [
-            self.binaries["kube-apiserver"], f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.ports['apiserver']}",
-            f"--tls-cert-file={k / 'apiserver.crt'}", f"--tls-private-key-file={k / 'apiserver.key'}",
-            f"--client-ca-file={k / 'ca.crt'}", f"--service-account-key-file={k / 'sa.pub'}",
+            self.binaries["kube-apiserver"],
+            f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={self.ports['apiserver']}",
+            f"--tls-cert-file={k / 'apiserver.crt'}",
+            f"--tls-private-key-file={k / 'apiserver.key'}",
+            f"--client-ca-file={k / 'ca.crt'}",
+            f"--service-account-key-file={k / 'sa.pub'}",
             f"--service-account-signing-key-file={k / 'sa.key'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            "--authorization-mode=Node,RBAC", "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
-            f"--cert-dir={self.state_dir / 'apiserver-certs'}", "--profiling=false", "--v=1",
+            "--authorization-mode=Node,RBAC",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--allow-privileged=true",
+            f"--cert-dir={self.state_dir / 'apiserver-certs'}",
+            "--profiling=false",
+            "--v=1",
         ]
 
     def _start_apiserver(self) -> None:
@@ -210,20 +258,33 @@ class DevCluster:
     def _controller_manager_args(self) -> list[str]:
         k = self.pki_dir
         return [
-            self.binaries["kube-controller-manager"], f"--kubeconfig={self.kubeconfig}",
-            f"--service-account-private-key-file={k / 'sa.key'}", f"--root-ca-file={k / 'ca.crt'}",
-            "--use-service-account-credentials=true", "--leader-elect=false", "--bind-address=127.0.0.1",
-            "--secure-port=0", "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
-            "--concurrent-gc-syncs=5", "--v=1",
+            self.binaries["kube-controller-manager"],
+            f"--kubeconfig={self.kubeconfig}",
+            f"--service-account-private-key-file={k / 'sa.key'}",
+            f"--root-ca-file={k / 'ca.crt'}",
+            "--use-service-account-credentials=true",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            "--secure-port=0",
+            "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
+            "--concurrent-gc-syncs=5",
+            "--v=1",
         ]
 
     def _start_kwok(self) -> None:
-        self._start("kwok", [
-            self.binaries["kwok"], f"--kubeconfig={self.kubeconfig}", "--manage-all-nodes=false",
-            f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
-            "--node-ip=10.0.0.2", "--cidr=10.1.0.0/16", "--server-address=127.0.0.1:0",
-            "--node-lease-duration-seconds=40",
-        ])
+        self._start(
+            "kwok",
+            [
+                self.binaries["kwok"],
+                f"--kubeconfig={self.kubeconfig}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                "--node-ip=10.0.0.2",
+                "--cidr=10.1.0.0/16",
+                "--server-address=127.0.0.1:0",
+                "--node-lease-duration-seconds=40",
+            ],
+        )
 
     def _register_nodes(self) -> None:
         docs = [node_manifest(name, gpu=gpu) for name, gpu in self.nodes]
@@ -257,8 +318,14 @@ class DevCluster:
 
     def _nodes_ready(self) -> bool:
         nodes = self.get("/api/v1/nodes")["items"]
-        ready = [n for n in nodes if any(c["type"] == "Ready" and c["status"] == "True"
-                                         for c in n.get("status", {}).get("conditions", []))]
+        ready = [
+            n
+            for n in nodes
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in n.get("status", {}).get("conditions", [])
+            )
+        ]
         return len(ready) >= len(self.nodes)
 
     def _wait_for(self, check, what: str, timeout: float) -> None:
@@ -277,15 +344,20 @@ class DevCluster:
 
     def tail_logs(self, lines: int = 30) -> str:
         out = []
-        for f in sorted((self.state_dir / "logs").glob("*.log")) if (self.state_dir / "logs").exists() else []:
+        for f in (
+            sorted((self.state_dir / "logs").glob("*.log")) if (self.state_dir / "logs").exists() else []
+        ):
             text = f.read_text(errors="replace").splitlines()[-lines:]
             out.append(f"--- {f.name}\n" + "\n".join(text))
         return "\n".join(out)
 
     # -- tools -------------------------------------------------------------
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        res = subprocess.run([self.binaries["kubectl"], *args], input=input, capture_output=True, text=True,
-                             env=self.env())
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess:
+        res = subprocess.run(
+            [self.binaries["kubectl"], *args], input=input, capture_output=True, text=True, env=self.env()
+        )
         if check and res.returncode != 0:
             raise KubectlError(res.returncode, res.args, res.stdout, res.stderr)
         return res
@@ -297,18 +369,31 @@ class DevCluster:
             return base64.b64encode((k / name).read_bytes()).decode()
 
         cfg = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "coursehub-dev",
-            "clusters": [{"name": "coursehub-dev", "cluster": {"server": self.server,
-                                                               "certificate-authority-data": b64("ca.crt")}}],
-            "users": [{"name": "admin", "user": {"client-certificate-data": b64("admin.crt"),
-                                                 "client-key-data": b64("admin.key")}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "coursehub-dev",
+            "clusters": [
+                {
+                    "name": "coursehub-dev",
+                    "cluster": {"server": self.server, "certificate-authority-data": b64("ca.crt")},
+                }
+            ],
+            "users": [
+                {
+                    "name": "admin",
+                    "user": {
+                        "client-certificate-data": b64("admin.crt"),
+                        "client-key-data": b64("admin.key"),
+                    },
+                }
+            ],
             "contexts": [{"name": "coursehub-dev", "context": {"cluster": "coursehub-dev", "user": "admin"}}],
         }
         self.kubeconfig.write_text(yaml.safe_dump(cfg))
         self.kubeconfig.chmod(0o600)
 
     @classmethod
-    def attach(cls, state_dir: Path) -> "DevCluster":
+    def attach(cls, state_dir: Path) -> DevCluster:
         """A handle on a cluster that `up` started in another process (for `env` and `down`)."""
         c = cls(state_dir=state_dir)
         ports = state_dir / "ports.json"

@@ -36,8 +36,9 @@ def main() -> int:
                 registry.push_image(repo, tag, f"demo-{tag}")
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
         os.environ.update({k: v for k, v in cluster.env().items() if k in ("KUBECONFIG", "PATH")})
-        print(f"""
-coursehub demo: a hub and {sum(d['kind'] == 'CourseImage' for d in docs)} courses in namespace {NAMESPACE}.
+        print(
+            f"""
+coursehub demo: a hub and {sum(d["kind"] == "CourseImage" for d in docs)} courses in namespace {NAMESPACE}.
 In another shell:
   eval $(uv run coursehub dev env)
   kubectl get jhd,cimg -n {NAMESPACE}
@@ -46,7 +47,9 @@ In another shell:
 Push a new build under a tag and watch the digest follow:
   registry at {registry.url} (repository ol-course-notebooks)
 Ctrl-C stops the operator, the registry and the cluster.
-""", flush=True)
+""",
+            flush=True,
+        )
         from ..operator_main import run
 
         os.environ.setdefault("COURSEHUB_RESOLVE_INTERVAL", "30")

@@ -17,8 +17,9 @@ def _key():
 
 
 def _pem_key(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _name(cn: str, org: str | None = None) -> x509.Name:
@@ -29,16 +30,32 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
 
 
 def _cert(subject, issuer, public_key, signing_key, *, ca: bool, sans=None, usages=()):
-    now = dt.datetime.now(dt.timezone.utc)
-    b = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
-         .serial_number(x509.random_serial_number())
-         .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=365))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    now = dt.datetime.now(dt.UTC)
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if ca:
-        b = b.add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                          content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                          key_agreement=False, encipher_only=False, decipher_only=False),
-                            critical=True)
+        b = b.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     else:
         b = b.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
     if sans:
@@ -64,23 +81,48 @@ def write_pki(directory: Path) -> dict[str, Path]:
     put("ca.key", _pem_key(ca_key))
 
     serving_key = _key()
-    sans = [x509.DNSName(n) for n in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                                     "kubernetes.default.svc.cluster.local")]
+    sans = [
+        x509.DNSName(n)
+        for n in (
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        )
+    ]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "10.0.0.1")]
-    serving = _cert(_name("kube-apiserver"), ca_name, serving_key.public_key(), ca_key, ca=False, sans=sans,
-                    usages=(ExtendedKeyUsageOID.SERVER_AUTH,))
+    serving = _cert(
+        _name("kube-apiserver"),
+        ca_name,
+        serving_key.public_key(),
+        ca_key,
+        ca=False,
+        sans=sans,
+        usages=(ExtendedKeyUsageOID.SERVER_AUTH,),
+    )
     put("apiserver.crt", serving.public_bytes(serialization.Encoding.PEM))
     put("apiserver.key", _pem_key(serving_key))
 
     admin_key = _key()
-    admin = _cert(_name("coursehub-admin", "system:masters"), ca_name, admin_key.public_key(), ca_key, ca=False,
-                  usages=(ExtendedKeyUsageOID.CLIENT_AUTH,))
+    admin = _cert(
+        _name("coursehub-admin", "system:masters"),
+        ca_name,
+        admin_key.public_key(),
+        ca_key,
+        ca=False,
+        usages=(ExtendedKeyUsageOID.CLIENT_AUTH,),
+    )
     put("admin.crt", admin.public_bytes(serialization.Encoding.PEM))
     put("admin.key", _pem_key(admin_key))
 
     # Service-account tokens are signed with RSA, which every client library verifies.
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     put("sa.key", _pem_key(sa_key))
-    put("sa.pub", sa_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+    put(
+        "sa.pub",
+        sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+    )
     return files

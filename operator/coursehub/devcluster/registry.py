@@ -50,7 +50,7 @@ import threading
 import time
 import uuid
 from base64 import b64decode, b64encode, urlsafe_b64encode
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urljoin, urlsplit
@@ -86,9 +86,7 @@ def _free_port() -> int:
 def _tool(name: str, package: str) -> str:
     path = shutil.which(name)
     if path is None:
-        raise RuntimeError(
-            f"{name!r} not found on PATH; install the Debian package {package!r}"
-        )
+        raise RuntimeError(f"{name!r} not found on PATH; install the Debian package {package!r}")
     return path
 
 
@@ -104,9 +102,7 @@ def build_image(
     manifest_type, _, config_type, layer_type = _MEDIA[media]
     tar_buffer = io.BytesIO()
     with tarfile.open(fileobj=tar_buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        payload = (
-            f"coursehub test image\nseed={content_seed}\nplatform={platform}\n".encode()
-        )
+        payload = f"coursehub test image\nseed={content_seed}\nplatform={platform}\n".encode()
         info = tarfile.TarInfo("coursehub-seed.txt")
         info.size, info.mtime, info.mode = len(payload), 0, 0o644
         tar.addfile(info, io.BytesIO(payload))
@@ -130,9 +126,7 @@ def build_image(
                 "digest": _sha256(config),
                 "size": len(config),
             },
-            "layers": [
-                {"mediaType": layer_type, "digest": _sha256(layer), "size": len(layer)}
-            ],
+            "layers": [{"mediaType": layer_type, "digest": _sha256(layer), "size": len(layer)}],
         }
     )
     return manifest, {_sha256(config): config, _sha256(layer): layer}
@@ -170,9 +164,7 @@ class TokenService:
             .issuer_name(name)
             .public_key(self._key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(
-                datetime.datetime.fromtimestamp(now - 86400, datetime.UTC)
-            )
+            .not_valid_before(datetime.datetime.fromtimestamp(now - 86400, datetime.UTC))
             .not_valid_after(datetime.datetime.fromtimestamp(now + 86400, datetime.UTC))
             .sign(self._key, hashes.SHA256())
         )
@@ -181,9 +173,7 @@ class TokenService:
         self.root_cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.realm = f"http://127.0.0.1:{self._server.server_address[1]}/token"
-        self.requests: list[
-            tuple[str | None, str]
-        ] = []  # (user, scope) seen, for assertions
+        self.requests: list[tuple[str | None, str]] = []  # (user, scope) seen, for assertions
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 
@@ -214,9 +204,7 @@ class TokenService:
             "access": access,
         }
         signing_input = f"{_b64url(_json_bytes(header))}.{_b64url(_json_bytes(claims))}"
-        signature = self._key.sign(
-            signing_input.encode(), padding.PKCS1v15(), hashes.SHA256()
-        )
+        signature = self._key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{signing_input}.{_b64url(signature)}"
 
     @staticmethod
@@ -253,16 +241,12 @@ class TokenService:
                         self.send_response(401)
                         self.send_header("Content-Type", "application/json")
                         self.end_headers()
-                        self.wfile.write(
-                            b'{"details":"incorrect username or password"}'
-                        )
+                        self.wfile.write(b'{"details":"incorrect username or password"}')
                         return
                 service.requests.append((user, ",".join(scopes)))
                 access = service.access_for(scopes) if user else []
                 token = service.mint(user or "anonymous", access)
-                body = json.dumps(
-                    {"token": token, "access_token": token, "expires_in": 600}
-                ).encode()
+                body = json.dumps({"token": token, "access_token": token, "expires_in": 600}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -290,9 +274,7 @@ class _MintedBearer(requests.auth.AuthBase):
                         "actions": ["pull", "push", "delete"],
                     }
                 ]
-                request.headers["Authorization"] = "Bearer " + self.tokens.mint(
-                    "fixture", access
-                )
+                request.headers["Authorization"] = "Bearer " + self.tokens.mint("fixture", access)
                 break
         return request
 
@@ -403,9 +385,7 @@ class OciRegistry:
                 pass  # not listening yet
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(
-                    f"docker-registry did not come up on {self.host}:\n{self.log_tail()}"
-                )
+                raise RuntimeError(f"docker-registry did not come up on {self.host}:\n{self.log_tail()}")
             time.sleep(0.05)
 
     def stop(self) -> None:
@@ -422,9 +402,7 @@ class OciRegistry:
 
     def log_tail(self, lines: int = 40) -> str:
         try:
-            return "\n".join(
-                self._log_path.read_text(errors="replace").splitlines()[-lines:]
-            )
+            return "\n".join(self._log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
 
@@ -449,17 +427,13 @@ class OciRegistry:
 
     def _check(self, response: requests.Response, what: str) -> requests.Response:
         if response.status_code >= 300:
-            raise RuntimeError(
-                f"{what}: HTTP {response.status_code} {response.text[:300]}"
-            )
+            raise RuntimeError(f"{what}: HTTP {response.status_code} {response.text[:300]}")
         return response
 
     def push_blob(self, repo: str, digest: str, data: bytes) -> None:
         if self._http.head(f"{self.url}/v2/{repo}/blobs/{digest}").status_code == 200:
             return
-        started = self._check(
-            self._http.post(f"{self.url}/v2/{repo}/blobs/uploads/"), "start upload"
-        )
+        started = self._check(self._http.post(f"{self.url}/v2/{repo}/blobs/uploads/"), "start upload")
         location = urljoin(self.url + "/", started.headers["Location"])
         location += ("&" if "?" in location else "?") + f"digest={digest}"
         self._check(
@@ -471,9 +445,7 @@ class OciRegistry:
             f"upload {digest}",
         )
 
-    def push_manifest(
-        self, repo: str, reference: str, manifest: bytes, media_type: str
-    ) -> str:
+    def push_manifest(self, repo: str, reference: str, manifest: bytes, media_type: str) -> str:
         """PUT a manifest under a tag or digest; returns its digest."""
         response = self._check(
             self._http.put(
@@ -484,9 +456,7 @@ class OciRegistry:
             f"push manifest {repo}:{reference}",
         )
         digest = response.headers.get("Docker-Content-Digest") or _sha256(manifest)
-        assert digest == _sha256(manifest), (
-            "registry digest differs from the manifest's sha256"
-        )
+        assert digest == _sha256(manifest), "registry digest differs from the manifest's sha256"
         return digest
 
     def push_image(
@@ -505,9 +475,7 @@ class OciRegistry:
         manifest, blobs = build_image(content_seed, platform=platform, media=media)
         for digest, data in blobs.items():
             self.push_blob(repo, digest, data)
-        return self.push_manifest(
-            repo, tag or _sha256(manifest), manifest, _MEDIA[media][0]
-        )
+        return self.push_manifest(repo, tag or _sha256(manifest), manifest, _MEDIA[media][0])
 
     def push_index(
         self,
@@ -524,9 +492,7 @@ class OciRegistry:
         entries = []
         for platform in platforms:
             manifest, _ = build_image(content_seed, platform=platform, media=media)
-            digest = self.push_image(
-                repo, None, content_seed, platform=platform, media=media
-            )
+            digest = self.push_image(repo, None, content_seed, platform=platform, media=media)
             os_name, _, arch = platform.partition("/")
             entries.append(
                 {
@@ -536,9 +502,7 @@ class OciRegistry:
                     "platform": {"architecture": arch, "os": os_name},
                 }
             )
-        index = _json_bytes(
-            {"schemaVersion": 2, "mediaType": index_type, "manifests": entries}
-        )
+        index = _json_bytes({"schemaVersion": 2, "mediaType": index_type, "manifests": entries})
         return self.push_manifest(repo, tag, index, index_type)
 
     def delete_manifest(self, repo: str, digest: str) -> None:
@@ -590,9 +554,7 @@ class OciRegistry:
         command += [f"oci:{layout}:{tag}", f"docker://{self.ref(repo, tag)}"]
         # An isolated HOME keeps the developer's own registry logins out of it.
         env = {**os.environ, "HOME": str(layout), "XDG_RUNTIME_DIR": str(layout)}
-        result = subprocess.run(
-            command, capture_output=True, text=True, env=env, check=False
-        )
+        result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         if result.returncode != 0:
             raise RuntimeError(f"skopeo copy failed: {result.stderr.strip()}")
         return digest_file.read_text().strip()

@@ -18,15 +18,27 @@ def hub_manifest(name: str = "learn", *, domain: str = "nb.learn.example.edu", *
         "domain": domain,
         "auth": {"mode": "tmp", "allowUngated": True},
         "database": {"type": "sqlite-memory"},
-        "singleuser": {"gpuNodes": {"label": "ol.mit.edu/gpu_node=true",
-                                    "toleration": "ol.mit.edu/gpu_node=true:NoSchedule"}},
+        "singleuser": {
+            "gpuNodes": {
+                "label": "ol.mit.edu/gpu_node=true",
+                "toleration": "ol.mit.edu/gpu_node=true:NoSchedule",
+            }
+        },
         "values": {"proxy": {"service": {"type": "ClusterIP"}}},
     }
     base.update(spec)
-    return {"apiVersion": "coursehub.dev/v1alpha1", "kind": "JupyterHubDeployment",
-            "metadata": {"name": name}, "spec": base}
+    return {
+        "apiVersion": "coursehub.dev/v1alpha1",
+        "kind": "JupyterHubDeployment",
+        "metadata": {"name": name},
+        "spec": base,
+    }
 
 
 def course_manifest(name: str, slug: str, image: str, **spec) -> dict:
-    return {"apiVersion": "coursehub.dev/v1alpha1", "kind": "CourseImage", "metadata": {"name": name},
-            "spec": {"course": slug, "image": image, **spec}}
+    return {
+        "apiVersion": "coursehub.dev/v1alpha1",
+        "kind": "CourseImage",
+        "metadata": {"name": name},
+        "spec": {"course": slug, "image": image, **spec},
+    }

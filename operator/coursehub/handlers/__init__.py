@@ -46,8 +46,9 @@ class Runtime:
         from ..reconcile.retention import retention_loop
 
         self.tasks.append(asyncio.create_task(self.resolver.run(), name="resolver"))
-        self.tasks.append(asyncio.create_task(retention_loop(self.kube, self.index, self.settings),
-                                              name="ecr-retention"))
+        self.tasks.append(
+            asyncio.create_task(retention_loop(self.kube, self.index, self.settings), name="ecr-retention")
+        )
 
     async def stop(self) -> None:
         for r in self.reconcilers.values():
@@ -72,13 +73,20 @@ class Runtime:
                     raise
                 except Exception as e:
                     attempt += 1
-                    log.warning("finishing the deletion of %s/%s failed (%s: %s), retrying", *key, type(e).__name__,
-                                e, exc_info=attempt == 1 and not isinstance(e, TRANSIENT_API_ERRORS))
-                    await asyncio.sleep(min(30.0, 0.5 * 2 ** attempt))
+                    log.warning(
+                        "finishing the deletion of %s/%s failed (%s: %s), retrying",
+                        *key,
+                        type(e).__name__,
+                        e,
+                        exc_info=attempt == 1 and not isinstance(e, TRANSIENT_API_ERRORS),
+                    )
+                    await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
 
         task = asyncio.create_task(until_done(), name=f"delete {key}")
         self.deleting[key] = task
-        task.add_done_callback(lambda t: self.deleting.pop(key, None) if self.deleting.get(key) is t else None)
+        task.add_done_callback(
+            lambda t: self.deleting.pop(key, None) if self.deleting.get(key) is t else None
+        )
 
 
 def _meta(body) -> tuple[str, str, dict]:
@@ -97,9 +105,17 @@ def course_record(body: dict, previous: CourseRecord | None) -> CourseRecord | N
     # The last good digest survives restarts in status and spec edits in memory: learners keep
     # getting it until a new one resolves.
     resolved = previous.resolved_image if previous else status.get("resolvedImage")
-    return CourseRecord(namespace=ns, name=name, uid=m["uid"], created=m.get("creationTimestamp", ""),
-                        generation=m.get("generation", 1), labels=tuple(sorted((m.get("labels") or {}).items())),
-                        spec=spec, resolved_image=resolved, deleting=bool(m.get("deletionTimestamp")))
+    return CourseRecord(
+        namespace=ns,
+        name=name,
+        uid=m["uid"],
+        created=m.get("creationTimestamp", ""),
+        generation=m.get("generation", 1),
+        labels=tuple(sorted((m.get("labels") or {}).items())),
+        spec=spec,
+        resolved_image=resolved,
+        deleting=bool(m.get("deletionTimestamp")),
+    )
 
 
 def hub_record(body: dict) -> HubRecord | None:
@@ -109,8 +125,15 @@ def hub_record(body: dict) -> HubRecord | None:
     except ValidationError as e:
         log.error("JupyterHubDeployment %s/%s has an invalid spec: %s", ns, name, e)
         return None
-    return HubRecord(namespace=ns, name=name, uid=m["uid"], created=m.get("creationTimestamp", ""),
-                     generation=m.get("generation", 1), spec=spec, deleting=bool(m.get("deletionTimestamp")))
+    return HubRecord(
+        namespace=ns,
+        name=name,
+        uid=m["uid"],
+        created=m.get("creationTimestamp", ""),
+        generation=m.get("generation", 1),
+        spec=spec,
+        deleting=bool(m.get("deletionTimestamp")),
+    )
 
 
 def register(registry: kopf.OperatorRegistry, rt_holder: dict, *, watch_namespaces: bool) -> None:
@@ -137,7 +160,9 @@ def register(registry: kopf.OperatorRegistry, rt_holder: dict, *, watch_namespac
         idx.raw_courses[key] = _plain(body)
         idx.courses[key] = record
         if record.deleting:
-            r.spawn_deletion(key, lambda: course_io.finish_deletion(r.kube, idx, key, idx.raw_courses.get(key)))
+            r.spawn_deletion(
+                key, lambda: course_io.finish_deletion(r.kube, idx, key, idx.raw_courses.get(key))
+            )
             return
         if course_io.FINALIZER not in (m.get("finalizers") or []):
             await course_io.ensure_finalizer(r.kube, idx.raw_courses[key])
@@ -171,7 +196,9 @@ def register(registry: kopf.OperatorRegistry, rt_holder: dict, *, watch_namespac
             if rec:
                 await rec.stop()
             owns = namespace_owner(idx.hubs.values(), ns).key == key
-            r.spawn_deletion(key, lambda: hub_io.finish_deletion(r.kube, idx, key, idx.raw_hubs.get(key), owns, r.helm))
+            r.spawn_deletion(
+                key, lambda: hub_io.finish_deletion(r.kube, idx, key, idx.raw_hubs.get(key), owns, r.helm)
+            )
             return
         if hub_io.FINALIZER not in (m.get("finalizers") or []):
             await hub_io.ensure_finalizer(r.kube, idx.raw_hubs[key])
@@ -182,8 +209,9 @@ def register(registry: kopf.OperatorRegistry, rt_holder: dict, *, watch_namespac
         elif prev is None or prev.generation != record.generation:
             idx.wake_hub(key)
 
-    @kopf.on.event("", "v1", "secrets", registry=registry,
-                   when=lambda body, **_: _referenced_secret(rt_holder, body))
+    @kopf.on.event(
+        "", "v1", "secrets", registry=registry, when=lambda body, **_: _referenced_secret(rt_holder, body)
+    )
     async def secret_event(body, **_):
         """A referenced Secret changed (rotation, or it appeared): the hubs that use it look again."""
         ns, name, _m = _meta(body)
@@ -192,6 +220,7 @@ def register(registry: kopf.OperatorRegistry, rt_holder: dict, *, watch_namespac
                 rt().index.wake_hub(key)
 
     if watch_namespaces:
+
         @kopf.on.event("", "v1", "namespaces", registry=registry)
         async def namespace_event(type, body, **_):
             idx = rt().index
@@ -229,4 +258,4 @@ def _plain(body) -> dict:
     return copy.deepcopy(dict(body))
 
 
-__all__ = ["Runtime", "register", "course_record", "hub_record", "replace"]
+__all__ = ["Runtime", "course_record", "hub_record", "register", "replace"]

@@ -8,7 +8,7 @@ its jupyterhub_config.py, where ``c`` is the config); tests import it as
 
 from importlib import resources
 
-__all__ = ["extra_config_snippets", "hub_config_overrides", "course_spawner_source"]
+__all__ = ["course_spawner_source", "extra_config_snippets", "hub_config_overrides"]
 
 # z2jh runs extraConfig entries in sorted key order; the prefix keeps ours together
 # and in this order whatever other keys a hub's raw values add.
@@ -35,6 +35,7 @@ import os as _coursehub_os
 if _coursehub_os.environ.get("DATABASE_URL"):
     c.JupyterHub.db_url = _coursehub_db_url(_coursehub_os.environ["DATABASE_URL"])
 """
+
 
 def course_spawner_source() -> str:
     """The text of ``course_spawner.py`` exactly as it ships in the package."""

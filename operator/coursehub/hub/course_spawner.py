@@ -35,8 +35,9 @@ import os
 import re
 import time
 import unicodedata
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Optional
+from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 from kubespawner import KubeSpawner
@@ -105,19 +106,19 @@ class Course:
     image: str
     display_name: str = ""
     gpu: str = "none"
-    default_notebook: Optional[str] = None
-    mem_limit: Optional[int] = None
-    mem_guarantee: Optional[int] = None
-    cpu_limit: Optional[float] = None
-    cpu_guarantee: Optional[float] = None
+    default_notebook: str | None = None
+    mem_limit: int | None = None
+    mem_guarantee: int | None = None
+    cpu_limit: float | None = None
+    cpu_guarantee: float | None = None
 
 
 @dataclass(frozen=True)
 class Allowlist:
     courses: Mapping[str, Course] = field(default_factory=dict)
-    default: Optional[str] = None
+    default: str | None = None
     on_unknown: str = "default"
-    gpu: Optional[GpuConfig] = None
+    gpu: GpuConfig | None = None
     hub: str = ""
     # False when the ConfigMap does not exist (nothing published yet).
     published: bool = True
@@ -127,13 +128,20 @@ class Allowlist:
 
 
 _MEM_UNITS = {
-    "": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4,
-    "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4,
+    "": 1,
+    "K": 1024,
+    "M": 1024**2,
+    "G": 1024**3,
+    "T": 1024**4,
+    "KI": 1024,
+    "MI": 1024**2,
+    "GI": 1024**3,
+    "TI": 1024**4,
 }
 _MEM_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]I?)?B?\s*$", re.IGNORECASE)
 
 
-def parse_memory(value: Any) -> Optional[int]:
+def parse_memory(value: Any) -> int | None:
     """Bytes from ``8G``/``512Mi``/an int; units are 1024-based like JupyterHub's
     ByteSpecification (so ``4G`` means what z2jh's singleuser.memory means)."""
     if value is None or isinstance(value, bool):
@@ -147,7 +155,7 @@ def parse_memory(value: Any) -> Optional[int]:
     return n if n > 0 else None
 
 
-def parse_cpu(value: Any) -> Optional[float]:
+def parse_cpu(value: Any) -> float | None:
     """Cores from ``0.5``/``500m``/a number."""
     if value is None or isinstance(value, bool):
         return None
@@ -188,7 +196,7 @@ class _LazyCourses(Mapping):
     """Course entries parsed on first lookup: a spawn needs one course, and building
     all 1,000 on every allowlist change would cost milliseconds in the request path."""
 
-    def __init__(self, raw: Mapping, on_bad_course: Optional[Callable[[str], None]] = None):
+    def __init__(self, raw: Mapping, on_bad_course: Callable[[str], None] | None = None):
         # Keys are lower-cased by contract; lower again so a hand edit still matches.
         self._raw = {str(k).lower(): v for k, v in raw.items()}
         self._parsed: dict = {}
@@ -224,7 +232,7 @@ class _LazyCourses(Mapping):
         return sum(1 for _ in self)
 
 
-def parse_allowlist(text: str, *, on_bad_course: Optional[Callable[[str], None]] = None) -> Allowlist:
+def parse_allowlist(text: str, *, on_bad_course: Callable[[str], None] | None = None) -> Allowlist:
     """Parse the ``allowlist.json`` document (docs/CONTRACTS.md).
 
     A malformed course entry is dropped when it is first looked up (reported through
@@ -258,14 +266,15 @@ def parse_allowlist(text: str, *, on_bad_course: Optional[Callable[[str], None]]
             tolerations=tuple(dict(t) for t in tol if isinstance(t, dict)),
             resource=str(g.get("resource") or "nvidia.com/gpu"),
         )
-    return Allowlist(courses=courses, default=dflt, on_unknown=on_unknown, gpu=gpu,
-                     hub=str(doc.get("hub") or ""))
+    return Allowlist(
+        courses=courses, default=dflt, on_unknown=on_unknown, gpu=gpu, hub=str(doc.get("hub") or "")
+    )
 
 
 # ------------------------------------------------------------------ request options
 
 
-def _first_scalar(value: Any) -> Optional[str]:
+def _first_scalar(value: Any) -> str | None:
     """One string from a query value (list of str), a form value or a JSON value."""
     if isinstance(value, (list, tuple)):
         if not value:
@@ -301,7 +310,7 @@ def normalize_options(raw: Any) -> dict:
     if course is not None:
         course = course.strip()
         if course:
-            out["course"] = course[:MAX_COURSE_LEN + 1]
+            out["course"] = course[: MAX_COURSE_LEN + 1]
     notebook = _first_scalar(raw.get("notebook"))
     if notebook is not None and notebook.strip():
         out["notebook"] = notebook
@@ -314,7 +323,7 @@ def normalize_options(raw: Any) -> dict:
     return out
 
 
-def validate_notebook(value: Any) -> Optional[str]:
+def validate_notebook(value: Any) -> str | None:
     """The notebook path to open, or None when it is not a safe relative ``.ipynb`` path.
 
     The value is percent-decoded until stable (a link may be encoded twice, and a
@@ -365,15 +374,15 @@ class LaunchPlan:
 
     course: Course
     image: str
-    default_url: Optional[str] = None
+    default_url: str | None = None
     gpu: bool = False
-    mem_limit: Optional[int] = None
-    mem_guarantee: Optional[int] = None
-    cpu_limit: Optional[float] = None
-    cpu_guarantee: Optional[float] = None
+    mem_limit: int | None = None
+    mem_guarantee: int | None = None
+    cpu_limit: float | None = None
+    cpu_guarantee: float | None = None
     gpu_node_selector: Mapping[str, str] = field(default_factory=dict)
     gpu_tolerations: tuple = ()
-    gpu_resource: Optional[str] = None
+    gpu_resource: str | None = None
     notes: tuple = ()  # log lines (ignored notebook, defaulted course, ...)
 
 
@@ -383,7 +392,7 @@ def _printable(s: str, limit: int = 80) -> str:
     return s if len(s) <= limit else s[:limit] + "..."
 
 
-def resolve_course(allowlist: Allowlist, requested: Optional[str]) -> tuple:
+def resolve_course(allowlist: Allowlist, requested: str | None) -> tuple:
     """(Course, note) for a requested slug, applying the hub's onUnknown policy."""
     if not allowlist.published:
         raise CourseRefused(503, "No courses are published on this hub yet.", "unavailable")
@@ -393,8 +402,10 @@ def resolve_course(allowlist: Allowlist, requested: Optional[str]) -> tuple:
             return found, None
         shown = _printable(requested)
         if allowlist.on_unknown == "default" and allowlist.default in allowlist.courses:
-            return (allowlist.courses[allowlist.default],
-                    f"course {shown!r} is not offered; using default course {allowlist.default!r}")
+            return (
+                allowlist.courses[allowlist.default],
+                f"course {shown!r} is not offered; using default course {allowlist.default!r}",
+            )
         raise CourseRefused(400, f"The course '{shown}' is not offered on this hub.", "not_offered")
     if allowlist.default in allowlist.courses:
         return allowlist.courses[allowlist.default], "no course requested; using the default course"
@@ -430,8 +441,11 @@ def plan_launch(allowlist: Allowlist, options: Any) -> LaunchPlan:
     gpu_kw: dict = {}
     if wants_gpu:
         if allowlist.gpu is None:
-            raise CourseRefused(503, f"The course '{course.course}' needs a GPU, and this hub has no GPU nodes.",
-                                 "no_gpu_nodes")
+            raise CourseRefused(
+                503,
+                f"The course '{course.course}' needs a GPU, and this hub has no GPU nodes.",
+                "no_gpu_nodes",
+            )
         gpu_kw = dict(
             gpu_node_selector=dict(allowlist.gpu.node_selector),
             gpu_tolerations=tuple(allowlist.gpu.tolerations),
@@ -453,8 +467,15 @@ def plan_launch(allowlist: Allowlist, options: Any) -> LaunchPlan:
 
 # Spawner traits a plan may change; snapshotted so a reused spawner starts clean.
 PLANNED_TRAITS = (
-    "image", "default_url", "mem_limit", "mem_guarantee", "cpu_limit", "cpu_guarantee",
-    "node_affinity_required", "tolerations", "extra_resource_limits",
+    "image",
+    "default_url",
+    "mem_limit",
+    "mem_guarantee",
+    "cpu_limit",
+    "cpu_guarantee",
+    "node_affinity_required",
+    "tolerations",
+    "extra_resource_limits",
     "extra_resource_guarantees",
 )
 
@@ -474,7 +495,9 @@ def merge_traits(baseline: Mapping[str, Any], plan: LaunchPlan) -> dict:
     new["extra_resource_limits"] = dict(baseline.get("extra_resource_limits") or {})
     new["extra_resource_guarantees"] = dict(baseline.get("extra_resource_guarantees") or {})
     if plan.gpu:
-        exprs = [{"key": k, "operator": "In", "values": [v]} for k, v in sorted(plan.gpu_node_selector.items())]
+        exprs = [
+            {"key": k, "operator": "In", "values": [v]} for k, v in sorted(plan.gpu_node_selector.items())
+        ]
         terms = new["node_affinity_required"]
         if exprs:
             if terms:
@@ -499,7 +522,7 @@ def merge_traits(baseline: Mapping[str, Any], plan: LaunchPlan) -> dict:
 class _Entry:
     allowlist: Allowlist
     fetched_at: float
-    version: Optional[str]
+    version: str | None
 
 
 class AllowlistCache:
@@ -531,7 +554,7 @@ class AllowlistCache:
             task.add_done_callback(lambda _t: self._inflight.pop(key, None))
         return await asyncio.shield(task)
 
-    async def _refresh(self, key, fetch, entry: Optional[_Entry]) -> Allowlist:
+    async def _refresh(self, key, fetch, entry: _Entry | None) -> Allowlist:
         self.reads += 1
         try:
             text, version = await fetch()
@@ -539,8 +562,9 @@ class AllowlistCache:
             if entry is not None:
                 log.warning("coursehub: allowlist read failed (%s); serving the last good copy", e)
                 return entry.allowlist
-            raise CourseRefused(503, "The course list is unavailable right now; try again shortly.",
-                                 "unavailable") from e
+            raise CourseRefused(
+                503, "The course list is unavailable right now; try again shortly.", "unavailable"
+            ) from e
         now = self.clock()
         if entry is not None and version is not None and version == entry.version:
             entry.fetched_at = now
@@ -549,13 +573,16 @@ class AllowlistCache:
             allowlist = Allowlist(published=False)
         else:
             try:
-                allowlist = parse_allowlist(text, on_bad_course=lambda m: log.warning("coursehub: dropping %s", m))
+                allowlist = parse_allowlist(
+                    text, on_bad_course=lambda m: log.warning("coursehub: dropping %s", m)
+                )
             except AllowlistError as e:
                 if entry is not None:
                     log.error("coursehub: invalid allowlist (%s); serving the last good copy", e)
                     return entry.allowlist
-                raise CourseRefused(503, "The course list is unavailable right now; try again shortly.",
-                                     "unavailable") from e
+                raise CourseRefused(
+                    503, "The course list is unavailable right now; try again shortly.", "unavailable"
+                ) from e
         self._entries[key] = _Entry(allowlist, now, version)
         return allowlist
 
@@ -563,7 +590,7 @@ class AllowlistCache:
 ALLOWLIST_CACHE = AllowlistCache()
 
 
-def hub_namespace(fallback: Optional[str] = None) -> str:
+def hub_namespace(fallback: str | None = None) -> str:
     """The namespace of the allowlist: explicit env, the pod's own, else ``fallback``."""
     for env in ("COURSEHUB_ALLOWLIST_NAMESPACE", "POD_NAMESPACE"):
         if os.environ.get(env):
@@ -590,17 +617,17 @@ class AllowlistWatcher:
     def __init__(self, source: "AllowlistSource", resync_seconds: int = 240):
         self.source = source
         self.resync_seconds = resync_seconds
-        self.allowlist: Optional[Allowlist] = None
-        self.version: Optional[str] = None
+        self.allowlist: Allowlist | None = None
+        self.version: str | None = None
         self.live = False
         self.disabled = False
-        self.task: Optional[asyncio.Future] = None
+        self.task: asyncio.Future | None = None
 
     def ensure_started(self) -> None:
         if self.task is None and not self.disabled:
             self.task = asyncio.ensure_future(self._run())
 
-    def _apply(self, obj: Optional[Mapping]) -> None:
+    def _apply(self, obj: Mapping | None) -> None:
         if obj is None:
             self.allowlist, self.version = Allowlist(published=False), None
             return
@@ -612,7 +639,9 @@ class AllowlistWatcher:
             self.allowlist, self.version = Allowlist(published=False), version
             return
         try:
-            self.allowlist = parse_allowlist(text, on_bad_course=lambda m: log.warning("coursehub: dropping %s", m))
+            self.allowlist = parse_allowlist(
+                text, on_bad_course=lambda m: log.warning("coursehub: dropping %s", m)
+            )
             self.version = version
         except AllowlistError as e:
             # keep serving the previous list; a broken edit must not stop every spawn
@@ -629,16 +658,23 @@ class AllowlistWatcher:
                 api = self.source._core_api()
                 self.source.cache.reads += 1
                 resp = await api.list_namespaced_config_map(
-                    self.source.namespace, field_selector=selector, _preload_content=False, _request_timeout=10)
+                    self.source.namespace,
+                    field_selector=selector,
+                    _preload_content=False,
+                    _request_timeout=10,
+                )
                 body = json.loads(await resp.read())
                 items = body.get("items") or []
                 self._apply(items[0] if items else None)
                 self.live, backoff = True, 1.0
                 w = watch.Watch()
                 async for event in w.stream(
-                    api.list_namespaced_config_map, self.source.namespace, field_selector=selector,
+                    api.list_namespaced_config_map,
+                    self.source.namespace,
+                    field_selector=selector,
                     resource_version=body["metadata"]["resourceVersion"],
-                    timeout_seconds=self.resync_seconds, _request_timeout=self.resync_seconds + 30,
+                    timeout_seconds=self.resync_seconds,
+                    _request_timeout=self.resync_seconds + 30,
                 ):
                     if event["type"] in ("ADDED", "MODIFIED"):
                         self._apply(event["raw_object"])
@@ -650,7 +686,9 @@ class AllowlistWatcher:
             except ApiException as e:
                 self.live = False
                 if e.status == 403:
-                    log.warning("coursehub: may not list/watch the allowlist (%s); reading it on demand", e.reason)
+                    log.warning(
+                        "coursehub: may not list/watch the allowlist (%s); reading it on demand", e.reason
+                    )
                     self.disabled = True
                     return
                 if e.status != 410:  # 410: our resourceVersion expired, list again now
@@ -667,8 +705,12 @@ class AllowlistWatcher:
 class AllowlistSource:
     """Where the hub reads the allowlist: ConfigMap name + namespace + an API client."""
 
-    def __init__(self, configmap: str = ALLOWLIST_CONFIGMAP, namespace: Optional[str] = None,
-                 cache: AllowlistCache = ALLOWLIST_CACHE):
+    def __init__(
+        self,
+        configmap: str = ALLOWLIST_CONFIGMAP,
+        namespace: str | None = None,
+        cache: AllowlistCache = ALLOWLIST_CACHE,
+    ):
         self.configmap = configmap
         self.namespace = namespace
         self.cache = cache
@@ -695,7 +737,8 @@ class AllowlistSource:
             # Raw JSON instead of a V1ConfigMap model: the model build costs more than
             # the read itself for a 1,000-course list.
             resp = await api.read_namespaced_config_map(
-                self.configmap, self.namespace, _preload_content=False, _request_timeout=5)
+                self.configmap, self.namespace, _preload_content=False, _request_timeout=5
+            )
             body = json.loads(await resp.read())
         except ApiException as e:
             if e.status == 404:
@@ -769,7 +812,11 @@ class CourseSpawner(KubeSpawner):
             setattr(self, name, value)
         self.log.info(
             "coursehub: %s -> course %r image %s gpu=%s default_url=%s",
-            self._log_name, plan.course.key, plan.image, plan.gpu, self.default_url,
+            self._log_name,
+            plan.course.key,
+            plan.image,
+            plan.gpu,
+            self.default_url,
         )
 
 
@@ -841,11 +888,12 @@ class CourseTmpAuthenticator(TmpAuthenticator):
 _TMP_NAMES = {"tmp", "tmpauthenticator", "tmpauthenticator.tmpauthenticator"}
 
 
-def configure_hub(c, *, allowlist_configmap: Optional[str] = None) -> None:
+def configure_hub(c, *, allowlist_configmap: str | None = None) -> None:
     """Point a JupyterHub config ``c`` at the course spawner (and the course-aware
     tmp login when tmpauthenticator is the configured authenticator)."""
-    SOURCE.configmap = (allowlist_configmap or os.environ.get("COURSEHUB_ALLOWLIST_CONFIGMAP")
-                        or ALLOWLIST_CONFIGMAP)
+    SOURCE.configmap = (
+        allowlist_configmap or os.environ.get("COURSEHUB_ALLOWLIST_CONFIGMAP") or ALLOWLIST_CONFIGMAP
+    )
     configured_ns = c.KubeSpawner.get("namespace") if "KubeSpawner" in c else None
     SOURCE.namespace = hub_namespace(configured_ns if isinstance(configured_ns, str) else None)
     c.JupyterHub.spawner_class = CourseSpawner

@@ -36,18 +36,32 @@ async def write_status(kube: Kube, index: Index, key: tuple[str, str]) -> None:
         if index.hub_starting_for(key):
             return  # that hub's first round writes this status, with its publication in it
         pubs = index.publications_for(key)
-        selecting = () if pubs else tuple(h.ref for h in index.hubs.values()
-                                          if not h.deleting and selects(h, course, index.namespace_labels))
-        fields, conds = course_status(course, index.resolutions.get(key), pubs, index.retention.get(key),
-                                      selecting)
+        selecting = (
+            ()
+            if pubs
+            else tuple(
+                h.ref
+                for h in index.hubs.values()
+                if not h.deleting and selects(h, course, index.namespace_labels)
+            )
+        )
+        fields, conds = course_status(
+            course, index.resolutions.get(key), pubs, index.retention.get(key), selecting
+        )
         old = raw.get("status") or {}
         merged = conditions.merge(old.get("conditions"), conds, course.generation)
-        merged = [c for c in merged if c["type"] in {x.type for x in conds}]  # drop conditions no longer computed
+        merged = [
+            c for c in merged if c["type"] in {x.type for x in conds}
+        ]  # drop conditions no longer computed
         new_status = {**fields, "conditions": merged}
         if _same_status(old, new_status):
             return
-        body = {"apiVersion": API_VERSION, "kind": "CourseImage",
-                "metadata": {"name": key[1], "namespace": key[0]}, "status": new_status}
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": "CourseImage",
+            "metadata": {"name": key[1], "namespace": key[0]},
+            "status": new_status,
+        }
         try:
             updated = await kube.apply(body, subresource="status")
         except NotFound:
@@ -106,8 +120,9 @@ class Resolver:
             except TRANSIENT_API_ERRORS as e:
                 # The API server is away (restart, outage): say so in one line and write the
                 # status again soon, not only at the next resolve interval.
-                log.warning("resolving %s/%s: the Kubernetes API failed (%s: %s), retrying", *key,
-                            type(e).__name__, e)
+                log.warning(
+                    "resolving %s/%s: the Kubernetes API failed (%s: %s), retrying", *key, type(e).__name__, e
+                )
                 metrics.RECONCILE_ERRORS.labels(kind="CourseImage", reason=type(e).__name__).inc()
                 asyncio.get_running_loop().call_later(API_RETRY_SECONDS, self.schedule, key)
             except Exception:  # never let one course stop the others
@@ -127,11 +142,21 @@ class Resolver:
         try:
             docker_config = await self._docker_config(course)
             self.calls += 1
-            resolved = await resolve_image(ref, docker_config=docker_config,
-                                           ecr_endpoint_url=self.settings.aws_endpoint_url,
-                                           insecure_registries=self.settings.insecure_registries or None)
-            resolution = Resolution(course.generation, True, "Resolved", "", resolved.digest, resolved.pinned,
-                                    self._resolved_at(key, resolved.pinned))
+            resolved = await resolve_image(
+                ref,
+                docker_config=docker_config,
+                ecr_endpoint_url=self.settings.aws_endpoint_url,
+                insecure_registries=self.settings.insecure_registries or None,
+            )
+            resolution = Resolution(
+                course.generation,
+                True,
+                "Resolved",
+                "",
+                resolved.digest,
+                resolved.pinned,
+                self._resolved_at(key, resolved.pinned),
+            )
             metrics.REGISTRY_CALLS.labels(registry=registry_kind, result="ok").inc()
         except ResolveError as e:
             resolution = Resolution(course.generation, False, e.reason, e.message)
@@ -139,7 +164,9 @@ class Resolver:
         except _SecretProblem as e:
             resolution = Resolution(course.generation, False, "RegistryUnauthorized", str(e))
         metrics.RECONCILE_SECONDS.labels(kind="CourseImage").observe(time.monotonic() - started)
-        metrics.RECONCILES.labels(kind="CourseImage", result="ok" if resolution.ok else resolution.reason).inc()
+        metrics.RECONCILES.labels(
+            kind="CourseImage", result="ok" if resolution.ok else resolution.reason
+        ).inc()
         current = self.index.courses.get(key)
         if current is None or current.generation != course.generation:
             return  # the spec moved on while we resolved; the newer generation is queued
@@ -148,9 +175,12 @@ class Resolver:
             if current.resolved_image:
                 raw = self.index.raw_courses.get(key)
                 if raw:
-                    await self.kube.event(raw, reason="DigestChanged",
-                                          message=f"{ref} moved from {current.resolved_image.split('@')[1]} "
-                                                  f"to {resolution.digest}")
+                    await self.kube.event(
+                        raw,
+                        reason="DigestChanged",
+                        message=f"{ref} moved from {current.resolved_image.split('@')[1]} "
+                        f"to {resolution.digest}",
+                    )
             self.index.courses[key] = _replace(current, resolved_image=resolution.pinned)
             self.index.wake_hubs_for_namespace(key[0])
         await write_status(self.kube, self.index, key)
@@ -173,15 +203,21 @@ class Resolver:
         try:
             secret = await self.kube.get(SECRETS, ref.name, course.namespace)
         except NotFound:
-            raise _SecretProblem(f"spec.imagePullSecretRef: Secret {ref.name} not found in {course.namespace}")
+            raise _SecretProblem(
+                f"spec.imagePullSecretRef: Secret {ref.name} not found in {course.namespace}"
+            )
         raw = (secret.get("data") or {}).get(".dockerconfigjson")
         if not raw:
-            raise _SecretProblem(f"spec.imagePullSecretRef: Secret {ref.name} has no key .dockerconfigjson "
-                                 f"(type kubernetes.io/dockerconfigjson)")
+            raise _SecretProblem(
+                f"spec.imagePullSecretRef: Secret {ref.name} has no key .dockerconfigjson "
+                f"(type kubernetes.io/dockerconfigjson)"
+            )
         try:
             return json.loads(base64.b64decode(raw))
         except ValueError:
-            raise _SecretProblem(f"spec.imagePullSecretRef: Secret {ref.name} key .dockerconfigjson is not JSON")
+            raise _SecretProblem(
+                f"spec.imagePullSecretRef: Secret {ref.name} key .dockerconfigjson is not JSON"
+            )
 
 
 class _SecretProblem(Exception):
@@ -211,16 +247,29 @@ async def add_finalizer(kube: Kube, res, raw: dict, finalizer: str) -> None:
     if finalizer in finalizers or meta.get("deletionTimestamp"):
         return
     try:
-        await kube.merge_patch(res, meta["name"], meta["namespace"],
-                               {"metadata": {"uid": meta["uid"], "resourceVersion": meta["resourceVersion"],
-                                             "finalizers": [*finalizers, finalizer]}})
+        await kube.merge_patch(
+            res,
+            meta["name"],
+            meta["namespace"],
+            {
+                "metadata": {
+                    "uid": meta["uid"],
+                    "resourceVersion": meta["resourceVersion"],
+                    "finalizers": [*finalizers, finalizer],
+                }
+            },
+        )
     except NotFound:
         pass
     except KubeError as e:
         if e.status not in (409, 422):
             raise
-        log.info("%s %s/%s changed before its finalizer was added; the next event retries", res.kind,
-                 meta["namespace"], meta["name"])
+        log.info(
+            "%s %s/%s changed before its finalizer was added; the next event retries",
+            res.kind,
+            meta["namespace"],
+            meta["name"],
+        )
 
 
 async def release_finalizer(kube: Kube, raw: dict) -> None:
@@ -230,15 +279,24 @@ async def release_finalizer(kube: Kube, raw: dict) -> None:
     idx = finalizers.index(FINALIZER)
     try:
         # test-then-remove: never drop someone else's finalizer on a stale index
-        await kube.json_patch(COURSE_IMAGES, raw["metadata"]["name"], raw["metadata"]["namespace"],
-                              [{"op": "test", "path": f"/metadata/finalizers/{idx}", "value": FINALIZER},
-                               {"op": "remove", "path": f"/metadata/finalizers/{idx}"}])
+        await kube.json_patch(
+            COURSE_IMAGES,
+            raw["metadata"]["name"],
+            raw["metadata"]["namespace"],
+            [
+                {"op": "test", "path": f"/metadata/finalizers/{idx}", "value": FINALIZER},
+                {"op": "remove", "path": f"/metadata/finalizers/{idx}"},
+            ],
+        )
     except NotFound:
         pass
     except KubeError as e:
         if e.status in (409, 422):  # the list moved; the next event retries with fresh data
-            log.info("finalizer list of %s/%s changed, retrying", raw["metadata"]["namespace"],
-                     raw["metadata"]["name"])
+            log.info(
+                "finalizer list of %s/%s changed, retrying",
+                raw["metadata"]["namespace"],
+                raw["metadata"]["name"],
+            )
             return
         raise
 

@@ -19,15 +19,25 @@ from .. import conditions, metrics
 from ..api.common import API_VERSION
 from ..conditions import Cond
 from ..desired import allowlist as allowlist_mod
-from ..desired.gateway import gateway_objects
-from ..desired.secrets import check_secrets, required_secret_keys, secret_hash
-from ..desired.values import InvalidValues, hub_allowlist_rbac, render_values, validate_values
-from ..helm import DETERMINISTIC_REASONS, ReleaseFailed
 from ..desired import puller as puller_mod
 from ..desired.courses import HubRecord, namespace_owner, select_courses
+from ..desired.gateway import gateway_objects
+from ..desired.secrets import check_secrets, required_secret_keys, secret_hash
 from ..desired.status import Publication, hub_ready
-from ..kube import (BY_KIND, CONFIG_MAPS, DAEMON_SETS, HUBS, SECRETS, TRANSIENT_API_ERRORS, Kube, KubeError,
-                    NotFound, owner_reference)
+from ..desired.values import InvalidValues, hub_allowlist_rbac, render_values, validate_values
+from ..helm import DETERMINISTIC_REASONS, ReleaseFailed
+from ..kube import (
+    BY_KIND,
+    CONFIG_MAPS,
+    DAEMON_SETS,
+    HUBS,
+    SECRETS,
+    TRANSIENT_API_ERRORS,
+    Kube,
+    KubeError,
+    NotFound,
+    owner_reference,
+)
 from ..settings import Settings
 from ..state import Index
 from . import courses as course_io
@@ -95,7 +105,7 @@ class HubReconciler:
             timeout = self.settings.rollout_poll if self.rt.pulling else self.settings.resync_interval
             try:
                 await asyncio.wait_for(wake.wait(), timeout=timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             await self._debounce(wake)
             started = time.monotonic()
@@ -110,17 +120,24 @@ class HubReconciler:
                 reason = type(e).__name__
                 metrics.RECONCILE_ERRORS.labels(kind="JupyterHubDeployment", reason=reason).inc()
                 # An API outage is expected weather: one line, no traceback.
-                log.warning("hub %s/%s: reconcile failed (%s: %s), retrying", *self.key, reason, e,
-                            exc_info=attempt == 1 and not isinstance(e, TRANSIENT_API_ERRORS))
+                log.warning(
+                    "hub %s/%s: reconcile failed (%s: %s), retrying",
+                    *self.key,
+                    reason,
+                    e,
+                    exc_info=attempt == 1 and not isinstance(e, TRANSIENT_API_ERRORS),
+                )
                 # A watch event means the API server answers again: retry then, not after the backoff.
                 wake.clear()
                 try:
-                    await asyncio.wait_for(wake.wait(), timeout=min(30.0, 0.5 * 2 ** attempt))
-                except asyncio.TimeoutError:
+                    await asyncio.wait_for(wake.wait(), timeout=min(30.0, 0.5 * 2**attempt))
+                except TimeoutError:
                     pass
                 wake.set()
             finally:
-                metrics.RECONCILE_SECONDS.labels(kind="JupyterHubDeployment").observe(time.monotonic() - started)
+                metrics.RECONCILE_SECONDS.labels(kind="JupyterHubDeployment").observe(
+                    time.monotonic() - started
+                )
 
     async def _debounce(self, wake: asyncio.Event) -> None:
         """Wait until changes stop arriving for `debounce` seconds (at most `debounce_max`)."""
@@ -132,7 +149,7 @@ class HubReconciler:
                 return
             try:
                 await asyncio.wait_for(wake.wait(), timeout=min(self.settings.debounce, remaining))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
 
     # -- one round ---------------------------------------------------------
@@ -147,10 +164,16 @@ class HubReconciler:
         owner = namespace_owner(self.index.hubs.values(), hub.namespace)
         if owner.key != hub.key:
             await self._set_publications(hub, {})
-            conds = [Cond("ReleaseDeployed", False, "NamespaceTaken",
-                          f"JupyterHubDeployment {owner.name} already owns namespace {hub.namespace}; z2jh's object "
-                          f"names are not release-prefixed, so only one hub fits a namespace: move this one to its "
-                          f"own namespace")]
+            conds = [
+                Cond(
+                    "ReleaseDeployed",
+                    False,
+                    "NamespaceTaken",
+                    f"JupyterHubDeployment {owner.name} already owns namespace {hub.namespace}; z2jh's object "
+                    f"names are not release-prefixed, so only one hub fits a namespace: move this one to its "
+                    f"own namespace",
+                )
+            ]
             await self._write_status(hub, raw, conds, courses=0, release=None)
             return
 
@@ -167,13 +190,16 @@ class HubReconciler:
     async def _publish_courses(self, hub: HubRecord, raw: dict) -> tuple[int, Cond]:
         selection = select_courses(hub, list(self.index.courses.values()), self.index.namespace_labels)
         pullers = puller_mod.desired_pullers(hub, selection.winners)
-        live_pullers = {name: await self.kube.get_or_none(DAEMON_SETS, name, hub.namespace) for name in pullers}
+        live_pullers = {
+            name: await self.kube.get_or_none(DAEMON_SETS, name, hub.namespace) for name in pullers
+        }
         pulled = puller_mod.pulled_images(pullers, live_pullers)
         live_cm = await self._live_allowlist(hub)
         previous = allowlist_mod.previously_published(live_cm)
         publish_after_pull = bool(hub.spec.pre_pull and hub.spec.pre_pull.publish_after_pull)
-        published = allowlist_mod.published_images(selection.winners, publish_after_pull=publish_after_pull,
-                                                    pulled=pulled, previous=previous)
+        published = allowlist_mod.published_images(
+            selection.winners, publish_after_pull=publish_after_pull, pulled=pulled, previous=previous
+        )
         doc = allowlist_mod.allowlist_document(hub, selection.winners, published)
         await self._apply(raw, allowlist_mod.allowlist_configmap(hub, doc), live=live_cm)
         for name, manifest in pullers.items():
@@ -184,13 +210,18 @@ class HubReconciler:
             else:
                 await self._apply(raw, manifest, live=live_pullers.get(name))
         # Pullers just written are not rolled out yet: look again soon.
-        fresh = {name: await self.kube.get_or_none(DAEMON_SETS, name, hub.namespace) if m else None
-                 for name, m in pullers.items()}
+        fresh = {
+            name: await self.kube.get_or_none(DAEMON_SETS, name, hub.namespace) if m else None
+            for name, m in pullers.items()
+        }
         pulled = puller_mod.pulled_images(pullers, fresh)
-        wanted = set().union(*(set(m and puller_mod.images_of(m) or ()) for m in pullers.values()))
+        wanted = set().union(*(set((m and puller_mod.images_of(m)) or ()) for m in pullers.values()))
         self.rt.pulling = bool(wanted - pulled)
-        if publish_after_pull and any(selection.winners[s].resolved_image not in published.values()
-                                      for s in selection.winners if selection.winners[s].resolved_image):
+        if publish_after_pull and any(
+            selection.winners[s].resolved_image not in published.values()
+            for s in selection.winners
+            if selection.winners[s].resolved_image
+        ):
             self.rt.pulling = True
         metrics.PREPULL_READY.labels(namespace=hub.namespace, hub=hub.name).set(0 if self.rt.pulling else 1)
         metrics.COURSES_PER_HUB.labels(namespace=hub.namespace, hub=hub.name).set(len(published))
@@ -204,18 +235,32 @@ class HubReconciler:
             elif image is None or image != course.resolved_image:
                 state, msg = "WaitingForPull", "publishAfterPull: offered once every node has pulled it"
                 if image:
-                    state, msg = "Published", f"offering the previous digest until the new one is pulled"
+                    state, msg = "Published", "offering the previous digest until the new one is pulled"
             else:
                 state, msg = "Published", "published"
-            pre = "PrePullDisabled" if not prepull_enabled else (
-                "PrePulled" if course.resolved_image in pulled else "Pulling")
-            pubs[course.key] = Publication(hub.ref, hub.spec.domain, state, msg, image, pre,
-                                           "the pre-puller DaemonSet is rolling out" if pre == "Pulling" else "")
+            pre = (
+                "PrePullDisabled"
+                if not prepull_enabled
+                else ("PrePulled" if course.resolved_image in pulled else "Pulling")
+            )
+            pubs[course.key] = Publication(
+                hub.ref,
+                hub.spec.domain,
+                state,
+                msg,
+                image,
+                pre,
+                "the pre-puller DaemonSet is rolling out" if pre == "Pulling" else "",
+            )
         for loser_key, winner in selection.duplicates.items():
             slug = self.index.courses[loser_key].slug
-            pubs[loser_key] = Publication(hub.ref, hub.spec.domain, "DuplicateCourse",
-                                          f"course '{slug}' is already published by the older CourseImage "
-                                          f"{winner.namespace}/{winner.name}; rename spec.course or delete one")
+            pubs[loser_key] = Publication(
+                hub.ref,
+                hub.spec.domain,
+                "DuplicateCourse",
+                f"course '{slug}' is already published by the older CourseImage "
+                f"{winner.namespace}/{winner.name}; rename spec.course or delete one",
+            )
         await self._set_publications(hub, pubs)
         dups = len(selection.duplicates)
         msg = f"{len(published)} courses published"
@@ -259,8 +304,9 @@ class HubReconciler:
         if self.rt.applied.get(ident) == digest:
             return
         if live == "unknown":
-            live = await self.kube.get_or_none(BY_KIND[manifest["kind"]], manifest["metadata"]["name"],
-                                               manifest["metadata"]["namespace"])
+            live = await self.kube.get_or_none(
+                BY_KIND[manifest["kind"]], manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+            )
         if live is not None and (live["metadata"].get("annotations") or {}).get(APPLIED_HASH) == digest:
             self.rt.applied[ident] = digest
             return
@@ -275,8 +321,9 @@ class HubReconciler:
         secrets: dict[str, dict | None] = {}
         for name in sorted(names):
             obj = await self.kube.get_or_none(SECRETS, name, hub.namespace)
-            secrets[name] = None if obj is None else {k: base64.b64decode(v) for k, v in
-                                                      (obj.get("data") or {}).items()}
+            secrets[name] = (
+                None if obj is None else {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+            )
         results = check_secrets(required, secrets)
         conds = []
         ok = True
@@ -288,8 +335,9 @@ class HubReconciler:
         db = hub.spec.database
         if db.url_secret_ref and secrets.get(db.url_secret_ref.name):
             # Only the referenced key matters: rotating it restarts the hub once.
-            db_hash = secret_hash({db.url_secret_ref.key:
-                                   secrets[db.url_secret_ref.name].get(db.url_secret_ref.key, b"")})
+            db_hash = secret_hash(
+                {db.url_secret_ref.key: secrets[db.url_secret_ref.name].get(db.url_secret_ref.key, b"")}
+            )
         return conds, db_hash, ok
 
     async def _apply_gateway(self, hub: HubRecord, raw: dict, secrets_ok: bool) -> None:
@@ -304,49 +352,86 @@ class HubReconciler:
             await self.kube.delete(BY_KIND[ident[0]], ident[1], hub.namespace)
             self.rt.applied.pop(ident, None)
 
-    async def _ensure_release(self, hub: HubRecord, raw: dict, db_hash: str | None,
-                              secrets_ok: bool) -> tuple[Cond, dict | None]:
+    async def _ensure_release(
+        self, hub: HubRecord, raw: dict, db_hash: str | None, secrets_ok: bool
+    ) -> tuple[Cond, dict | None]:
         status_release = (raw.get("status") or {}).get("release") or None
         try:
-            values = render_values(hub.name, hub.namespace, hub.spec, database_secret_hash=db_hash,
-                                   allowlist_configmap=allowlist_mod.ALLOWLIST_CONFIGMAP)
+            values = render_values(
+                hub.name,
+                hub.namespace,
+                hub.spec,
+                database_secret_hash=db_hash,
+                allowlist_configmap=allowlist_mod.ALLOWLIST_CONFIGMAP,
+            )
             validate_values(values)
         except InvalidValues as e:
             await self._event_once(raw, "InvalidValues", f"{e.path}: {e.message}")
-            return Cond("ReleaseDeployed", False, "InvalidValues",
-                        f"{e.path}: {e.message}; the release was not touched"), status_release
+            return Cond(
+                "ReleaseDeployed",
+                False,
+                "InvalidValues",
+                f"{e.path}: {e.message}; the release was not touched",
+            ), status_release
         if not secrets_ok:
-            return Cond("ReleaseDeployed", False, "WaitingForSecrets",
-                        "the referenced Secrets are missing or incomplete (see DatabaseReady/GatewayReady); the "
-                        "release was not touched"), status_release
+            return Cond(
+                "ReleaseDeployed",
+                False,
+                "WaitingForSecrets",
+                "the referenced Secrets are missing or incomplete (see DatabaseReady/GatewayReady); the "
+                "release was not touched",
+            ), status_release
         for obj in hub_allowlist_rbac(hub.name, hub.namespace, allowlist_mod.ALLOWLIST_CONFIGMAP):
             await self._apply(raw, obj)
         chart = hub.spec.chart
         want = manifest_hash({"values": values, "chart": chart.to_wire()})
         if self.rt.release_hash == want and status_release:
             # Deployed by this process already: no Helm call at all.
-            return Cond("ReleaseDeployed", True, "Deployed",
-                        f"revision {status_release.get('revision')} of chart {status_release.get('chartVersion')}"
-                        ), status_release
+            return Cond(
+                "ReleaseDeployed",
+                True,
+                "Deployed",
+                f"revision {status_release.get('revision')} of chart {status_release.get('chartVersion')}",
+            ), status_release
         done = self.rt.release_done
-        if (done is not None and done[0] == want and isinstance(done[1], ReleaseFailed)
-                and done[1].reason not in DETERMINISTIC_REASONS and time.monotonic() - done[2] > 30):
+        if (
+            done is not None
+            and done[0] == want
+            and isinstance(done[1], ReleaseFailed)
+            and done[1].reason not in DETERMINISTIC_REASONS
+            and time.monotonic() - done[2] > 30
+        ):
             done = None  # a transient failure (cluster unreachable, timeout): try again
         if done is not None and done[0] == want:
             outcome = done[1]
             if isinstance(outcome, ReleaseFailed):
                 await self._event_once(raw, outcome.reason, outcome.message, warning=True)
-                return Cond("ReleaseDeployed", False, outcome.reason,
-                            f"{outcome.message}; the previous release stays in place"), status_release
+                return Cond(
+                    "ReleaseDeployed",
+                    False,
+                    outcome.reason,
+                    f"{outcome.message}; the previous release stays in place",
+                ), status_release
             self.rt.release_hash = want
-            release = {"name": hub.name, "revision": outcome.revision, "chartVersion": outcome.chart_version,
-                       "valuesHash": want}
+            release = {
+                "name": hub.name,
+                "revision": outcome.revision,
+                "chartVersion": outcome.chart_version,
+                "valuesHash": want,
+            }
             if outcome.changed:
-                await self.kube.event(raw, reason="ReleaseUpgraded",
-                                      message=f"helm release {hub.name} is at revision {outcome.revision} "
-                                              f"(chart {outcome.chart_version})")
-            return Cond("ReleaseDeployed", True, "Deployed",
-                        f"revision {outcome.revision} of chart {outcome.chart_version}"), release
+                await self.kube.event(
+                    raw,
+                    reason="ReleaseUpgraded",
+                    message=f"helm release {hub.name} is at revision {outcome.revision} "
+                    f"(chart {outcome.chart_version})",
+                )
+            return Cond(
+                "ReleaseDeployed",
+                True,
+                "Deployed",
+                f"revision {outcome.revision} of chart {outcome.chart_version}",
+            ), release
         if self.release_task is None or self.release_task.done():
             # Helm runs beside the reconciler (an install waits for the hub's pods), so course
             # publication never waits for it; the task wakes the hub when it is done.
@@ -354,11 +439,15 @@ class HubReconciler:
         if status_release and status_release.get("valuesHash") == want:
             # This exact chart and values were deployed before (e.g. by the process before a
             # restart): keep saying so while helm checks it, read-only, instead of flapping.
-            return Cond("ReleaseDeployed", True, "Deployed",
-                        f"revision {status_release.get('revision')} of chart {status_release.get('chartVersion')}"
-                        ), status_release
-        return Cond("ReleaseDeployed", False, "Progressing",
-                    f"helm is installing or upgrading release {hub.name}"), status_release
+            return Cond(
+                "ReleaseDeployed",
+                True,
+                "Deployed",
+                f"revision {status_release.get('revision')} of chart {status_release.get('chartVersion')}",
+            ), status_release
+        return Cond(
+            "ReleaseDeployed", False, "Progressing", f"helm is installing or upgrading release {hub.name}"
+        ), status_release
 
     async def _run_release(self, want: str, hub: HubRecord, chart, values: dict) -> None:
         try:
@@ -379,23 +468,32 @@ class HubReconciler:
         await self.kube.event(raw, reason=reason, message=message, type_="Warning" if warning else "Normal")
 
     # -- status --------------------------------------------------------------
-    async def _write_status(self, hub: HubRecord, raw: dict, conds: list[Cond], *, courses: int,
-                            release: dict | None) -> None:
+    async def _write_status(
+        self, hub: HubRecord, raw: dict, conds: list[Cond], *, courses: int, release: dict | None
+    ) -> None:
         all_conds = [hub_ready(conds), *conds]
         old = raw.get("status") or {}
         merged = conditions.merge(old.get("conditions"), all_conds, hub.generation)
         merged = [c for c in merged if c["type"] in {x.type for x in all_conds}]
-        status = {"observedGeneration": hub.generation, "url": f"https://{hub.spec.domain}/", "courses": courses,
-                  "conditions": merged}
+        status = {
+            "observedGeneration": hub.generation,
+            "url": f"https://{hub.spec.domain}/",
+            "courses": courses,
+            "conditions": merged,
+        }
         if release:
             status["release"] = release
-        same = ({k: v for k, v in old.items() if k != "conditions"} == {k: v for k, v in status.items()
-                                                                         if k != "conditions"}
-                and conditions.same_ignoring_time(old.get("conditions"), merged))
+        same = {k: v for k, v in old.items() if k != "conditions"} == {
+            k: v for k, v in status.items() if k != "conditions"
+        } and conditions.same_ignoring_time(old.get("conditions"), merged)
         if same:
             return
-        body = {"apiVersion": API_VERSION, "kind": "JupyterHubDeployment",
-                "metadata": {"name": hub.name, "namespace": hub.namespace}, "status": status}
+        body = {
+            "apiVersion": API_VERSION,
+            "kind": "JupyterHubDeployment",
+            "metadata": {"name": hub.name, "namespace": hub.namespace},
+            "status": status,
+        }
         try:
             updated = await self.kube.apply(body, subresource="status")
         except NotFound:
@@ -409,8 +507,9 @@ async def ensure_finalizer(kube: Kube, raw: dict) -> None:
     await course_io.add_finalizer(kube, HUBS, raw, FINALIZER)
 
 
-async def finish_deletion(kube: Kube, index: Index, key: tuple[str, str], raw: dict | None, owns_release: bool,
-                          helm) -> None:
+async def finish_deletion(
+    kube: Kube, index: Index, key: tuple[str, str], raw: dict | None, owns_release: bool, helm
+) -> None:
     """Uninstall the release (the database is never touched), forget the hub's courses, let it go."""
     if raw is None:  # already gone
         return
@@ -428,9 +527,15 @@ async def finish_deletion(kube: Kube, index: Index, key: tuple[str, str], raw: d
     if FINALIZER in finalizers:
         idx = finalizers.index(FINALIZER)
         try:
-            await kube.json_patch(HUBS, key[1], key[0],
-                                  [{"op": "test", "path": f"/metadata/finalizers/{idx}", "value": FINALIZER},
-                                   {"op": "remove", "path": f"/metadata/finalizers/{idx}"}])
+            await kube.json_patch(
+                HUBS,
+                key[1],
+                key[0],
+                [
+                    {"op": "test", "path": f"/metadata/finalizers/{idx}", "value": FINALIZER},
+                    {"op": "remove", "path": f"/metadata/finalizers/{idx}"},
+                ],
+            )
         except NotFound:
             pass
         except KubeError as e:

@@ -44,7 +44,7 @@ async def retention_loop(kube, index: Index, settings: Settings) -> None:
     while True:
         try:
             await asyncio.wait_for(index.courses_changed.wait(), timeout=settings.resync_interval)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         index.courses_changed.clear()
         await asyncio.sleep(settings.debounce)
@@ -55,8 +55,9 @@ async def retention_loop(kube, index: Index, settings: Settings) -> None:
         policies = {k: p.policy for k, p in desired.items()}
         if policies == applied and time.monotonic() - checked_at < settings.resync_interval:
             continue  # nothing changed since the last put or check: no AWS call
-        results = await asyncio.to_thread(apply_lifecycle_policies, desired, endpoint_url=settings.aws_endpoint_url,
-                                          create_missing=create)
+        results = await asyncio.to_thread(
+            apply_lifecycle_policies, desired, endpoint_url=settings.aws_endpoint_url, create_missing=create
+        )
         for r in results.values():
             if r.changed:
                 metrics.ECR_POLICY_PUTS.labels(result="ok").inc()
@@ -69,8 +70,11 @@ async def retention_loop(kube, index: Index, settings: Settings) -> None:
             if res is None or policy is None:
                 continue
             summary = policy.summaries.get(usage.slug, "")
-            ret = (Retention(True, "Applied", f"{usage.registry_host}/{usage.repository}: {summary}") if res.ok else
-                   Retention(False, res.reason, f"{usage.registry_host}/{usage.repository}: {res.message}"))
+            ret = (
+                Retention(True, "Applied", f"{usage.registry_host}/{usage.repository}: {summary}")
+                if res.ok
+                else Retention(False, res.reason, f"{usage.registry_host}/{usage.repository}: {res.message}")
+            )
             if index.retention.get(key) != ret:
                 index.retention[key] = ret
                 changed.append(key)
@@ -79,8 +83,10 @@ async def retention_loop(kube, index: Index, settings: Settings) -> None:
         if any(r.reason in TRANSIENT for r in failed):
             attempt += 1
             applied = None
-            delay = min(300.0, 2.0 * 2 ** attempt)
-            log.warning("ECR lifecycle: %d repositories failed transiently; retrying in %.0fs", len(failed), delay)
+            delay = min(300.0, 2.0 * 2**attempt)
+            log.warning(
+                "ECR lifecycle: %d repositories failed transiently; retrying in %.0fs", len(failed), delay
+            )
             asyncio.get_running_loop().call_later(delay, index.courses_changed.set)
         else:
             attempt = 0

@@ -62,9 +62,7 @@ def _cached_client(
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
     )
-    return boto3.session.Session().client(
-        "ecr", region_name=region, endpoint_url=endpoint_url, config=config
-    )
+    return boto3.session.Session().client("ecr", region_name=region, endpoint_url=endpoint_url, config=config)
 
 
 def ecr_client(
@@ -77,14 +75,10 @@ def ecr_client(
 ) -> Any:
     """A (cached) boto3 ECR client for ``region``; credentials from the standard chain."""
     with _client_lock:
-        return _cached_client(
-            region, endpoint_url, connect_timeout, read_timeout, max_attempts
-        )
+        return _cached_client(region, endpoint_url, connect_timeout, read_timeout, max_attempts)
 
 
-def map_ecr_error(
-    exc: BaseException, ref: ImageReference, endpoint: str
-) -> ResolveError:
+def map_ecr_error(exc: BaseException, ref: ImageReference, endpoint: str) -> ResolveError:
     """Turn a botocore exception into a ``ResolveError`` for ``ref``."""
     what = f"digest {ref.digest}" if ref.digest else f"tag {ref.tag!r}"
     if isinstance(exc, botocore.exceptions.ClientError):
@@ -97,17 +91,13 @@ def map_ecr_error(
                 "create it and push the image, or fix spec.image"
             )
         if code in _NOT_FOUND:
-            return ImageNotFound(
-                f"{what} not found in {ref.name}; push it or fix spec.image"
-            )
+            return ImageNotFound(f"{what} not found in {ref.name}; push it or fix spec.image")
         if code in _UNAUTHORIZED:
             return RegistryUnauthorized(
                 f"AWS refused ecr:DescribeImages on {ref.name} ({code}: {detail}); give the "
                 "operator's role (IRSA) ecr:DescribeImages on this repository"
             )
-        return RegistryError(
-            f"ECR describe_images for {ref.name} failed ({code}: {detail})"
-        )
+        return RegistryError(f"ECR describe_images for {ref.name} failed ({code}: {detail})")
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return RegistryUnauthorized(
             f"the operator has no AWS credentials to look up {ref.name}; configure IRSA or "
@@ -122,19 +112,13 @@ def map_ecr_error(
             botocore.exceptions.ConnectionClosedError,
         ),
     ):
-        return RegistryUnreachable(
-            f"cannot reach the ECR API at {endpoint} ({exc}); it will be retried"
-        )
+        return RegistryUnreachable(f"cannot reach the ECR API at {endpoint} ({exc}); it will be retried")
     return RegistryError(f"ECR lookup of {ref.name} failed: {exc}")
 
 
 def _describe(client: Any, account: str, ref: ImageReference) -> str:
-    image_id = (
-        {"imageDigest": ref.digest} if ref.digest else {"imageTag": ref.tag or "latest"}
-    )
-    response = client.describe_images(
-        registryId=account, repositoryName=ref.repository, imageIds=[image_id]
-    )
+    image_id = {"imageDigest": ref.digest} if ref.digest else {"imageTag": ref.tag or "latest"}
+    response = client.describe_images(registryId=account, repositoryName=ref.repository, imageIds=[image_id])
     details = response.get("imageDetails") or []
     if not details:
         raise botocore.exceptions.ClientError(
@@ -184,7 +168,5 @@ async def resolve_ecr(
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
         raise map_ecr_error(exc, ref, endpoint) from None
     if ref.digest and digest != ref.digest:
-        raise RegistryError(
-            f"ECR returned {digest} when asked for {ref.digest} in {ref.name}"
-        )
+        raise RegistryError(f"ECR returned {digest} when asked for {ref.digest} in {ref.name}")
     return digest

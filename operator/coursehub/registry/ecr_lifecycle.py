@@ -33,7 +33,9 @@ __all__ = [
 ENDPOINT_ENV = "COURSEHUB_AWS_ENDPOINT_URL"
 
 # Reasons a failed result carries (RetentionApplied=False); successes say Applied/Unchanged.
-FAILURE_REASONS = frozenset({"RepositoryNotFound", "AccessDenied", "Throttled", "EndpointUnreachable", "RegistryError"})
+FAILURE_REASONS = frozenset(
+    {"RepositoryNotFound", "AccessDenied", "Throttled", "EndpointUnreachable", "RegistryError"}
+)
 
 _ACCESS_CODES = {
     "AccessDenied",
@@ -115,7 +117,10 @@ def _apply_one(key, desired, *, endpoint_url, create_missing, client_options) ->
         parsed = parse_ecr_host(desired.registry_host)
         if parsed is None:
             return LifecycleResult(
-                key, False, "RegistryError", f"{desired.registry_host} is not an ECR registry host; lifecycle policies are ECR's"
+                key,
+                False,
+                "RegistryError",
+                f"{desired.registry_host} is not an ECR registry host; lifecycle policies are ECR's",
             )
         account, region = parsed
         name, policy = desired.repository, desired.policy
@@ -146,8 +151,12 @@ def _apply_one(key, desired, *, endpoint_url, create_missing, client_options) ->
         return _failure(key, e, where, step, endpoint_url)
     verb = "created with scan on push and" if created else "given"
     return LifecycleResult(
-        key, True, "Applied", f"{where} {verb} a lifecycle policy of {len(policy.get('rules', []))} rules",
-        changed=True, created=created,
+        key,
+        True,
+        "Applied",
+        f"{where} {verb} a lifecycle policy of {len(policy.get('rules', []))} rules",
+        changed=True,
+        created=created,
     )
 
 

@@ -23,9 +23,7 @@ class ResolveError(Exception):
 
     def __init__(self, reason: str, message: str) -> None:
         if reason not in REASONS:
-            raise ValueError(
-                f"unknown resolve reason {reason!r}; expected one of {sorted(REASONS)}"
-            )
+            raise ValueError(f"unknown resolve reason {reason!r}; expected one of {sorted(REASONS)}")
         super().__init__(message)
         self.reason = reason
         self.message = message

@@ -77,16 +77,10 @@ def is_insecure(host: str, insecure_registries: Iterable[str] | None = None) -> 
     Entries are ``host`` (any port) or ``host:port``; ``None`` means the
     loopback defaults, an explicit list replaces them (``[]``: TLS everywhere).
     """
-    entries = (
-        DEFAULT_INSECURE_REGISTRIES
-        if insecure_registries is None
-        else insecure_registries
-    )
+    entries = DEFAULT_INSECURE_REGISTRIES if insecure_registries is None else insecure_registries
     name, port = _split_host(host)
     for entry in entries:
-        entry_name, entry_port = _split_host(
-            entry.strip().removeprefix("http://").rstrip("/")
-        )
+        entry_name, entry_port = _split_host(entry.strip().removeprefix("http://").rstrip("/"))
         if entry_name.lower() == name.lower() and entry_port in (None, port):
             return True
     return False
@@ -116,18 +110,12 @@ def credentials_for(
         try:
             docker_config = json.loads(docker_config)
         except ValueError as exc:
-            raise RegistryError(
-                f"the docker config for {registry} is not valid JSON: {exc}"
-            ) from None
+            raise RegistryError(f"the docker config for {registry} is not valid JSON: {exc}") from None
     if not isinstance(docker_config, Mapping):
-        raise RegistryError(
-            "the docker config must be a JSON object with an 'auths' map"
-        )
+        raise RegistryError("the docker config must be a JSON object with an 'auths' map")
     auths = docker_config.get("auths", docker_config)
     if not isinstance(auths, Mapping):
-        raise RegistryError(
-            "'auths' in the docker config must be a map of registry host to credentials"
-        )
+        raise RegistryError("'auths' in the docker config must be a map of registry host to credentials")
     wanted = DOCKER_HUB if registry in _DOCKER_HUB_ALIASES else registry
     for key, entry in auths.items():
         if _normalize_config_key(key) != wanted or not isinstance(entry, Mapping):
@@ -152,9 +140,7 @@ def credentials_for(
 
 # --- WWW-Authenticate -----------------------------------------------------
 
-_CHALLENGE_PARAM_RE = re.compile(
-    r'\s*([a-zA-Z_][a-zA-Z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?'
-)
+_CHALLENGE_PARAM_RE = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
 
 
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
@@ -163,9 +149,7 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     params: dict[str, str] = {}
     for match in _CHALLENGE_PARAM_RE.finditer(rest):
         quoted, bare = match.group(2), match.group(3)
-        params[match.group(1).lower()] = (
-            re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
-        )
+        params[match.group(1).lower()] = re.sub(r"\\(.)", r"\1", quoted) if quoted is not None else bare
     return scheme.lower(), params
 
 
@@ -203,9 +187,7 @@ class _Resolver:
         headers = {"Accept": _ACCEPT}
         if self.authorization:
             headers["Authorization"] = self.authorization
-        async with self.session.request(
-            method, self.manifest_url, headers=headers
-        ) as response:
+        async with self.session.request(method, self.manifest_url, headers=headers) as response:
             body = await response.read()
         return response, body
 
@@ -227,18 +209,12 @@ class _Resolver:
             )
 
     async def _fetch_token(self, params: dict[str, str]) -> str:
-        query = {
-            "scope": params.get("scope") or f"repository:{self.ref.repository}:pull"
-        }
+        query = {"scope": params.get("scope") or f"repository:{self.ref.repository}:pull"}
         if params.get("service"):
             query["service"] = params["service"]
         # Credentials go to the token service only; anonymous tokens need none.
-        headers = (
-            {"Authorization": _basic(self.credentials)} if self.credentials else {}
-        )
-        async with self.session.get(
-            params["realm"], params=query, headers=headers
-        ) as response:
+        headers = {"Authorization": _basic(self.credentials)} if self.credentials else {}
+        async with self.session.get(params["realm"], params=query, headers=headers) as response:
             body = await response.read()
         if response.status in (401, 403):
             raise self._unauthorized(rejected=self.credentials is not None)
@@ -253,9 +229,7 @@ class _Resolver:
         except (ValueError, AttributeError):
             token = None
         if not token:
-            raise RegistryError(
-                f"the token service of {self.ref.registry} returned no token"
-            )
+            raise RegistryError(f"the token service of {self.ref.registry} returned no token")
         return str(token)
 
     def _unauthorized(self, *, rejected: bool) -> RegistryUnauthorized:
@@ -290,11 +264,7 @@ class _Resolver:
             response, body = await self.request("GET")
             if response.status == 200:
                 digest = response.headers.get("Docker-Content-Digest", "")
-                return (
-                    digest
-                    if _DIGEST_RE.match(digest)
-                    else "sha256:" + hashlib.sha256(body).hexdigest()
-                )
+                return digest if _DIGEST_RE.match(digest) else "sha256:" + hashlib.sha256(body).hexdigest()
         # Many registries say MANIFEST_UNKNOWN for a missing repository too; the
         # tag list tells the two apart, so the message names the right fix.
         if (
@@ -325,15 +295,11 @@ class _Resolver:
                     f"repository {self.ref.repository!r} not found in {self.ref.registry}; "
                     "push the image or fix spec.image"
                 )
-            return ImageNotFound(
-                f"{self.what} not found in {self.ref.name}; push it or fix spec.image"
-            )
+            return ImageNotFound(f"{self.what} not found in {self.ref.name}; push it or fix spec.image")
         if status in (401, 403) or codes & {"UNAUTHORIZED", "DENIED"}:
             return self._unauthorized(rejected=self.credentials is not None)
         if status == 429 or "TOOMANYREQUESTS" in codes:
-            return RegistryError(
-                f"{self.ref.registry} is rate limiting pulls (HTTP 429); it will be retried"
-            )
+            return RegistryError(f"{self.ref.registry} is rate limiting pulls (HTTP 429); it will be retried")
         return RegistryError(
             f"{self.ref.registry} answered HTTP {status} for {self.what} in {self.ref.name}: {_snippet(body)}"
         )
@@ -399,9 +365,7 @@ async def resolve_oci(
             "spec.image and that the registry is up"
         ) from None
     except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise RegistryUnreachable(
-            f"{host} did not answer within {timeout:g}s; it will be retried"
-        ) from None
+        raise RegistryUnreachable(f"{host} did not answer within {timeout:g}s; it will be retried") from None
     except (
         aiohttp.ServerDisconnectedError,
         aiohttp.ClientOSError,

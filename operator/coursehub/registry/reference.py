@@ -127,21 +127,15 @@ def _check_digest(text: str, digest: str) -> None:
         return
     algorithm, sep, hex_part = digest.partition(":")
     if not sep:
-        raise _invalid(
-            text, f"digest {digest!r} must look like 'sha256:<64 hex characters>'"
-        )
+        raise _invalid(text, f"digest {digest!r} must look like 'sha256:<64 hex characters>'")
     if algorithm != "sha256":
         raise _invalid(
             text,
             f"digest algorithm {algorithm!r} is not supported; use a sha256 digest",
         )
     if len(hex_part) != 64:
-        raise _invalid(
-            text, f"sha256 digest must have 64 hex characters, found {len(hex_part)}"
-        )
-    raise _invalid(
-        text, "sha256 digest must contain only lowercase hex characters 0-9 and a-f"
-    )
+        raise _invalid(text, f"sha256 digest must have 64 hex characters, found {len(hex_part)}")
+    raise _invalid(text, "sha256 digest must contain only lowercase hex characters 0-9 and a-f")
 
 
 def _check_tag(text: str, tag: str) -> None:
@@ -153,8 +147,7 @@ def _check_tag(text: str, tag: str) -> None:
         raise _invalid(text, f"tag is {len(tag)} characters long; the limit is 128")
     raise _invalid(
         text,
-        f"tag {tag!r} may contain only letters, digits, '_', '.' and '-' "
-        "and must not start with '.' or '-'",
+        f"tag {tag!r} may contain only letters, digits, '_', '.' and '-' and must not start with '.' or '-'",
     )
 
 
@@ -201,9 +194,7 @@ def parse_reference(text: str) -> ImageReference:
     with a message that names the offending part.
     """
     if not isinstance(text, str):
-        raise InvalidImageReference(
-            f"image reference must be a string, not {type(text).__name__}"
-        )
+        raise InvalidImageReference(f"image reference must be a string, not {type(text).__name__}")
     if not text:
         raise InvalidImageReference("image reference is empty")
     for position, ch in enumerate(text):
@@ -213,9 +204,7 @@ def parse_reference(text: str) -> ImageReference:
                 f"contains whitespace or a control character at position {position}",
             )
     if "://" in text:
-        raise _invalid(
-            text, "must not include a URL scheme; write it as 'host[:port]/path:tag'"
-        )
+        raise _invalid(text, "must not include a URL scheme; write it as 'host[:port]/path:tag'")
 
     remainder, at, digest = text.partition("@")
     if at:
