@@ -118,6 +118,11 @@ def desired_pullers(hub: HubRecord, winners: dict[str, CourseRecord]) -> dict[st
     return out
 
 
+def puller_network_policies(hub: HubRecord) -> list[dict]:
+    """NetworkPolicies for the puller pods (applied with the pullers, owned by the hub)."""
+    return []
+
+
 def rolled_out(ds: dict | None) -> bool:
     """Every desired pod runs the current template and is Ready (init containers done: images pulled)."""
     if not ds:
