@@ -10,7 +10,7 @@ import sys
 import kopf
 
 from . import metrics
-from .settings import Settings
+from .settings import SettingsError, current as current_settings
 
 
 class JsonFormatter(logging.Formatter):
@@ -49,7 +49,7 @@ def build_registry(watch_namespaces: bool) -> tuple[kopf.OperatorRegistry, dict]
 
     registry = kopf.OperatorRegistry()
     holder: dict = {}
-    settings = Settings()
+    settings = current_settings()
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_):
@@ -70,7 +70,7 @@ def build_registry(watch_namespaces: bool) -> tuple[kopf.OperatorRegistry, dict]
         # in the fault tests): re-open any watch that has been quiet for 15 s. An idle watch
         # costs one cheap re-open per resource then, never a write.
         settings.watching.inactivity_timeout = 15
-        runtime = Runtime(await Kube.from_environment(), Settings())
+        runtime = Runtime(await Kube.from_environment(), current_settings())
         holder["runtime"] = runtime
         runtime.start()
 
@@ -90,7 +90,12 @@ def build_registry(watch_namespaces: bool) -> tuple[kopf.OperatorRegistry, dict]
 
 
 def run(*, namespaces: list[str], all_namespaces: bool, liveness: str | None) -> int:
-    settings = Settings()
+    try:
+        # Read once per process; every later current_settings() returns this instance.
+        settings = current_settings()
+    except SettingsError as e:
+        print(f"coursehub run: {e}", file=sys.stderr)
+        return 2
     configure_logging(settings.json_logs)
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)

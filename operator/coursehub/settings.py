@@ -1,49 +1,162 @@
-"""Operator settings, from environment variables (the Helm chart sets them)."""
+"""Operator settings, from COURSEHUB_* environment variables (the Helm chart sets them).
+
+One model (pydantic-settings) is the single source: it parses and validates the environment,
+names the variable in every error, and docs/reference.md's settings table is generated from it.
+The operator loads it once at startup (`current()`), and passes that instance around.
+"""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
+import functools
+import re
+from typing import Annotated, Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "current", "env_name", "load"]
+
+ENV_PREFIX = "COURSEHUB_"
+
+# A Go duration as `helm --timeout` takes it: 300s, 5m, 1h30m.
+_GO_DURATION = r"([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+"
 
 
-def _float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
+class Settings(BaseSettings):
+    """Every knob of `coursehub run`. Field names are what the code reads; variables are
+    `COURSEHUB_` + the field name in capitals unless the field says otherwise."""
 
-
-def _bool(name: str, default: bool) -> bool:
-    return os.environ.get(name, str(default)).lower() in ("1", "true", "yes", "on")
-
-
-@dataclass(frozen=True)
-class Settings:
-    # How often every CourseImage's tag is resolved again (a new build under the same tag).
-    resolve_interval: float = field(default_factory=lambda: _float("COURSEHUB_RESOLVE_INTERVAL", 300))
-    # Quiet time a hub waits after a change before writing, so a burst becomes one write.
-    debounce: float = field(default_factory=lambda: _float("COURSEHUB_DEBOUNCE_SECONDS", 0.5))
-    # Longest a hub defers its writes while changes keep coming.
-    debounce_max: float = field(default_factory=lambda: _float("COURSEHUB_DEBOUNCE_MAX_SECONDS", 3))
-    # Periodic full reconcile of every hub (drift repair), independent of events.
-    resync_interval: float = field(default_factory=lambda: _float("COURSEHUB_RESYNC_SECONDS", 600))
-    # While pullers roll out, hubs look at them this often.
-    rollout_poll: float = field(default_factory=lambda: _float("COURSEHUB_ROLLOUT_POLL_SECONDS", 2))
-    resolve_concurrency: int = field(
-        default_factory=lambda: int(os.environ.get("COURSEHUB_RESOLVE_CONCURRENCY", 16))
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        frozen=True,
+        # Tests and callers build Settings(debounce=0) by field name; the environment uses variables.
+        validate_by_name=True,
+        validate_by_alias=True,
+        extra="ignore",
     )
-    aws_endpoint_url: str | None = field(
-        default_factory=lambda: os.environ.get("COURSEHUB_AWS_ENDPOINT_URL") or None
+
+    resolve_interval: float = Field(
+        300,
+        gt=0,
+        description=(
+            "Seconds between re-resolutions of every CourseImage's tag (a new build under the same tag)."
+        ),
     )
-    insecure_registries: tuple[str, ...] = field(
-        default_factory=lambda: tuple(
-            h for h in os.environ.get("COURSEHUB_INSECURE_REGISTRIES", "").split(",") if h
-        )
+    debounce: float = Field(
+        0.5,
+        ge=0,
+        validation_alias=ENV_PREFIX + "DEBOUNCE_SECONDS",
+        description=(
+            "Quiet seconds a hub waits after a change before writing, so a burst becomes one "
+            "write (0: write at once)."
+        ),
     )
-    ecr_lifecycle: bool = field(default_factory=lambda: _bool("COURSEHUB_ECR_LIFECYCLE", True))
-    ecr_create_repositories: bool = field(
-        default_factory=lambda: _bool("COURSEHUB_ECR_CREATE_REPOSITORIES", False)
+    debounce_max: float = Field(
+        3,
+        ge=0,
+        validation_alias=ENV_PREFIX + "DEBOUNCE_MAX_SECONDS",
+        description="Longest a hub defers its writes while changes keep coming, in seconds.",
     )
-    ecr_untagged_days: int = field(
-        default_factory=lambda: int(os.environ.get("COURSEHUB_ECR_UNTAGGED_DAYS", 7))
+    resync_interval: float = Field(
+        600,
+        gt=0,
+        validation_alias=ENV_PREFIX + "RESYNC_SECONDS",
+        description=(
+            "Seconds between full reconciles of every hub (drift repair, independent of events) "
+            "and ECR drift checks."
+        ),
     )
-    helm_timeout: str = field(default_factory=lambda: os.environ.get("COURSEHUB_HELM_TIMEOUT", "5m"))
-    metrics_port: int = field(default_factory=lambda: int(os.environ.get("COURSEHUB_METRICS_PORT", 8000)))
-    json_logs: bool = field(default_factory=lambda: _bool("COURSEHUB_JSON_LOGS", False))
+    rollout_poll: float = Field(
+        2,
+        gt=0,
+        validation_alias=ENV_PREFIX + "ROLLOUT_POLL_SECONDS",
+        description="While pre-pullers roll out, hubs look at them this often, in seconds.",
+    )
+    resolve_concurrency: int = Field(16, ge=1, description="Image resolutions running at once.")
+    aws_endpoint_url: str | None = Field(
+        None,
+        description=(
+            "ECR endpoint override (VPC endpoints; tests use moto). Unset or empty: AWS's own endpoint."
+        ),
+    )
+    insecure_registries: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description=(
+            "Comma-separated registry hosts (host or host:port) spoken to over plain HTTP, "
+            "replacing the default: loopback only (localhost, 127.0.0.1, ::1)."
+        ),
+    )
+    ecr_lifecycle: bool = Field(
+        True, description="Keep ECR lifecycle policies from the courses' spec.retention."
+    )
+    ecr_create_repositories: bool = Field(
+        False, description="Create missing ECR repositories (scan on push, AES256) before applying a policy."
+    )
+    ecr_untagged_days: int = Field(7, ge=1, description="Untagged ECR images expire after this many days.")
+    helm_timeout: str = Field(
+        "5m",
+        json_schema_extra={"pattern": _GO_DURATION},
+        description="Longest a helm install/upgrade of a hub may take (a Go duration: 300s, 5m).",
+    )
+    metrics_port: int = Field(
+        8000, ge=0, le=65535, description="Port of the Prometheus metrics server (0: off)."
+    )
+    json_logs: bool = Field(False, description="One JSON object per log line, for log pipelines.")
+
+    @field_validator("aws_endpoint_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        # The chart may render an empty value; that means "AWS", as an unset variable does.
+        return v or None
+
+    @field_validator("helm_timeout")
+    @classmethod
+    def _go_duration(cls, v: str) -> str:
+        if not re.fullmatch(_GO_DURATION, v):
+            raise ValueError(f"should be a Go duration such as 300s, 5m or 1h30m (helm --timeout), got {v!r}")
+        return v
+
+    @field_validator("insecure_registries", mode="before")
+    @classmethod
+    def _comma_separated(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return tuple(h.strip() for h in v.split(",") if h.strip())
+        return v
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets `field`."""
+    info = Settings.model_fields[field]
+    alias = info.validation_alias
+    return alias if isinstance(alias, str) else ENV_PREFIX + field.upper()
+
+
+class SettingsError(ValueError):
+    """Invalid settings; the message names each variable, its value problem and the fix."""
+
+
+def load() -> Settings:
+    """Settings from the process environment, or a SettingsError naming each bad variable,
+    e.g. `COURSEHUB_RESOLVE_INTERVAL: Input should be a valid number`."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise SettingsError(_describe(e)) from None
+
+
+@functools.cache
+def current() -> Settings:
+    """The operator's settings, read from the environment once per process."""
+    return load()
+
+
+def _describe(error: ValidationError) -> str:
+    # An error's location is the field name or its alias, in whatever case the source used.
+    var_of = {key.lower(): env_name(f) for f in Settings.model_fields for key in (f, env_name(f))}
+    lines = []
+    for err in error.errors(include_url=False):
+        loc = str(err["loc"][0]) if err["loc"] else ""
+        var = var_of.get(loc.lower(), loc)
+        shown = f" (got {err['input']!r})" if isinstance(err.get("input"), str) else ""
+        lines.append(f"{var}: {err['msg']}{shown}")
+    return "invalid operator settings:\n  " + "\n  ".join(lines) + "\nfix the environment variable(s) above"
