@@ -64,6 +64,9 @@ INVALID = [
     ("image-upper-repo", _with(GOOD_COURSE, "spec.image", "registry.example.edu/Courses/nb:1"), "spec.image"),
     ("image-bad-digest", _with(GOOD_COURSE, "spec.image", "r.example.edu/nb@sha256:abc"), "spec.image"),
     ("image-missing", _with(GOOD_COURSE, "spec.image", ...), "spec.image"),
+    # One grammar with the operator's parser (tests/unit/test_image_reference.py has the table).
+    ("image-port-out-of-range", _with(GOOD_COURSE, "spec.image", "ex.com:99999/x:1"), "spec.image"),
+    ("image-name-256", _with(GOOD_COURSE, "spec.image", "r.example.edu/" + "a" * 242 + ":1"), "spec.image"),
     ("gpu-enum", _with(GOOD_COURSE, "spec.gpu", "sometimes"), "spec.gpu"),
     (
         "notebook-absolute",
@@ -196,6 +199,8 @@ def test_crds_established(cluster):
 
 
 VALID_VARIANTS = [
+    _with(GOOD_COURSE, "spec.image", "[::1]:5000/x:1"),  # the parser accepts it, so must the CRD
+    _with(GOOD_COURSE, "spec.image", "r.example.edu/" + "a" * 241 + ":" + "t" * 128),  # name 255
     _with(GOOD_HUB, "spec.courses", {"default": "stats_101"}),
     _with(GOOD_HUB, "spec.courses", {"namespaces": "All", "selector": {"matchLabels": {"hub": "learn"}}}),
     _with(_with(GOOD_HUB, "spec.gateway", ...), "spec.auth", {"mode": "tmp", "allowUngated": True}),

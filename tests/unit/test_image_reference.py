@@ -7,8 +7,11 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from coursehub import crds
 from coursehub.registry import (
+    COURSE_IMAGE_PATTERN,
     IMAGE_REFERENCE_PATTERN,
+    NAME_LENGTH_PATTERN,
     InvalidImageReference,
     ResolveError,
     parse_ecr_host,
@@ -243,13 +246,127 @@ def test_crd_pattern_agrees_with_parser(text):
     assert bool(re.match(IMAGE_REFERENCE_PATTERN, text)) == parsed, text
 
 
-def test_crd_pattern_is_portable():
+@pytest.mark.parametrize("pattern", [IMAGE_REFERENCE_PATTERN, COURSE_IMAGE_PATTERN, NAME_LENGTH_PATTERN])
+def test_crd_pattern_is_portable(pattern):
     # ECMA-262 and RE2 both lack lookaround, backreferences, possessive quantifiers
     # and Python-only syntax; the pattern must also be anchored.
     for construct in ("(?=", "(?!", "(?<", "(?P", "\\A", "\\Z", "*+", "++", "?+"):
-        assert construct not in IMAGE_REFERENCE_PATTERN
-    assert not re.search(r"\\[1-9]", IMAGE_REFERENCE_PATTERN)
-    assert IMAGE_REFERENCE_PATTERN.startswith("^") and IMAGE_REFERENCE_PATTERN.endswith("$")
+        assert construct not in pattern
+    assert not re.search(r"\\[1-9]", pattern)
+    assert pattern.startswith("^") and pattern.endswith("$")
+    assert "'" not in pattern and "\\" not in NAME_LENGTH_PATTERN  # inlined into a CEL string literal
+
+
+# --- one grammar: the published CRD and the parser -------------------------
+
+
+def _crd_image_schema() -> dict:
+    crd = crds.course_image_crd()
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return spec["properties"]["image"]
+
+
+def _search(pattern: str, text: str) -> bool:
+    # In RE2 and ECMA-262 "$" is the end of the text; Python's also matches before a final "\n".
+    return bool(re.search(pattern.removesuffix("$") + r"\Z", text))
+
+
+def crd_accepts(text: str) -> bool:
+    """What the API server does with spec.image: maxLength, pattern and the CEL rules."""
+    schema = _crd_image_schema()
+    if len(text) > schema["maxLength"] or not _search(schema["pattern"], text):
+        return False
+    for rule in schema.get("x-kubernetes-validations", []):
+        # The only rule is self.matches('<RE2 pattern>'); evaluate that pattern.
+        match = re.fullmatch(r"self\.matches\('([^']*)'\)", rule["rule"])
+        assert match, f"unexpected CEL rule {rule['rule']!r}"
+        if not _search(match.group(1), text):
+            return False
+    return True
+
+
+def parser_accepts(text: str) -> bool:
+    try:
+        parse_reference(text, require_tag_or_digest=True)
+    except InvalidImageReference:
+        return False
+    return True
+
+
+NAME_255 = "r.example.edu/" + "a" * (255 - len("r.example.edu/"))
+# (reference, valid) for spec.image; each row is asked of the parser and of the published CRD.
+REFERENCE_TABLE = [
+    ("ex.com:99999/x:1", False),  # passed the old CRD, refused by the parser: killed ECR retention
+    ("[::1]:5000/x:1", True),  # parsed, refused by the old CRD
+    ("ex.com:65535/x:1", True),
+    ("ex.com:65536/x:1", False),
+    ("ex.com:0/x:1", False),
+    ("ex.com:080/x:1", False),
+    ("ex.com:1/x:1", True),
+    ("registry:5000/x:1", True),
+    ("localhost/x:1", True),
+    ("localhost:5000/x@" + DIGEST, True),
+    ("[::1]/x:1", True),
+    ("[fe80::1%25eth0]:5000/x:1", False),
+    ("[:1]:5000/x:1", False),
+    ("[abc]/x:1", False),
+    ("x", False),  # a bare name means ":latest": a tag or digest is required
+    ("ex.com/x", False),
+    ("x:1", True),
+    ("x@" + DIGEST, True),
+    ("x:1@" + DIGEST, True),
+    ("ex.com/X:1", False),
+    ("ex.com/x:" + "t" * 128, True),
+    ("ex.com/x:" + "t" * 129, False),
+    (NAME_255 + ":1", True),
+    (NAME_255 + "a:1", False),  # name 256 characters
+    (NAME_255 + ":" + "t" * 128 + "@" + DIGEST, True),  # long, but the name is 255
+    ("-ex.com/x:1", False),
+    ("ex.com./x:1", False),
+    ("ex..com/x:1", False),
+    ("ex.com/x:1\n", False),
+    ("https://ex.com/x:1", False),
+]
+
+
+@pytest.mark.parametrize(("text", "valid"), REFERENCE_TABLE)
+def test_reference_table_parser_and_crd_agree(text, valid):
+    assert parser_accepts(text) == valid, text
+    assert crd_accepts(text) == valid, text
+
+
+def test_bare_name_needs_tag_or_digest_only_for_course_images():
+    assert parse_reference("ex.com/x").tag == "latest"
+    with pytest.raises(InvalidImageReference, match="give a tag"):
+        parse_reference("ex.com/x", require_tag_or_digest=True)
+
+
+_soup_with_ports = st.text("ab0159Z.-_:/@[]s h2" + "6f", max_size=40)
+
+
+@given(
+    text=st.one_of(
+        _soup_with_ports,
+        st.builds(lambda a, d: a + "@" + d, _soup_with_ports, _digest),
+        st.builds(
+            lambda host, port, path, tag: f"{host}:{port}/{path}:{tag}",
+            _label,
+            st.integers(0, 99999).map(str) | st.from_regex(r"\A0[0-9]{1,4}\Z"),
+            _path_component,
+            _tag,
+        ),
+        st.builds(
+            lambda name, tag: f"r.io/{name}:{tag}",
+            st.text("ab/", min_size=240, max_size=260),
+            _tag,
+        ),
+    )
+)
+@example("ex.com:99999/x:1")
+@example("[::1]:5000/x:1")
+def test_published_crd_agrees_with_parser(text):
+    """Every spec.image the API server admits, the operator parses, and the other way round."""
+    assert crd_accepts(text) == parser_accepts(text), text
 
 
 # --- ECR hosts and pinning -------------------------------------------------

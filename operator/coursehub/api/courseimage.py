@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
+# One grammar for the API server and the operator: the parser checks these same patterns.
+from ..registry.reference import COURSE_IMAGE_PATTERN, NAME_LENGTH_RULE
 from .common import (
     COURSE_SLUG_PATTERN,
     Condition,
@@ -18,14 +20,6 @@ KIND = "CourseImage"
 PLURAL = "courseimages"
 SHORT_NAMES = ["cimg"]
 
-# An image reference with a tag, a digest or both (a bare repository would mean an
-# implicit ":latest", which is never what a course wants). Lower-case repository path,
-# optional registry host with port.
-IMAGE_REFERENCE_PATTERN = (
-    r"^([a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?)*(:[0-9]{1,5})?/)?"
-    r"[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*"
-    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(@sha256:[a-f0-9]{64})?|@sha256:[a-f0-9]{64})$"
-)
 NOTEBOOK_PATTERN = r"^[^/\\][^\\]*\.ipynb$"
 
 
@@ -49,8 +43,17 @@ class CourseImageSpec(Model):
     image: str = Field(
         description="The image to run, as 'registry/repository:tag' or '...@sha256:<digest>'. A tag is resolved to an "
         "immutable digest and re-resolved periodically, so a new build pushed under the same tag is followed.",
-        pattern=IMAGE_REFERENCE_PATTERN,
+        pattern=COURSE_IMAGE_PATTERN,
         max_length=512,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": NAME_LENGTH_RULE,
+                    "message": "spec.image: the repository name (before ':tag' or '@digest') may be at most "
+                    "255 characters",
+                }
+            ]
+        },
     )
     display_name: str | None = Field(
         None, description="A human title for the course, shown by the hub.", max_length=128

@@ -22,7 +22,9 @@ from .errors import (
 )
 from .oci import resolve_oci
 from .reference import (
+    COURSE_IMAGE_PATTERN,
     IMAGE_REFERENCE_PATTERN,
+    NAME_LENGTH_PATTERN,
     ImageReference,
     parse_ecr_host,
     parse_reference,
@@ -30,7 +32,9 @@ from .reference import (
 )
 
 __all__ = [
+    "COURSE_IMAGE_PATTERN",
     "IMAGE_REFERENCE_PATTERN",
+    "NAME_LENGTH_PATTERN",
     "REASONS",
     "ImageNotFound",
     "ImageReference",

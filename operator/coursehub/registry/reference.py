@@ -4,10 +4,15 @@ Grammar (the one Docker and containerd use, restricted to sha256 digests)::
 
     reference   := name [":" tag] ["@" digest]
     name        := [domain "/"] path-component ["/" path-component]*
-    domain      := host [":" port]      host: DNS labels, "localhost" or "[ipv6]"
+    domain      := host [":" port]      host: DNS labels, "localhost" or "[ipv6]";
+                                        port: 1-65535, no leading zeros
     path-comp   := [a-z0-9]+ (("." | "_" | "__" | "-"+) [a-z0-9]+)*
     tag         := [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}
     digest      := "sha256:" 64 lowercase hex
+
+and the name (before tag and digest) is at most 255 characters. One grammar: the CRD
+pattern of CourseImage ``spec.image`` is ``COURSE_IMAGE_PATTERN`` plus a CEL rule for
+``NAME_LENGTH_PATTERN``, and ``parse_reference`` checks the same two patterns.
 
 The first component is a domain only if it contains "." or ":" (or "[") or is
 "localhost"; otherwise the image is on Docker Hub (``docker.io``), and a single
@@ -22,8 +27,11 @@ from dataclasses import dataclass
 from .errors import InvalidImageReference
 
 __all__ = [
+    "COURSE_IMAGE_PATTERN",
     "DOCKER_HUB",
     "IMAGE_REFERENCE_PATTERN",
+    "NAME_LENGTH_PATTERN",
+    "NAME_LENGTH_RULE",
     "ImageReference",
     "parse_ecr_host",
     "parse_reference",
@@ -43,9 +51,11 @@ _PATH_COMPONENT = rf"{_ALNUM}(?:{_SEPARATOR}{_ALNUM})*"
 # A first component without "." can never be mistaken for a domain.
 _PATH_COMPONENT_NO_DOT = rf"{_ALNUM}(?:(?:__|_|-+){_ALNUM})*"
 _DOMAIN_COMPONENT = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
-_PORT = r"[0-9]{1,5}"
-# Brackets and at least one colon, so "[abc]" is neither an address nor a path.
-_IPV6 = r"\[[0-9a-fA-F]*:[0-9a-fA-F:]*\]"
+# 1-65535 without leading zeros: a port the pattern accepts is a port that exists.
+_PORT = r"(?:6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})"
+# Brackets and at least two colons (every IPv6 address has them), so "[abc]" is neither an
+# address nor a path.
+_IPV6 = r"\[[0-9a-fA-F]*:[0-9a-fA-F]*:[0-9a-fA-F:]*\]"
 _DOMAIN = (
     rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})+(?::{_PORT})?"
     rf"|{_DOMAIN_COMPONENT}:{_PORT}"
@@ -60,11 +70,23 @@ _NAME = (
 _TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = r"sha256:[a-f0-9]{64}"
 
-#: Anchored pattern for a CRD ``pattern`` (OpenAPI / ECMA-262 subset, RE2-safe).
-#: It accepts exactly what ``parse_reference`` accepts, except that the parser
-#: also limits the name to 255 characters and ports to 1-65535.
+#: Anchored pattern (OpenAPI / ECMA-262 subset, RE2-safe) of every reference ``parse_reference``
+#: accepts, together with ``NAME_LENGTH_PATTERN``. The parser checks both, so the two cannot drift.
 IMAGE_REFERENCE_PATTERN = rf"^{_NAME}(?::{_TAG})?(?:@{_DIGEST})?$"
+#: The same grammar with a tag or a digest required (a bare name would mean an implicit
+#: ":latest", never what a course wants): CourseImage ``spec.image``'s CRD pattern, and what
+#: ``parse_reference(text, require_tag_or_digest=True)`` accepts.
+COURSE_IMAGE_PATTERN = rf"^{_NAME}(?::{_TAG}(?:@{_DIGEST})?|@{_DIGEST})$"
+#: The name (everything before the tag or digest) is at most 255 characters, as containerd
+#: demands. On a reference that matches the grammar the only ":" after the last "/" starts the
+#: tag, so this holds exactly when the name is short enough. The CRD checks it with a CEL rule.
+NAME_LENGTH_PATTERN = rf"^.{{1,{NAME_MAX_LENGTH}}}(?::[^:/@]+)?(?:@{_DIGEST})?$"
+#: The CEL rule the CRD uses for ``NAME_LENGTH_PATTERN`` (the pattern holds no quote or backslash).
+NAME_LENGTH_RULE = f"self.matches('{NAME_LENGTH_PATTERN}')"
 
+_REFERENCE_RE = re.compile(IMAGE_REFERENCE_PATTERN)
+_COURSE_IMAGE_RE = re.compile(COURSE_IMAGE_PATTERN)
+_NAME_LENGTH_RE = re.compile(NAME_LENGTH_PATTERN)
 _PATH_COMPONENT_RE = re.compile(rf"^{_PATH_COMPONENT}$")
 _DOMAIN_RE = re.compile(rf"^{_DOMAIN}$")
 _TAG_RE = re.compile(rf"^{_TAG}$")
@@ -152,17 +174,19 @@ def _check_tag(text: str, tag: str) -> None:
 
 
 def _check_domain(text: str, domain: str) -> None:
+    host_end = domain.rfind(":")
+    port = domain[host_end + 1 :] if host_end != -1 and not domain.endswith("]") else ""
+    if port.isdigit() and port.isascii():
+        if not 1 <= int(port) <= 65535:
+            raise _invalid(text, f"registry port {int(port)} is out of range 1-65535")
+        if port.startswith("0"):
+            raise _invalid(text, f"registry port {port!r} must be written without leading zeros")
     if not _DOMAIN_RE.match(domain):
         raise _invalid(
             text,
             f"registry host {domain!r} is not a valid host name or host:port "
-            "(letters, digits, '-' and '.', optionally ':<port>')",
+            "(letters, digits, '-' and '.', optionally ':<port>'; IPv6 as '[address]:<port>')",
         )
-    host_end = domain.rfind(":")
-    if host_end != -1 and not domain.endswith("]"):
-        port = int(domain[host_end + 1 :])
-        if not 1 <= port <= 65535:
-            raise _invalid(text, f"registry port {port} is out of range 1-65535")
 
 
 def _check_path(text: str, path: str) -> None:
@@ -187,11 +211,13 @@ def _looks_like_domain(component: str) -> bool:
     return any(ch in component for ch in ".:[") or component == "localhost"
 
 
-def parse_reference(text: str) -> ImageReference:
+def parse_reference(text: str, *, require_tag_or_digest: bool = False) -> ImageReference:
     """Parse ``text`` into an ``ImageReference``.
 
-    Raises ``InvalidImageReference`` (a ``ResolveError`` and a ``ValueError``)
-    with a message that names the offending part.
+    Accepts exactly what ``IMAGE_REFERENCE_PATTERN`` and ``NAME_LENGTH_PATTERN`` accept (with
+    ``require_tag_or_digest``: ``COURSE_IMAGE_PATTERN``, the CRD's pattern). Raises
+    ``InvalidImageReference`` (a ``ResolveError`` and a ``ValueError``) with a message that
+    names the offending part.
     """
     if not isinstance(text, str):
         raise InvalidImageReference(f"image reference must be a string, not {type(text).__name__}")
@@ -235,6 +261,16 @@ def parse_reference(text: str) -> ImageReference:
     else:
         domain, path = DOCKER_HUB, remainder
     _check_path(text, path)
+
+    if require_tag_or_digest and tag is None and digest is None:
+        raise _invalid(
+            text,
+            "give a tag (':v1') or a digest ('@sha256:...'); a bare name would mean ':latest'",
+        )
+    # The checks above explain a failure; the grammar itself decides (it is the CRD's too).
+    grammar = _COURSE_IMAGE_RE if require_tag_or_digest else _REFERENCE_RE
+    if not grammar.match(text) or not _NAME_LENGTH_RE.match(text):
+        raise _invalid(text, "it does not match the image reference grammar (see docs/registries.md)")
 
     if domain == "index.docker.io":
         domain = DOCKER_HUB
