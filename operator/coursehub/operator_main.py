@@ -3,38 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import sys
 
 import kopf
 
 from . import metrics
-from .settings import SettingsError, current as current_settings
+from .settings import SettingsError
+from .settings import current as current_settings
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
+def _name_as_logger_field(record: logging.LogRecord) -> bool:
+    # python-json-logger emits a record's non-standard attributes as fields ("name" is standard).
+    record.logger = record.name
+    return True
 
 
 def configure_logging(json_logs: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    # kopf's own setup: one stderr handler on the root logger. JSON puts the object reference
+    # under "object" for log pipelines; text prefixes it as [namespace/name].
+    kopf.configure(log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.FULL, log_prefix=None)
     if json_logs:
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+        # kopf's JSON has message, severity, timestamp and object; add which logger spoke.
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_name_as_logger_field)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     # pyhelm3 logs every command, and a WARNING for the expected "release not found" before an
     # install; our own log lines and conditions report what matters.
