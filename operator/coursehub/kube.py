@@ -90,6 +90,8 @@ DAEMON_SETS = Resource("apps", "v1", "daemonsets", "DaemonSet")
 DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
 ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
+SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts", "ServiceAccount")
+NETWORK_POLICIES = Resource("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy")
 
 BY_KIND = {
     r.kind: r
@@ -106,6 +108,8 @@ BY_KIND = {
         DEPLOYMENTS,
         ROLES,
         ROLE_BINDINGS,
+        SERVICE_ACCOUNTS,
+        NETWORK_POLICIES,
     )
 }
 
