@@ -154,10 +154,10 @@ def test_gpu_images_only_in_gpu_puller():
         "nopull": course("d", "nopull", pre_pull=False),
     }
     ds = puller.desired_pullers(h, winners)
-    general = {c["image"] for c in ds[puller.GENERAL]["spec"]["template"]["spec"]["initContainers"]}
+    general = puller.images_of(ds[puller.GENERAL])
     gpu = ds[puller.GPU]["spec"]["template"]["spec"]
     assert general == {winners["cpu"].resolved_image, winners["opt"].resolved_image}
-    assert {c["image"] for c in gpu["initContainers"]} == {
+    assert puller.images_of(ds[puller.GPU]) == {
         winners["gpu"].resolved_image,
         winners["opt"].resolved_image,
     }

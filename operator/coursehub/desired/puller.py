@@ -1,93 +1,365 @@
-"""Pure: the pre-puller DaemonSets of a hub, and whether they hold an image on every node.
+"""Pure: the pre-puller DaemonSets of a hub, their NetworkPolicy, and whether they hold an image.
 
 The technique z2jh uses, owned by coursehub instead of Helm so that a course change never
-becomes a values change (which would restart the hub): one init container per image runs a
-trivial command (pulling the image), then a pause container keeps the pod Ready.
+becomes a values change (which would restart the hub): one init container per image, then a
+pause container keeps the pod Ready; Ready means every image is on the node.
+
+Unlike z2jh's puller, nothing a course image ships ever runs (docs/prepull.md):
+- a trusted init container from the operator's own image copies a static no-op program
+  (images/noop/noop.c, /usr/local/bin/coursehub-noop in that image) into an emptyDir;
+- every other init container (course images, z2jh's network-tools) runs that program from the
+  emptyDir, never the image's entrypoint or shell, so images without a shell pull too;
+- every container runs as 65534 with no privilege escalation, no capabilities, a read-only
+  root filesystem and the RuntimeDefault seccomp profile; the pod has no service account
+  token and a NetworkPolicy denies all of its traffic (the kubelet pulls, not the pod);
+- pods go only where learner pods go: the hub's singleuser node selector, required node
+  affinity and tolerations (z2jh's scheduling.userPods too), plus the GPU settings for the
+  GPU puller;
+- pull secrets come only from CourseImages in the hub's own namespace (see pull_secret_rule).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import re
+from dataclasses import dataclass, field
+from typing import Any
 
 from .allowlist import gpu_settings, hub_labels
 from .courses import CourseRecord, HubRecord
+from .values import Z2JH_VERSION, helm_coalesce, z2jh_defaults
 
 GENERAL = "coursehub-puller"
 GPU = "coursehub-puller-gpu"
-# z2jh's user pods tolerate the dedicated-user taints; the puller goes where they go.
-USER_POD_TOLERATIONS = [
-    {"key": "hub.jupyter.org/dedicated", "operator": "Equal", "value": "user", "effect": "NoSchedule"},
-    {"key": "hub.jupyter.org_dedicated", "operator": "Equal", "value": "user", "effect": "NoSchedule"},
-]
+NETWORK_POLICY = "coursehub-puller-deny-all"
+APP_LABEL = {"app.kubernetes.io/name": "coursehub-puller"}
+
+# Where the operator image (Dockerfile) keeps the static no-op, and where pullers mount it.
+NOOP_IN_OPERATOR_IMAGE = "/usr/local/bin/coursehub-noop"
+NOOP_VOLUME = "coursehub-noop"
+NOOP_MOUNT = "/coursehub-noop"
+NOOP = f"{NOOP_MOUNT}/noop"
+INSTALL_CONTAINER = "install-noop"
+NETWORK_TOOLS_CONTAINER = "network-tools"
+COURSE_CONTAINER_PREFIX = "pull-"
+# The chart passes the operator's own image (COURSEHUB_OPERATOR_IMAGE); this is the chart's default.
+DEFAULT_OPERATOR_IMAGE = "ghcr.io/coursehub/coursehub-operator:0.1.0"
+NOBODY = 65534
+
+# z2jh's hub puts the block-cloud-metadata container (network-tools) in every learner pod
+# when singleuser.cloudMetadata.blockWithIptables is true; its chart fills the tag in at
+# packaging time, so the defaults file carries this placeholder instead of a tag.
+_CHARTPRESS_PLACEHOLDER = "set-by-chartpress"
+_NODE_PURPOSE_TERM = {
+    "matchExpressions": [{"key": "hub.jupyter.org/node-purpose", "operator": "In", "values": ["user"]}]
+}
+
+# Small on purpose: the containers exit at once (cp, the no-op) or sleep (pause).
+RESOURCES = {"requests": {"cpu": "1m", "memory": "8Mi"}, "limits": {"cpu": "50m", "memory": "32Mi"}}
+NOOP_SIZE_LIMIT = "8Mi"  # the static no-op is under 1 MiB
+
+
+def container_security_context() -> dict:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": NOBODY,
+        "runAsGroup": NOBODY,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context() -> dict:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": NOBODY,
+        "runAsGroup": NOBODY,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def container_name(slug: str) -> str:
     """A DNS label for a slug's init container, unique per slug.
 
     Sanitising alone collides ('a.b' and 'a_b' both become 'a-b'), so a hash of the exact
-    (lower-cased) slug is appended.
+    (lower-cased) slug is appended. The 'pull-' prefix keeps course containers apart from
+    the puller's own (install-noop, network-tools).
     """
     slug = slug.lower()
     base = re.sub(r"[^a-z0-9]+", "-", slug).strip("-")[:48].rstrip("-") or "course"
     digest = hashlib.sha256(slug.encode()).hexdigest()[:8]
-    return f"pull-{base}-{digest}"
+    return f"{COURSE_CONTAINER_PREFIX}{base}-{digest}"
 
 
-def puller_images(winners: dict[str, CourseRecord]) -> dict[str, dict[str, str]]:
-    """DaemonSet name -> {slug: image}: GPU-only courses on GPU nodes, others where user pods go."""
-    general: dict[str, str] = {}
-    gpu: dict[str, str] = {}
-    for slug, c in winners.items():
+# --- where learner pods go --------------------------------------------------------------
+
+
+class Unplaceable(ValueError):
+    """The hub's values leave no well-formed placement for learner pods; `path` names the key."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The scheduling constraints of a learner pod, as KubeSpawner builds them from z2jh values."""
+
+    node_selector: dict[str, str] = field(default_factory=dict)
+    # Required NodeSelectorTerms (ORed by Kubernetes); empty: no required node affinity.
+    required_terms: list[dict] = field(default_factory=list)
+    tolerations: list[dict] = field(default_factory=list)
+
+    def pod_fields(self) -> dict:
+        out: dict[str, Any] = {"tolerations": copy.deepcopy(self.tolerations)}
+        if self.node_selector:
+            out["nodeSelector"] = dict(self.node_selector)
+        if self.required_terms:
+            out["affinity"] = {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": copy.deepcopy(self.required_terms)
+                    }
+                }
+            }
+        return out
+
+
+def hub_values(hub: HubRecord) -> dict:
+    """z2jh's defaults with the hub's spec.values over them: what the chart and hub config see.
+
+    The operator's own rendered values set nothing about scheduling or network-tools, so
+    spec.values over the defaults is enough here, and this never fails on other spec errors.
+    """
+    return helm_coalesce(z2jh_defaults(), hub.spec.values or {})
+
+
+def _at(values: dict, path: str) -> Any:
+    node: Any = values
+    for part in path.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _list_of_dicts(values: dict, path: str) -> list[dict]:
+    v = _at(values, path)
+    if v is None:
+        return []
+    if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
+        raise Unplaceable(f"spec.values.{path}", "must be a list of objects")
+    return [copy.deepcopy(x) for x in v]
+
+
+def learner_placement(hub: HubRecord, *, gpu: bool = False) -> Placement:
+    """Where the hub's learner pods (GPU ones with gpu=True) may run.
+
+    Mirrors z2jh 4.4's hub config and KubeSpawner: singleuser.nodeSelector;
+    scheduling.userPods.tolerations + singleuser.extraTolerations; required node affinity
+    from matchNodePurpose=require and singleuser.extraNodeAffinity.required; for GPU pods
+    the course_spawner adds the GPU label to every required term (AND) and the GPU
+    toleration. Raises Unplaceable when the values are malformed or GPU pods fit nowhere.
+    """
+    v = hub_values(hub)
+    selector = _at(v, "singleuser.nodeSelector") or {}
+    if not isinstance(selector, dict) or not all(
+        isinstance(k, str) and isinstance(x, str) for k, x in selector.items()
+    ):
+        raise Unplaceable("spec.values.singleuser.nodeSelector", "must map label names to strings")
+    tolerations = _list_of_dicts(v, "scheduling.userPods.tolerations") + _list_of_dicts(
+        v, "singleuser.extraTolerations"
+    )
+    terms = _list_of_dicts(v, "singleuser.extraNodeAffinity.required")
+    purpose = _at(v, "scheduling.userPods.nodeAffinity.matchNodePurpose")
+    if purpose == "require":
+        terms.append(copy.deepcopy(_NODE_PURPOSE_TERM))
+    if gpu:
+        g = gpu_settings(hub)
+        if g is None:
+            raise Unplaceable("spec.singleuser.gpuNodes", "is not set, so GPU courses fit on no node")
+        # The same nodes as the learner pod's "every term AND the GPU label": the label as a
+        # node selector, ANDed into every term as the course_spawner does.
+        exprs = [{"key": k, "operator": "In", "values": [x]} for k, x in sorted(g["nodeSelector"].items())]
+        for t in terms:
+            t["matchExpressions"] = list(t.get("matchExpressions") or []) + exprs
+        for t in g["tolerations"]:
+            if t not in tolerations:
+                tolerations.append(t)
+        for k, x in g["nodeSelector"].items():
+            if k in selector and selector[k] != x:
+                raise Unplaceable(
+                    "spec.values.singleuser.nodeSelector",
+                    f"requires {k}={selector[k]} while spec.singleuser.gpuNodes requires {k}={x}: "
+                    "GPU courses fit on no node",
+                )
+        selector = {**selector, **g["nodeSelector"]}
+    return Placement(node_selector=dict(selector), required_terms=terms, tolerations=tolerations)
+
+
+def network_tools_image(hub: HubRecord) -> str | None:
+    """The image of z2jh's block-cloud-metadata init container, or None when learner pods have none.
+
+    The name and tag come from the hub's values (singleuser.networkTools.image) over the
+    chart's defaults; the packaged chart's tag is its own version, so the defaults' placeholder
+    becomes spec.chart.version (or the z2jh version coursehub is built against).
+    """
+    v = hub_values(hub)
+    if _at(v, "singleuser.cloudMetadata.blockWithIptables") is not True:
+        return None
+    name = _at(v, "singleuser.networkTools.image.name")
+    tag = _at(v, "singleuser.networkTools.image.tag")
+    if not isinstance(name, str) or not name:
+        return None
+    if not isinstance(tag, str) or not tag or tag == _CHARTPRESS_PLACEHOLDER:
+        tag = hub.spec.chart.version or Z2JH_VERSION
+    return f"{name}:{tag}"
+
+
+# --- which courses go into which puller ------------------------------------------------
+
+
+def pull_secret_rule(hub: HubRecord, course: CourseRecord) -> str | None:
+    """Why a course cannot go into this hub's pullers because of its pull secret, or None.
+
+    Puller pods run in the hub's namespace, where a Secret name resolves to the hub
+    namespace's Secret. A CourseImage elsewhere names a Secret of *its* namespace (that is
+    where the operator read it to resolve the image), so the puller never uses its name: it
+    could pick up an unrelated Secret of the hub's namespace with the same name. Such a
+    course is left out of the pullers (a pull without its credentials would fail and hold the
+    whole DaemonSet back) and says why. Courses without a secret pull with the nodes'
+    credentials wherever they live.
+    """
+    ref = course.spec.image_pull_secret_ref
+    if ref is None or course.namespace == hub.namespace:
+        return None
+    return (
+        f"not pre-pulled: spec.imagePullSecretRef names Secret {ref.name} of namespace {course.namespace}, "
+        f"but pre-pullers run in the hub's namespace {hub.namespace} and use Secrets from there only; "
+        f"move the CourseImage to {hub.namespace}, or make the image pullable with the nodes' credentials "
+        f"(and drop imagePullSecretRef)"
+    )
+
+
+@dataclass
+class PullerPlan:
+    """puller name -> {slug: image}; puller name -> pull secret names; slug -> why it is in no puller."""
+
+    images: dict[str, dict[str, str]]
+    secrets: dict[str, set[str]]
+    left_out: dict[str, str]
+    placements: dict[str, Placement]
+
+
+def plan_pullers(hub: HubRecord, winners: dict[str, CourseRecord]) -> PullerPlan:
+    images: dict[str, dict[str, str]] = {GENERAL: {}, GPU: {}}
+    secrets: dict[str, set[str]] = {GENERAL: set(), GPU: set()}
+    left_out: dict[str, str] = {}
+    placements: dict[str, Placement] = {}
+    unplaceable: dict[str, str] = {}
+    for name, gpu in ((GENERAL, False), (GPU, True)):
+        try:
+            placements[name] = learner_placement(hub, gpu=gpu)
+        except Unplaceable as e:
+            unplaceable[name] = str(e)
+    for slug, c in sorted(winners.items()):
         if not c.spec.pre_pull or not c.resolved_image:
             continue
-        if c.spec.gpu in ("none", "optional"):
-            general[slug] = c.resolved_image
-        if c.spec.gpu in ("required", "optional"):
-            gpu[slug] = c.resolved_image
-    return {GENERAL: general, GPU: gpu}
+        why = pull_secret_rule(hub, c)
+        if why:
+            left_out[slug] = why
+            continue
+        wanted = {"none": [GENERAL], "optional": [GENERAL, GPU], "required": [GPU]}[c.spec.gpu]
+        # An optional-GPU course runs on either kind of node: pull it wherever a puller can go.
+        targets = [n for n in wanted if n in placements]
+        if not targets:
+            reasons = "; ".join(unplaceable[n] for n in wanted)
+            left_out[slug] = f"not pre-pulled: learner pods of this course fit on no node ({reasons})"
+            continue
+        for n in targets:
+            images[n][slug] = c.resolved_image
+            if c.spec.image_pull_secret_ref:
+                secrets[n].add(c.spec.image_pull_secret_ref.name)
+    return PullerPlan(images, secrets, left_out, placements)
 
 
-def puller_daemonset(hub: HubRecord, name: str, images: dict[str, str], *, pull_secrets: list[str]) -> dict:
+def puller_images(winners: dict[str, CourseRecord], hub: HubRecord) -> dict[str, dict[str, str]]:
+    """DaemonSet name -> {slug: image}: GPU-only courses on GPU nodes, others where user pods go."""
+    return plan_pullers(hub, winners).images
+
+
+def unpulled_reasons(hub: HubRecord, winners: dict[str, CourseRecord]) -> dict[str, str]:
+    """slug -> why a course that asks to be pre-pulled is in none of this hub's pullers.
+
+    For the course's own status (instead of "rolling out" forever); empty when pre-pulling is off.
+    """
+    enabled = hub.spec.pre_pull.enabled if hub.spec.pre_pull else True
+    return plan_pullers(hub, winners).left_out if enabled else {}
+
+
+# --- the objects ----------------------------------------------------------------------
+
+
+def _container(name: str, image: str, **extra: Any) -> dict:
+    return {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "resources": copy.deepcopy(RESOURCES),
+        "securityContext": container_security_context(),
+        **extra,
+    }
+
+
+def _noop_runner(name: str, image: str) -> dict:
+    """An init container that pulls `image` and runs only the trusted no-op from the emptyDir."""
+    return _container(
+        name,
+        image,
+        # command replaces the image's entrypoint and, without args, its cmd: nothing of the image runs.
+        command=[NOOP],
+        volumeMounts=[{"name": NOOP_VOLUME, "mountPath": NOOP_MOUNT, "readOnly": True}],
+    )
+
+
+def puller_daemonset(
+    hub: HubRecord,
+    name: str,
+    images: dict[str, str],
+    *,
+    pull_secrets: list[str] | set[str],
+    placement: Placement,
+    operator_image: str = DEFAULT_OPERATOR_IMAGE,
+    network_tools: str | None = None,
+) -> dict:
     pause = hub.spec.pre_pull.pause_image if hub.spec.pre_pull else "registry.k8s.io/pause:3.10"
-    selector = {"app.kubernetes.io/name": "coursehub-puller", "coursehub.dev/puller": name}
-    tolerations = list(USER_POD_TOLERATIONS)
-    node_selector = None
-    if name == GPU:
-        gpu = gpu_settings(hub) or {}
-        tolerations += gpu.get("tolerations", [])
-        node_selector = gpu.get("nodeSelector")
-    security = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
-    small = {"requests": {"cpu": "0", "memory": "0"}, "limits": {"cpu": "100m", "memory": "64Mi"}}
-    init = [
-        {
-            "name": container_name(slug),
-            "image": image,
-            "imagePullPolicy": "IfNotPresent",
-            "command": ["/bin/sh", "-c", "echo pulled"],
-            "resources": small,
-            "securityContext": security,
-        }
-        for slug, image in sorted(images.items())
-    ]
+    selector = {**APP_LABEL, "coursehub.dev/puller": name}
+    install = _container(
+        INSTALL_CONTAINER,
+        operator_image,
+        # cp from the operator's own image: the one trusted program that writes the emptyDir.
+        command=["cp", NOOP_IN_OPERATOR_IMAGE, NOOP],
+        volumeMounts=[{"name": NOOP_VOLUME, "mountPath": NOOP_MOUNT}],
+    )
+    init = [install]
+    if network_tools:
+        init.append(_noop_runner(NETWORK_TOOLS_CONTAINER, network_tools))
+    init += [_noop_runner(container_name(slug), image) for slug, image in sorted(images.items())]
     pod_spec: dict = {
         "initContainers": init,
-        "containers": [
-            {
-                "name": "pause",
-                "image": pause,
-                "imagePullPolicy": "IfNotPresent",
-                "resources": small,
-                "securityContext": {**security, "runAsNonRoot": True, "runAsUser": 65535},
-            }
-        ],
-        "tolerations": tolerations,
+        "containers": [_container("pause", pause)],
+        "volumes": [{"name": NOOP_VOLUME, "emptyDir": {"sizeLimit": NOOP_SIZE_LIMIT}}],
+        "securityContext": pod_security_context(),
+        **placement.pod_fields(),
         "terminationGracePeriodSeconds": 0,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
     }
-    if node_selector:
-        pod_spec["nodeSelector"] = node_selector
     if pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s} for s in sorted(set(pull_secrets))]
     return {
@@ -103,24 +375,53 @@ def puller_daemonset(hub: HubRecord, name: str, images: dict[str, str], *, pull_
     }
 
 
-def desired_pullers(hub: HubRecord, winners: dict[str, CourseRecord]) -> dict[str, dict | None]:
-    """DaemonSet name -> manifest, or None when it should not exist."""
+def desired_pullers(
+    hub: HubRecord, winners: dict[str, CourseRecord], *, operator_image: str = DEFAULT_OPERATOR_IMAGE
+) -> dict[str, dict | None]:
+    """DaemonSet name -> manifest, or None when it should not exist.
+
+    `operator_image` is the operator's own image (settings.operator_image): the source of
+    the trusted no-op.
+    """
     enabled = hub.spec.pre_pull.enabled if hub.spec.pre_pull else True
     out: dict[str, dict | None] = {GENERAL: None, GPU: None}
     if not enabled:
         return out
-    secrets = [c.spec.image_pull_secret_ref.name for c in winners.values() if c.spec.image_pull_secret_ref]
-    for name, images in puller_images(winners).items():
-        if name == GPU and gpu_settings(hub) is None:
-            continue
-        if images:
-            out[name] = puller_daemonset(hub, name, images, pull_secrets=secrets)
+    plan = plan_pullers(hub, winners)
+    tools = network_tools_image(hub)
+    for name, images in plan.images.items():
+        if images and name in plan.placements:
+            out[name] = puller_daemonset(
+                hub,
+                name,
+                images,
+                pull_secrets=plan.secrets[name],
+                placement=plan.placements[name],
+                operator_image=operator_image,
+                network_tools=tools,
+            )
     return out
 
 
 def puller_network_policies(hub: HubRecord) -> list[dict]:
-    """NetworkPolicies for the puller pods (applied with the pullers, owned by the hub)."""
-    return []
+    """NetworkPolicies for the puller pods (applied with the pullers, owned by the hub).
+
+    Deny all: images are pulled by the kubelet and the container runtime on the node, not
+    from the pod's network, so a puller pod needs no traffic at all.
+    """
+    return [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": NETWORK_POLICY, "namespace": hub.namespace, "labels": hub_labels(hub)},
+            "spec": {
+                "podSelector": {"matchLabels": dict(APP_LABEL)},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [],
+                "egress": [],
+            },
+        }
+    ]
 
 
 def rolled_out(ds: dict | None) -> bool:
@@ -138,9 +439,14 @@ def rolled_out(ds: dict | None) -> bool:
 
 
 def images_of(ds: dict | None) -> set[str]:
+    """The course images a puller holds (its own install-noop and network-tools are not courses)."""
     if not ds:
         return set()
-    return {c["image"] for c in ds["spec"]["template"]["spec"].get("initContainers", [])}
+    return {
+        c["image"]
+        for c in ds["spec"]["template"]["spec"].get("initContainers", [])
+        if c["name"].startswith(COURSE_CONTAINER_PREFIX)
+    }
 
 
 def pulled_images(desired: dict[str, dict | None], live: dict[str, dict | None]) -> set[str]:
