@@ -299,7 +299,3 @@ def owner_reference(owner: dict, *, controller: bool = True) -> dict:
         "controller": controller,
         "blockOwnerDeletion": True,
     }
-
-
-async def sleep_backoff(attempt: int, base: float = 0.5, cap: float = 30.0) -> None:
-    await asyncio.sleep(min(cap, base * (2**attempt)))

@@ -13,6 +13,7 @@ from dataclasses import replace
 import kopf
 from pydantic import ValidationError
 
+from .. import backoff
 from ..api.courseimage import CourseImageSpec
 from ..api.jupyterhubdeployment import JupyterHubDeploymentSpec
 from ..desired.courses import CourseRecord, HubRecord, namespace_owner
@@ -80,7 +81,7 @@ class Runtime:
                         e,
                         exc_info=attempt == 1 and not isinstance(e, TRANSIENT_API_ERRORS),
                     )
-                    await asyncio.sleep(min(30.0, 0.5 * 2**attempt))
+                    await backoff.sleep(attempt)
 
         task = asyncio.create_task(until_done(), name=f"delete {key}")
         self.deleting[key] = task

@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from .. import conditions, metrics
+from .. import backoff, conditions, metrics
 from ..api.common import API_VERSION
 from ..conditions import Cond
 from ..desired import allowlist as allowlist_mod
@@ -130,7 +130,7 @@ class HubReconciler:
                 # A watch event means the API server answers again: retry then, not after the backoff.
                 wake.clear()
                 try:
-                    await asyncio.wait_for(wake.wait(), timeout=min(30.0, 0.5 * 2**attempt))
+                    await asyncio.wait_for(wake.wait(), timeout=backoff.delay(attempt))
                 except TimeoutError:
                     pass
                 wake.set()

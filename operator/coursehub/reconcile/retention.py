@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 
-from .. import metrics
+from .. import backoff, metrics
 from ..desired.courses import CourseRecord
 from ..desired.lifecycle import CourseUsage, build_lifecycle_policies
 from ..desired.status import Retention
@@ -83,7 +83,7 @@ async def retention_loop(kube, index: Index, settings: Settings) -> None:
         if any(r.reason in TRANSIENT for r in failed):
             attempt += 1
             applied = None
-            delay = min(300.0, 2.0 * 2**attempt)
+            delay = backoff.delay(attempt, base=2.0, cap=300.0)
             log.warning(
                 "ECR lifecycle: %d repositories failed transiently; retrying in %.0fs", len(failed), delay
             )
