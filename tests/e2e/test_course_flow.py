@@ -47,7 +47,12 @@ def course_cond(cluster, ns, name, type_):
 
 def puller_images(cluster, ns, name="coursehub-puller") -> dict[str, str]:
     ds = get_yaml(cluster, "daemonset", name, "-n", ns)
-    return {c["name"]: c["image"] for c in ds["spec"]["template"]["spec"]["initContainers"]}
+    # Course images only: the puller's own install-noop and network-tools containers are not courses.
+    return {
+        c["name"]: c["image"]
+        for c in ds["spec"]["template"]["spec"]["initContainers"]
+        if c["name"].startswith("pull-")
+    }
 
 
 def helm_revision(cluster, ns, release="learn") -> int:
