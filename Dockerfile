@@ -3,8 +3,8 @@
 #
 #   docker build -t coursehub-operator:dev .
 #
-# Three stages; only the last one ships, and it holds no compiler, no Go toolchain, no uv
-# and no build cache: the Python runtime, the locked virtualenv and helm.
+# Four stages; only the last one ships, and it holds no compiler, no Go toolchain, no uv
+# and no build cache: the Python runtime, the locked virtualenv, helm and the puller's no-op.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG GO_IMAGE=golang:1.25-bookworm
@@ -39,6 +39,19 @@ RUN set -eu; \
     /out/helm version --short
 
 # ---------------------------------------------------------------------------------------
+# The pre-puller's no-op (images/noop/noop.c): pullers copy it out of this image and run it
+# in place of every course image's own programs. Linked statically, so it runs inside any
+# image (any libc, or none, and no shell); the golang image already carries gcc and glibc's
+# static libraries. The build stops if the result asks for a program interpreter.
+FROM ${GO_IMAGE} AS noop
+COPY images/noop/noop.c /src/noop.c
+RUN set -eu; \
+    mkdir -p /out; \
+    gcc -static -Os -s -o /out/coursehub-noop /src/noop.c; \
+    if readelf -l /out/coursehub-noop | grep -q INTERP; then echo "coursehub-noop is not static" >&2; exit 1; fi; \
+    /out/coursehub-noop
+
+# ---------------------------------------------------------------------------------------
 # The locked Python dependencies and the coursehub package, in one virtualenv.
 FROM ${UV_IMAGE} AS uv
 FROM ${PYTHON_IMAGE} AS python-build
@@ -69,6 +82,8 @@ RUN groupadd --system --gid 65532 coursehub \
  && useradd --system --uid 65532 --gid 65532 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin coursehub
 COPY --from=python-build /app/.venv /app/.venv
 COPY --from=helm /out/helm /usr/local/bin/helm
+# The puller's trusted init container copies this out (coursehub.desired.puller.NOOP_IN_OPERATOR_IMAGE).
+COPY --from=noop /out/coursehub-noop /usr/local/bin/coursehub-noop
 # helm writes its repository cache and config under HOME/XDG dirs; the root filesystem is
 # read-only at run time, so they live under /tmp (an emptyDir in the chart).
 ENV PATH=/app/.venv/bin:$PATH \
