@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from coursehub.desired import puller
 from coursehub.devcluster.build import HELM_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,9 +94,37 @@ def test_final_stage_has_no_build_tools(dockerfile):
     ):
         assert tool not in runs, f"the final stage runs {tool!r}"
     copies = [a for w, a in runtime if w == "COPY"]
-    # Only the venv and the helm binary come across; no source tree, no uv, no Go.
+    # Only the venv, the helm binary and the puller's no-op come across; no source tree, no uv, no Go.
     assert all(a.startswith("--from=") for a in copies), copies
-    assert {a.split()[0] for a in copies} == {"--from=python-build", "--from=helm"}
+    assert {a.split()[0] for a in copies} == {"--from=python-build", "--from=helm", "--from=noop"}
+
+
+def test_noop_stage_builds_a_static_program_and_ships_it_where_pullers_look(dockerfile):
+    noop = stages(dockerfile)["noop"]
+    run = " ".join(a for w, a in noop if w == "RUN")
+    assert "gcc -static" in run and "/src/noop.c" in run
+    assert "INTERP" in run and "exit 1" in run  # a dynamically linked result stops the build
+    assert ["images/noop/noop.c", "/src/noop.c"] in [a.split() for w, a in noop if w == "COPY"]
+    copies = [a.split() for w, a in stages(dockerfile)["runtime"] if w == "COPY"]
+    assert ["--from=noop", "/out/coursehub-noop", puller.NOOP_IN_OPERATOR_IMAGE] in copies
+
+
+@pytest.mark.skipif(
+    shutil.which("gcc") is None or shutil.which("readelf") is None, reason="needs gcc and readelf"
+)
+def test_noop_compiles_statically_without_an_interpreter(tmp_path):
+    """The noop stage's command, here: the program must run in images with no libc and no shell."""
+    out = tmp_path / "coursehub-noop"
+    subprocess.run(
+        ["gcc", "-static", "-Os", "-s", "-o", str(out), str(REPO / "images/noop/noop.c")], check=True
+    )
+    headers = subprocess.run(["readelf", "-l", str(out)], capture_output=True, text=True, check=True).stdout
+    assert "INTERP" not in headers and "Requesting program interpreter" not in headers
+    if shutil.which("file"):
+        desc = subprocess.run(["file", str(out)], capture_output=True, text=True, check=True).stdout
+        assert "statically linked" in desc and "dynamically linked" not in desc
+    assert subprocess.run([str(out)]).returncode == 0
+    assert out.stat().st_size < 2 * 1024 * 1024  # fits the puller's emptyDir (NOOP_SIZE_LIMIT)
 
 
 def test_locked_dependencies_without_dev_group(dockerfile):
@@ -161,4 +190,4 @@ def test_dockerignore_keeps_the_context_to_what_the_build_copies():
         if ln.strip() and not ln.startswith("#")
     ]
     assert lines[0] == "*"
-    assert {"!pyproject.toml", "!uv.lock", "!README.md", "!operator/"} <= set(lines)
+    assert {"!pyproject.toml", "!uv.lock", "!README.md", "!operator/", "!images/noop/noop.c"} <= set(lines)
