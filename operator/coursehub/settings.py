@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         8000, ge=0, le=65535, description="Port of the Prometheus metrics server (0: off)."
     )
     json_logs: bool = Field(False, description="One JSON object per log line, for log pipelines.")
+    operator_image: str = Field(
+        "ghcr.io/coursehub/coursehub-operator:0.1.0",
+        min_length=1,
+        description="The operator's own image (the chart passes it): pre-pullers copy their static no-op "
+        "from it, so no course image's own programs run (docs/prepull.md).",
+    )
 
     @field_validator("aws_endpoint_url", mode="before")
     @classmethod
