@@ -30,6 +30,7 @@ VARIABLES = {
     "helm_timeout": ("COURSEHUB_HELM_TIMEOUT", "5m"),
     "metrics_port": ("COURSEHUB_METRICS_PORT", 8000),
     "json_logs": ("COURSEHUB_JSON_LOGS", False),
+    "operator_image": ("COURSEHUB_OPERATOR_IMAGE", "ghcr.io/coursehub/coursehub-operator:0.1.0"),
 }
 
 
@@ -65,6 +66,7 @@ def test_every_variable_is_read(clean_env):
         "COURSEHUB_HELM_TIMEOUT": "1h30m",
         "COURSEHUB_METRICS_PORT": "0",
         "COURSEHUB_JSON_LOGS": "1",
+        "COURSEHUB_OPERATOR_IMAGE": "registry.example.edu/coursehub-operator:dev",
     }
     for k, v in values.items():
         clean_env.setenv(k, v)
@@ -83,6 +85,7 @@ def test_every_variable_is_read(clean_env):
         "helm_timeout": "1h30m",
         "metrics_port": 0,
         "json_logs": True,
+        "operator_image": "registry.example.edu/coursehub-operator:dev",
     }
 
 
