@@ -1,18 +1,23 @@
 """A small async Kubernetes REST client: get, list, server-side apply, status patch, delete, events.
 
-kubernetes_asyncio loads the credentials (kubeconfig or in-cluster); the requests go through
-one aiohttp session so that every write is counted (metrics, benchmarks) and server-side
-apply is first-class: one field manager owns what the operator writes.
+Credentials come from the pod's ServiceAccount or a kubeconfig (kubernetes_asyncio runs its
+exec plugin) and are loaded again when the API server answers 401. The requests go through one
+aiohttp session so that every request is counted (metrics, benchmarks) and server-side apply is
+first-class: one field manager owns what the operator writes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
+import contextlib
 import json
 import logging
+import os
 import ssl
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +32,7 @@ from .api.common import now_rfc3339
 log = logging.getLogger(__name__)
 
 FIELD_MANAGER = "coursehub"
-SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 class KubeError(Exception):
@@ -114,58 +119,115 @@ BY_KIND = {
 }
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """Where the API server is and how to prove who we are; loaded again on a 401."""
+
+    host: str
+    ssl: ssl.SSLContext | bool
+    headers: dict[str, str]
+
+
+CredentialSource = Callable[[], Awaitable[Credentials]]
+
+
+def service_account_credentials(
+    sa_dir: Path = SA_DIR, environ: Mapping[str, str] = os.environ
+) -> Credentials | None:
+    """In-cluster credentials: the pod's ServiceAccount token and CA, or None outside a cluster.
+
+    The kubelet rotates the projected token (hourly by default); the file is read again on a 401.
+    """
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
+    token = sa_dir / "token"
+    if not (host and port and token.exists()):
+        return None
+    ctx = ssl.create_default_context(cafile=str(sa_dir / "ca.crt"))
+    url = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+    return Credentials(url, ctx, {"Authorization": f"Bearer {token.read_text().strip()}"})
+
+
+async def kubeconfig_credentials(config_file: str | Path | None = None) -> Credentials:
+    """Credentials from a kubeconfig ($KUBECONFIG or ~/.kube/config unless given).
+
+    Each call reads the file again and runs its exec plugin again (an EKS token lives ~15 minutes).
+    """
+    cfg = k8s_client.Configuration()
+    await k8s_config.load_kube_config(
+        config_file=str(config_file) if config_file else None, client_configuration=cfg
+    )
+    if not cfg.host:
+        raise k8s_config.ConfigException("the kubeconfig's current context names no server")
+    ctx: ssl.SSLContext | bool
+    if cfg.verify_ssl:
+        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+    else:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cfg.cert_file:
+        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+    headers = {}
+    auth = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
+    if auth:
+        headers["Authorization"] = auth if auth.lower().startswith("bearer") else f"Bearer {auth}"
+    return Credentials(cfg.host, ctx, headers)
+
+
+async def environment_credentials(
+    sa_dir: Path = SA_DIR, environ: Mapping[str, str] = os.environ
+) -> Credentials:
+    """In-cluster ServiceAccount first, else the kubeconfig (kopf's login does the same)."""
+    return service_account_credentials(sa_dir, environ) or await kubeconfig_credentials()
+
+
 class Kube:
-    """One per operator process."""
+    """One per operator process.
+
+    A 401 means our credentials went stale (an exec plugin's token expired, a ServiceAccount
+    token rotated): the credential source runs again once and the request is retried once.
+    """
 
     def __init__(
         self,
         host: str,
         ssl_context: ssl.SSLContext | bool,
         headers: dict[str, str],
-        token_file: Path | None = None,
+        *,
+        reload: CredentialSource | None = None,
     ):
         self.host = host.rstrip("/")
         self._ssl = ssl_context
         self._headers = headers
-        self._token_file = token_file
+        self._reload = reload
+        # Bumped per reload, so that a burst of requests failing together reloads only once.
+        self._generation = 0
+        self._reload_lock = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self.writes: Counter[str] = Counter()  # "VERB Kind" -> count, for benchmarks
         self.reads: Counter[str] = Counter()
+        self.credential_reloads = 0
 
     @classmethod
-    async def from_environment(cls) -> Kube:
-        cfg = k8s_client.Configuration()
-        token_file = None
-        try:
-            k8s_config.load_incluster_config(client_configuration=cfg)
-            token_file = SA_TOKEN
-        except k8s_config.ConfigException:
-            await k8s_config.load_kube_config(client_configuration=cfg)
-        ctx: ssl.SSLContext | bool
-        if cfg.verify_ssl:
-            ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
-        else:
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        if cfg.cert_file:
-            ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-        headers = {}
-        auth = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
-        if auth:
-            headers["Authorization"] = auth if auth.lower().startswith("bearer") else f"Bearer {auth}"
-        return cls(cfg.host, ctx, headers, token_file)
+    async def from_environment(cls, source: CredentialSource = environment_credentials) -> Kube:
+        creds = await source()
+        return cls(creds.host, creds.ssl, creds.headers, reload=source)
 
     async def close(self) -> None:
         if self._session:
             await self._session.close()
             self._session = None
 
-    def _auth_headers(self) -> dict[str, str]:
-        if self._token_file and self._token_file.exists():
-            # Projected service-account tokens rotate; read the current one.
-            return {**self._headers, "Authorization": f"Bearer {self._token_file.read_text().strip()}"}
-        return self._headers
+    async def _reload_credentials(self, failed_generation: int) -> None:
+        async with self._reload_lock:
+            if self._generation != failed_generation or self._reload is None:
+                return  # another request has reloaded them meanwhile
+            creds = await self._reload()
+            self.host, self._ssl, self._headers = creds.host.rstrip("/"), creds.ssl, creds.headers
+            self._generation += 1
+            self.credential_reloads += 1
+            metrics.CREDENTIAL_RELOADS.inc()
+            log.info("the API server answered 401: credentials loaded again")
 
     async def request(
         self,
@@ -180,25 +242,33 @@ class Kube:
         if self._session is None:
             timeout = aiohttp.ClientTimeout(total=30, sock_connect=5)
             self._session = aiohttp.ClientSession(timeout=timeout)
-        headers = {**self._auth_headers(), "Accept": "application/json"}
-        data = None
-        if body is not None:
-            headers["Content-Type"] = content_type
-            data = json.dumps(body)
+        data = json.dumps(body) if body is not None else None
         counter = self.reads if method == "GET" else self.writes
-        counter[f"{method} {kind}"] += 1
-        metrics.API_REQUESTS.labels(method=method, kind=kind or "other").inc()
-        async with self._session.request(
-            method, self.host + path, data=data, params=params, headers=headers, ssl=self._ssl
-        ) as resp:
-            text = await resp.text()
-            payload = json.loads(text) if text and text.startswith("{") else {}
-            if resp.status >= 400:
-                msg = payload.get("message") or text[:500]
-                transient = resp.status >= 500 or resp.status == 429  # 429: e.g. storage still initialising
-                exc = {404: NotFound, 409: Conflict}.get(resp.status, ServerError if transient else KubeError)
-                raise exc(resp.status, msg, payload)
-            return payload
+        for retry in (False, True):
+            generation = self._generation
+            headers = {**self._headers, "Accept": "application/json"}
+            if data is not None:
+                headers["Content-Type"] = content_type
+            counter[f"{method} {kind}"] += 1
+            metrics.API_REQUESTS.labels(method=method, kind=kind or "other").inc()
+            async with self._session.request(
+                method, self.host + path, data=data, params=params, headers=headers, ssl=self._ssl
+            ) as resp:
+                status, text = resp.status, await resp.text()
+            if status == 401 and not retry and self._reload is not None:
+                try:
+                    await self._reload_credentials(generation)
+                except Exception as e:
+                    raise KubeError(401, f"unauthorized, and loading credentials again failed: {e}") from e
+                continue
+            break
+        payload = json.loads(text) if text and text.startswith("{") else {}
+        if status >= 400:
+            msg = payload.get("message") or text[:500]
+            transient = status >= 500 or status == 429  # 429: e.g. storage still initialising
+            exc = {404: NotFound, 409: Conflict}.get(status, ServerError if transient else KubeError)
+            raise exc(status, msg, payload)
+        return payload
 
     # -- verbs ---------------------------------------------------------------
     async def get(self, res: Resource, name: str, namespace: str | None = None) -> dict:
@@ -212,7 +282,7 @@ class Kube:
 
     async def list(
         self, res: Resource, namespace: str | None = None, *, label_selector: str | None = None
-    ) -> list:
+    ) -> builtins.list[dict]:
         params = {"labelSelector": label_selector} if label_selector else None
         return (await self.request("GET", res.path(namespace), params=params, kind=res.kind)).get("items", [])
 
@@ -241,7 +311,9 @@ class Kube:
             kind=res.kind + (f"/{subresource}" if subresource else ""),
         )
 
-    async def json_patch(self, res: Resource, name: str, namespace: str | None, ops: list) -> dict:
+    async def json_patch(
+        self, res: Resource, name: str, namespace: str | None, ops: builtins.list[dict]
+    ) -> dict:
         return await self.request(
             "PATCH",
             res.path(namespace, name),
@@ -252,12 +324,10 @@ class Kube:
         )
 
     async def delete(self, res: Resource, name: str, namespace: str | None = None) -> None:
-        try:
+        with contextlib.suppress(NotFound):
             await self.request(
                 "DELETE", res.path(namespace, name), body={"propagationPolicy": "Background"}, kind=res.kind
             )
-        except NotFound:
-            pass
 
     async def event(self, obj: dict, *, reason: str, message: str, type_: str = "Normal") -> None:
         """A core/v1 Event on `obj`, so `kubectl describe` and `kubectl get events` show it."""

@@ -12,6 +12,9 @@ RECONCILE_SECONDS = Histogram("coursehub_reconcile_duration_seconds", "Reconcile
 API_REQUESTS = Counter(
     "coursehub_kube_requests_total", "Kubernetes API requests by method and kind.", ["method", "kind"]
 )
+CREDENTIAL_RELOADS = Counter(
+    "coursehub_kube_credential_reloads_total", "Kubernetes credentials loaded again after a 401."
+)
 REGISTRY_CALLS = Counter(
     "coursehub_registry_calls_total", "Image resolutions by registry type and result.", ["registry", "result"]
 )
