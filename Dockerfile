@@ -14,14 +14,14 @@ ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
 # helm, built from its Go module at a pinned version.
 #
 # Why not the release tarball with a pinned sha256: the repository's tooling already
-# builds helm this way (operator/coursehub/devcluster/build.py, HELM_VERSION), so the
+# builds helm this way (dev/coursehub_dev/build.py, HELM_VERSION), so the
 # image runs the very helm the tests run; and the checksum below was recorded from the
 # Go checksum database, not copied from a web page. Verification happens twice:
 #   1. HELM_MODULE_SUM pins helm's own module zip (the h1: hash `go mod download`
 #      reports); the build stops if the proxy serves anything else.
 #   2. Every dependency is checked against the go.sum inside that verified module (and
 #      against sum.golang.org, GOSUMDB's default), so no module can change underneath.
-# Bumping helm: change HELM_VERSION here and in devcluster/build.py, then take the new
+# Bumping helm: change HELM_VERSION here and in dev/coursehub_dev/build.py, then take the new
 # sum from `go mod download -json helm.sh/helm/v3@<version>` (its "Sum" field).
 FROM ${GO_IMAGE} AS helm
 ARG HELM_VERSION=v3.19.0
@@ -69,6 +69,8 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 COPY pyproject.toml uv.lock README.md ./
 COPY operator ./operator
 # --no-editable: the package is copied into the venv, so /app/operator is not needed later.
+# --no-dev also leaves out the dev/ workspace member (coursehub_dev: dev cluster, registry, demo),
+# which is reached only through the dev group and is not in the build context.
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-editable
 

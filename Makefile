@@ -1,46 +1,78 @@
-# coursehub: the two commands that matter are `make demo` and `make test`.
+# coursehub: the two commands that matter are `make demo` and `make test`. Both work first on a
+# fresh machine: they install what they need (`make deps`), uv included.
 SHELL := /bin/bash
-UV ?= uv
+# scripts/bootstrap-uv.sh puts uv here (pip --user) when the machine has none.
 export PATH := $(HOME)/.local/bin:$(PATH)
+# The lock file is the truth: uv never re-resolves behind a command's back.
+UV_RUN := uv run --frozen
+# The code the hub image loads (operator/coursehub/hub) is tested again on the hub's Python,
+# in a venv of the hub image's pinned packages (tests/hub-image-requirements.txt).
+HUB_PYTHON_VERSION := 3.12
+HUB_VENV := .venv-hub
+HUB_TESTS := tests/unit/test_course_options.py
 
-.PHONY: deps demo demo-down test test-unit test-e2e crds docs bench dev-up dev-down
+.PHONY: uv deps demo demo-down test test-unit test-e2e test-hub lint crds docs bench dev-up dev-down
 
-deps:
+uv:
+	@bash scripts/bootstrap-uv.sh
+
+deps: uv
 	bash scripts/install-system-deps.sh
-	python3 -m pip install --quiet --disable-pip-version-check "uv==0.13.9"
-	$(UV) sync --frozen
+	uv sync --frozen
+	@$(MAKE) --no-print-directory node_modules/.package-lock.json
+	$(UV_RUN) coursehub-dev build
+
+# npm ci empties node_modules each time, so only when the lock is newer than the install.
+node_modules/.package-lock.json: package-lock.json
 	npm ci --no-audit --no-fund --silent
-	$(UV) run coursehub dev build
 
 # The operator in the foreground on the local control plane, with a sample hub and courses.
 demo: deps
-	$(UV) run python -m coursehub.devcluster.demo
+	$(UV_RUN) coursehub-dev demo
 
-demo-down:
-	$(UV) run coursehub dev down
+demo-down: uv
+	$(UV_RUN) coursehub-dev down
 
-# The whole suite: unit tests, then everything on real parts (control plane, helm, registry,
-# moto's ECR, JupyterHub with PostgreSQL).
-test:
-	$(UV) run pytest -p no:cacheprovider
+# The whole suite: the hub module on the hub's Python, then unit tests and everything on real
+# parts (control plane, helm, registry, moto's ECR, JupyterHub with PostgreSQL).
+test: deps test-hub
+	$(UV_RUN) pytest -p no:cacheprovider
 
-test-unit:
-	$(UV) run pytest tests/unit
+test-unit: uv
+	$(UV_RUN) pytest tests/unit
 
-test-e2e:
-	$(UV) run pytest tests/e2e tests/integration
+test-e2e: uv
+	$(UV_RUN) pytest tests/e2e tests/integration
 
-crds:
-	$(UV) run coursehub crds --write crds
+# --noconftest: tests/conftest.py loads the cluster/registry fixtures, which need the operator's
+# dependencies; the hub venv has only what the hub image has.
+test-hub: $(HUB_VENV)/installed
+	PYTHONPATH=operator $(HUB_VENV)/bin/python -m pytest -p no:cacheprovider --noconftest -q $(HUB_TESTS)
 
-docs:
-	$(UV) run coursehub docs --write
+$(HUB_VENV)/installed: tests/hub-image-requirements.txt scripts/find-python.sh
+	@bash scripts/bootstrap-uv.sh
+	py="$$(bash scripts/find-python.sh $(HUB_PYTHON_VERSION))" \
+	  && rm -rf $(HUB_VENV) \
+	  && UV_PYTHON_DOWNLOADS=never uv venv --quiet --python "$$py" $(HUB_VENV) \
+	  && uv pip install --quiet --python $(HUB_VENV)/bin/python -r tests/hub-image-requirements.txt \
+	  && touch $@
 
-dev-up:
-	$(UV) run coursehub dev up
+lint: uv
+	$(UV_RUN) ruff check
+	$(UV_RUN) ruff format --check
+	$(UV_RUN) mypy
 
-dev-down:
-	$(UV) run coursehub dev down
+crds: uv
+	$(UV_RUN) coursehub crds --write crds
 
-bench:
-	for b in bench/*.py; do echo "== $$b"; $(UV) run python $$b || exit 1; done
+docs: uv
+	$(UV_RUN) coursehub docs --write
+
+dev-up: uv
+	$(UV_RUN) coursehub-dev up
+
+dev-down: uv
+	$(UV_RUN) coursehub-dev down
+
+bench: uv
+	for b in bench/bench_*.py; do echo "== $$b"; $(UV_RUN) python $$b || exit 1; done

@@ -30,7 +30,7 @@ from harness import (
     settle,
     slug,
     table,
-    wait_for,
+    wait_until,
 )
 
 REPO_NAME = "courses/idle"
@@ -108,7 +108,7 @@ def main() -> None:
                     and c.get("observedGeneration") == gen
                 )
 
-            wait_for(deployed, timeout=600, what=f"ReleaseDeployed on generation {gen}")
+            wait_until(deployed, timeout=600, what=f"ReleaseDeployed on generation {gen}")
             edit_times.append(time.monotonic() - t0)
             settle(op, quiet_for=3)
             edit_helm.append(op.metrics().helm_mutations() - before)

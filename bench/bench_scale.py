@@ -34,7 +34,7 @@ from harness import (
     settle,
     slug,
     table,
-    wait_for,
+    wait_until,
 )
 
 REPO_NAME = "courses/scale"
@@ -55,7 +55,7 @@ def phase(
             hub_manifest("learn", domain=f"{ns}.example.edu"),
         )
     for ns in namespaces:
-        wait_for(
+        wait_until(
             lambda ns=ns: cond_true_now(env.api.hub(ns, "learn"), "ReleaseDeployed"),
             timeout=600,
             what=f"hub {ns} ReleaseDeployed",

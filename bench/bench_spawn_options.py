@@ -142,7 +142,7 @@ async def main() -> None:
     ap.add_argument(
         "--devcluster",
         action="store_true",
-        help="start the local control plane (coursehub.devcluster) and read through it",
+        help="start the local control plane (coursehub_dev) and read through it",
     )
     args = ap.parse_args()
     cluster = None
@@ -150,7 +150,7 @@ async def main() -> None:
         import tempfile
         from pathlib import Path
 
-        from coursehub.devcluster.cluster import DevCluster
+        from coursehub_dev.cluster import DevCluster
 
         cluster = DevCluster(
             state_dir=Path(tempfile.mkdtemp(prefix="bench-devcluster-")) / "state", log=lambda *a: None

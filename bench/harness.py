@@ -22,11 +22,12 @@ from pathlib import Path
 import requests
 import requests.adapters
 
-from coursehub.crds import CRD_DIR
-from coursehub.devcluster import samples
-from coursehub.devcluster.cluster import DevCluster, free_port
-from coursehub.devcluster.registry import OciRegistry
-from coursehub.devcluster.samples import course_manifest  # noqa: F401  (re-exported for the benchmarks)
+from coursehub_dev import samples
+from coursehub_dev.cluster import DevCluster
+from coursehub_dev.paths import crd_files
+from coursehub_dev.registry import OciRegistry
+from coursehub_dev.samples import course_manifest  # noqa: F401  (re-exported for the benchmarks)
+from coursehub_dev.waiting import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 GROUP_PATH = "/apis/coursehub.dev/v1alpha1"
@@ -159,21 +160,6 @@ def cond_true_now(obj: dict, type_: str) -> bool:
     return c.get("status") == "True" and c.get("observedGeneration") == obj["metadata"].get("generation")
 
 
-def wait_for(pred, *, timeout: float, what: str, interval: float = 0.1):
-    """Poll until pred() is truthy; bounded by `timeout` so a stuck operator ends the run."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = pred()
-            if last:
-                return last
-        except Exception as e:  # not created yet, or a transient API error
-            last = e
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
-
-
 class CourseWatch:
     """Watches CourseImages and stamps when each first shows Published=True / Ready=True.
 
@@ -251,7 +237,7 @@ class CourseWatch:
 
     def wait_all(self, keys: list[tuple[str, str]], which: str, timeout: float) -> None:
         target = self.ready if which == "ready" else self.published
-        wait_for(
+        wait_until(
             lambda: all(k in target for k in keys),
             timeout=timeout,
             interval=0.05,
@@ -359,7 +345,7 @@ class Operator:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        wait_for(
+        wait_until(
             lambda: self.scrape() is not None, timeout=60, what="operator metrics endpoint", interval=0.2
         )
         return self
@@ -437,7 +423,7 @@ class Env:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         log(f"workdir {self.workdir}")
         self.cluster = DevCluster(state_dir=self.workdir / "cluster", log=lambda m: log(str(m)))
-        self.cluster.up(crds=sorted(CRD_DIR.glob("*.yaml")))
+        self.cluster.up(crds=crd_files())
         self.api = Api(self.cluster)
         (self.workdir / "registry").mkdir()
         self.registry = OciRegistry(self.workdir / "registry")
@@ -473,7 +459,7 @@ class Env:
     def install_hub(self, ns: str, name: str = "learn", timeout: float = 300, **spec) -> dict:
         """Create a namespace's hub and wait until its release is deployed."""
         self.api.create(f"{GROUP_PATH}/namespaces/{ns}/jupyterhubdeployments", hub_manifest(name, **spec))
-        return wait_for(
+        return wait_until(
             lambda: (h := self.api.hub(ns, name)) and cond_true_now(h, "ReleaseDeployed") and h,
             timeout=timeout,
             what=f"hub {ns}/{name} ReleaseDeployed",

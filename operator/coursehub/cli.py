@@ -1,19 +1,12 @@
-"""The `coursehub` command: crds, render, dev up|down|env, run."""
+"""The `coursehub` command: crds, docs, render, run. (The dev cluster is `coursehub-dev`, in dev/.)"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import yaml
-
-from .crds import CRD_DIR, REPO_ROOT
-
-
-def default_state_dir() -> Path:
-    return Path(os.environ.get("COURSEHUB_DEVCLUSTER_DIR", REPO_ROOT / ".devcluster"))
 
 
 def cmd_crds(args) -> int:
@@ -31,14 +24,15 @@ def cmd_docs(args) -> int:
     from . import docs
 
     if args.write:
-        print(docs.write_reference())
+        print(docs.write_reference(Path(args.write)))
         return 0
     print(docs.reference_markdown(), end="")
     return 0
 
 
 def cmd_render(args) -> int:
-    from .desired.values import render_values_from_manifest
+    from .desired.manifest import render_values_from_manifest
+    from .settings import current
 
     docs = [d for d in yaml.safe_load_all(Path(args.file).read_text()) if d]
     hubs = [d for d in docs if d.get("kind") == "JupyterHubDeployment"]
@@ -49,41 +43,13 @@ def cmd_render(args) -> int:
         )
         return 2
     try:
-        values = render_values_from_manifest(hubs[0])
+        # The chart policy is the operator's (COURSEHUB_CHART_* settings), as the reconciler applies it.
+        values = render_values_from_manifest(hubs[0], current().chart_policy())
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(yaml.safe_dump(values, sort_keys=False, width=120), end="")
     return 0
-
-
-def cmd_dev(args) -> int:
-    from .devcluster.cluster import DevCluster
-
-    state = Path(args.state_dir) if args.state_dir else default_state_dir()
-    if args.action == "up":
-        DevCluster(state_dir=state).up(crds=sorted(CRD_DIR.glob("*.yaml")))
-        # The processes run in sessions of their own and outlive this command.
-        return 0
-    if args.action == "down":
-        DevCluster.attach(state).down()
-        return 0
-    if args.action == "env":
-        c = DevCluster.attach(state)
-        if not c.kubeconfig.exists():
-            print(f"error: no dev cluster at {state}; run `coursehub dev up` first", file=sys.stderr)
-            return 1
-        bin_dirs = sorted({str(Path(p).parent) for p in c.binaries.values()})
-        print(f"export KUBECONFIG={c.kubeconfig}")
-        print(f"export PATH={os.pathsep.join(bin_dirs)}:$PATH")
-        return 0
-    if args.action == "build":
-        from .devcluster.build import build_all
-
-        for name, path in build_all().items():
-            print(f"{name}\t{path}")
-        return 0
-    return 2
 
 
 def cmd_run(args) -> int:
@@ -101,17 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     c.set_defaults(fn=cmd_crds)
 
     dc = sub.add_parser("docs", help="print the reference of both kinds, generated from the models")
-    dc.add_argument("--write", action="store_true", help="write docs/reference.md instead of printing")
+    dc.add_argument(
+        "--write",
+        nargs="?",
+        const="docs/reference.md",
+        metavar="FILE",
+        help="write the page to FILE (default docs/reference.md, from the checkout's root) instead of printing",
+    )
     dc.set_defaults(fn=cmd_docs)
 
     r = sub.add_parser("render", help="print the exact z2jh values a JupyterHubDeployment renders to")
     r.add_argument("file")
     r.set_defaults(fn=cmd_render)
-
-    d = sub.add_parser("dev", help="the local Kubernetes control plane")
-    d.add_argument("action", choices=["up", "down", "env", "build"])
-    d.add_argument("--state-dir", help="where the cluster keeps its data (default .devcluster/)")
-    d.set_defaults(fn=cmd_dev)
 
     o = sub.add_parser("run", help="run the operator")
     o.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable)")

@@ -1,4 +1,5 @@
-"""Generate the CRDs from the pydantic models: `coursehub crds` prints them, crds/*.yaml are its output.
+"""Generate the CRDs from the pydantic models: `coursehub crds` prints them, `--write DIR` writes them
+(the checkout's crds/*.yaml are its output).
 
 Pydantic emits JSON Schema with $refs, anyOf-null for optionals and titles; Kubernetes wants
 a structural OpenAPI v3 schema: every node typed, no $ref, no nulls. This module translates
@@ -14,9 +15,6 @@ from typing import Any
 import yaml
 
 from .api import common, courseimage, jupyterhubdeployment
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CRD_DIR = REPO_ROOT / "crds"
 
 # Keys pydantic emits that a CRD schema must not carry (defaults are applied by the
 # operator's models, not written into objects by the API server, so applied specs stay
@@ -164,7 +162,7 @@ def render(crd: dict) -> str:
     return header + yaml.safe_dump(crd, sort_keys=False, width=120)
 
 
-def write_all(directory: Path = CRD_DIR) -> list[Path]:
+def write_all(directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for name, crd in all_crds().items():

@@ -173,20 +173,17 @@ def _normalise(values: Any) -> Any:
 
 
 def find_helm() -> str:
-    """The helm binary: $COURSEHUB_HELM, `helm` on PATH, else the dev cluster's build cache."""
+    """The helm binary: $COURSEHUB_HELM, else `helm` on PATH (the image sets the first;
+    `eval $(coursehub-dev env)` sets both for the dev build)."""
     env = os.environ.get("COURSEHUB_HELM")
     if env:
         return env
     on_path = shutil.which("helm")
     if on_path:
         return on_path
-    from .devcluster import build
-
-    cached = build.helm().path("helm")
-    if cached.exists():
-        return str(cached)
     raise FileNotFoundError(
-        "no helm binary: set COURSEHUB_HELM, put helm on PATH, or run `coursehub dev build`"
+        "no helm binary: set COURSEHUB_HELM to its path or put helm on PATH "
+        "(in a checkout: `uv run coursehub-dev build`, then `eval $(uv run coursehub-dev env)`)"
     )
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coursehub.devcluster import samples
-from coursehub.devcluster.samples import course_manifest
+from coursehub_dev import samples
+from coursehub_dev.samples import course_manifest
 from fixtures.cluster import get_yaml, wait_until
 from fixtures.slugs import GPU_SLUGS, SLUGS_32
 

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from coursehub.api.common import COURSE_SLUG_PATTERN
 from coursehub.desired.puller import GENERAL, GPU
-from coursehub.devcluster import samples
-from coursehub.devcluster.samples import course_manifest
+from coursehub_dev import samples
+from coursehub_dev.samples import course_manifest
 from coursehub.hub.course_spawner import CourseRefused, parse_allowlist, plan_launch
 from fixtures.cluster import wait_until
 

@@ -9,7 +9,8 @@ import pytest
 
 from coursehub.desired.lifecycle import CourseUsage, build_lifecycle_policies, normalize_policy
 from coursehub.registry.ecr_lifecycle import RepositorySettings, apply_lifecycle_policies, parse_ecr_host
-from fixtures.ecr import ECR_HOST, create_repository, ecr_client, free_port, put_image, start_moto
+from coursehub_dev.waiting import free_port
+from fixtures.ecr import ECR_HOST, create_repository, ecr_client, put_image, start_moto
 
 # Small budgets so failures are quick; these are not timing assertions.
 FAST = {"max_attempts": 3, "connect_timeout": 1, "read_timeout": 5}

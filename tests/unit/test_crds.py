@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from coursehub import crds
+from coursehub_dev.paths import CRD_DIR
 
 
 @pytest.mark.parametrize("name", sorted(crds.all_crds()))
 def test_committed_crd_matches_models(name):
-    committed = (crds.CRD_DIR / name).read_text()
+    committed = (CRD_DIR / name).read_text()
     assert committed == crds.render(crds.all_crds()[name]), (
         f"crds/{name} drifted from operator/coursehub/api: run `uv run coursehub crds --write crds`"
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from coursehub.desired import puller
-from coursehub.devcluster.build import HELM_VERSION
+from coursehub_dev.build import HELM_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,19 +1,19 @@
 """docs/reference.md is generated from the CRDs (themselves generated from the models).
 
 Like the CRD drift test: a model change without regenerating the page fails here. Regenerate
-with `uv run python -c "from coursehub.docs import write_reference; write_reference()"`
-(or `coursehub docs --write` once the CLI wires it).
+with `uv run coursehub docs --write` (from the checkout's root).
 """
 
 from __future__ import annotations
 
 from coursehub import crds, docs
+from coursehub_dev.paths import REPO_ROOT
 
 
 def test_reference_is_up_to_date():
-    committed = docs.REFERENCE_PATH.read_text()
+    committed = (REPO_ROOT / docs.REFERENCE_PATH).read_text()
     assert committed == docs.reference_markdown(), (
-        "docs/reference.md is stale: regenerate it with coursehub.docs.write_reference()"
+        "docs/reference.md is stale: regenerate it with `uv run coursehub docs --write`"
     )
 
 

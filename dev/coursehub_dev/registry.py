@@ -1,5 +1,6 @@
 """A real OCI registry on loopback (Debian's ``docker-registry`` as a plain process) and tiny
-generated images to fill it: used by the tests (tests/fixtures/registry.py) and `make demo`.
+generated images to fill it: used by the tests (tests/fixtures/registry.py), the benchmarks
+and `make demo`.
 
 Fixtures
 --------
@@ -42,7 +43,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tarfile
 import tempfile
@@ -57,6 +57,8 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import requests
 import requests.auth
+
+from .waiting import free_port, wait_until
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -75,12 +77,6 @@ _MEDIA = {
 
 def _sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _tool(name: str, package: str) -> str:
@@ -290,7 +286,7 @@ class OciRegistry:
         if auth not in (None, "htpasswd", "token"):
             raise ValueError(f"auth must be None, 'htpasswd' or 'token', not {auth!r}")
         self.workdir = workdir
-        self.port = _free_port()
+        self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.url = f"http://{self.host}"
         self.username: str | None = None
@@ -372,21 +368,23 @@ class OciRegistry:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + ready_within
-        while True:
-            if self._process.poll() is not None:
-                raise RuntimeError(
-                    f"docker-registry exited with {self._process.returncode}:\n{self.log_tail()}"
-                )
-            try:
-                if requests.get(f"{self.url}/v2/", timeout=1).status_code in (200, 401):
-                    return
-            except requests.ConnectionError:
-                pass  # not listening yet
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"docker-registry did not come up on {self.host}:\n{self.log_tail()}")
-            time.sleep(0.05)
+
+        def exited() -> str | None:
+            if self._process is not None and self._process.poll() is not None:
+                return f"docker-registry exited with {self._process.returncode}:\n{self.log_tail()}"
+            return None
+
+        def answers() -> bool:
+            # 401 is an answer too: the auth variants refuse anonymous /v2/.
+            return requests.get(f"{self.url}/v2/", timeout=1).status_code in (200, 401)
+
+        try:
+            wait_until(answers, timeout=ready_within, interval=0.05, what=self.host, abort=exited)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(
+                f"docker-registry did not come up on {self.host}:\n{self.log_tail()}"
+            ) from None
 
     def stop(self) -> None:
         """Stop the process (connections to ``host`` are then refused)."""
@@ -560,5 +558,6 @@ class OciRegistry:
         return digest_file.read_text().strip()
 
 
-def _unique(prefix: str) -> str:
+def unique_name(prefix: str) -> str:
+    """``prefix-<8 hex>``: a name no other test or run uses."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"

@@ -7,9 +7,7 @@ LoadBalancer no address, and helm --atomic would wait for one.
 
 from __future__ import annotations
 
-from ..crds import REPO_ROOT
-
-TEST_CHART = REPO_ROOT / "tests" / "charts" / "jupyterhub"
+from .paths import TEST_CHART
 
 
 def hub_manifest(name: str = "learn", *, domain: str = "nb.learn.example.edu", **spec) -> dict:

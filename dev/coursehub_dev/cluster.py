@@ -1,7 +1,7 @@
 """Run a real Kubernetes control plane on loopback: etcd, kube-apiserver, controller-manager,
 scheduler and kwok (fake nodes whose pods really go Running/Ready).
 
-The same class serves `coursehub dev up|down|env` and the pytest session fixture. Every
+The same class serves `coursehub-dev up|down|env` and the pytest session fixture. Every
 process it starts is recorded in `<state>/pids`, so `down` (or a crashed test session's
 next `up`) can stop them; `down` removes the state directory, so no data is left behind.
 """
@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -24,16 +23,11 @@ from pathlib import Path
 import yaml
 
 from . import build, pki
+from .waiting import free_port, wait_until
 
 GPU_LABEL = ("ol.mit.edu/gpu_node", "true")
 GPU_TAINT = {"key": "ol.mit.edu/gpu_node", "value": "true", "effect": "NoSchedule"}
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def node_manifest(name: str, *, gpu: bool) -> dict:
@@ -91,11 +85,15 @@ class DevCluster:
     def env(self) -> dict[str, str]:
         """Environment for tools pointed at this cluster (kubectl, helm, the operator)."""
         bin_dirs = sorted({str(Path(p).parent) for p in self.binaries.values()})
-        return {
+        env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
-            "PATH": os.pathsep.join(bin_dirs + [os.environ.get("PATH", "")]),
+            "PATH": os.pathsep.join([*bin_dirs, os.environ.get("PATH", "")]),
         }
+        if "helm" in self.binaries:
+            # The operator finds helm through this (or PATH); the wheel knows no build cache.
+            env["COURSEHUB_HELM"] = self.binaries["helm"]
+        return env
 
     # -- lifecycle ---------------------------------------------------------
     def up(self, crds: list[Path] | None = None) -> DevCluster:
@@ -329,18 +327,14 @@ class DevCluster:
         return len(ready) >= len(self.nodes)
 
     def _wait_for(self, check, what: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for name, proc in self._procs.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode} while waiting for {what}")
-            try:
-                if check():
-                    return
-            except Exception:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        wait_until(check, timeout=timeout, what=what, abort=self._exited)
+
+    def _exited(self) -> str | None:
+        """Why waiting is pointless: a component this object started has exited."""
+        for name, proc in self._procs.items():
+            if proc.poll() is not None:
+                return f"{name} exited with {proc.returncode}"
+        return None
 
     def tail_logs(self, lines: int = 30) -> str:
         out = []

@@ -10,17 +10,16 @@ from pathlib import Path
 
 import yaml
 
-from ..crds import CRD_DIR, REPO_ROOT
 from .cluster import DevCluster
+from .paths import DEMO_DIR, crd_files, default_state_dir
 from .registry import OciRegistry
 
-DEMO_DIR = REPO_ROOT / "examples" / "demo"
 NAMESPACE = "demo"
 
 
-def main() -> int:
-    state = Path(os.environ.get("COURSEHUB_DEVCLUSTER_DIR", REPO_ROOT / ".devcluster"))
-    cluster = DevCluster(state_dir=state).up(crds=sorted(CRD_DIR.glob("*.yaml")))
+def main(state: Path | None = None) -> int:
+    state = state or default_state_dir()
+    cluster = DevCluster(state_dir=state).up(crds=crd_files())
     registry_dir = state / "registry"
     registry_dir.mkdir(parents=True, exist_ok=True)
     registry = OciRegistry(registry_dir)
@@ -35,12 +34,15 @@ def main() -> int:
                 repo, tag = re.match(r"^[^/]+/(.+):([^:@]+)$", d["spec"]["image"]).groups()
                 registry.push_image(repo, tag, f"demo-{tag}")
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
-        os.environ.update({k: v for k, v in cluster.env().items() if k in ("KUBECONFIG", "PATH")})
+        # The operator below runs in this process: it finds the cluster and helm through these.
+        os.environ.update(
+            {k: v for k, v in cluster.env().items() if k in ("KUBECONFIG", "PATH", "COURSEHUB_HELM")}
+        )
         print(
             f"""
 coursehub demo: a hub and {sum(d["kind"] == "CourseImage" for d in docs)} courses in namespace {NAMESPACE}.
 In another shell:
-  eval $(uv run coursehub dev env)
+  eval $(uv run coursehub-dev env)
   kubectl get jhd,cimg -n {NAMESPACE}
   kubectl get configmap coursehub-allowlist -n {NAMESPACE} -o jsonpath='{{.data.allowlist\\.json}}'
   kubectl get ds,pods -n {NAMESPACE} -o wide
@@ -50,7 +52,7 @@ Ctrl-C stops the operator, the registry and the cluster.
 """,
             flush=True,
         )
-        from ..operator_main import run
+        from coursehub.operator_main import run
 
         os.environ.setdefault("COURSEHUB_RESOLVE_INTERVAL", "30")
         os.environ.setdefault("COURSEHUB_ECR_LIFECYCLE", "false")

@@ -186,7 +186,7 @@ def build(component: Component, log=print) -> Component:
         (work / "main.go").write_text(component.main_go)
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod -buildvcs=false"}
     started = datetime.now(UTC)
-    log(f"[devcluster] building {component.name} {component.version} (cold build, cached afterwards)")
+    log(f"[coursehub-dev] building {component.name} {component.version} (cold build, cached afterwards)")
     subprocess.run(
         ["go", "mod", "tidy"] if component.main_go else ["go", "mod", "download"],
         cwd=work,
@@ -218,7 +218,7 @@ def build(component: Component, log=print) -> Component:
     out_dir.rename(component.directory)  # atomic: a half build never looks cached
     shutil.rmtree(work, ignore_errors=True)
     secs = (datetime.now(UTC) - started).total_seconds()
-    log(f"[devcluster] built {component.name} in {secs:.0f}s -> {component.directory}")
+    log(f"[coursehub-dev] built {component.name} in {secs:.0f}s -> {component.directory}")
     return component
 
 
@@ -232,10 +232,7 @@ def build_all(log=print) -> dict[str, Path]:
     return paths
 
 
-def main() -> None:
-    for name, path in build_all().items():
-        print(f"{name}\t{path}")
-
-
-if __name__ == "__main__":
-    main()
+def built_helm() -> Path | None:
+    """The dev build of helm, if this machine has one (the tests hand it to the operator)."""
+    path = helm().path("helm")
+    return path if path.exists() else None
