@@ -25,7 +25,7 @@ from typing import Any
 
 import pydantic
 import yaml
-from pyhelm3 import Client
+from pyhelm3 import Client, Command
 from pyhelm3 import errors as helm_errors
 from pyhelm3.models import Chart, ChartMetadata, ReleaseRevision, ReleaseRevisionStatus
 
@@ -37,7 +37,9 @@ MUTATING = frozenset({"install", "upgrade", "rollback", "uninstall"})
 
 # Failures that repeat for the same chart and values: retrying them would only add
 # revisions (install/upgrade, then rollback) on every reconcile.
-DETERMINISTIC_REASONS = frozenset({"ValuesRejected", "ChartRenderFailed", "ResourceInvalid"})
+# Forbidden: the chart renders something the hub's tenant identity may not create (another
+# namespace, a cluster-scoped kind), which no retry changes.
+DETERMINISTIC_REASONS = frozenset({"ValuesRejected", "ChartRenderFailed", "ResourceInvalid", "Forbidden"})
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,10 @@ def summarise_helm_error(stderr: str, *, limit: int = 600) -> str:
 def classify_helm_error(stderr: str, operation: str) -> str:
     """A condition reason (CamelCase) for a failed helm command."""
     s = stderr.lower()
+    if "cannot impersonate" in s:
+        return "ImpersonationRefused"
+    if " is forbidden: " in s or "forbidden: user " in s:
+        return "Forbidden"
     if "values don't meet the specifications of the schema" in s:
         return "ValuesRejected"
     if "another operation (install/upgrade/rollback) is in progress" in s:
@@ -137,8 +143,7 @@ def classify_helm_error(stderr: str, operation: str) -> str:
         "execution error at" in s
         or "parse error" in s
         or "failed to render" in s
-        or ("template: " in s
-        and "error calling" in s)
+        or ("template: " in s and "error calling" in s)
     ):
         return "ChartRenderFailed"
     if "could not find protocol handler" in s:
@@ -150,8 +155,7 @@ def classify_helm_error(stderr: str, operation: str) -> str:
         or "no chart version found" in s
         or "no chart name found" in s
         or "not a valid chart repository" in s
-        or ("path " in s
-        and "not found" in s)
+        or ("path " in s and "not found" in s)
     ):
         return "ChartNotFound"
     if "is invalid" in s:
@@ -190,12 +194,31 @@ def find_helm() -> str:
 # --- the release handler -------------------------------------------------------------
 
 
+class _ImpersonatingCommand(Command):
+    """pyhelm3's Command, with every helm call made as `user` (`--kube-as-user`).
+
+    For a ServiceAccount user the API server derives the groups itself, so the operator
+    needs `impersonate` on that ServiceAccount only (not on groups).
+    """
+
+    def __init__(self, *, user: str, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._user = user
+
+    async def run(self, command: list[str], input: bytes | None = None) -> bytes:
+        return await super().run([*command, "--kube-as-user", self._user], input)
+
+
 class HelmReleases:
     """Release handling for hubs; one instance per operator process.
 
     `atomic` makes helm roll a failed upgrade back (and remove a failed install); in
     Helm 3 it also makes helm wait for the release's workloads to be ready, up to
     `timeout`. `wait` alone asks for that wait without the rollback.
+
+    Every method takes `as_user`: the identity helm impersonates for that hub
+    (desired/tenancy.py's helm_user). None runs helm as the operator itself, which only
+    tests and tools do.
     """
 
     def __init__(
@@ -208,13 +231,13 @@ class HelmReleases:
         wait: bool = False,
         history_max: int = 10,
     ):
-        self.client = Client(
-            executable=executable or find_helm(),
-            kubeconfig=Path(kubeconfig) if kubeconfig else None,
-            default_timeout=timeout,
-            history_max_revisions=history_max,
-        )
-        self._command = self.client._command  # pyhelm3 exposes status/values only through it
+        self._command_args: dict[str, Any] = {
+            "executable": executable or find_helm(),
+            "kubeconfig": Path(kubeconfig) if kubeconfig else None,
+            "default_timeout": timeout,
+            "history_max_revisions": history_max,
+        }
+        self._clients: dict[str | None, Client] = {}
         self.timeout = timeout
         self.atomic = atomic
         self.wait = wait
@@ -222,6 +245,17 @@ class HelmReleases:
         self.operations: collections.Counter[tuple[str, str]] = collections.Counter()
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._refused: dict[tuple[str, str], tuple[str, int, ReleaseFailed]] = {}
+
+    def client(self, as_user: str | None = None) -> Client:
+        """The pyhelm3 client acting as `as_user` (one per identity, kept: each runs `helm version` once)."""
+        if as_user not in self._clients:
+            command = (
+                _ImpersonatingCommand(user=as_user, **self._command_args)
+                if as_user
+                else Command(**self._command_args)
+            )
+            self._clients[as_user] = Client(command, executable=self._command_args["executable"])
+        return self._clients[as_user]
 
     @property
     def mutating_operations(self) -> int:
@@ -253,17 +287,22 @@ class HelmReleases:
 
     # -- reads
 
-    async def current_revision(self, name: str, namespace: str) -> ReleaseRevision | None:
+    async def current_revision(
+        self, name: str, namespace: str, *, as_user: str | None = None
+    ) -> ReleaseRevision | None:
         """The latest revision (any status), or None when the release does not exist."""
         try:
-            status = await self._run("status", self._command.status(name, namespace=namespace))
+            return await self._run(
+                "status", self.client(as_user).get_current_revision(name, namespace=namespace)
+            )
         except helm_errors.ReleaseNotFoundError:
             return None
-        return ReleaseRevision._from_status(status, self._command)
 
-    async def release_status(self, name: str, namespace: str) -> ReleaseOutcome | None:
+    async def release_status(
+        self, name: str, namespace: str, *, as_user: str | None = None
+    ) -> ReleaseOutcome | None:
         """Read-only: what is deployed now (for status reporting)."""
-        rev = await self.current_revision(name, namespace)
+        rev = await self.current_revision(name, namespace, as_user=as_user)
         if rev is None:
             return None
         meta = await rev.chart_metadata()
@@ -278,15 +317,18 @@ class HelmReleases:
     # -- writes
 
     async def ensure_release(
-        self, name: str, namespace: str, chart: ChartSource, values: dict
+        self, name: str, namespace: str, chart: ChartSource, values: dict, *, as_user: str | None = None
     ) -> ReleaseOutcome:
         """Make the release run `chart` with exactly `values`; touch nothing if it already does."""
         key = (namespace, name)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
-            return await self._ensure(name, namespace, chart, _normalise(values))
+            return await self._ensure(name, namespace, chart, _normalise(values), as_user)
 
-    async def _ensure(self, name: str, namespace: str, chart: ChartSource, values: dict) -> ReleaseOutcome:
+    async def _ensure(
+        self, name: str, namespace: str, chart: ChartSource, values: dict, as_user: str | None
+    ) -> ReleaseOutcome:
+        client = self.client(as_user)
         key = (namespace, name)
         local_meta = _read_local_chart(chart.path) if chart.path else None
         # The version the spec asks for, when it is known without asking a repository.
@@ -294,8 +336,8 @@ class HelmReleases:
         want_name = local_meta.name if local_meta else chart_name(chart)
         fingerprint = release_fingerprint(chart, values, want_version)
 
-        current = await self.current_revision(name, namespace)
-        current = await self._make_proceedable(name, namespace, current)
+        current = await self.current_revision(name, namespace, as_user=as_user)
+        current = await self._make_proceedable(current, as_user)
 
         refused = self._refused.get(key)
         if refused and current is not None and refused[0] == fingerprint and refused[1] == current.revision:
@@ -314,7 +356,7 @@ class HelmReleases:
                     fingerprint_from_description(current.description) or fingerprint,
                 )
 
-        pyhelm_chart = await self._resolve_chart(chart, local_meta)
+        pyhelm_chart = await self._resolve_chart(client, chart)
         if want_version is None:  # an unpinned OCI chart: the fingerprint names what was resolved
             fingerprint = release_fingerprint(chart, values, pyhelm_chart.metadata.version)
             if current is not None and current.status == ReleaseRevisionStatus.DEPLOYED:
@@ -335,7 +377,7 @@ class HelmReleases:
         try:
             rev = await self._run(
                 operation,
-                self.client.install_or_upgrade_release(
+                client.install_or_upgrade_release(
                     name,
                     pyhelm_chart,
                     values,
@@ -348,7 +390,7 @@ class HelmReleases:
                 ),
             )
         except ReleaseFailed as e:
-            after = await self.current_revision(name, namespace)
+            after = await self.current_revision(name, namespace, as_user=as_user)
             e.revision = after.revision if after is not None else None
             if self.atomic and operation == "upgrade" and after is not None:
                 e.message = f"upgrade failed and was rolled back (revision {after.revision}): {e.message}"
@@ -387,9 +429,9 @@ class HelmReleases:
         deployed = await self._run("get_values", current.values())
         return _normalise(deployed) == values
 
-    async def _resolve_chart(self, chart: ChartSource, local_meta: ChartMetadata | None) -> Chart:
+    async def _resolve_chart(self, client: Client, chart: ChartSource) -> Chart:
         try:
-            return await self._resolve_chart_unchecked(chart, local_meta)
+            return await self._resolve_chart_unchecked(client, chart)
         except pydantic.ValidationError as e:
             # pyhelm3 models refuse what they cannot drive (e.g. a file:// repository).
             first = e.errors()[0]
@@ -398,18 +440,17 @@ class HelmReleases:
                 "InvalidChartSource", f"spec.chart is not usable by helm here: {where}: {first['msg']}"
             ) from None
 
-    async def _resolve_chart_unchecked(self, chart: ChartSource, local_meta: ChartMetadata | None) -> Chart:
+    async def _resolve_chart_unchecked(self, client: Client, chart: ChartSource) -> Chart:
+        # Only before an install or upgrade: the no-change path never gets here.
         if chart.path:
-            # pyhelm3 would run `helm show chart` for this; the Chart.yaml is right here.
-            return Chart(self._command, ref=Path(chart.path), metadata=local_meta)
-        if chart.repository:
-            return await self._run(
-                "show_chart", self.client.get_chart(chart.name, repo=chart.repository, version=chart.version)
-            )
-        return await self._run("show_chart", self.client.get_chart(chart.name, version=chart.version))
+            return await self._run("show_chart", client.get_chart(Path(chart.path)))
+        assert chart.name is not None
+        return await self._run(
+            "show_chart", client.get_chart(chart.name, repo=chart.repository, version=chart.version)
+        )
 
     async def _make_proceedable(
-        self, name: str, namespace: str, current: ReleaseRevision | None
+        self, current: ReleaseRevision | None, as_user: str | None
     ) -> ReleaseRevision | None:
         """Finish what an interrupted helm run (e.g. an operator killed mid-upgrade) left behind."""
         if current is None:
@@ -419,28 +460,27 @@ class HelmReleases:
             st == ReleaseRevisionStatus.FAILED and current.revision == 1
         ):
             # Nothing deployed to go back to: start over.
-            await self._run(
-                "uninstall",
-                self._command.uninstall(name, namespace=namespace, wait=True, timeout=self.timeout),
-            )
+            await self._run("uninstall", current.release.uninstall(wait=True, timeout=self.timeout))
             return None
         if st in (ReleaseRevisionStatus.PENDING_UPGRADE, ReleaseRevisionStatus.PENDING_ROLLBACK):
             await self._run(
                 "rollback",
-                self._command.rollback(
-                    name, None, namespace=namespace, cleanup_on_fail=True, wait=True, timeout=self.timeout
-                ),
+                current.release.rollback(cleanup_on_fail=True, wait=True, timeout=self.timeout),
             )
-            return await self.current_revision(name, namespace)
+            return await self.current_revision(
+                current.release.name, current.release.namespace, as_user=as_user
+            )
         return current
 
-    async def uninstall_release(self, name: str, namespace: str, *, wait: bool = False) -> bool:
+    async def uninstall_release(
+        self, name: str, namespace: str, *, wait: bool = False, as_user: str | None = None
+    ) -> bool:
         """Remove the release; False when there was none. Never touches the database."""
         try:
-            await self._run(
-                "uninstall",
-                self._command.uninstall(name, namespace=namespace, wait=wait, timeout=self.timeout),
-            )
+            current = await self.current_revision(name, namespace, as_user=as_user)
+            if current is None:
+                return False
+            await self._run("uninstall", current.release.uninstall(wait=wait, timeout=self.timeout))
         except helm_errors.ReleaseNotFoundError:
             return False
         finally:

@@ -1,4 +1,4 @@
-"""The OIDC gate's objects, the Secret checks and hashes, and helm.py's pure helpers."""
+"""The OIDC gate's objects, the Secret checks and version stamps, and helm.py's pure helpers."""
 
 from __future__ import annotations
 
@@ -8,16 +8,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coursehub.api.jupyterhubdeployment import ChartSource, JupyterHubDeploymentSpec
-from coursehub.desired.gateway import GATEWAY_NAME, SECRET_HASH_ANNOTATION, gateway_objects
+from coursehub.desired.gateway import (
+    GATEWAY_NAME,
+    NETWORK_POLICY_NAME,
+    SECRET_VERSION_ANNOTATION,
+    gateway_objects,
+)
 from coursehub.desired.secrets import (
     DATABASE_READY,
     GATEWAY_READY,
     check_secrets,
-    database_secret_hash,
+    gateway_secret_names,
+    hub_secret_names,
     required_secret_keys,
-    secret_hash,
     secret_names,
+    version_stamp,
 )
+from coursehub.desired.values_schema import InvalidValues
 from coursehub.helm import (
     classify_helm_error,
     description_for,
@@ -30,7 +37,11 @@ BASE = {
     "chart": {"repository": "https://hub.jupyter.org/helm-chart/", "name": "jupyterhub", "version": "4.4.1"},
     "domain": "nb.learn.example.edu",
     "gateway": {
-        "oidc": {"issuerURL": "https://sso.example.edu/realms/olapps", "secretRef": {"name": "learn-oidc"}}
+        "oidc": {
+            "issuerURL": "https://sso.example.edu/realms/olapps",
+            "secretRef": {"name": "learn-oidc"},
+            "allowedGroups": ["learners"],
+        }
     },
     "database": {"urlSecretRef": {"name": "jupyterhub-db-creds", "key": "DATABASE_URL"}},
 }
@@ -51,9 +62,19 @@ DB_DATA = {"DATABASE_URL": b"postgresql://hub:pw@db/jupyterhub"}
 # --- gateway -------------------------------------------------------------------------
 
 
+def secret_obj(name: str, uid: str, rv: str, data: dict) -> dict:
+    """A Secret as the API returns it (data base64, metadata with uid and resourceVersion)."""
+    import base64
+
+    return {
+        "metadata": {"name": name, "uid": uid, "resourceVersion": rv},
+        "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+    }
+
+
 def test_gateway_objects_for_keycloak():
-    dep, svc = gateway_objects("learn", "jupyter", spec(), "nb.learn.example.edu")
-    for o in (dep, svc):
+    dep, svc, netpol = gateway_objects("learn", "jupyter", spec(), "nb.learn.example.edu")
+    for o in (dep, svc, netpol):
         assert o["metadata"]["name"].startswith("coursehub-gateway")
         assert o["metadata"]["namespace"] == "jupyter"
         assert o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "coursehub"
@@ -65,7 +86,8 @@ def test_gateway_objects_for_keycloak():
     assert "--oidc-issuer-url=https://sso.example.edu/realms/olapps" in c["args"]
     assert "--upstream=http://proxy-public.jupyter.svc.cluster.local" in c["args"]
     assert "--redirect-url=https://nb.learn.example.edu/oauth2/callback" in c["args"]
-    assert "--email-domain=*" in c["args"]
+    # groups restrict; oauth2-proxy needs an e-mail rule, and checks both
+    assert "--email-domain=*" in c["args"] and "--allowed-group=learners" in c["args"]
     env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"]}
     assert env == {
         "OAUTH2_PROXY_CLIENT_ID": {"name": "learn-oidc", "key": "client_id"},
@@ -86,14 +108,76 @@ def test_gateway_objects_for_keycloak():
 
 
 def test_gateway_never_copies_secret_content():
-    h = secret_hash(OIDC_DATA)
-    text = json.dumps(gateway_objects("learn", "jupyter", spec(), "nb.learn.example.edu", secret_hash=h))
+    stamp = version_stamp(["learn-oidc"], {"learn-oidc": secret_obj("learn-oidc", "u1", "7", OIDC_DATA)})
+    objs = gateway_objects("learn", "jupyter", spec(), "nb.learn.example.edu", secret_version=stamp)
+    text = json.dumps(objs)
     for v in OIDC_DATA.values():
         assert v.decode() not in text
-    dep = gateway_objects("learn", "jupyter", spec(), "nb.learn.example.edu", secret_hash=h)[0]
-    assert dep["spec"]["template"]["metadata"]["annotations"] == {SECRET_HASH_ANNOTATION: h}
+    assert objs[0]["spec"]["template"]["metadata"]["annotations"] == {SECRET_VERSION_ANNOTATION: stamp}
     plain = gateway_objects("learn", "jupyter", spec(), "nb.learn.example.edu")[0]
     assert "annotations" not in plain["spec"]["template"]["metadata"]
+
+
+def test_oauth2_proxy_defaults_issue_12_item_9():
+    args = gateway_objects("l", "n", spec(), "d.example.edu")[0]["spec"]["template"]["spec"]["containers"][0][
+        "args"
+    ]
+    assert "--cookie-refresh=3600s" in args
+    assert "--cookie-samesite=lax" in args
+    # Keycloak refuses an unknown 'groups' scope: the scope is explicit and has none
+    assert "--scope=openid email profile" in args
+    custom = spec(
+        gateway={
+            "oidc": {
+                "issuerURL": "https://sso.example.edu/realms/x",
+                "secretRef": {"name": "x"},
+                "emailDomains": ["mit.edu"],
+                "scope": "openid email",
+                "cookieRefreshSeconds": 600,
+            }
+        }
+    )
+    args = gateway_objects("l", "n", custom, "d.example.edu")[0]["spec"]["template"]["spec"]["containers"][0][
+        "args"
+    ]
+    assert "--scope=openid email" in args and "--cookie-refresh=600s" in args
+    assert "--email-domain=mit.edu" in args and "--email-domain=*" not in args
+
+
+def test_gate_without_groups_or_domains_is_refused_not_opened_to_everyone():
+    # A hub stored before the CRD required either (the CEL rule is new): the operator refuses it.
+    open_gate = spec(
+        gateway={"oidc": {"issuerURL": "https://sso.example.edu/realms/x", "secretRef": {"name": "x"}}}
+    )
+    try:
+        gateway_objects("l", "n", open_gate, "d.example.edu")
+    except InvalidValues as e:
+        assert e.path == "spec.gateway.oidc.allowedGroups"
+        assert "emailDomains" in e.message
+    else:
+        raise AssertionError("a gate admitting every account was rendered")
+
+
+def test_gateway_network_policy_admits_only_the_gate_to_proxy_http():
+    dep, _svc, netpol = gateway_objects("learn", "jupyter", spec(), "nb.learn.example.edu")
+    assert netpol["kind"] == "NetworkPolicy" and netpol["metadata"]["name"] == NETWORK_POLICY_NAME
+    ps = netpol["spec"]
+    # it selects z2jh's proxy pods of this release
+    assert ps["podSelector"]["matchLabels"] == {"app": "jupyterhub", "component": "proxy", "release": "learn"}
+    assert ps["policyTypes"] == ["Ingress"]
+    http = [r for r in ps["ingress"] if r["ports"] == [{"protocol": "TCP", "port": 8000}]]
+    assert len(http) == 1
+    # ... and only pods carrying the gate's labels may reach proxy-public's port
+    (peer,) = http[0]["from"]
+    assert set(peer) == {"podSelector"}
+    gate_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert all(gate_labels.get(k) == v for k, v in peer["podSelector"]["matchLabels"].items())
+    # the hub keeps the proxy's API port (z2jh labels the hub pod for it); nothing else is admitted
+    api = [r for r in ps["ingress"] if r is not http[0]]
+    assert [r["ports"] for r in api] == [[{"protocol": "TCP", "port": 8001}]]
+    assert api[0]["from"] == [
+        {"podSelector": {"matchLabels": {"hub.jupyter.org/network-access-proxy-api": "true"}}}
+    ]
 
 
 def test_gateway_groups_and_domains_and_image():
@@ -118,6 +202,7 @@ def test_gateway_groups_and_domains_and_image():
 
 
 def test_no_gateway_no_objects():
+    # (no NetworkPolicy either: without a gate, proxy-public is the way in)
     assert gateway_objects("learn", "jupyter", spec(gateway=None, auth={"allowUngated": True}), "d") == []
 
 
@@ -196,29 +281,38 @@ def test_messages_never_carry_values():
     assert "postgresql" not in text and "nb-learn-client" not in text
 
 
-@given(st.dictionaries(st.text(max_size=8), st.binary(max_size=16), max_size=5))
-def test_secret_hash_is_order_free_and_sensitive(data):
-    h = secret_hash(data)
-    assert h == secret_hash(dict(reversed(list(data.items()))))
-    assert len(h) == 64
-    if data:
-        k = sorted(data)[0]
-        assert secret_hash({**data, k: data[k] + b"x"}) != h
+def test_version_stamp_moves_once_per_change_and_never_hashes_content():
+    a = secret_obj("db", "uid-1", "100", DB_DATA)
+    stamp = version_stamp(["db"], {"db": a})
+    assert stamp and stamp.startswith("sha256:")
+    # same object, same version: same stamp (no restart without a change)
+    assert version_stamp(["db"], {"db": secret_obj("db", "uid-1", "100", DB_DATA)}) == stamp
+    # rotated (new resourceVersion) or replaced (new uid): a new stamp, once
+    assert version_stamp(["db"], {"db": secret_obj("db", "uid-1", "101", DB_DATA)}) != stamp
+    assert version_stamp(["db"], {"db": secret_obj("db", "uid-2", "100", DB_DATA)}) != stamp
+    # the content is not an input: a guess of the password cannot be checked against the stamp
+    assert (
+        version_stamp(["db"], {"db": secret_obj("db", "uid-1", "100", {"DATABASE_URL": b"other"})}) == stamp
+    )
+    assert version_stamp(["db"], {"db": None}) is None and version_stamp([], {}) is None
 
 
-def test_secret_hash_has_no_boundary_collisions():
-    assert secret_hash({"a": b"bc"}) != secret_hash({"ab": b"c"})
-    assert secret_hash({"a": "x"}) == secret_hash({"a": b"x"})
+@given(st.lists(st.tuples(st.from_regex(r"[a-z]{1,5}", fullmatch=True), st.text(max_size=5)), max_size=4))
+def test_version_stamp_is_order_free(items):
+    secrets = {n: secret_obj(n, f"u-{n}", rv, {}) for n, rv in items}
+    names = list(secrets)
+    assert version_stamp(names, secrets) == version_stamp(list(reversed(names)), secrets)
 
 
-def test_database_secret_hash_covers_only_the_referenced_key():
-    a = database_secret_hash(spec(), {"jupyterhub-db-creds": {**DB_DATA, "unrelated": b"1"}})
-    b = database_secret_hash(spec(), {"jupyterhub-db-creds": {**DB_DATA, "unrelated": b"2"}})
-    assert a == b and a is not None
-    rotated = database_secret_hash(spec(), {"jupyterhub-db-creds": {"DATABASE_URL": b"postgresql://new"}})
-    assert rotated != a
-    assert database_secret_hash(spec(), {}) is None
-    assert database_secret_hash(spec(database={"type": "sqlite-memory"}), {}) is None
+def test_which_secrets_roll_which_pods():
+    sp = spec(
+        gateway=None,
+        auth={"mode": "sharedPassword", "sharedPassword": {"secretRef": {"name": "pw", "key": "password"}}},
+    )
+    assert hub_secret_names(sp) == ["jupyterhub-db-creds", "pw"]
+    assert gateway_secret_names(sp) == []
+    assert hub_secret_names(spec()) == ["jupyterhub-db-creds"]
+    assert gateway_secret_names(spec()) == ["learn-oidc"]
 
 
 # --- helm.py pure helpers -----------------------------------------------------------

@@ -11,21 +11,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coursehub import cli
-from coursehub.api.jupyterhubdeployment import JupyterHubDeploymentSpec
+from coursehub.api.jupyterhubdeployment import ChartSource, JupyterHubDeploymentSpec
 from coursehub.desired import values as V
-from coursehub.desired.secrets import secret_hash
+from coursehub.desired.manifest import render_values_from_manifest
+from coursehub.desired.policy import ChartPolicy, InvalidChart, check_chart
 from coursehub.desired.values import (
-    DATABASE_HASH_ANNOTATION,
+    SECRETS_ANNOTATION,
     InvalidValues,
     helm_coalesce,
     hub_allowlist_rbac,
     hub_service_account,
     memory_bytes,
     render_values,
-    render_values_from_manifest,
     validate_values,
     z2jh_defaults,
 )
+from coursehub.desired.values_schema import Z2JH_DIR
+from coursehub.hub import DATABASE_SNIPPET_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "z2jh-4.4.0"
@@ -44,6 +46,7 @@ spec:
     oidc:
       issuerURL: https://sso.example.edu/realms/olapps
       secretRef: {name: learn-oidc}
+      allowedGroups: [learners]
   database:
     urlSecretRef: {name: jupyterhub-db-creds, key: DATABASE_URL}
   culling: {enabled: true, timeoutSeconds: 900, everySeconds: 300, maxAgeSeconds: 14400, users: true}
@@ -83,7 +86,7 @@ def merged(values: dict) -> dict:
 
 
 def test_design_hub_renders_the_facts_of_the_system_it_replaces():
-    v = render(database_secret_hash=secret_hash({"DATABASE_URL": DB_URL.encode()}))
+    v = render(secrets_version="sha256:stamp-of-uid-and-resourceversion")
     validate_values(v)
     m = merged(v)
     hub = m["hub"]
@@ -92,7 +95,7 @@ def test_design_hub_renders_the_facts_of_the_system_it_replaces():
     assert hub["extraEnv"]["DATABASE_URL"] == {
         "valueFrom": {"secretKeyRef": {"name": "jupyterhub-db-creds", "key": "DATABASE_URL"}}
     }
-    assert "c.JupyterHub.db_url = " in hub["extraConfig"][V.DATABASE_SNIPPET_KEY]
+    assert "c.JupyterHub.db_url = " in hub["extraConfig"][DATABASE_SNIPPET_KEY]
     assert hub["config"]["JupyterHub"]["authenticator_class"] == "tmp"
     assert hub["config"]["Authenticator"]["allow_all"] is True
     assert hub["extraEnv"][V.ALLOWLIST_ENV] == "coursehub-allowlist"
@@ -116,7 +119,7 @@ def test_design_hub_renders_the_facts_of_the_system_it_replaces():
     assert m["prePuller"]["continuous"]["enabled"] is False
     assert m["prePuller"]["extraImages"] == {}  # courses never go through values
     assert m["proxy"]["service"]["type"] == "ClusterIP"
-    assert DATABASE_HASH_ANNOTATION in hub["annotations"]
+    assert SECRETS_ANNOTATION in hub["annotations"]
 
 
 def test_hub_module_is_embedded_as_extra_config():
@@ -137,15 +140,15 @@ def test_no_secret_content_anywhere_in_the_values():
         auth={"mode": "sharedPassword", "sharedPassword": {"secretRef": {"name": "pw", "key": "password"}}},
         gateway=None,
     )
-    h = secret_hash({"DATABASE_URL": DB_URL.encode()})
-    text = json.dumps(render(s, database_secret_hash=h))
+    h = "sha256:stamp-of-uid-and-resourceversion"
+    text = json.dumps(render(s, secrets_version=h))
     for needle in (DB_URL, "s3cr3t-pw", "db.example.edu", password):
         assert needle not in text
     assert h in text  # only the hash, by design
 
 
 def test_deterministic_and_key_sorted():
-    a, b = render(database_secret_hash="x"), render(database_secret_hash="x")
+    a, b = render(secrets_version="x"), render(secrets_version="x")
     assert a == b
     assert json.dumps(a) == json.dumps(b)
 
@@ -163,18 +166,18 @@ def test_deterministic_and_key_sorted():
 
 
 def test_database_hash_annotation_changes_only_with_the_hash():
-    same1, same2 = render(database_secret_hash="aaa"), render(database_secret_hash="aaa")
-    other = render(database_secret_hash="bbb")
+    same1, same2 = render(secrets_version="aaa"), render(secrets_version="aaa")
+    other = render(secrets_version="bbb")
     assert same1 == same2
-    assert other["hub"]["annotations"] == {DATABASE_HASH_ANNOTATION: "bbb"}
-    other["hub"]["annotations"][DATABASE_HASH_ANNOTATION] = "aaa"
+    assert other["hub"]["annotations"] == {SECRETS_ANNOTATION: "bbb"}
+    other["hub"]["annotations"][SECRETS_ANNOTATION] = "aaa"
     assert other == same1  # nothing else moved
     assert "annotations" not in render()["hub"]
 
 
 def test_sqlite_memory_dev_mode():
     s = spec(database={"type": "sqlite-memory"})
-    v = render(s, database_secret_hash="ignored")
+    v = render(s)  # no Secret the hub reads: the caller passes no stamp
     validate_values(v)
     assert v["hub"]["db"] == {"type": "sqlite-memory"}
     assert "DATABASE_URL" not in v["hub"]["extraEnv"]
@@ -330,7 +333,15 @@ def test_wrong_type_enum_and_required_are_named():
     assert e.value.path == "spec.values.cull.every"
     assert "not of type integer" in e.value.message
     with pytest.raises(InvalidValues) as e:
-        validate_values(render(spec(values={"proxy": {"service": {"type": "Magic"}}})))
+        validate_values(
+            render(
+                spec(
+                    gateway=None,
+                    auth={"allowUngated": True},
+                    values={"proxy": {"service": {"type": "Magic"}}},
+                )
+            )
+        )
     assert e.value.path == "spec.values.proxy.service.type"
     assert "'Magic'" in e.value.message or '"Magic"' in e.value.message
     with pytest.raises(InvalidValues) as e:
@@ -419,10 +430,10 @@ def test_hub_service_account_follows_values():
 
 
 def test_package_and_test_chart_carry_the_same_z2jh_files():
-    pkg_schema = json.loads((V.Z2JH_DIR / "values.schema.json").read_text())
+    pkg_schema = json.loads((Z2JH_DIR / "values.schema.json").read_text())
     assert json.loads((TEST_CHART / "values.schema.json").read_text()) == pkg_schema
     assert yaml.safe_load((TEST_CHART / "values.yaml").read_text()) == z2jh_defaults()
-    assert (V.Z2JH_DIR / "LICENSE").exists()
+    assert (Z2JH_DIR / "LICENSE").exists()
     if SHARED.exists():  # next to the repository in development and CI
         assert json.loads((SHARED / "values.schema.json").read_text()) == pkg_schema
         assert json.loads((SHARED / "values.defaults.json").read_text()) == z2jh_defaults()
@@ -488,9 +499,9 @@ def test_any_culling_and_resources_validate(
         },
         singleuser=su,
     )
-    v = render(s, database_secret_hash=db_hash)
+    v = render(s, secrets_version=db_hash)
     validate_values(v)
-    assert v == render(s, database_secret_hash=db_hash)
+    assert v == render(s, secrets_version=db_hash)
     if enabled:
         assert (v["cull"]["timeout"], v["cull"]["every"], v["cull"]["maxAge"]) == (timeout, every, max_age)
     mem = v["singleuser"]["memory"]
@@ -499,3 +510,160 @@ def test_any_culling_and_resources_validate(
     cpu = v["singleuser"]["cpu"]
     if "limit" in cpu and not cpu_guarantee:
         assert cpu["guarantee"] <= cpu["limit"]
+
+
+# --- what an author may ask (issue 12, items 3 and 5) ---------------------------------
+
+OFFICIAL = {"repository": "https://hub.jupyter.org/helm-chart/", "name": "jupyterhub", "version": "4.4.1"}
+
+
+def test_chart_policy_default_allows_only_the_official_z2jh_chart():
+    check_chart(ChartSource(**OFFICIAL), ChartPolicy())
+    check_chart(
+        ChartSource(**{**OFFICIAL, "repository": "https://hub.jupyter.org/helm-chart"}), ChartPolicy()
+    )
+    refused = [
+        ({**OFFICIAL, "repository": "https://charts.evil.example/"}, "spec.chart.repository"),
+        ({**OFFICIAL, "name": "cluster-admin-maker"}, "spec.chart.name"),
+        ({"name": "oci://registry.evil.example/charts/jupyterhub", "version": "4.4.1"}, "spec.chart.name"),
+        ({"path": "/tmp/charts/jupyterhub"}, "spec.chart.path"),
+        ({"name": "jupyterhub", "version": "4.4.1"}, "spec.chart.repository"),
+    ]
+    for chart, path in refused:
+        with pytest.raises(InvalidChart) as e:
+            check_chart(ChartSource(**chart), ChartPolicy())
+        assert e.value.path == path
+        assert "https://hub.jupyter.org/helm-chart/" in e.value.message  # says what is allowed
+
+
+def test_chart_policy_paths_and_oci_are_explicit_choices():
+    policy = ChartPolicy.from_strings(None, None, "oci://registry.example.edu/charts/jupyterhub", "/charts")
+    check_chart(ChartSource(path="/charts/jupyterhub"), policy)
+    check_chart(ChartSource(name="oci://registry.example.edu/charts/jupyterhub", version="4.4.1"), policy)
+    for bad in ("/charts/../etc", "/chartsx/jupyterhub", "charts/jupyterhub"):
+        with pytest.raises(InvalidChart):
+            check_chart(ChartSource(path=bad), policy)
+    with pytest.raises(InvalidChart):
+        check_chart(
+            ChartSource(name="oci://registry.example.edu/charts/jupyterhub-evil", version="1.0.0"), policy
+        )
+
+
+def test_render_refuses_a_chart_outside_the_policy():
+    m = manifest()
+    m["spec"]["chart"] = {"path": str(TEST_CHART)}
+    with pytest.raises(InvalidChart):
+        render_values_from_manifest(m)
+    assert render_values_from_manifest(m, ChartPolicy(paths=(str(TEST_CHART.parent),)))
+
+
+@pytest.mark.parametrize(
+    "values, path",
+    [
+        ({"hub": {"image": {"name": "evil/hub", "tag": "1"}}}, "spec.values.hub.image"),
+        (
+            {"hub": {"containerSecurityContext": {"privileged": True}}},
+            "spec.values.hub.containerSecurityContext.privileged",
+        ),
+        (
+            {"singleuser": {"extraContainers": [{"name": "x", "securityContext": {"privileged": True}}]}},
+            "spec.values.singleuser.extraContainers[0].securityContext.privileged",
+        ),
+        (
+            {"singleuser": {"storage": {"extraVolumes": [{"name": "root", "hostPath": {"path": "/"}}]}}},
+            "spec.values.singleuser.storage.extraVolumes[0].hostPath",
+        ),
+        (
+            {"hub": {"extraVolumes": [{"name": "r", "hostPath": {"path": "/"}}]}},
+            "spec.values.hub.extraVolumes[0].hostPath",
+        ),
+        (
+            {"singleuser": {"extraPodConfig": {"hostNetwork": True}}},
+            "spec.values.singleuser.extraPodConfig.hostNetwork",
+        ),
+        ({"hub": {"extraPodSpec": {"hostPID": True}}}, "spec.values.hub.extraPodSpec.hostPID"),
+        (
+            {"proxy": {"chp": {"extraPodSpec": {"hostIPC": True}}}},
+            "spec.values.proxy.chp.extraPodSpec.hostIPC",
+        ),
+    ],
+)
+def test_values_that_reach_the_node_are_refused(values, path):
+    for s in (spec(values=values), spec(gateway=None, auth={"allowUngated": True}, values=values)):
+        with pytest.raises(InvalidValues) as e:
+            render(s)
+        assert e.value.path == path
+        assert path in e.value.message and "remove" in e.value.message
+
+
+def test_harmless_flags_set_to_false_pass():
+    v = render(spec(values={"singleuser": {"extraPodConfig": {"hostNetwork": False}}}))
+    validate_values(v)
+
+
+@pytest.mark.parametrize(
+    "values, path",
+    [
+        ({"proxy": {"service": {"type": "LoadBalancer"}}}, "spec.values.proxy.service"),
+        ({"proxy": {"https": {"enabled": True}}}, "spec.values.proxy.https"),
+        ({"proxy": {"traefik": {"hsts": {}}}}, "spec.values.proxy.traefik"),
+        (
+            {"proxy": {"chp": {"networkPolicy": {"allowedIngressPorts": ["http"]}}}},
+            "spec.values.proxy.chp.networkPolicy",
+        ),
+        ({"ingress": {"enabled": True, "hosts": ["nb.learn.example.edu"]}}, "spec.values.ingress"),
+        ({"httpRoute": {"enabled": True}}, "spec.values.httpRoute"),
+    ],
+)
+def test_ways_around_the_gate_are_refused_while_a_gate_is_set(values, path):
+    with pytest.raises(InvalidValues) as e:
+        render(spec(values=values))
+    assert e.value.path == path and "spec.gateway.oidc" in e.value.message
+    # without a gate the proxy's own exposure is the hub owner's business
+    render(spec(gateway=None, auth={"allowUngated": True}, values=values))
+
+
+def test_gate_closes_z2jh_proxy_policy_so_only_the_gateway_policy_admits():
+    proxy = render()["proxy"]
+    assert proxy["service"] == {"type": "ClusterIP"}
+    assert proxy["chp"]["networkPolicy"] == {
+        "allowedIngressPorts": [],
+        "interNamespaceAccessLabels": "ignore",
+    }
+    validate_values(render())
+    assert "chp" not in render(spec(gateway=None, auth={"allowUngated": True})).get("proxy", {})
+
+
+def test_tmp_without_a_gate_is_refused_at_render_even_when_the_crd_rule_never_ran():
+    # A hub stored under an older CRD (no CEL rule): the operator's own check refuses it.
+    with pytest.raises(InvalidValues) as e:
+        render(spec(gateway=None, auth={"mode": "tmp"}))
+    assert e.value.path == "spec.auth.mode" and "allowUngated" in e.value.message
+    with pytest.raises(InvalidValues):
+        render(spec(gateway=None, auth=None))  # tmp by default
+    render(spec(gateway=None, auth={"mode": "tmp", "allowUngated": True}))
+    m = manifest()
+    del m["spec"]["gateway"]
+    with pytest.raises(InvalidValues):
+        render_values_from_manifest(m)
+
+
+@pytest.mark.parametrize("cls", ["tmp", "tmpauthenticator.TmpAuthenticator"])
+def test_tmp_chosen_through_spec_values_is_refused_without_a_gate(cls):
+    sp = {"mode": "sharedPassword", "sharedPassword": {"secretRef": {"name": "pw", "key": "password"}}}
+    values = {"hub": {"config": {"JupyterHub": {"authenticator_class": cls}}}}
+    with pytest.raises(InvalidValues) as e:
+        render(spec(gateway=None, auth=sp, values=values))
+    assert e.value.path == "spec.values.hub.config.JupyterHub.authenticator_class"
+    render(spec(gateway=None, auth={**sp, "allowUngated": True}, values=values))
+    render(spec(values=values))  # gated
+
+
+def test_the_database_snippet_has_one_home():
+    from coursehub.hub import extra_config_snippets
+
+    hub = render()["hub"]
+    db_snippets = [k for k, v in hub["extraConfig"].items() if "db_url" in v]
+    assert db_snippets == [DATABASE_SNIPPET_KEY]
+    assert hub["extraConfig"][DATABASE_SNIPPET_KEY] == extra_config_snippets()[DATABASE_SNIPPET_KEY]
+    assert not hasattr(V, "_DATABASE_SNIPPET")

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from .common import (
     COURSE_SLUG_PATTERN,
+    OBJECT_NAME_PATTERN,
     Condition,
     CpuResources,
     LabelSelector,
@@ -107,6 +108,19 @@ class Auth(Model):
 
 
 class Oidc(Model):
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.allowedGroups) && size(self.allowedGroups) > 0) || "
+                    "(has(self.emailDomains) && size(self.emailDomains) > 0)",
+                    "message": "spec.gateway.oidc needs allowedGroups or emailDomains: say who may pass "
+                    "the gate (emailDomains: ['*'] admits every account of the issuer)",
+                },
+            ]
+        }
+    }
+
     issuer_url: str = Field(
         description="The OIDC issuer, e.g. https://sso.example.edu/realms/olapps (Keycloak).",
         pattern=r"^https?://\S+$",
@@ -123,10 +137,30 @@ class Oidc(Model):
         max_length=512,
     )
     allowed_groups: list[str] | None = Field(
-        None, description="Only members of these groups pass the gate.", max_length=64
+        None,
+        description="Only members of these groups pass the gate (the token's groups claim: add a "
+        "group membership mapper to the Keycloak client). allowedGroups or emailDomains is required.",
+        max_length=64,
     )
     email_domains: list[str] | None = Field(
-        None, description="Only these e-mail domains pass ('*' for any).", max_length=64
+        None,
+        description="Only these e-mail domains pass. ['*'] admits every account of the issuer, and "
+        "only when written explicitly. allowedGroups or emailDomains is required.",
+        max_length=64,
+    )
+    scope: str = Field(
+        "openid email profile",
+        description="The OIDC scopes oauth2-proxy asks for (Keycloak refuses an unknown 'groups' scope; "
+        "groups come from a mapper instead).",
+        pattern=r"^[!-~]+( [!-~]+)*$",
+        max_length=512,
+    )
+    cookie_refresh_seconds: int = Field(
+        3600,
+        ge=60,
+        le=86400,
+        description="oauth2-proxy refreshes the session against the issuer this often, so a disabled "
+        "account or removed group is locked out within this time.",
     )
 
 
@@ -300,7 +334,18 @@ class JupyterHubDeploymentSpec(Model):
     values: dict[str, Any] | None = Field(
         None,
         description="Raw z2jh values merged last (an escape hatch). They "
-        "are validated against the chart's schema before any upgrade.",
+        "are validated against the chart's schema before any upgrade. Refused: hub.image, "
+        "privileged containers, hostPath volumes, hostNetwork/hostPID/hostIPC pods, and, with "
+        "spec.gateway.oidc, the proxy's Service, https, traefik, NetworkPolicy, ingress and httpRoute.",
+    )
+    service_account_name: str | None = Field(
+        None,
+        description="A ServiceAccount of this namespace that Helm impersonates for this hub, set up "
+        "(with its Role) by the namespace's administrator. Unset: the operator creates "
+        "coursehub-helm, bound to the tenant ClusterRole (namespaced objects in this namespace only). "
+        "The operator's chart must list the name (tenancy.serviceAccountNames).",
+        pattern=OBJECT_NAME_PATTERN,
+        max_length=253,
     )
 
 

@@ -1,8 +1,8 @@
 """Pure: which Secret keys a hub needs, whether they are there, and a content hash.
 
 The operator only references Secrets (External Secrets or Vault keep them); it reads them
-to check that the keys exist and to hash the database credential, and never logs, copies
-or stores their content.
+to check that the keys exist and to stamp their versions (never their content) on the pods
+that read them, and never logs, copies or stores their content.
 
 Conditions: `DatabaseReady` covers the database URL. `GatewayReady` covers everything
 that stands between a learner and the hub: the OIDC gate's client id, client secret and
@@ -84,34 +84,38 @@ def check_secrets(
     return out
 
 
-def _as_bytes(v: bytes | str | None) -> bytes:
-    if v is None:
-        return b""
-    return v if isinstance(v, bytes) else v.encode()
-
-
-def secret_hash(data: dict[str, bytes | str]) -> str:
-    """sha256 over the sorted keys and values, length-prefixed so no two contents collide.
-
-    Values may be bytes (decoded Secret data) or str (base64 text as the API returns it);
-    pass the same form every time.
-    """
-    h = hashlib.sha256()
-    for k in sorted(data):
-        kb, vb = k.encode(), _as_bytes(data[k])
-        h.update(len(kb).to_bytes(8, "big") + kb + len(vb).to_bytes(8, "big") + vb)
-    return h.hexdigest()
-
-
-def database_secret_hash(
-    spec: JupyterHubDeploymentSpec, secrets: dict[str, dict[str, bytes] | None]
-) -> str | None:
-    """The hash for render_values(database_secret_hash=...): only the referenced key counts,
-    so a change to an unrelated key of the same Secret does not restart the hub."""
+def hub_secret_names(spec: JupyterHubDeploymentSpec) -> list[str]:
+    """The Secrets the hub pod reads at start (database URL, shared password)."""
+    names = set()
     db = spec.database
-    if db.type != "postgres" or db.url_secret_ref is None:
+    if db.type == "postgres" and db.url_secret_ref is not None:
+        names.add(db.url_secret_ref.name)
+    if spec.auth and spec.auth.mode == "sharedPassword" and spec.auth.shared_password:
+        names.add(spec.auth.shared_password.secret_ref.name)
+    return sorted(names)
+
+
+def gateway_secret_names(spec: JupyterHubDeploymentSpec) -> list[str]:
+    """The Secrets the gate's pods read at start."""
+    if spec.gateway and spec.gateway.oidc:
+        return [spec.gateway.oidc.secret_ref.name]
+    return []
+
+
+def version_stamp(names: list[str], secrets: dict[str, dict | None]) -> str | None:
+    """A stamp of these Secrets' identity and version, for a pod annotation that rolls the pod
+    when one of them is replaced or changed (once per change: the stamp moves only then).
+
+    `secrets` maps a name to the Secret object as the API returns it (None: not found).
+    Only uid and resourceVersion go in, never the content: a hash of a low-entropy value
+    such as a database password would let anyone who can read the pod's annotations guess
+    it offline. None when there is nothing to stamp.
+    """
+    parts = []
+    for name in sorted(names):
+        meta = (secrets.get(name) or {}).get("metadata") or {}
+        if meta:
+            parts.append(f"{name}\0{meta.get('uid', '')}\0{meta.get('resourceVersion', '')}")
+    if not parts:
         return None
-    data = secrets.get(db.url_secret_ref.name)
-    if not data or db.url_secret_ref.key not in data:
-        return None
-    return secret_hash({db.url_secret_ref.key: data[db.url_secret_ref.key]})
+    return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]

@@ -1,120 +1,66 @@
-"""Pure: a JupyterHubDeployment spec -> the z2jh 4.4.0 Helm values, and their validation.
+"""Pure: a JupyterHubDeployment spec -> the z2jh 4.4.0 Helm values.
 
 Nothing here reads the cluster. Secrets are referenced (secretKeyRef) and never appear in
-the values; the only trace of a Secret's content is the hash the caller passes in, which
-lands in a hub pod annotation so that a rotated database credential restarts the hub once.
+the values; the only trace of them is a stamp of the Secrets' identity and version (never
+of their content, see desired/secrets.py), which lands in a hub pod annotation so that a
+rotated database URL or shared password restarts the hub once.
 
 Courses never go through these values: z2jh restarts the hub on every values change, so
 the course allowlist lives in a ConfigMap the hub reads at spawn time (see CONTRACTS.md).
+
+Related modules: values_schema (the chart's schema, defaults and refusal messages),
+policy (what an author may ask), manifest (`coursehub render`), hub_rbac (the allowlist
+Role).
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import json
 import re
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
-import jsonschema
-from pydantic import ValidationError
-
 from ..api.jupyterhubdeployment import Culling, JupyterHubDeploymentSpec, Singleuser
+from ..hub import extra_config_snippets, hub_config_overrides
+from .gateway import check_gateway
+from .hub_rbac import DEFAULT_ALLOWLIST_CONFIGMAP, MANAGED_BY, hub_allowlist_rbac, hub_service_account
+from .policy import check_tmp_gate, check_values_policy
+from .values_schema import Z2JH_VERSION, InvalidValues, helm_coalesce, validate_values, z2jh_defaults
 
-Z2JH_DIR = Path(__file__).parent / "z2jh"
-Z2JH_VERSION = "4.4.0"
+__all__ = [
+    "DEFAULT_ALLOWLIST_CONFIGMAP",
+    "MANAGED_BY",
+    "SECRETS_ANNOTATION",
+    "Z2JH_VERSION",
+    "InvalidValues",
+    "deep_merge",
+    "helm_coalesce",
+    "hub_allowlist_rbac",
+    "hub_service_account",
+    "render_values",
+    "validate_values",
+    "z2jh_defaults",
+]
 
-DEFAULT_ALLOWLIST_CONFIGMAP = "coursehub-allowlist"
 ALLOWLIST_ENV = "COURSEHUB_ALLOWLIST_CONFIGMAP"
 DATABASE_URL_ENV = "DATABASE_URL"
 SHARED_PASSWORD_ENV = "COURSEHUB_SHARED_PASSWORD"
-DATABASE_HASH_ANNOTATION = "coursehub.dev/database-secret-hash"
-# z2jh names the hub's ServiceAccount "hub" unless hub.serviceAccount.name says otherwise.
-DEFAULT_HUB_SERVICE_ACCOUNT = "hub"
+# On the hub pod: a stamp of the database and shared-password Secrets' versions.
+SECRETS_ANNOTATION = "coursehub.dev/secrets-version"
 
 DEFAULT_MEMORY_LIMIT = "4G"
 DEFAULT_MEMORY_GUARANTEE = "2G"
 DEFAULT_CPU_GUARANTEE = 0.25
 
-# z2jh runs extraConfig entries in sorted key order. The database key is the one the hub
-# module uses for the same snippet, so the two can never both run.
-DATABASE_SNIPPET_KEY = "coursehub-10-database"
+# z2jh runs extraConfig entries in sorted key order; the database snippet (coursehub.hub)
+# runs after this one.
 AUTH_SNIPPET_KEY = "coursehub-05-auth"
-
-MANAGED_BY = {"app.kubernetes.io/managed-by": "coursehub"}
-
-# The database snippet: the URL reaches the hub only as an environment variable filled
-# from the Secret by the kubelet, so it is never in values, ConfigMaps or Helm history.
-_DATABASE_SNIPPET = f"""\
-# coursehub: the database URL comes from a Secret via ${DATABASE_URL_ENV} (never from Helm values).
-import os
-c.JupyterHub.db_url = os.environ["{DATABASE_URL_ENV}"]
-"""
 
 _SHARED_PASSWORD_SNIPPET = f"""\
 # coursehub: the shared password comes from a Secret via ${SHARED_PASSWORD_ENV} (never from Helm values).
 import os
 c.SharedPasswordAuthenticator.user_password = os.environ["{SHARED_PASSWORD_ENV}"]
 """
-
-
-class InvalidValues(ValueError):
-    """The values would be refused by the z2jh chart; `path` names the offending key."""
-
-    def __init__(self, path: str, message: str):
-        super().__init__(message)
-        self.path = path
-        self.message = message
-
-
-# --- the z2jh schema and defaults, shipped inside the package -------------------------
-
-
-@functools.cache
-def z2jh_schema() -> dict:
-    return json.loads((Z2JH_DIR / "values.schema.json").read_text())
-
-
-@functools.cache
-def _z2jh_defaults_json() -> str:
-    return (Z2JH_DIR / "values.defaults.json").read_text()
-
-
-def z2jh_defaults() -> dict:
-    """A fresh copy of the chart's default values (callers may mutate it)."""
-    return json.loads(_z2jh_defaults_json())
-
-
-@functools.cache
-def _validator() -> jsonschema.Draft7Validator:
-    return jsonschema.Draft7Validator(z2jh_schema())
-
-
-# --- the extension point for the in-hub module ---------------------------------------
-
-
-def hub_extra_config(*, allowlist_configmap: str = DEFAULT_ALLOWLIST_CONFIGMAP) -> dict[str, str]:
-    """The hub-side module's extraConfig snippets (spawner integration), keyed for hub.extraConfig.
-
-    The module lives in coursehub.hub; if it is absent (a trimmed build) the rest of the
-    values stay renderable without it.
-    """
-    try:
-        from ..hub import extra_config_snippets
-    except ImportError:
-        return {}
-    return dict(extra_config_snippets(allowlist_configmap=allowlist_configmap))
-
-
-def hub_config_overrides() -> dict:
-    """Entries the hub module needs in hub.config ({} when it needs none or is absent)."""
-    try:
-        from ..hub import hub_config_overrides as overrides
-    except ImportError:
-        return {}
-    return copy.deepcopy(overrides())
 
 
 # --- quantities (only to keep a defaulted guarantee below an explicit limit) ----------
@@ -156,21 +102,6 @@ def deep_merge(base: dict, override: dict) -> dict:
     for k, v in override.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def helm_coalesce(defaults: dict, values: dict) -> dict:
-    """What the chart's templates (and its schema check) see: values over defaults, nulls removed."""
-    out = dict(defaults)
-    for k, v in values.items():
-        if v is None:
-            out.pop(k, None)
-        elif isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = helm_coalesce(out[k], v)
-        elif isinstance(v, dict):
-            out[k] = helm_coalesce({}, v)
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -238,14 +169,20 @@ def render_values(
     namespace: str,
     spec: JupyterHubDeploymentSpec,
     *,
-    database_secret_hash: str | None = None,
+    secrets_version: str | None = None,
     allowlist_configmap: str = DEFAULT_ALLOWLIST_CONFIGMAP,
 ) -> dict:
     """The exact values for the hub's z2jh release (user-supplied values only, not the defaults).
 
     Deterministic: equal inputs give equal (key-sorted) dicts, so an unchanged spec never
-    looks like a change to the release comparison.
+    looks like a change to the release comparison. `secrets_version` (desired/secrets.py)
+    goes into a hub pod annotation: the hub reads its Secrets only at start.
+
+    Raises InvalidValues for what the operator refuses (policy.py), naming the key.
     """
+    check_tmp_gate(spec)
+    check_values_policy(spec)
+    check_gateway(spec)
     extra_env: dict[str, Any] = {ALLOWLIST_ENV: allowlist_configmap}
     extra_config: dict[str, str] = {}
     hub_config: dict[str, dict] = {}
@@ -259,9 +196,6 @@ def render_values(
         extra_env[DATABASE_URL_ENV] = {
             "valueFrom": {"secretKeyRef": {"name": db.url_secret_ref.name, "key": db.url_secret_ref.key}}
         }
-        extra_config[DATABASE_SNIPPET_KEY] = _DATABASE_SNIPPET
-        if database_secret_hash:
-            annotations[DATABASE_HASH_ANNOTATION] = database_secret_hash
     else:
         hub_db = {"type": "sqlite-memory"}
 
@@ -282,8 +216,11 @@ def render_values(
         extra_config[AUTH_SNIPPET_KEY] = _SHARED_PASSWORD_SNIPPET
     # "custom": the authenticator comes from spec.values.
 
-    extra_config.update(hub_extra_config(allowlist_configmap=allowlist_configmap))
-    hub_config = deep_merge(hub_config, hub_config_overrides())
+    if secrets_version:
+        annotations[SECRETS_ANNOTATION] = secrets_version
+    # The hub module's snippets, the database one included (its only home).
+    extra_config.update(extra_config_snippets(allowlist_configmap=allowlist_configmap))
+    hub_config = deep_merge(hub_config, copy.deepcopy(hub_config_overrides()))
 
     hub: dict[str, Any] = {
         "db": hub_db,
@@ -319,8 +256,13 @@ def render_values(
         "scheduling": {"userScheduler": {"enabled": False}, "podPriority": {"enabled": False}},
     }
     if spec.gateway and spec.gateway.oidc:
-        # The gate is the only way in: keep the hub's proxy off the load balancer.
-        values["proxy"] = {"service": {"type": "ClusterIP"}}
+        # The gate is the only way in: keep the hub's proxy off the load balancer, and stop
+        # z2jh's proxy NetworkPolicy from admitting every pod on the http port (policies add
+        # up, so the gateway's own policy, desired/gateway.py, would not close it alone).
+        values["proxy"] = {
+            "service": {"type": "ClusterIP"},
+            "chp": {"networkPolicy": {"allowedIngressPorts": [], "interNamespaceAccessLabels": "ignore"}},
+        }
 
     if spec.values:
         user = copy.deepcopy(spec.values)
@@ -329,154 +271,3 @@ def render_values(
             user_hub["extraEnv"] = _env_as_dict(user_hub["extraEnv"])
         values = deep_merge(values, user)
     return _sorted(values)
-
-
-# --- validation ----------------------------------------------------------------------
-
-
-def _join(prefix: str, parts) -> str:
-    path = prefix
-    for p in parts:
-        path = f"{path}[{p}]" if isinstance(p, int) else (f"{path}.{p}" if path else str(p))
-    return path
-
-
-def _short(v: Any) -> str:
-    s = json.dumps(v, sort_keys=True, default=str)
-    return s if len(s) <= 60 else s[:57] + "..."
-
-
-def _extra_properties(error: jsonschema.ValidationError) -> list[str]:
-    props = set(error.schema.get("properties", {}))
-    patterns = [re.compile(p) for p in error.schema.get("patternProperties", {})]
-    inst = error.instance if isinstance(error.instance, dict) else {}
-    return sorted(k for k in inst if k not in props and not any(p.search(k) for p in patterns))
-
-
-def _describe(error: jsonschema.ValidationError, prefix: str) -> tuple[str, str]:
-    where = list(error.absolute_path)
-    suffix = f"by the z2jh {Z2JH_VERSION} schema"
-    if error.validator == "additionalProperties":
-        extras = _extra_properties(error) or ["?"]
-        path = _join(prefix, where + [extras[0]])
-        return path, f"{path}: additional property '{extras[0]}' is not allowed {suffix}"
-    if error.validator == "required":
-        missing = re.findall(r"'([^']+)' is a required property", error.message)
-        path = _join(prefix, where + missing[:1])
-        return path, f"{path}: is required {suffix}"
-    path = _join(prefix, where)
-    if error.validator == "type":
-        types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
-        return (
-            path,
-            f"{path}: {_short(error.instance)} is not of type {' or '.join(types)} (required {suffix})",
-        )
-    if error.validator == "enum":
-        return path, (
-            f"{path}: {_short(error.instance)} is not one of "
-            f"{', '.join(_short(v) for v in error.validator_value)} (required {suffix})"
-        )
-    return path, f"{path}: {error.message} (refused {suffix})"
-
-
-def validate_values(values: dict, *, prefix: str = "spec.values") -> None:
-    """Raise InvalidValues if the chart would refuse these values (merged over its defaults).
-
-    `prefix` is put before the key path in messages: the operator's own keys are tested
-    to validate, so any refusal comes from spec.values.
-    """
-    merged = helm_coalesce(z2jh_defaults(), values)
-    errors = sorted(
-        _validator().iter_errors(merged), key=lambda e: ([str(p) for p in e.absolute_path], e.validator)
-    )
-    if not errors:
-        return
-    path, message = _describe(errors[0], prefix)
-    if len(errors) > 1:
-        message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    raise InvalidValues(path, message)
-
-
-# --- `coursehub render` --------------------------------------------------------------
-
-
-def _pydantic_message(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
-        parts.append(f"spec.{loc}: {err['msg']}" if loc else err["msg"])
-    return "; ".join(parts)
-
-
-def render_values_from_manifest(manifest: dict) -> dict:
-    """Parse a JupyterHubDeployment manifest, render its values and validate them.
-
-    Raises ValueError (InvalidValues for schema refusals) with a message naming the field.
-    No Secret is read, so the database hash annotation is absent from this output.
-    """
-    if not isinstance(manifest, dict) or manifest.get("kind") != "JupyterHubDeployment":
-        raise ValueError("not a JupyterHubDeployment manifest")
-    meta = manifest.get("metadata") or {}
-    name = meta.get("name")
-    if not name:
-        raise ValueError("metadata.name is required")
-    namespace = meta.get("namespace") or "default"
-    spec_raw = manifest.get("spec")
-    if not isinstance(spec_raw, dict):
-        raise ValueError("spec is required")
-    try:
-        spec = JupyterHubDeploymentSpec.model_validate(spec_raw)
-    except ValidationError as e:
-        raise ValueError(_pydantic_message(e)) from None
-    values = render_values(name, namespace, spec)
-    validate_values(values)
-    return values
-
-
-# --- hub RBAC for the allowlist (applied by the operator, outside the release) --------
-
-
-def hub_service_account(values: dict) -> str:
-    """The ServiceAccount the z2jh hub runs as, given the rendered values."""
-    sa = (values.get("hub") or {}).get("serviceAccount") or {}
-    return sa.get("name") or DEFAULT_HUB_SERVICE_ACCOUNT
-
-
-def hub_allowlist_rbac(
-    name: str,
-    namespace: str,
-    configmap: str = DEFAULT_ALLOWLIST_CONFIGMAP,
-    *,
-    service_account: str = DEFAULT_HUB_SERVICE_ACCOUNT,
-) -> list[dict]:
-    """A Role that lets the hub read exactly the allowlist ConfigMap, and its RoleBinding.
-
-    Outside the z2jh release because the release must not change when courses do, and
-    because z2jh's own hub Role has no place for it.
-    """
-    labels = {**MANAGED_BY, "coursehub.dev/hub": name}
-    role_name = "coursehub-hub-allowlist"
-    return [
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": {"name": role_name, "namespace": namespace, "labels": dict(labels)},
-            # list/watch with resourceNames work for a metadata.name field selector, which
-            # is how the hub module watches the one ConfigMap.
-            "rules": [
-                {
-                    "apiGroups": [""],
-                    "resources": ["configmaps"],
-                    "resourceNames": [configmap],
-                    "verbs": ["get", "list", "watch"],
-                }
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": {"name": role_name, "namespace": namespace, "labels": dict(labels)},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
-            "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}],
-        },
-    ]
