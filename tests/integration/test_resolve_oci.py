@@ -4,19 +4,28 @@ import socket
 
 import pytest
 
-from coursehub.registry import ResolveError, parse_reference, resolve_image
+from coursehub.registry import RegistryPolicy, ResolvedImage, ResolveError, parse_reference, resolve_image
 from coursehub.registry.oci import resolve_oci
+
+# The test registries are plain HTTP on loopback: named explicitly, as the e2e operator and
+# `make demo` name theirs (COURSEHUB_INSECURE_REGISTRIES=127.0.0.1).
+LOOPBACK = RegistryPolicy(insecure_registries=("127.0.0.1",))
+
+
+async def resolve(ref: str, **kwargs) -> ResolvedImage:
+    kwargs.setdefault("policy", LOOPBACK)
+    return await resolve_image(ref, **kwargs)
 
 
 async def resolve_error(ref: str, **kwargs) -> ResolveError:
     with pytest.raises(ResolveError) as caught:
-        await resolve_image(ref, **kwargs)
+        await resolve(ref, **kwargs)
     return caught.value
 
 
 async def test_tag_resolves_to_pushed_digest(oci_registry, unique_repo):
     digest = oci_registry.push_image(unique_repo, "v1", "first build")
-    resolved = await resolve_image(oci_registry.ref(unique_repo, "v1"))
+    resolved = await resolve(oci_registry.ref(unique_repo, "v1"))
     assert resolved.digest == digest
     assert resolved.repository == f"{oci_registry.host}/{unique_repo}"
     assert resolved.pinned == f"{oci_registry.host}/{unique_repo}@{digest}"
@@ -26,18 +35,18 @@ async def test_tag_resolves_to_pushed_digest(oci_registry, unique_repo):
 async def test_moved_tag_resolves_to_new_digest(oci_registry, unique_repo, media):
     ref = oci_registry.ref(unique_repo, "uai_source-uai.1")
     first = oci_registry.push_image(unique_repo, "uai_source-uai.1", "build 1", media=media)
-    assert (await resolve_image(ref)).digest == first
+    assert (await resolve(ref)).digest == first
     second = oci_registry.push_image(unique_repo, "uai_source-uai.1", "build 2", media=media)
     assert second != first
-    assert (await resolve_image(ref)).digest == second
+    assert (await resolve(ref)).digest == second
 
 
 async def test_digest_reference_is_verified(oci_registry, unique_repo):
     digest = oci_registry.push_image(unique_repo, "v1", "pinned")
-    resolved = await resolve_image(oci_registry.ref(unique_repo, digest=digest))
+    resolved = await resolve(oci_registry.ref(unique_repo, digest=digest))
     assert resolved.digest == digest
     # A tag next to a digest is informational: the digest decides, as for the kubelet.
-    resolved = await resolve_image(oci_registry.ref(unique_repo, "whatever", digest))
+    resolved = await resolve(oci_registry.ref(unique_repo, "whatever", digest))
     assert resolved.pinned == f"{oci_registry.host}/{unique_repo}@{digest}"
 
     missing = "sha256:" + "0" * 64
@@ -68,14 +77,14 @@ async def test_index_resolves_to_index_digest(oci_registry, unique_repo, media):
     single_amd64 = oci_registry.push_image(
         unique_repo, None, "multi-arch", platform="linux/amd64", media=media
     )
-    resolved = await resolve_image(oci_registry.ref(unique_repo, "multi"))
+    resolved = await resolve(oci_registry.ref(unique_repo, "multi"))
     assert resolved.digest == index
     assert resolved.digest != single_amd64
 
 
 async def test_image_copied_by_skopeo(oci_registry, unique_repo):
     digest = oci_registry.skopeo_copy(unique_repo, "from-layout", "skopeo build")
-    assert (await resolve_image(oci_registry.ref(unique_repo, "from-layout"))).digest == digest
+    assert (await resolve(oci_registry.ref(unique_repo, "from-layout"))).digest == digest
 
 
 async def test_auth_required_without_credentials(oci_registry_auth, unique_repo):
@@ -93,7 +102,7 @@ async def test_auth_required_without_credentials(oci_registry_auth, unique_repo)
 
 async def test_auth_with_dockerconfigjson(oci_registry_auth, unique_repo):
     digest = oci_registry_auth.push_image(unique_repo, "v1", "private")
-    resolved = await resolve_image(
+    resolved = await resolve(
         oci_registry_auth.ref(unique_repo, "v1"),
         docker_config=oci_registry_auth.docker_config,
     )
@@ -107,9 +116,7 @@ async def test_auth_with_dockerconfigjson(oci_registry_auth, unique_repo):
             }
         }
     }
-    assert (
-        await resolve_image(oci_registry_auth.ref(unique_repo, "v1"), docker_config=config)
-    ).digest == digest
+    assert (await resolve(oci_registry_auth.ref(unique_repo, "v1"), docker_config=config)).digest == digest
     # Errors behind auth are still precise.
     error = await resolve_error(
         oci_registry_auth.ref(unique_repo, "v9"),
@@ -139,7 +146,7 @@ async def test_bearer_token_flow(oci_registry_token, unique_repo):
     registry = oci_registry_token
     digest = registry.push_image(unique_repo, "v1", "behind a token service")
     ref = registry.ref(unique_repo, "v1")
-    assert (await resolve_image(ref, docker_config=registry.docker_config)).digest == digest
+    assert (await resolve(ref, docker_config=registry.docker_config)).digest == digest
     # The token service saw our user and was asked for exactly pull on this repository.
     assert (
         registry.username,
@@ -170,17 +177,20 @@ async def test_registry_down_then_back(oci_registry_factory):
     assert error.reason == "RegistryUnreachable"
     assert registry.host in error.message
     registry.start()
-    assert (await resolve_image(ref)).digest == digest
+    assert (await resolve(ref)).digest == digest
 
 
-async def test_insecure_list_replaces_loopback_default(oci_registry, unique_repo):
+async def test_plain_http_only_for_listed_registries(oci_registry, unique_repo):
     oci_registry.push_image(unique_repo, "v1", "tls")
     ref = oci_registry.ref(unique_repo, "v1")
-    # With an empty list we insist on TLS, which a plain-HTTP registry cannot speak.
-    error = await resolve_error(ref, insecure_registries=[])
+    # Nothing configured: a loopback registry is not reached at all.
+    error = await resolve_error(ref, policy=RegistryPolicy())
+    assert error.reason == "RegistryNotAllowed"
+    # Allowed on a private address but not listed insecure: TLS, which it cannot speak.
+    error = await resolve_error(ref, policy=RegistryPolicy(private_registries=("127.0.0.1",)))
     assert error.reason == "RegistryError"
     assert "insecure registries" in error.message
-    assert (await resolve_image(ref, insecure_registries=[oci_registry.host])).digest
+    assert (await resolve(ref, policy=RegistryPolicy(insecure_registries=(oci_registry.host,)))).digest
 
 
 async def test_invalid_reference_is_not_sent_anywhere():
@@ -196,6 +206,6 @@ async def test_silent_registry_times_out():
         listener.listen()
         host = f"127.0.0.1:{listener.getsockname()[1]}"
         with pytest.raises(ResolveError) as caught:
-            await resolve_oci(parse_reference(f"{host}/courses/hung:v1"), timeout=0.5)
+            await resolve_oci(parse_reference(f"{host}/courses/hung:v1"), policy=LOOPBACK, timeout=0.5)
     assert caught.value.reason == "RegistryUnreachable"
-    assert "did not answer" in caught.value.message
+    assert "did not finish within 0.5s" in caught.value.message

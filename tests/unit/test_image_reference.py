@@ -435,15 +435,15 @@ def test_credentials_from_dockerconfigjson():
 
 
 def test_insecure_hosts():
-    assert is_insecure("127.0.0.1:5000")
-    assert is_insecure("localhost:1234")
-    assert is_insecure("[::1]:5000")
+    # Nothing is plain HTTP unless listed: loopback registries are named explicitly too.
+    assert not is_insecure("127.0.0.1:5000")
+    assert not is_insecure("localhost:1234")
+    assert is_insecure("[::1]:5000", ["::1"])
     assert not is_insecure("registry.example.edu")
     assert is_insecure("registry.local:5000", ["registry.local"])
     assert is_insecure("registry.local:5000", ["registry.local:5000"])
+    assert is_insecure("registry.local:5000", ["http://registry.local:5000/"])
     assert not is_insecure("registry.local:5001", ["registry.local:5000"])
-    # An explicit list replaces the loopback default.
-    assert not is_insecure("127.0.0.1:5000", [])
 
 
 def test_parse_challenge():

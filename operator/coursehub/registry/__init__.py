@@ -6,6 +6,7 @@ and every other registry to the OCI distribution API. See docs/registries.md.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,11 +17,13 @@ from .errors import (
     ImageNotFound,
     InvalidImageReference,
     RegistryError,
+    RegistryNotAllowed,
     RegistryUnauthorized,
     RegistryUnreachable,
     ResolveError,
 )
 from .oci import resolve_oci
+from .policy import RegistryPolicy
 from .reference import (
     COURSE_IMAGE_PATTERN,
     IMAGE_REFERENCE_PATTERN,
@@ -40,6 +43,8 @@ __all__ = [
     "ImageReference",
     "InvalidImageReference",
     "RegistryError",
+    "RegistryNotAllowed",
+    "RegistryPolicy",
     "RegistryUnauthorized",
     "RegistryUnreachable",
     "ResolveError",
@@ -75,21 +80,25 @@ async def resolve_image(
     docker_config: Mapping[str, Any] | None = None,
     ecr_endpoint_url: str | None = None,
     insecure_registries: Iterable[str] | None = None,
+    policy: RegistryPolicy | None = None,
 ) -> ResolvedImage:
     """Resolve ``ref`` (``repo:tag``, ``repo@sha256:...`` or both) to a digest.
 
     ``docker_config`` is a dockerconfigjson document (the decoded
     ``.dockerconfigjson`` of a pull Secret); ``ecr_endpoint_url`` overrides the
-    ECR endpoint; ``insecure_registries`` lists hosts spoken to over plain HTTP
-    (default: loopback only). Raises ``ResolveError`` with one of ``REASONS``.
+    ECR endpoint. ``policy`` bounds where the OCI resolver goes (default: from the operator
+    settings, ``RegistryPolicy.from_settings(settings.current())``); ``insecure_registries``,
+    when given, replaces its plain-HTTP hosts. Raises ``ResolveError`` with one of ``REASONS``.
     """
     reference = parse_reference(ref)
     if parse_ecr_host(reference.registry) is not None:
         digest = await resolve_ecr(reference, endpoint_url=ecr_endpoint_url)
     else:
-        digest = await resolve_oci(
-            reference,
-            docker_config=docker_config,
-            insecure_registries=insecure_registries,
-        )
+        if policy is None:
+            from ..settings import current
+
+            policy = RegistryPolicy.from_settings(current())
+        if insecure_registries is not None:
+            policy = dataclasses.replace(policy, insecure_registries=tuple(insecure_registries))
+        digest = await resolve_oci(reference, docker_config=docker_config, policy=policy)
     return ResolvedImage(reference=reference, digest=digest)

@@ -14,6 +14,7 @@ REASONS = frozenset(
         "RegistryUnauthorized",
         "RegistryUnreachable",
         "RegistryError",
+        "RegistryNotAllowed",
     }
 )
 
@@ -58,3 +59,9 @@ class RegistryUnreachable(_FixedReason):
 
 class RegistryError(_FixedReason):
     reason_name = "RegistryError"
+
+
+# The registry, its token service or a redirect points where the operator may not go (a private
+# address, another origin, plain HTTP): fixed by the registry or by the operator's settings.
+class RegistryNotAllowed(_FixedReason):
+    reason_name = "RegistryNotAllowed"

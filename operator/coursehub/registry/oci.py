@@ -3,32 +3,43 @@
 One resolution is: HEAD the manifest (GET when the registry sends no
 ``Docker-Content-Digest``), answering a 401 challenge once, either with HTTP
 basic auth or with the bearer token flow of the Docker token spec.
+
+Everything a registry says is untrusted (a course author picks the registry): the limits of
+``RegistryPolicy`` (policy.py) apply to every request, and messages carry HTTP statuses and
+the distribution spec's error codes, never response bodies.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import json
 import re
+import socket
 import ssl
-from collections.abc import Iterable, Mapping
+import weakref
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
 from .errors import (
     ImageNotFound,
     RegistryError,
+    RegistryNotAllowed,
     RegistryUnauthorized,
     RegistryUnreachable,
     ResolveError,
 )
+from .policy import MAX_ERROR_BYTES, RegistryPolicy, host_matches, is_global_address, split_host
 from .reference import DOCKER_HUB, ImageReference
 
 __all__ = [
-    "DEFAULT_INSECURE_REGISTRIES",
     "MANIFEST_MEDIA_TYPES",
     "Credentials",
     "credentials_for",
@@ -46,9 +57,6 @@ MANIFEST_MEDIA_TYPES = (
 )
 _ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
 
-#: Hosts spoken to over plain HTTP when no ``insecure_registries`` is given.
-DEFAULT_INSECURE_REGISTRIES = ("localhost", "127.0.0.1", "::1")
-
 _DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 # Aliases under which docker config files store Docker Hub credentials.
 _DOCKER_HUB_ALIASES = {DOCKER_HUB, "index.docker.io", "registry-1.docker.io"}
@@ -59,31 +67,10 @@ Credentials = tuple[str, str]
 # --- insecure hosts -------------------------------------------------------
 
 
-def _split_host(host: str) -> tuple[str, int | None]:
-    """``"[::1]:5000"`` -> ``("::1", 5000)``; ``"a.b"`` -> ``("a.b", None)``."""
-    if host.startswith("["):
-        end = host.find("]")
-        name, rest = host[1:end], host[end + 1 :]
-        return name, int(rest[1:]) if rest.startswith(":") else None
-    name, sep, port = host.rpartition(":")
-    if sep and port.isdigit() and ":" not in name:
-        return name, int(port)
-    return host, None
-
-
-def is_insecure(host: str, insecure_registries: Iterable[str] | None = None) -> bool:
-    """Whether ``host`` is reached over plain HTTP.
-
-    Entries are ``host`` (any port) or ``host:port``; ``None`` means the
-    loopback defaults, an explicit list replaces them (``[]``: TLS everywhere).
-    """
-    entries = DEFAULT_INSECURE_REGISTRIES if insecure_registries is None else insecure_registries
-    name, port = _split_host(host)
-    for entry in entries:
-        entry_name, entry_port = _split_host(entry.strip().removeprefix("http://").rstrip("/"))
-        if entry_name.lower() == name.lower() and entry_port in (None, port):
-            return True
-    return False
+def is_insecure(host: str, insecure_registries: Iterable[str] = ()) -> bool:
+    """Whether ``host`` is reached over plain HTTP: entries are ``host`` (any port) or
+    ``host:port``; nothing is insecure unless listed (loopback registries included)."""
+    return host_matches(*split_host(host), insecure_registries)
 
 
 # --- credentials ----------------------------------------------------------
@@ -153,7 +140,84 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
+# --- the network guard ----------------------------------------------------
+
+
+def _not_allowed(host: str, why: str) -> RegistryNotAllowed:
+    return RegistryNotAllowed(
+        f"{host} {why}; the operator reaches only public addresses unless the registry is named in its "
+        "settings (COURSEHUB_PRIVATE_REGISTRIES or COURSEHUB_INSECURE_REGISTRIES, see docs/registries.md)"
+    )
+
+
+class _GuardedResolver(AbstractResolver):
+    """DNS that refuses loopback, link-local and private answers for hosts the settings do not
+    name. The connection uses exactly the addresses checked here, so a name cannot be pointed
+    elsewhere between the check and the connect (DNS rebinding)."""
+
+    def __init__(self, policy: RegistryPolicy) -> None:
+        self._policy = policy
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        if not self._policy.may_be_private(host, port):
+            for result in results:
+                if not is_global_address(result["host"]):
+                    raise _not_allowed(host, f"resolves to the non-public address {result['host']}")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def _check_destination(url: URL, policy: RegistryPolicy) -> None:
+    """Address literals skip DNS (and so the resolver): check them here, before connecting."""
+    host = url.host or ""
+    try:
+        public = is_global_address(host)
+    except ValueError:
+        return  # a name: _GuardedResolver checks what it resolves to
+    if not public and not policy.may_be_private(host, url.port):
+        raise _not_allowed(host, "is a non-public address")
+
+
+# Per event loop and registry host: semaphores belong to one loop.
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, int], asyncio.Semaphore]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _slot(host: str, limit: int) -> asyncio.Semaphore:
+    per_loop = _slots.setdefault(asyncio.get_running_loop(), {})
+    return per_loop.setdefault((host.lower(), limit), asyncio.Semaphore(limit))
+
+
+async def _read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The body, streamed and abandoned once it passes ``limit`` bytes (None then)."""
+    if response.content_length is not None and response.content_length > limit:
+        return None
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 # --- the resolution -------------------------------------------------------
+
+_MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class _Reply:
+    """What the resolver keeps of a response: status, headers, and a bounded body."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes | None) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body  # None: larger than the limit
 
 
 class _Resolver:
@@ -163,11 +227,13 @@ class _Resolver:
         ref: ImageReference,
         credentials: Credentials | None,
         base_url: str,
+        policy: RegistryPolicy,
     ) -> None:
         self.session = session
         self.ref = ref
         self.credentials = credentials
         self.base_url = base_url
+        self.policy = policy
         self.authorization: str | None = None
         self.what = f"digest {ref.digest}" if ref.digest else f"tag {ref.tag!r}"
 
@@ -175,21 +241,52 @@ class _Resolver:
     def manifest_url(self) -> str:
         return f"{self.base_url}/v2/{self.ref.repository}/manifests/{self.ref.manifest_reference}"
 
-    async def request(self, method: str) -> tuple[aiohttp.ClientResponse, bytes]:
-        """One manifest request, answering a 401 challenge once."""
-        response, body = await self._send(method)
-        if response.status == 401 and self.authorization is None:
-            await self._authorize(response.headers.get("WWW-Authenticate", ""))
-            response, body = await self._send(method)
-        return response, body
+    async def fetch(self, method: str, url: str, headers: dict[str, str], limit: int, what: str) -> _Reply:
+        """One request, following redirects within the same origin only; the body (of a GET)
+        is read up to ``limit`` bytes."""
+        target = URL(url)
+        origin = target.origin()
+        for _ in range(_MAX_REDIRECTS + 1):
+            _check_destination(target, self.policy)
+            async with self.session.request(
+                method, target, headers=headers, allow_redirects=False
+            ) as response:
+                if response.status in _REDIRECTS and "Location" in response.headers:
+                    try:
+                        target = target.join(URL(response.headers["Location"]))
+                    except ValueError:
+                        raise RegistryError(f"{what} sent a redirect that is not a URL") from None
+                    if target.origin() != origin:
+                        raise RegistryNotAllowed(
+                            f"{what} redirected to another origin ({target.origin()}); coursehub follows "
+                            f"redirects only within {origin}"
+                        )
+                    continue
+                body = b"" if method == "HEAD" else await _read_capped(response, limit)
+                return _Reply(response.status, response.headers, body)
+        raise RegistryError(f"{what} redirected more than {_MAX_REDIRECTS} times")
 
-    async def _send(self, method: str) -> tuple[aiohttp.ClientResponse, bytes]:
+    async def request(self, method: str) -> _Reply:
+        """One manifest request, answering a 401 challenge once."""
+        reply = await self._send(method)
+        if reply.status == 401 and self.authorization is None:
+            await self._authorize(reply.headers.get("WWW-Authenticate", ""))
+            reply = await self._send(method)
+        return reply
+
+    async def _send(self, method: str) -> _Reply:
         headers = {"Accept": _ACCEPT}
         if self.authorization:
             headers["Authorization"] = self.authorization
-        async with self.session.request(method, self.manifest_url, headers=headers) as response:
-            body = await response.read()
-        return response, body
+        # Success bodies are manifests; error bodies are read only for their error codes.
+        limit = max(self.policy.max_manifest_bytes, MAX_ERROR_BYTES)
+        reply = await self.fetch(method, self.manifest_url, headers, limit, self.ref.registry)
+        if reply.status == 200 and reply.body is None:
+            raise RegistryError(
+                f"the manifest of {self.what} in {self.ref.name} is larger than "
+                f"{self.policy.max_manifest_bytes // (1024 * 1024)} MiB; coursehub does not read it"
+            )
+        return reply
 
     async def _authorize(self, challenge: str) -> None:
         scheme, params = parse_challenge(challenge)
@@ -199,38 +296,49 @@ class _Resolver:
         if scheme == "basic":
             if self.credentials is None:
                 raise self._unauthorized(rejected=False)
+            # Basic credentials go to the registry itself, which the reference named.
             self.authorization = _basic(self.credentials)
         elif scheme == "bearer" and params.get("realm"):
             self.authorization = f"Bearer {await self._fetch_token(params)}"
         else:
             raise RegistryError(
                 f"{self.ref.registry} asked for authentication with an unsupported challenge "
-                f"{challenge!r}; coursehub supports Basic and Bearer"
+                f"({scheme or 'none'}); coursehub supports Basic and Bearer"
             )
 
     async def _fetch_token(self, params: dict[str, str]) -> str:
+        realm = params["realm"]
+        problem = self.policy.realm_problem(self.ref.registry, self.ref.api_host, realm)
+        if problem:
+            # Checked before anything is sent: neither a request nor the credentials leave.
+            raise RegistryNotAllowed(
+                f"{self.ref.registry} named a token service that is not allowed: {problem}"
+            )
         query = {"scope": params.get("scope") or f"repository:{self.ref.repository}:pull"}
         if params.get("service"):
             query["service"] = params["service"]
+        url = str(URL(realm).update_query(query))
         # Credentials go to the token service only; anonymous tokens need none.
         headers = {"Authorization": _basic(self.credentials)} if self.credentials else {}
-        async with self.session.get(params["realm"], params=query, headers=headers) as response:
-            body = await response.read()
-        if response.status in (401, 403):
+        where = f"the token service of {self.ref.registry} ({URL(realm).origin()})"
+        reply = await self.fetch("GET", url, headers, self.policy.max_token_bytes, where)
+        if reply.status in (401, 403):
             raise self._unauthorized(rejected=self.credentials is not None)
-        if response.status != 200:
+        if reply.status != 200:
+            raise RegistryError(f"{where} answered HTTP {reply.status}{_codes_text(reply.body)}")
+        if reply.body is None:
             raise RegistryError(
-                f"the token service of {self.ref.registry} ({params['realm']}) answered "
-                f"HTTP {response.status}: {_snippet(body)}"
+                f"{where} answered with more than {self.policy.max_token_bytes // 1024} KiB; "
+                "coursehub does not read it"
             )
         try:
-            document = json.loads(body)
+            document = json.loads(reply.body)
             token = document.get("token") or document.get("access_token")
         except (ValueError, AttributeError):
             token = None
-        if not token:
-            raise RegistryError(f"the token service of {self.ref.registry} returned no token")
-        return str(token)
+        if not isinstance(token, str) or not token or not token.isprintable():
+            raise RegistryError(f"{where} returned no token")
+        return token
 
     def _unauthorized(self, *, rejected: bool) -> RegistryUnauthorized:
         if rejected:
@@ -253,37 +361,37 @@ class _Resolver:
         return digest
 
     async def _digest(self) -> str:
-        response, body = await self.request("HEAD")
-        if response.status == 200:
-            digest = response.headers.get("Docker-Content-Digest", "")
+        reply = await self.request("HEAD")
+        if reply.status == 200:
+            digest = reply.headers.get("Docker-Content-Digest", "")
             if _DIGEST_RE.match(digest):
                 return digest
-        if response.status not in (401, 403):
+        if reply.status not in (401, 403):
             # No digest on HEAD (some registries omit it or refuse HEAD), or an error
             # whose body HEAD cannot carry: GET the manifest and hash it ourselves.
-            response, body = await self.request("GET")
-            if response.status == 200:
-                digest = response.headers.get("Docker-Content-Digest", "")
+            reply = await self.request("GET")
+            if reply.status == 200:
+                digest = reply.headers.get("Docker-Content-Digest", "")
+                body = reply.body or b""
                 return digest if _DIGEST_RE.match(digest) else "sha256:" + hashlib.sha256(body).hexdigest()
+        body = reply.body or b""
         # Many registries say MANIFEST_UNKNOWN for a missing repository too; the
         # tag list tells the two apart, so the message names the right fix.
         if (
-            response.status == 404
+            reply.status == 404
             and "NAME_UNKNOWN" not in _error_codes(body)
             and await self._repository_missing()
         ):
             body = b'{"errors":[{"code":"NAME_UNKNOWN"}]}'
-        raise self._error(response, body)
+        raise self._error(reply.status, body)
 
     async def _repository_missing(self) -> bool:
         headers = {"Authorization": self.authorization} if self.authorization else {}
         url = f"{self.base_url}/v2/{self.ref.repository}/tags/list?n=1"
-        async with self.session.get(url, headers=headers) as response:
-            body = await response.read()
-        return response.status == 404 and "NAME_UNKNOWN" in _error_codes(body)
+        reply = await self.fetch("GET", url, headers, MAX_ERROR_BYTES, self.ref.registry)
+        return reply.status == 404 and "NAME_UNKNOWN" in _error_codes(reply.body or b"")
 
-    def _error(self, response: aiohttp.ClientResponse, body: bytes) -> ResolveError:
-        status = response.status
+    def _error(self, status: int, body: bytes) -> ResolveError:
         codes = _error_codes(body)
         if status == 404 or codes & {
             "MANIFEST_UNKNOWN",
@@ -300,8 +408,9 @@ class _Resolver:
             return self._unauthorized(rejected=self.credentials is not None)
         if status == 429 or "TOOMANYREQUESTS" in codes:
             return RegistryError(f"{self.ref.registry} is rate limiting pulls (HTTP 429); it will be retried")
+        codes = _codes_text(body)
         return RegistryError(
-            f"{self.ref.registry} answered HTTP {status} for {self.what} in {self.ref.name}: {_snippet(body)}"
+            f"{self.ref.registry} answered HTTP {status}{codes} for {self.what} in {self.ref.name}"
         )
 
 
@@ -310,44 +419,73 @@ def _basic(credentials: Credentials) -> str:
     return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
+# The distribution spec's error codes: the only words of a registry's answer that reach status
+# and Events, so nothing a server returns (an internal page, a secret) can be read back there.
+_KNOWN_CODES = frozenset(
+    {
+        "BLOB_UNKNOWN",
+        "BLOB_UPLOAD_INVALID",
+        "BLOB_UPLOAD_UNKNOWN",
+        "DIGEST_INVALID",
+        "MANIFEST_BLOB_UNKNOWN",
+        "MANIFEST_INVALID",
+        "MANIFEST_UNKNOWN",
+        "MANIFEST_UNVERIFIED",
+        "NAME_INVALID",
+        "NAME_UNKNOWN",
+        "SIZE_INVALID",
+        "TAG_INVALID",
+        "UNAUTHORIZED",
+        "DENIED",
+        "UNSUPPORTED",
+        "TOOMANYREQUESTS",
+        "PAGINATION_NUMBER_INVALID",
+        "RANGE_INVALID",
+    }
+)
+
+
 def _error_codes(body: bytes) -> set[str]:
     try:
         errors = json.loads(body).get("errors") or []
-        return {str(e.get("code", "")).upper() for e in errors if isinstance(e, dict)}
-    except (ValueError, AttributeError):
+        codes = {str(e.get("code", "")).upper() for e in errors if isinstance(e, dict)}
+    except (ValueError, AttributeError, TypeError):
         return set()
+    return codes & _KNOWN_CODES
 
 
-def _snippet(body: bytes, limit: int = 200) -> str:
-    text = body.decode("utf-8", "replace").strip().replace("\n", " ")
-    return (text[:limit] + "...") if len(text) > limit else (text or "(empty body)")
+def _codes_text(body: bytes | None) -> str:
+    codes = _error_codes(body or b"")
+    return f" ({', '.join(sorted(codes))})" if codes else ""
 
 
 async def resolve_oci(
     ref: ImageReference,
     *,
     docker_config: Mapping[str, Any] | str | bytes | None = None,
-    insecure_registries: Iterable[str] | None = None,
-    session: aiohttp.ClientSession | None = None,
-    timeout: float = 15.0,
+    policy: RegistryPolicy | None = None,
+    timeout: float | None = None,
 ) -> str:
     """Return the ``sha256:`` digest that ``ref`` points at in its registry.
 
-    A reference that carries a digest is checked to exist and its digest is
-    returned. ``session`` lets a caller reuse connections; by default each call
-    opens and closes its own.
+    A reference that carries a digest is checked to exist and its digest is returned.
+    ``policy`` (default: nothing insecure, nothing private) bounds where the resolver goes and
+    what it reads; ``timeout`` overrides its deadline. At most ``per_registry_concurrency``
+    resolutions talk to one registry host at once; waiting for a turn counts to the deadline.
     """
+    policy = policy or RegistryPolicy()
+    deadline = policy.deadline if timeout is None else timeout
     credentials = credentials_for(ref.registry, docker_config)
     host = ref.api_host
-    scheme = "http" if is_insecure(host, insecure_registries) else "https"
-    owned = session is None
-    if owned:
-        session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 5.0))
-        )
+    scheme = "http" if policy.is_insecure(host) else "https"
     try:
-        resolver = _Resolver(session, ref, credentials, f"{scheme}://{host}")
-        return await resolver.resolve()
+        async with (
+            asyncio.timeout(deadline),
+            _slot(host, policy.per_registry_concurrency),
+            _session(policy, deadline) as session,
+        ):
+            resolver = _Resolver(session, ref, credentials, f"{scheme}://{host}", policy)
+            return await resolver.resolve()
     except ResolveError:
         raise
     except (
@@ -356,8 +494,8 @@ async def resolve_oci(
         ssl.SSLError,
     ) as exc:
         raise RegistryError(
-            f"TLS to {host} failed ({exc}); if this registry serves plain HTTP, add it to "
-            "the operator's insecure registries"
+            f"TLS to {host} failed ({type(exc).__name__}); if this registry serves plain HTTP, add it to "
+            "the operator's insecure registries (COURSEHUB_INSECURE_REGISTRIES)"
         ) from None
     except aiohttp.ClientConnectorError as exc:
         raise RegistryUnreachable(
@@ -365,15 +503,25 @@ async def resolve_oci(
             "spec.image and that the registry is up"
         ) from None
     except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise RegistryUnreachable(f"{host} did not answer within {timeout:g}s; it will be retried") from None
+        raise RegistryUnreachable(
+            f"resolving {ref.name} at {host} did not finish within {deadline:g}s; it will be retried"
+        ) from None
     except (
         aiohttp.ServerDisconnectedError,
         aiohttp.ClientOSError,
         aiohttp.ClientPayloadError,
     ) as exc:
-        raise RegistryUnreachable(f"the connection to {host} failed: {exc}") from None
+        raise RegistryUnreachable(f"the connection to {host} failed ({type(exc).__name__})") from None
     except aiohttp.ClientError as exc:
-        raise RegistryError(f"talking to {host} failed: {exc}") from None
-    finally:
-        if owned:
-            await session.close()
+        raise RegistryError(f"talking to {host} failed ({type(exc).__name__})") from None
+
+
+@asynccontextmanager
+async def _session(policy: RegistryPolicy, deadline: float) -> AsyncIterator[aiohttp.ClientSession]:
+    connector = aiohttp.TCPConnector(
+        resolver=_GuardedResolver(policy), use_dns_cache=False, ssl=policy.ssl_context or True
+    )
+    timeout = aiohttp.ClientTimeout(total=deadline, connect=min(deadline, 5.0))
+    # trust_env stays off: no proxy from the environment picks where requests go.
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        yield session
