@@ -95,6 +95,19 @@ def test_empty_endpoint_means_aws(clean_env):
     assert load().aws_endpoint_url is None
 
 
+def test_helm_is_an_executable_file(clean_env, tmp_path):
+    helm = tmp_path / "helm"
+    helm.write_text("#!/bin/sh\n")
+    helm.chmod(0o755)
+    clean_env.setenv("COURSEHUB_HELM", str(helm))
+    assert load().helm == str(helm)
+    helm.chmod(0o644)
+    with pytest.raises(SettingsError, match=r"COURSEHUB_HELM: .*no executable file"):
+        load()
+    clean_env.setenv("COURSEHUB_HELM", "")
+    assert load().helm is None
+
+
 @pytest.mark.parametrize(
     ("var", "value", "words"),
     [
@@ -105,6 +118,7 @@ def test_empty_endpoint_means_aws(clean_env):
         ("COURSEHUB_METRICS_PORT", "70000", "less than or equal to 65535"),
         ("COURSEHUB_ECR_LIFECYCLE", "maybe", "valid boolean"),
         ("COURSEHUB_HELM_TIMEOUT", "5", "Go duration"),
+        ("COURSEHUB_HELM", "/nonexistent/helm", "no executable file"),
     ],
 )
 def test_a_bad_value_names_the_variable(clean_env, var, value, words):

@@ -38,7 +38,7 @@ class Runtime:
         self.resolver = course_io.Resolver(kube, self.index, settings)
         from ..helm import HelmReleases
 
-        self.helm = HelmReleases(timeout=settings.helm_timeout)
+        self.helm = HelmReleases(executable=settings.helm, timeout=settings.helm_timeout)
         self.reconcilers: dict[tuple[str, str], HubReconciler] = {}
         self.deleting: dict[tuple[str, str], asyncio.Task] = {}
         self.tasks: list[asyncio.Task] = []
