@@ -15,6 +15,8 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .desired.policy import ChartPolicy
+
 __all__ = ["ENV_PREFIX", "Settings", "SettingsError", "current", "env_name", "load"]
 
 ENV_PREFIX = "COURSEHUB_"
@@ -83,9 +85,35 @@ class Settings(BaseSettings):
     insecure_registries: Annotated[tuple[str, ...], NoDecode] = Field(
         (),
         description=(
-            "Comma-separated registry hosts (host or host:port) spoken to over plain HTTP, "
-            "replacing the default: loopback only (localhost, 127.0.0.1, ::1)."
+            "Comma-separated registry hosts (host or host:port) spoken to over plain HTTP; none by "
+            "default. Listing a host also lets it be on a private or loopback address "
+            "(docs/registries.md)."
         ),
+    )
+    private_registries: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description=(
+            "Comma-separated registry or token hosts (host or host:port) that may resolve to loopback, "
+            "link-local or private addresses (an in-cluster registry); every other host must resolve to "
+            "public addresses only."
+        ),
+    )
+    registry_token_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description=(
+            "Comma-separated registry=host pairs: hosts a registry's bearer-token realm may name besides "
+            "the registry's own host, added to the defaults (docker.io=auth.docker.io, "
+            "registry.gitlab.com=gitlab.com)."
+        ),
+    )
+    resolve_deadline: float = Field(
+        30,
+        gt=0,
+        validation_alias=ENV_PREFIX + "RESOLVE_DEADLINE_SECONDS",
+        description="Longest one image resolution (token, manifest, redirects) may take, in seconds.",
+    )
+    registry_concurrency: int = Field(
+        4, ge=1, description="Image resolutions talking to one registry host at once."
     )
     ecr_lifecycle: bool = Field(
         True, description="Keep ECR lifecycle policies from the courses' spec.retention."
@@ -114,6 +142,37 @@ class Settings(BaseSettings):
         description="The operator's own image (the chart passes it): pre-pullers copy their static no-op "
         "from it, so no course image's own programs run (docs/prepull.md).",
     )
+    chart_repositories: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("https://hub.jupyter.org/helm-chart/",),
+        description="Comma-separated Helm repository URLs hubs may install their chart from "
+        "(spec.chart.repository); anything else is refused with InvalidChart.",
+    )
+    chart_names: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("jupyterhub",), description="Comma-separated chart names allowed from those repositories."
+    )
+    chart_oci: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated oci:// chart references (or prefixes) hubs may use; none by default.",
+    )
+    chart_paths: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated directories on the operator's filesystem whose charts hubs may use "
+        "(spec.chart.path); none by default.",
+    )
+    tenant_service_account: str = Field(
+        "coursehub-helm",
+        description="The ServiceAccount the operator creates in each hub's namespace and that Helm "
+        "impersonates for the hub (unless the hub sets spec.serviceAccountName).",
+    )
+    tenant_cluster_role: str = Field(
+        "coursehub-tenant",
+        description="The ClusterRole (installed by the chart) bound in each hub's namespace to that "
+        "ServiceAccount: namespaced objects there, nothing else.",
+    )
+
+    def chart_policy(self) -> ChartPolicy:
+        """Where hub charts may come from (desired/policy.py)."""
+        return ChartPolicy(self.chart_repositories, self.chart_names, self.chart_oci, self.chart_paths)
 
     @field_validator("aws_endpoint_url", "helm", mode="before")
     @classmethod
@@ -136,11 +195,28 @@ class Settings(BaseSettings):
             raise ValueError(f"should be a Go duration such as 300s, 5m or 1h30m (helm --timeout), got {v!r}")
         return v
 
-    @field_validator("insecure_registries", mode="before")
+    @field_validator(
+        "insecure_registries",
+        "private_registries",
+        "registry_token_hosts",
+        "chart_repositories",
+        "chart_names",
+        "chart_oci",
+        "chart_paths",
+        mode="before",
+    )
     @classmethod
     def _comma_separated(cls, v: Any) -> Any:
         if isinstance(v, str):
             return tuple(h.strip() for h in v.split(",") if h.strip())
+        return v
+
+    @field_validator("registry_token_hosts")
+    @classmethod
+    def _registry_equals_host(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from .registry.policy import token_host_pairs
+
+        token_host_pairs(v)  # raises naming the bad entry
         return v
 
 
