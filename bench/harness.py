@@ -325,6 +325,8 @@ class Operator:
             **cluster.env(),
             "COURSEHUB_METRICS_PORT": str(self.port),
             "COURSEHUB_ECR_LIFECYCLE": "false",
+            # The benchmark registry is plain HTTP on loopback: named, or the resolver refuses it.
+            "COURSEHUB_INSECURE_REGISTRIES": "127.0.0.1",
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None

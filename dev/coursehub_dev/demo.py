@@ -56,6 +56,8 @@ Ctrl-C stops the operator, the registry and the cluster.
 
         os.environ.setdefault("COURSEHUB_RESOLVE_INTERVAL", "30")
         os.environ.setdefault("COURSEHUB_ECR_LIFECYCLE", "false")
+        # The demo registry is plain HTTP on loopback: named, or the resolver refuses it.
+        os.environ.setdefault("COURSEHUB_INSECURE_REGISTRIES", "127.0.0.1")
         return run(namespaces=[NAMESPACE], all_namespaces=False, liveness=None)
     except KeyboardInterrupt:
         return 0

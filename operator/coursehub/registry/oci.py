@@ -160,7 +160,7 @@ class _GuardedResolver(AbstractResolver):
         self._inner = aiohttp.ThreadedResolver()
 
     async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[ResolveResult]:
-        results = await self._inner.resolve(host, port, family)
+        results = await self._inner.resolve(host, port, socket.AddressFamily(family))
         if not self._policy.may_be_private(host, port):
             for result in results:
                 if not is_global_address(result["host"]):
@@ -408,9 +408,9 @@ class _Resolver:
             return self._unauthorized(rejected=self.credentials is not None)
         if status == 429 or "TOOMANYREQUESTS" in codes:
             return RegistryError(f"{self.ref.registry} is rate limiting pulls (HTTP 429); it will be retried")
-        codes = _codes_text(body)
+        named = _codes_text(body)
         return RegistryError(
-            f"{self.ref.registry} answered HTTP {status}{codes} for {self.what} in {self.ref.name}"
+            f"{self.ref.registry} answered HTTP {status}{named} for {self.what} in {self.ref.name}"
         )
 
 

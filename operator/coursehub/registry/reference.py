@@ -232,13 +232,13 @@ def parse_reference(text: str, *, require_tag_or_digest: bool = False) -> ImageR
     if "://" in text:
         raise _invalid(text, "must not include a URL scheme; write it as 'host[:port]/path:tag'")
 
-    remainder, at, digest = text.partition("@")
+    remainder, at, after = text.partition("@")
+    digest: str | None = None
     if at:
-        if "@" in digest:
+        if "@" in after:
             raise _invalid(text, "contains more than one '@'")
-        _check_digest(text, digest)
-    else:
-        digest = None
+        _check_digest(text, after)
+        digest = after
 
     tag: str | None = None
     colon = remainder.rfind(":")
