@@ -99,7 +99,7 @@ def main() -> None:
             )
             gen = patched["metadata"]["generation"]
 
-            def deployed():
+            def deployed(gen=gen):
                 h = env.api.hub(NS, HUB)
                 c = cond(h, "ReleaseDeployed")
                 return (
@@ -108,12 +108,14 @@ def main() -> None:
                     and c.get("observedGeneration") == gen
                 )
 
-            wait_until(deployed, timeout=600, what=f"ReleaseDeployed on generation {gen}")
+            # 0.1 s polls: the edit's time to deployed is measured through this wait.
+            wait_until(deployed, timeout=600, interval=0.1, what=f"ReleaseDeployed on generation {gen}")
             edit_times.append(time.monotonic() - t0)
             settle(op, quiet_for=3)
             edit_helm.append(op.metrics().helm_mutations() - before)
             log(
-                f"edit {i + 1}: generation {gen} deployed in {fmt_s(edit_times[-1])}, helm mutations {edit_helm[-1]}"
+                f"edit {i + 1}: generation {gen} deployed in {fmt_s(edit_times[-1])}, "
+                f"helm mutations {edit_helm[-1]}"
             )
         revision = (env.api.hub(NS, HUB).get("status") or {}).get("release", {}).get("revision")
         rss = op.peak_rss_mb()

@@ -22,6 +22,7 @@ No assertions: numbers only.
 
 import argparse
 import asyncio
+import contextlib
 import json
 import random
 import statistics
@@ -109,7 +110,7 @@ class VirtualClock:
 
 def pct(values, p):
     values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
 async def run(rate: float, reqs: list, fetch, label: str) -> None:
@@ -254,10 +255,8 @@ async def run_watched(source, reqs: list) -> None:
         t0 = time.perf_counter_ns()
         opts = cs.normalize_options(q)
         al = await source.current()
-        try:
+        with contextlib.suppress(cs.CourseRefused):
             cs.merge_traits(BASELINE, cs.plan_launch(al, opts))
-        except cs.CourseRefused:
-            pass
         times.append((time.perf_counter_ns() - t0) / 1000)
     elapsed = time.monotonic() - t_start
     reads = source.cache.reads - reads_before

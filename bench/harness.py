@@ -46,7 +46,7 @@ def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, round(p / 100 * len(s) + 0.5) - 1))
     return s[k]
 
 
@@ -338,15 +338,16 @@ class Operator:
         args = [sys.executable, "-m", "coursehub.cli", "run", "--liveness", ""]
         for ns in self.namespaces:
             args += ["-n", ns]
-        logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            args,
-            env=self.env,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        # The child keeps its own copy of the log's descriptor; ours closes with the block.
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(
+                args,
+                env=self.env,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         wait_until(
             lambda: self.scrape() is not None, timeout=60, what="operator metrics endpoint", interval=0.2
         )
@@ -508,7 +509,7 @@ def idle(op: Operator, seconds: float, label: str) -> Metrics:
 
 
 def table(rows: list[tuple], headers: tuple) -> str:
-    cols = list(zip(*([headers] + [tuple(str(c) for c in r) for r in rows])))
+    cols = list(zip(*([headers] + [tuple(str(c) for c in r) for r in rows]), strict=True))
     widths = [max(len(c) for c in col) for col in cols]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))  # noqa: E731
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
     return "\n".join([line(headers), line(tuple("-" * w for w in widths))] + [line(r) for r in rows])

@@ -1,5 +1,7 @@
 """Shared pytest wiring: each real part has its own fixture module under tests/fixtures/."""
 
+import pytest
+
 pytest_plugins = [
     "fixtures.cluster",
     "fixtures.registry",
@@ -8,8 +10,6 @@ pytest_plugins = [
     "fixtures.jupyterhub",
     "fixtures.operator",
 ]
-
-import pytest
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)

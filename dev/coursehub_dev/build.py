@@ -103,7 +103,10 @@ def kubernetes() -> Component:
     def go_mod() -> str:
         staging = _kubernetes_staging_modules(v)
         replaces = "\n".join(f"\t{m} => {m} {staging_v}" for m in staging)
-        return f"module coursehub.dev/devcluster/k8s\n\ngo 1.24.0\n\nrequire k8s.io/kubernetes {v}\n\nreplace (\n{replaces}\n)\n"
+        return (
+            "module coursehub.dev/devcluster/k8s\n\ngo 1.24.0\n\n"
+            f"require k8s.io/kubernetes {v}\n\nreplace (\n{replaces}\n)\n"
+        )
 
     return Component(
         name="kubernetes",
@@ -197,7 +200,7 @@ def build(component: Component, log=print) -> Component:
     if out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True)
-    for binary, pkg in zip(component.binaries, component.packages):
+    for binary, pkg in zip(component.binaries, component.packages, strict=True):
         subprocess.run(
             [
                 "go",

@@ -9,6 +9,7 @@ next `up`) can stop them; `down` removes the state directory, so no data is left
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +66,7 @@ class DevCluster:
         ("kwok-node-1", False),
         ("kwok-gpu-0", True),
     )
-    log: callable = print
+    log: Callable[[str], object] = print
     ports: dict = field(default_factory=dict)
     binaries: dict = field(default_factory=dict)
     _procs: dict = field(default_factory=dict)
@@ -125,7 +127,7 @@ class DevCluster:
             self._wait_for(self._default_service_account_exists, "the default ServiceAccount", 60)
             self._wait_for(self._nodes_ready, "kwok nodes Ready", 60)
             if crds:
-                self.kubectl("apply", "--server-side", *sum((["-f", str(p)] for p in crds), []))
+                self.kubectl("apply", "--server-side", *(a for p in crds for a in ("-f", str(p))))
                 for p in crds:
                     name = yaml.safe_load(p.read_text())["metadata"]["name"]
                     self.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
@@ -146,24 +148,18 @@ class DevCluster:
             pids = [int(x) for x in pid_file.read_text().split() if x.strip()]
         pids += [p.pid for p in self._procs.values()]
         for pid in set(pids):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGTERM)
-            except (ProcessLookupError, PermissionError):
-                pass
         deadline = time.monotonic() + 15
         for pid in set(pids):
             while time.monotonic() < deadline and _alive(pid):
                 time.sleep(0.1)
             if _alive(pid):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         for p in self._procs.values():
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
         self._procs.clear()
         if self.state_dir.exists():
             shutil.rmtree(self.state_dir, ignore_errors=True)
@@ -172,16 +168,17 @@ class DevCluster:
 
     # -- processes ---------------------------------------------------------
     def _start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        logf = open(self.state_dir / "logs" / f"{name}.log", "ab")
-        # A session of its own per process, so `down` can stop it and its children.
-        proc = subprocess.Popen(
-            argv,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=self.state_dir,
-        )
+        # A session of its own per process, so `down` can stop it and its children. The child
+        # keeps its own copy of the log's descriptor; ours closes with the block.
+        with open(self.state_dir / "logs" / f"{name}.log", "ab") as logf:
+            proc = subprocess.Popen(
+                argv,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.state_dir,
+            )
         self._procs[name] = proc
         with open(self.state_dir / "pids", "a") as f:
             f.write(f"{proc.pid}\n")

@@ -31,7 +31,10 @@ def main(state: Path | None = None) -> int:
             docs += [d for d in yaml.safe_load_all(text) if d]
         for d in docs:
             if d["kind"] == "CourseImage":
-                repo, tag = re.match(r"^[^/]+/(.+):([^:@]+)$", d["spec"]["image"]).groups()
+                m = re.match(r"^[^/]+/(.+):([^:@]+)$", d["spec"]["image"])
+                if m is None:
+                    raise ValueError(f"{DEMO_DIR}/courses.yaml: {d['spec']['image']!r} is not <host>/<repo>:<tag>")
+                repo, tag = m.groups()
                 registry.push_image(repo, tag, f"demo-{tag}")
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
         # The operator below runs in this process: it finds the cluster and helm through these.

@@ -81,7 +81,7 @@ def write_pki(directory: Path) -> dict[str, Path]:
     put("ca.key", _pem_key(ca_key))
 
     serving_key = _key()
-    sans = [
+    sans: list[x509.GeneralName] = [
         x509.DNSName(n)
         for n in (
             "localhost",

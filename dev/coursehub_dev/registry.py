@@ -259,7 +259,7 @@ class _MintedBearer(requests.auth.AuthBase):
         self.tokens = tokens
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        path = urlsplit(request.url).path.removeprefix("/v2/")
+        path = urlsplit(str(request.url)).path.removeprefix("/v2/")
         for marker in ("/blobs/", "/manifests/", "/tags/"):
             if marker in path:
                 repo = path.split(marker, 1)[0]
@@ -306,16 +306,12 @@ class OciRegistry:
             },
             "http": {"addr": self.host, "secret": uuid.uuid4().hex},
         }
+        username, password = "course-author", uuid.uuid4().hex
         if auth:
-            self.username, self.password = "course-author", uuid.uuid4().hex
+            self.username, self.password = username, password
         if auth == "htpasswd":
             htpasswd = subprocess.run(
-                [
-                    _tool("htpasswd", "apache2-utils"),
-                    "-Bbn",
-                    self.username,
-                    self.password,
-                ],
+                [_tool("htpasswd", "apache2-utils"), "-Bbn", username, password],
                 check=True,
                 capture_output=True,
                 text=True,
@@ -328,13 +324,13 @@ class OciRegistry:
                 }
             }
         elif auth == "token":
-            self.tokens = TokenService(workdir, {self.username: self.password})
+            tokens = self.tokens = TokenService(workdir, {username: password})
             config["auth"] = {
                 "token": {
-                    "realm": self.tokens.realm,
-                    "service": self.tokens.service,
-                    "issuer": self.tokens.issuer,
-                    "rootcertbundle": str(self.tokens.root_cert_path),
+                    "realm": tokens.realm,
+                    "service": tokens.service,
+                    "issuer": tokens.issuer,
+                    "rootcertbundle": str(tokens.root_cert_path),
                 }
             }
         # JSON is YAML, and needs no extra dependency to write.
@@ -342,9 +338,9 @@ class OciRegistry:
         self.config_path.write_text(json.dumps(config, indent=2))
         self._http = requests.Session()
         if auth == "htpasswd":
-            self._http.auth = (self.username, self.password)
+            self._http.auth = (username, password)
         elif auth == "token":
-            self._http.auth = _MintedBearer(self.tokens)
+            self._http.auth = _MintedBearer(tokens)
 
     # --- lifecycle ---------------------------------------------------------
 

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         nargs="?",
         const="docs/reference.md",
         metavar="FILE",
-        help="write the page to FILE (default docs/reference.md, from the checkout's root) instead of printing",
+        help="write the page to FILE (default: docs/reference.md of the current directory)",
     )
     dc.set_defaults(fn=cmd_docs)
 

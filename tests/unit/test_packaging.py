@@ -9,6 +9,7 @@ image's build context holds, then look inside.
 from __future__ import annotations
 
 import ast
+import contextlib
 import email
 import importlib.metadata
 import os
@@ -74,10 +75,8 @@ def _requirement_closure(requirements: list[str]) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             todo += [r for r in importlib.metadata.requires(name) or [] if "extra ==" not in r]
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return seen
 
 
