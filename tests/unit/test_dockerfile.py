@@ -191,3 +191,17 @@ def test_dockerignore_keeps_the_context_to_what_the_build_copies():
     ]
     assert lines[0] == "*"
     assert {"!pyproject.toml", "!uv.lock", "!README.md", "!operator/", "!images/noop/noop.c"} <= set(lines)
+
+
+def test_dev_tooling_stays_out_of_the_build_context_and_the_image(dockerfile):
+    """dev/ (coursehub_dev) and tests/ never reach the image: not copied, not in the context."""
+    copies = [a for st in stages(dockerfile).values() for w, a in st if w == "COPY"]
+    for a in copies:
+        sources = [s for s in a.split()[:-1] if not s.startswith("--")]
+        assert not any(s.startswith(("dev", "./dev", "tests", "./tests")) for s in sources), a
+    allowed = [
+        ln.strip()[1:]
+        for ln in (REPO / ".dockerignore").read_text().splitlines()
+        if ln.strip().startswith("!")
+    ]
+    assert not any(p.startswith(("dev", "tests")) for p in allowed), allowed
