@@ -33,7 +33,8 @@ def main(state: Path | None = None) -> int:
             if d["kind"] == "CourseImage":
                 m = re.match(r"^[^/]+/(.+):([^:@]+)$", d["spec"]["image"])
                 if m is None:
-                    raise ValueError(f"{DEMO_DIR}/courses.yaml: {d['spec']['image']!r} is not <host>/<repo>:<tag>")
+                    image = d["spec"]["image"]
+                    raise ValueError(f"{DEMO_DIR}/courses.yaml: {image!r} is not <host>/<repo>:<tag>")
                 repo, tag = m.groups()
                 registry.push_image(repo, tag, f"demo-{tag}")
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
