@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from . import build, pki
+from .paths import TEST_CHART
 from .waiting import free_port, wait_until
 
 GPU_LABEL = ("ol.mit.edu/gpu_node", "true")
@@ -95,6 +96,9 @@ class DevCluster:
         if "helm" in self.binaries:
             # The operator finds helm through this (or PATH); the wheel knows no build cache.
             env["COURSEHUB_HELM"] = self.binaries["helm"]
+        # Hubs here install the small test chart from the checkout: the operator's chart
+        # policy allows only the official repository unless told (desired/policy.py).
+        env.setdefault("COURSEHUB_CHART_PATHS", str(TEST_CHART.parent))
         return env
 
     # -- lifecycle ---------------------------------------------------------
@@ -131,6 +135,11 @@ class DevCluster:
                 for p in crds:
                     name = yaml.safe_load(p.read_text())["metadata"]["name"]
                     self.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+            # What the operator's chart installs beside the CRDs: the ClusterRole that Helm,
+            # impersonating each hub's ServiceAccount, gets in the hub's namespace.
+            from coursehub.desired.tenancy import tenant_cluster_role
+
+            self.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(tenant_cluster_role()))
         except BaseException:
             self.log(self.tail_logs())
             self.down(quiet=True)

@@ -40,7 +40,11 @@ def main(state: Path | None = None) -> int:
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
         # The operator below runs in this process: it finds the cluster and helm through these.
         os.environ.update(
-            {k: v for k, v in cluster.env().items() if k in ("KUBECONFIG", "PATH", "COURSEHUB_HELM")}
+            {
+                k: v
+                for k, v in cluster.env().items()
+                if k in ("KUBECONFIG", "PATH", "COURSEHUB_HELM", "COURSEHUB_CHART_PATHS")
+            }
         )
         print(
             f"""

@@ -46,20 +46,22 @@ app.kubernetes.io/part-of: coursehub
 {{- end }}
 {{- end }}
 
+{{- define "coursehub-operator.tenantClusterRole" -}}
+{{- printf "%s-tenant" (include "coursehub-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{/*
-The namespaced permissions, shared by the ClusterRole (all namespaces) and the
-per-namespace Roles. Each rule says who needs it. Two callers hold these rights:
-  - the operator's own code (operator/coursehub/kube.py, reconcile/, handlers/);
-  - helm, which the operator runs to install the z2jh chart: helm creates the
-    chart's objects with the operator's identity, so every kind z2jh renders appears
-    here. RBAC also refuses to create a Role granting rights its creator lacks (the
-    operator holds no `escalate`), so the operator must hold what z2jh's hub Role
-    grants (pods, PVCs, secrets, services, events).
-Kept off on purpose: `escalate`, `bind`, `impersonate`, nodes, cluster-scoped writes.
+The operator's own namespaced permissions, shared by the ClusterRole (all namespaces) and
+the per-namespace Roles. Each rule says who needs it. Helm does not run with these: every
+Helm action for a hub impersonates the hub's tenant ServiceAccount (the tenant rules
+below), so the operator holds none of z2jh's rights (pods, Secrets beyond get, PVCs).
+Kept off on purpose: `escalate`, nodes, cluster-scoped writes, Secrets list/watch,
+`bind` and `impersonate` beyond the names below.
 */}}
 {{- define "coursehub-operator.namespacedRules" -}}
-# The operator's own kinds: kopf lists and watches them; the operator server-side-applies
-# only its finalizers (patch) and removes them with a JSON patch (patch).
+# The operator's own kinds: kopf lists and watches them; the operator adds its finalizer
+# with a merge patch guarded by uid and resourceVersion, and removes it with a JSON patch
+# (both: patch). It never updates or deletes a user's object.
 - apiGroups: ["coursehub.dev"]
   resources: ["courseimages", "jupyterhubdeployments"]
   verbs: ["get", "list", "watch", "patch"]
@@ -73,56 +75,99 @@ Kept off on purpose: `escalate`, `bind`, `impersonate`, nodes, cluster-scoped wr
 - apiGroups: ["coursehub.dev"]
   resources: ["courseimages/finalizers", "jupyterhubdeployments/finalizers"]
   verbs: ["update"]
-# Secrets: the operator reads the database, OIDC and image pull Secrets and watches
-# them for rotation (get/list/watch); helm stores each release revision as a Secret
-# and z2jh renders the hub Secret (create/update/patch/delete).
+# Secrets: read one by one, only those a hub or course references (database URL, OIDC
+# client, shared password, image pull secret). No list or watch: the operator never sees
+# a namespace's other Secrets.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+# ConfigMaps: the hub's coursehub-allowlist (and its shards). list/watch: the hub's
+# allowlist Role grants them on those names, and RBAC lets the operator create a Role
+# only with rights it holds.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Services: the SSO gateway's. ServiceAccounts: each hub's tenant account (impersonated
+# by Helm, never mounted).
+- apiGroups: [""]
+  resources: ["services", "serviceaccounts"]
+  verbs: ["get", "create", "patch", "delete"]
+# Events on the operator's objects.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+# DaemonSets: the image pre-pullers (one per hub and node group). Deployments: the SSO
+# gateway.
+- apiGroups: ["apps"]
+  resources: ["daemonsets", "deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Roles/RoleBindings: the hub's allowlist Role and its binding; the tenant RoleBinding.
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "create", "patch", "delete"]
+# NetworkPolicies: proxy-public only from the gateway; pullers deny all traffic.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "patch", "delete"]
+# The tenant RoleBinding refers to the tenant ClusterRole: `bind` on that one role lets the
+# operator create the binding without holding the tenant's rights itself.
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["clusterroles"]
+  verbs: ["bind"]
+  resourceNames: [{{ include "coursehub-operator.tenantClusterRole" . | quote }}]
+# Helm acts as the hub's tenant ServiceAccount. RBAC can restrict impersonation by name,
+# not by "the hub's own namespace": the rule covers these names in every namespace it
+# applies to (docs/install.md).
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["impersonate"]
+  resourceNames:
+    {{- range (prepend .Values.tenancy.extraServiceAccountNames .Values.tenancy.serviceAccountName) }}
+    - {{ . | quote }}
+    {{- end }}
+{{- end }}
+
+{{/*
+What Helm may do for one hub, in the hub's namespace only (the operator binds this
+ClusterRole there with a RoleBinding). It is exactly
+operator/coursehub/desired/tenancy.py's TENANT_RULES (a test compares them): what z2jh
+renders, plus Helm's release Secrets. z2jh's hub Role grants pods, PVCs, Secrets,
+Services and Events; RBAC lets Helm create that Role only because it holds them.
+*/}}
+{{- define "coursehub-operator.tenantRules" -}}
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
-# ConfigMaps: the operator's coursehub-allowlist; z2jh's hub and user-scheduler config.
-# Services: the operator's SSO gateway; z2jh's hub, proxy-api and proxy-public.
-# ServiceAccounts: z2jh's hub (and optional hook/scheduler) accounts.
-# PersistentVolumeClaims: z2jh's hub-db-dir (sqlite-pvc); z2jh's hub Role grants them.
 - apiGroups: [""]
   resources: ["configmaps", "services", "serviceaccounts", "persistentvolumeclaims"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Pods: z2jh's hub Role grants the hub these verbs to run learners' servers; the operator
-# must hold them to create that Role; helm --wait reads pods too.
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete"]
-# Events: the operator and kopf post Events on the objects (create); z2jh's hub Role
-# grants events get/list/watch, which the operator must hold to create it.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["get", "list", "watch", "create"]
-# DaemonSets: the operator's image pre-pullers (one per hub). Deployments: the
-# operator's SSO gateway; z2jh's hub, proxy and user-scheduler. StatefulSets: z2jh's
-# user-placeholder.
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["apps"]
-  resources: ["daemonsets", "deployments", "statefulsets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# helm --wait/--atomic follows a Deployment's rollout through its ReplicaSets.
+  resources: ["deployments", "statefulsets", "daemonsets"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["replicasets"]
   verbs: ["get", "list", "watch"]
-# Jobs: z2jh's hook pre-puller (hook-image-awaiter), if a hub's spec.values enables it.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Roles/RoleBindings: the operator's coursehub-hub-allowlist (the hub reads exactly the
-# allowlist ConfigMap); z2jh's hub Role and RoleBinding.
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# z2jh's NetworkPolicies (hub, proxy, singleuser) and its optional Ingress.
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies", "ingresses"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# z2jh's PodDisruptionBudgets (hub, proxy, user-scheduler).
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 {{- end }}
 
 {{/* Cluster-scoped reads only (see rbac.clusterReads in values.yaml). */}}
