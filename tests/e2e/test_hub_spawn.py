@@ -4,8 +4,11 @@ kwok runs the pods but no notebook server ever answers, so each test asserts on 
 pod KubeSpawner created and on the hub's REST API, then stops the server.
 """
 
+import html
 import json
-from urllib.parse import urlencode, urlparse
+import re
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote, urlencode, urlparse
 
 import pytest
 
@@ -46,8 +49,11 @@ class Allowlist:
     def __init__(self, cluster, namespace):
         self.cluster, self.namespace = cluster, namespace
 
-    def write(self, courses=None, *, on_unknown="default", default="clustering_and_descriptive_ai"):
+    def write(
+        self, courses=None, *, on_unknown="default", default="clustering_and_descriptive_ai", limits=None
+    ):
         doc = {
+            "limits": limits,
             "version": 1,
             "hub": "learn",
             "default": default,
@@ -94,15 +100,39 @@ def reset_allowlist(request):
         request.getfixturevalue("allowlist").write()
 
 
-def launch(hub, **query):
-    """Follow a launch link like a browser; returns (final response, username or None)."""
-    r = hub.browser().get(hub.url + "/hub/tmplogin?" + urlencode(query), timeout=60)
+def user_of(r):
+    """The user a launch's redirect chain went to, or None."""
     for resp in [*r.history, r]:
         parts = urlparse(resp.url).path.split("/")
         for marker in ("spawn-pending", "user"):
             if marker in parts and parts.index(marker) + 1 < len(parts):
-                return r, parts[parts.index(marker) + 1]
-    return r, None
+                return parts[parts.index(marker) + 1]
+    return None
+
+
+def launch(hub, headers=None, **query):
+    """Follow a launch link like a browser; returns (final response, username or None)."""
+    r = hub.browser().get(hub.url + "/hub/tmplogin?" + urlencode(query), headers=headers or {}, timeout=60)
+    return r, user_of(r)
+
+
+def confirmation_form(page):
+    """(action, fields) of the GPU confirmation page's form, as a browser would submit it."""
+    assert page.status_code == 200 and "coursehub-gpu-confirm" in page.text, page.text[:2000]
+    action = html.unescape(re.search(r'<form method="post" action="([^"]+)"', page.text).group(1))
+    hidden = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.text)
+    fields = {k: html.unescape(v) for k, v in hidden}
+    assert fields.get("_xsrf")
+    return action, fields
+
+
+def launch_gpu(hub, headers=None, **query):
+    """A GPU launch: the link's confirmation page, then its form POSTed (XSRF token included)."""
+    browser = hub.browser()
+    page = browser.get(hub.url + "/hub/tmplogin?" + urlencode(query), headers=headers or {}, timeout=60)
+    action, fields = confirmation_form(page)
+    r = browser.post(hub.url + action, data=fields, headers=headers or {}, timeout=60)
+    return r, user_of(r)
 
 
 def user_pod(cluster, namespace, user):
@@ -115,8 +145,8 @@ def user_pod(cluster, namespace, user):
     return None
 
 
-def launched_pod(hub, cluster, **query):
-    r, user = launch(hub, **query)
+def launched_pod(hub, cluster, *, via=launch, headers=None, **query):
+    r, user = via(hub, headers=headers, **query)
     assert r.status_code == 200, r.text[:2000]
     assert user, f"no user in redirect chain: {[x.url for x in [*r.history, r]]}"
     pod = wait_until(lambda: user_pod(cluster, hub.namespace, user), timeout=60, what=f"pod of {user}")
@@ -159,7 +189,8 @@ def test_launch_link_creates_fresh_user_with_course_image_opened_at_notebook(hub
     # hub defaults from singleuser values stay for a course without resources
     assert container(pod)["resources"]["limits"]["memory"] == str(4 * 1024**3)
     assert_no_gpu(pod)
-    assert hub.users()[user]["servers"][""]["pending"] == "spawn"  # nothing answers under kwok
+    # the stand-in answers as the notebook server: the spawn finishes, the server is ready
+    wait_until(lambda: (hub.server(user) or {}).get("ready"), timeout=120, what=f"{user}'s server ready")
     stop(hub, cluster, user)
 
 
@@ -213,7 +244,7 @@ def _refused(hub, slug):
 
 
 def test_gpu_course_lands_on_gpu_node_and_others_do_not(hub, cluster):
-    user, pod = launched_pod(hub, cluster, course="uai_source-uai.1")
+    user, pod = launched_pod(hub, cluster, via=launch_gpu, course="uai_source-uai.1")
     terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"
     ]
@@ -242,7 +273,7 @@ def test_gpu_course_lands_on_gpu_node_and_others_do_not(hub, cluster):
     assert node != "kwok-gpu-0"
     stop(hub, cluster, user)
 
-    user, pod = launched_pod(hub, cluster, course="mitxt-6.3710.3x", gpu="1")  # optional, asked
+    user, pod = launched_pod(hub, cluster, via=launch_gpu, course="mitxt-6.3710.3x", gpu="1")  # asked
     assert container(pod)["resources"]["limits"]["nvidia.com/gpu"] == "1"
     stop(hub, cluster, user)
 
@@ -288,52 +319,143 @@ def launch_ok(hub, cluster, slug, image):
     return True
 
 
+# ------------------------------------------------------- GPU confirmation, per-identity limits
+
+ME = {"X-Forwarded-Email": "Learner@Example.edu", "X-Forwarded-User": "kc-1"}
+ME_AGAIN = {"X-Forwarded-Email": "learner@example.edu"}  # the same person, other spelling
+OTHER = {"X-Forwarded-Email": "someone.else@example.edu"}
+
+
+def gated(**over):
+    """A limits section as the operator writes it for a hub behind the gateway."""
+    return {
+        "activeServers": None,
+        "serversPerIdentity": 1,
+        "gpuServersPerIdentity": 1,
+        "identity": "gateway",
+        **over,
+    }
+
+
+def apply_gated_limits(hub, allowlist, **over):
+    allowlist.write(limits=gated(**over))
+    # Without an identity the gate refuses once the hub reads the new list; before,
+    # a GPU link only shows its confirmation page, so the probe starts nothing.
+    wait_until(
+        lambda: launch(hub, course="uai_source-uai.1")[0].status_code == 403,
+        timeout=5,
+        what="the limits to reach the hub",
+    )
+
+
+def gpu_limit(pod):
+    return (container(pod).get("resources") or {}).get("limits", {}).get("nvidia.com/gpu")
+
+
+def test_gpu_course_starts_only_from_a_confirmed_post(hub, cluster):
+    before = set(hub.users())
+    # a launch link's GET shows the confirmation page: no user, no server
+    page = hub.browser().get(hub.url + "/hub/tmplogin?course=uai_source-uai.1", timeout=60)
+    confirmation_form(page)
+    assert "uai_source-uai.1" in page.text and set(hub.users()) == before
+    # a POST without JupyterHub's XSRF token (a cross-site form) is refused
+    r = hub.browser().post(hub.url + "/hub/tmplogin", data={"course": "uai_source-uai.1"}, timeout=60)
+    assert r.status_code == 403 and set(hub.users()) == before
+
+    # a learner already logged in: GET /hub/spawn?course=<GPU course> also only asks
+    browser = hub.browser()
+    browser.get(hub.url + "/hub/tmplogin?next=" + quote("/hub/home"), timeout=60).raise_for_status()
+    (user,) = set(hub.users()) - before
+    page = browser.get(hub.url + "/hub/spawn?course=uai_source-uai.1", timeout=60)
+    action, fields = confirmation_form(page)
+    assert hub.server(user) is None and user_pod(cluster, hub.namespace, user) is None
+    # confirming (the form's POST, XSRF token included) starts the GPU server
+    browser.post(hub.url + action, data=fields, timeout=60).raise_for_status()
+    pod = wait_until(lambda: user_pod(cluster, hub.namespace, user), timeout=60, what=f"pod of {user}")
+    assert gpu_limit(pod) == "1" and container(pod)["image"] == image_for("uai_source-uai.1")
+    stop(hub, cluster, user)
+
+
+def test_one_identity_over_its_limit_gets_a_page_naming_its_running_server(hub, cluster, allowlist):
+    apply_gated_limits(hub, allowlist)
+    first, _ = launched_pod(hub, cluster, headers=ME, course="clustering_and_descriptive_ai")
+    before = set(hub.users())
+
+    r, second = launch(hub, headers=ME_AGAIN, course="mitxt-6.3710.3x")
+    assert r.status_code == 429 and second is None, r.text[:2000]
+    assert "clustering_and_descriptive_ai" in r.text and "the most one person may have" in r.text
+    assert set(hub.users()) == before  # refused before a temporary user was made
+    resume = html.unescape(re.search(r'href="([^"]*tmplogin\?resume=[^"]+)"', r.text).group(1))
+    # the link takes this person back to the running server, and nobody else
+    back = hub.browser().get(hub.url + resume, headers=ME, allow_redirects=False, timeout=60)
+    assert back.status_code == 302 and back.headers["Location"].endswith(f"/user/{first}/")
+    assert hub.browser().get(hub.url + resume, headers=OTHER, timeout=60).status_code == 404
+
+    # another person is not held back by this one's server
+    other, _ = launched_pod(hub, cluster, headers=OTHER, course="mitxt-6.3710.3x")
+    # behind the gateway a request without an identity did not come through it
+    r, nobody = launch(hub, course="clustering_and_descriptive_ai")
+    assert r.status_code == 403 and nobody is None
+    stop(hub, cluster, first)
+    stop(hub, cluster, other)
+
+
+def _servers_of(hub, users):
+    return {u: m["servers"][""] for u, m in hub.users().items() if u in users and m["servers"].get("")}
+
+
+def test_rapid_launches_by_one_identity_start_at_most_the_limit(hub, cluster, allowlist):
+    apply_gated_limits(hub, allowlist, serversPerIdentity=2, gpuServersPerIdentity=1)
+    before = set(hub.users())
+    with ThreadPoolExecutor(8) as pool:
+        results = list(
+            pool.map(lambda _: launch(hub, headers=ME, course="clustering_and_descriptive_ai"), range(8))
+        )
+    started = _servers_of(hub, set(hub.users()) - before)
+    assert 1 <= len(started) <= 2, started
+    assert sum(r.status_code == 429 for r, _ in results) >= 6
+    for user in started:
+        stop(hub, cluster, user)
+
+    # 8 confirmed GPU launches at once: one GPU server
+    apply_gated_limits(hub, allowlist, serversPerIdentity=8, gpuServersPerIdentity=1)
+    forms = []
+    for _ in range(8):
+        browser = hub.browser()
+        page = browser.get(hub.url + "/hub/tmplogin?course=uai_source-uai.1", headers=ME, timeout=60)
+        forms.append((browser, *confirmation_form(page)))
+    before = set(hub.users())
+    with ThreadPoolExecutor(8) as pool:
+        results = list(
+            pool.map(lambda f: f[0].post(hub.url + f[1], data=f[2], headers=ME, timeout=60), forms)
+        )
+    started = _servers_of(hub, set(hub.users()) - before)
+    assert len(started) == 1, started
+    assert sum(r.status_code == 429 for r in results) == 7
+    (user,) = started
+    pod = wait_until(lambda: user_pod(cluster, hub.namespace, user), timeout=60, what=f"pod of {user}")
+    assert gpu_limit(pod) == "1"
+    # 13 refusals and the hub still runs: a refusal is not a failed spawn
+    # (z2jh's consecutiveFailureLimit of 5 stops the hub after five of those in a row)
+    assert hub.process.poll() is None
+    stop(hub, cluster, user)
+
+
 # ------------------------------------------------------------------------ culling
-
-
-class _ServerStandIn:
-    """A loopback HTTP endpoint where the hub finds "the user server": kwok runs no
-    containers, so this lets a spawn complete and the server go idle for the culler."""
-
-    def __init__(self):
-        import http.server
-        import threading
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture(scope="module")
 def culling_hub(jupyterhub_factory, cluster, hub_namespace, allowlist):
-    stand_in = _ServerStandIn()
+    # the fixture's stand-in answers as the server: it comes up, then goes idle
     values = z2jh_values(cull={"enabled": True, "timeout": 4, "every": 2, "maxAge": 60, "users": True})
-    hub = jupyterhub_factory(
-        values, namespace=hub_namespace, kubeconfig=cluster.kubeconfig, server_port=stand_in.port
-    )
+    hub = jupyterhub_factory(values, namespace=hub_namespace, kubeconfig=cluster.kubeconfig)
     yield hub
     hub.stop()
-    stand_in.close()
 
 
 def test_idle_culler_culls_idle_servers_and_temporary_users(culling_hub, cluster):
     hub = culling_hub
-    user, pod = launched_pod(hub, cluster, course="clustering_and_descriptive_ai")
+    user, _ = launched_pod(hub, cluster, course="clustering_and_descriptive_ai")
     assert user in hub.users()
     # the server comes up, then is culled for inactivity, then its user
     wait_until(lambda: user_pod(cluster, hub.namespace, user) is None, timeout=120, what="idle server culled")

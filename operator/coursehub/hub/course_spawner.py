@@ -29,17 +29,21 @@ classes only do I/O and assignment.
 """
 
 import asyncio
+import html
 import json
 import logging
 import os
 import re
 import time
 import unicodedata
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
+from jupyterhub.apihandlers.users import UserServerAPIHandler
+from jupyterhub.handlers.pages import SpawnHandler
 from kubespawner import KubeSpawner
 from tmpauthenticator import TmpAuthenticateHandler, TmpAuthenticator
 from tornado import web
@@ -114,12 +118,27 @@ class Course:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """The hub's ``limits`` section. None: no limit.
+
+    ``gateway_identity``: the hub sits behind coursehub's SSO gateway, so the identity
+    headers oauth2-proxy sets are trusted, required on login, and counted per person.
+    """
+
+    active_servers: int | None = None
+    servers_per_identity: int | None = None
+    gpu_servers_per_identity: int | None = None
+    gateway_identity: bool = False
+
+
+@dataclass(frozen=True)
 class Allowlist:
     courses: Mapping[str, Course] = field(default_factory=dict)
     default: str | None = None
     on_unknown: str = "default"
     gpu: GpuConfig | None = None
     hub: str = ""
+    limits: Limits = field(default_factory=Limits)
     # False when the ConfigMap does not exist (nothing published yet).
     published: bool = True
 
@@ -232,6 +251,46 @@ class _LazyCourses(Mapping):
         return sum(1 for _ in self)
 
 
+ALLOWLIST_SHARD_KEY = "courses.json"
+
+
+def shard_names(text: str | None) -> list[str]:
+    """The shard ConfigMaps a sharded (version 2) allowlist index lists; [] for an inline one.
+
+    Only names of the form ``coursehub-allowlist-<hash>`` count (the hub's Role lets it
+    read exactly those the operator listed).
+    """
+    try:
+        doc = json.loads(text) if text else None
+    except (TypeError, ValueError):
+        return []
+    if not isinstance(doc, dict) or doc.get("version") != 2 or not isinstance(doc.get("shards"), list):
+        return []
+    names = doc["shards"]
+    prefix = ALLOWLIST_CONFIGMAP + "-"
+    if not names or not all(isinstance(n, str) and n.startswith(prefix) for n in names):
+        return []
+    return names
+
+
+def expand_sharded(text: str, shards: Mapping[str, str]) -> str:
+    """A version-1 allowlist document from a sharded index and its shards' texts."""
+    doc = json.loads(text)
+    courses: dict = {}
+    for name in doc["shards"]:
+        try:
+            part = json.loads(shards[name])
+        except (KeyError, TypeError, ValueError):
+            raise AllowlistError(f"allowlist shard {name} is missing or not JSON") from None
+        if not isinstance(part, dict) or not isinstance(part.get("courses"), dict):
+            raise AllowlistError(f"allowlist shard {name} has no courses object")
+        courses.update(part["courses"])
+    out = {k: v for k, v in doc.items() if k != "shards"}
+    out["version"] = 1
+    out["courses"] = courses
+    return json.dumps(out)
+
+
 def parse_allowlist(text: str, *, on_bad_course: Callable[[str], None] | None = None) -> Allowlist:
     """Parse the ``allowlist.json`` document (docs/CONTRACTS.md).
 
@@ -267,7 +326,35 @@ def parse_allowlist(text: str, *, on_bad_course: Callable[[str], None] | None = 
             resource=str(g.get("resource") or "nvidia.com/gpu"),
         )
     return Allowlist(
-        courses=courses, default=dflt, on_unknown=on_unknown, gpu=gpu, hub=str(doc.get("hub") or "")
+        courses=courses,
+        default=dflt,
+        on_unknown=on_unknown,
+        gpu=gpu,
+        hub=str(doc.get("hub") or ""),
+        limits=parse_limits(doc.get("limits")),
+    )
+
+
+def _limit(raw: Mapping, key: str) -> int | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise AllowlistError(f"limits.{key} must be a whole number >= 0 or null, got {value!r}")
+    return value
+
+
+def parse_limits(raw: Any) -> Limits:
+    """The ``limits`` section; absent means no limits (an allowlist from an older operator)."""
+    if raw is None:
+        return Limits()
+    if not isinstance(raw, dict):
+        raise AllowlistError("allowlist.limits must be an object")
+    return Limits(
+        active_servers=_limit(raw, "activeServers"),
+        servers_per_identity=_limit(raw, "serversPerIdentity"),
+        gpu_servers_per_identity=_limit(raw, "gpuServersPerIdentity"),
+        gateway_identity=raw.get("identity") == "gateway",
     )
 
 
@@ -515,6 +602,97 @@ def merge_traits(baseline: Mapping[str, Any], plan: LaunchPlan) -> dict:
     return new
 
 
+# ------------------------------------------------------------------ one identity, bounded
+
+# oauth2-proxy's user headers, most specific first. Only the gateway sets them: with a
+# gateway, proxy-public takes traffic from the gateway's pods alone, and oauth2-proxy
+# replaces whatever a client sent under these names.
+IDENTITY_HEADERS = ("X-Forwarded-Email", "X-Forwarded-Preferred-Username", "X-Forwarded-User")
+MAX_IDENTITY_LEN = 320  # the longest valid e-mail address
+
+
+def gateway_identity(headers: Mapping) -> str | None:
+    """The SSO identity the gateway passed (case-folded), or None when there is none
+    or it is not a plausible one (too long, control characters)."""
+    for name in IDENTITY_HEADERS:
+        value = headers.get(name)
+        if not isinstance(value, str):
+            continue
+        value = value.strip()
+        if not value or len(value) > MAX_IDENTITY_LEN:
+            continue
+        if any(unicodedata.category(ch).startswith("C") for ch in value):
+            continue
+        return value.casefold()
+    return None
+
+
+@dataclass(frozen=True)
+class Slot:
+    """A server that counts against the limits: started, starting, or admitted to start."""
+
+    identity: str | None
+    gpu: bool
+    user: str = ""
+    course: str = ""
+    url: str = ""
+
+
+@dataclass(frozen=True)
+class LimitRefusal:
+    """Why a launch may not start: ``kind`` is ``hub``, ``identity`` or ``gpu``;
+    ``running`` are the identity's servers that fill its limit."""
+
+    kind: str
+    message: str
+    running: tuple = ()
+
+
+def check_limits(limits: Limits, others: Any, *, identity: str | None, gpu: bool) -> LimitRefusal | None:
+    """Pure: may one more server (of ``identity``, GPU or not) start next to ``others``?
+
+    ``others`` are the Slots of every other server that is active or admitted. Per-
+    identity limits apply only when the hub trusts the gateway's identity headers.
+    """
+    others = list(others)
+    if limits.active_servers is not None and len(others) >= limits.active_servers:
+        return LimitRefusal(
+            "hub",
+            f"This hub is at its limit of {limits.active_servers} running servers. "
+            "Try again in a few minutes.",
+        )
+    if not (limits.gateway_identity and identity):
+        return None
+    mine = [s for s in others if s.identity == identity]
+    if gpu and limits.gpu_servers_per_identity is not None:
+        mine_gpu = [s for s in mine if s.gpu]
+        if len(mine_gpu) >= limits.gpu_servers_per_identity:
+            return LimitRefusal(
+                "gpu",
+                f"You already have {len(mine_gpu)} GPU server(s) running, the most one person may have "
+                "on this hub. Use it, or stop it before starting another.",
+                tuple(mine_gpu),
+            )
+    if limits.servers_per_identity is not None and len(mine) >= limits.servers_per_identity:
+        return LimitRefusal(
+            "identity",
+            f"You already have {len(mine)} server(s) running, the most one person may have on this hub. "
+            "Use it, or stop it before starting another.",
+            tuple(mine),
+        )
+    return None
+
+
+def limit_page_html(refusal: LimitRefusal, resume_url: Callable[[Slot], str]) -> str:
+    """The refusal as HTML: the message and a link to each running server."""
+    items = "".join(
+        f'<li><a href="{html.escape(resume_url(s))}">{html.escape(s.course or s.user)}</a></li>'
+        for s in refusal.running
+    )
+    running = f"<p>Your running server(s):</p><ul>{items}</ul>" if items else ""
+    return f"<p>{html.escape(refusal.message)}</p>{running}"
+
+
 # --------------------------------------------------------------- live allowlist read
 
 
@@ -647,6 +825,16 @@ class AllowlistWatcher:
             # keep serving the previous list; a broken edit must not stop every spawn
             log.error("coursehub: invalid allowlist (%s); keeping the previous one", e)
 
+    async def _apply_expanded(self, obj: Mapping | None) -> None:
+        """`_apply` with a sharded allowlist's shards read in (docs/CONTRACTS.md)."""
+        try:
+            obj = await self.source.expanded(obj)
+        except AllowlistError as e:
+            # keep serving the previous list; the next change or resync tries again
+            log.error("coursehub: %s; keeping the previous allowlist", e)
+            return
+        self._apply(obj)
+
     async def _run(self) -> None:
         from kubernetes_asyncio import watch
         from kubernetes_asyncio.client.rest import ApiException
@@ -665,7 +853,7 @@ class AllowlistWatcher:
                 )
                 body = json.loads(await resp.read())
                 items = body.get("items") or []
-                self._apply(items[0] if items else None)
+                await self._apply_expanded(items[0] if items else None)
                 self.live, backoff = True, 1.0
                 w = watch.Watch()
                 async for event in w.stream(
@@ -677,7 +865,7 @@ class AllowlistWatcher:
                     _request_timeout=self.resync_seconds + 30,
                 ):
                     if event["type"] in ("ADDED", "MODIFIED"):
-                        self._apply(event["raw_object"])
+                        await self._apply_expanded(event["raw_object"])
                     elif event["type"] == "DELETED":
                         self._apply(None)
             except asyncio.CancelledError:
@@ -718,6 +906,45 @@ class AllowlistSource:
         # watch by default; COURSEHUB_ALLOWLIST_WATCH=0 keeps to TTL reads only
         self.watch = os.environ.get("COURSEHUB_ALLOWLIST_WATCH", "1") != "0"
         self.watcher = AllowlistWatcher(self)
+        self._shards: dict[str, str] = {}  # shard name -> text (content-addressed: never stale)
+        self._expanded: tuple = (None, None)  # (index resourceVersion, expanded text)
+
+    async def _read_shard(self, name: str) -> str:
+        try:
+            resp = await self._core_api().read_namespaced_config_map(
+                name, self.namespace, _preload_content=False, _request_timeout=5
+            )
+            body = json.loads(await resp.read())
+        except Exception as e:
+            raise AllowlistError(f"allowlist shard {name} is unreadable ({type(e).__name__})") from None
+        text = (body.get("data") or {}).get(ALLOWLIST_SHARD_KEY)
+        if not isinstance(text, str):
+            raise AllowlistError(f"allowlist shard {name} has no {ALLOWLIST_SHARD_KEY}")
+        return text
+
+    async def _expanded_text(self, text: str | None, version: str | None) -> str | None:
+        """The allowlist text with its shards' courses in it; an inline allowlist as it is."""
+        names = shard_names(text)
+        if not names:
+            return text
+        if version is not None and self._expanded[0] == version:
+            return self._expanded[1]
+        for name in names:
+            if name not in self._shards:
+                self._shards[name] = await self._read_shard(name)
+        self._shards = {n: self._shards[n] for n in names}  # forget shards no longer listed
+        full = expand_sharded(text or "", self._shards)
+        self._expanded = (version, full)
+        return full
+
+    async def expanded(self, obj: Mapping | None) -> Mapping | None:
+        """The allowlist ConfigMap `obj` with a sharded list's courses read in (AllowlistError if not)."""
+        if obj is None:
+            return None
+        data = obj.get("data") or {}
+        text = data.get(ALLOWLIST_KEY)
+        full = await self._expanded_text(text, (obj.get("metadata") or {}).get("resourceVersion"))
+        return obj if full is text else {**obj, "data": {**data, ALLOWLIST_KEY: full}}
 
     def _core_api(self):
         if self.api is None:
@@ -745,7 +972,8 @@ class AllowlistSource:
                 return None, None
             raise
         data = body.get("data") or {}
-        return data.get(ALLOWLIST_KEY), (body.get("metadata") or {}).get("resourceVersion")
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        return await self._expanded_text(data.get(ALLOWLIST_KEY), version), version
 
     async def current(self) -> Allowlist:
         if not self.namespace:
@@ -763,6 +991,13 @@ SOURCE = AllowlistSource()
 
 # --------------------------------------------------------------------- hub classes
 
+# Every CourseSpawner in this hub process, to count servers against the limits. JupyterHub
+# builds a spawner for every running server at startup (state loaded from its database),
+# so after a restart the running servers count again. Weak: deleted users drop out.
+LIVE_SPAWNERS: "weakref.WeakSet[CourseSpawner]" = weakref.WeakSet()
+STATE_KEY = "coursehub"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
 
 class CourseSpawner(KubeSpawner):
     """KubeSpawner whose image, default URL, resources and GPU scheduling come only
@@ -778,9 +1013,19 @@ class CourseSpawner(KubeSpawner):
     ``super()`` the ``profile`` option is never applied, so no profile_list entry can
     override the image either. ``apply_user_options`` defaults to a no-op here only
     so that JupyterHub does not warn about "unhandled" options.
+
+    The spawner also carries the learner's SSO identity (``coursehub_identity``, kept in
+    the spawner state in the hub database) and what its server counts as (GPU or not).
     """
 
     _coursehub_baseline = None
+    coursehub_identity: str | None = None
+    _coursehub_gpu = False
+    _coursehub_course = ""
+    # Admitted, and JupyterHub has not marked the spawn pending yet.
+    _coursehub_reserved = False
+    # Admitted by coursehub's handlers; load_user_options need not decide again.
+    _coursehub_admitted = False
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -788,14 +1033,58 @@ class CourseSpawner(KubeSpawner):
             SOURCE.api = self.api
         if not SOURCE.namespace:
             SOURCE.namespace = hub_namespace(self.namespace)
+        LIVE_SPAWNERS.add(self)
 
     @default("apply_user_options")
     def _coursehub_apply_user_options_default(self):
         return _accept_user_options
 
+    @default("options_from_form")
+    def _coursehub_options_from_form_default(self):
+        # The GPU confirmation form posts the launch keys; nothing else is kept.
+        return normalize_options
+
     def options_from_query(self, query_data):
         # Store only the launch keys in the hub database, never the rest of the query.
         return normalize_options(query_data)
+
+    # The identity outlives a stopped server (it is the user's), so clear_state keeps it.
+    def get_state(self):
+        state = super().get_state()
+        state[STATE_KEY] = {
+            "identity": self.coursehub_identity,
+            "gpu": self._coursehub_gpu,
+            "course": self._coursehub_course,
+        }
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        mine = state.get(STATE_KEY) if isinstance(state, dict) else None
+        if isinstance(mine, dict):
+            identity = mine.get("identity")
+            self.coursehub_identity = identity if isinstance(identity, str) and identity else None
+            self._coursehub_gpu = mine.get("gpu") is True
+            self._coursehub_course = str(mine.get("course") or "")
+
+    def coursehub_slot(self) -> Slot | None:
+        """What this server counts as, or None when it does not count (stopped)."""
+        if not (self.active or self._coursehub_reserved):
+            return None
+        return Slot(self.coursehub_identity, self._coursehub_gpu, self.user.name, self._coursehub_course)
+
+    def admit(self, limits: Limits, plan: LaunchPlan, headers: Mapping) -> LimitRefusal | None:
+        """Count and reserve in one step: no ``await`` inside, and the hub runs on one
+        event loop, so concurrent launches of one identity cannot all pass the count."""
+        if self.coursehub_identity is None and limits.gateway_identity:
+            self.coursehub_identity = gateway_identity(headers)
+        refusal = check_limits(
+            limits, other_slots(exclude=self), identity=self.coursehub_identity, gpu=plan.gpu
+        )
+        if refusal is None:
+            self._coursehub_gpu = plan.gpu
+            self._coursehub_course = plan.course.display_name or plan.course.course
+        return refusal
 
     async def load_user_options(self):
         allowlist = await SOURCE.current()
@@ -804,6 +1093,18 @@ class CourseSpawner(KubeSpawner):
         except CourseRefused as e:
             self.log.warning("coursehub: refusing spawn for %s: %s", self._log_name, e.message)
             raise refusal_error(e) from None
+        # A second line of defence for spawns that did not come through coursehub's
+        # handlers (another authenticator): the same rules, decided here.
+        request = getattr(self.handler, "request", None)
+        if plan.gpu and request is not None and request.method in SAFE_METHODS:
+            raise gpu_needs_post_error(plan, "")
+        if self._coursehub_admitted:
+            self._coursehub_admitted = False
+        else:
+            refusal = self.admit(allowlist.limits, plan, request.headers if request is not None else {})
+            if refusal is not None:
+                self.log.warning("coursehub: refusing spawn for %s: %s", self._log_name, refusal.message)
+                raise limit_error(refusal, lambda s: "")
         for note in plan.notes:
             self.log.info("coursehub: %s: %s", self._log_name, note)
         if self._coursehub_baseline is None:
@@ -820,12 +1121,45 @@ class CourseSpawner(KubeSpawner):
         )
 
 
+def other_slots(exclude: Any = None) -> list:
+    """The Slots of every counted server of this hub except ``exclude``'s."""
+    slots = []
+    for spawner in list(LIVE_SPAWNERS):
+        if spawner is not exclude:
+            slot = spawner.coursehub_slot()
+            if slot is not None:
+                slots.append(slot)
+    return slots
+
+
+def _http_error(status: int, message: str, html_message: str = "") -> web.HTTPError:
+    # "%s" + args: a '%' in an echoed value must not break tornado's formatting
+    err = web.HTTPError(status, "%s", message)
+    err.jupyterhub_message = message  # the text JupyterHub's error page shows
+    if html_message:
+        err.jupyterhub_html_message = html_message
+    return err
+
+
 def refusal_error(refusal: CourseRefused) -> web.HTTPError:
     """The HTTP error JupyterHub shows for a refusal, message on the error page."""
-    # "%s" + args: a '%' in the echoed slug must not break tornado's formatting
-    err = web.HTTPError(refusal.status, "%s", refusal.message)
-    err.jupyterhub_message = refusal.message  # the text JupyterHub's error page shows
-    return err
+    return _http_error(refusal.status, refusal.message)
+
+
+def limit_error(refusal: LimitRefusal, resume_url: Callable[[Slot], str]) -> web.HTTPError:
+    """429 with the running servers linked (when ``resume_url`` gives links)."""
+    running = tuple(s for s in refusal.running if resume_url(s))
+    html_message = limit_page_html(LimitRefusal(refusal.kind, refusal.message, running), resume_url)
+    return _http_error(429, refusal.message, html_message)
+
+
+def gpu_needs_post_error(plan: LaunchPlan, confirm_url: str) -> web.HTTPError:
+    """A GET may not start a GPU server (a link or an image tag on any site could)."""
+    message = (
+        f"The course '{plan.course.course}' runs on a GPU; confirm on the course's start page to start it."
+    )
+    link = f' <a href="{html.escape(confirm_url)}">Go to the start page.</a>' if confirm_url else ""
+    return _http_error(403, message, html.escape(message) + link)
 
 
 def _accept_user_options(spawner, user_options):
@@ -840,9 +1174,9 @@ def _copy(value):
     return value
 
 
-def launch_query(query_arguments: Mapping) -> dict:
-    """Query for ``/hub/spawn`` built from a tmplogin request's query (launch keys only)."""
-    opts = normalize_options(query_arguments)
+def launch_query(arguments: Mapping) -> dict:
+    """Launch keys from a request's query or form (``{key: [bytes]}``) as strings."""
+    opts = normalize_options(arguments)
     q = {}
     if "course" in opts:
         q["course"] = opts["course"]
@@ -853,21 +1187,175 @@ def launch_query(query_arguments: Mapping) -> dict:
     return q
 
 
-class CourseTmpLoginHandler(TmpAuthenticateHandler):
-    """``/hub/tmplogin`` that carries ``course``/``notebook``/``gpu`` to the spawn."""
+CONFIRM_TEMPLATE = """{% extends "page.html" %}
+{% block main %}
+<div class="container" id="coursehub-gpu-confirm">
+  <h1>Start {{ course }} on a GPU?</h1>
+  <p>This course runs on a GPU server. GPUs are shared and scarce: start one when you are
+  ready to use it, and stop it when you are done.</p>
+  <form method="post" action="{{ action }}">
+    <input type="hidden" name="_xsrf" value="{{ xsrf_token }}">
+    {% for name, value in fields %}<input type="hidden" name="{{ name }}" value="{{ value }}">
+    {% endfor %}<button type="submit" class="btn btn-jupyter btn-lg">Start the GPU server</button>
+  </form>
+</div>
+{% endblock %}
+"""
 
-    async def get(self):
+
+class _CourseHandlerMixin:
+    """Shared by coursehub's hub handlers: launch admission and the GPU confirmation page."""
+
+    def resume_url(self, slot: Slot) -> str:
+        return self.hub.base_url + "tmplogin?" + urlencode({"resume": slot.user})
+
+    def render_gpu_confirmation(self, plan: LaunchPlan, query: Mapping, action: str) -> None:
+        """A page whose form POSTs the launch keys with JupyterHub's XSRF token."""
+        ns = dict(
+            self.template_namespace,
+            xsrf_token=self.xsrf_token.decode("ascii"),
+            course=plan.course.display_name or plan.course.course,
+            action=action,
+            fields=sorted(query.items()),
+        )
+        self.finish(self.settings["jinja2_env_sync"].from_string(CONFIRM_TEMPLATE).render(**ns))
+
+    async def spawn_single_user(self, user, server_name="", options=None):
+        """Decide the GPU rule and the limits *before* JupyterHub starts the spawn.
+
+        A refusal here is an HTTP answer. A refusal inside ``Spawner.start`` would be a
+        failed spawn, and z2jh's ``consecutiveFailureLimit`` (5) stops the hub after that
+        many in a row: five launches over the limit would take the hub down.
+        """
+        spawner = user.spawners[server_name]
+        if not isinstance(spawner, CourseSpawner) or spawner.active:
+            return await super().spawn_single_user(user, server_name, options=options)
+        try:
+            allowlist = await SOURCE.current()
+            plan = plan_launch(
+                allowlist, options if options is not None else (spawner.orm_spawner.user_options or {})
+            )
+        except CourseRefused as e:
+            raise refusal_error(e) from None
+        if plan.gpu and self.request.method in SAFE_METHODS:
+            confirm = self.hub.base_url + "spawn?" + urlencode(launch_query(options or {}))
+            raise gpu_needs_post_error(plan, confirm)
+        # From here to the reservation nothing awaits (see CourseSpawner.admit).
+        refusal = spawner.admit(allowlist.limits, plan, self.request.headers)
+        if refusal is not None:
+            self.log.warning("coursehub: refusing spawn for %s: %s", spawner._log_name, refusal.message)
+            raise limit_error(refusal, self.resume_url)
+        spawner._coursehub_reserved = spawner._coursehub_admitted = True
+        try:
+            return await super().spawn_single_user(user, server_name, options=options)
+        except BaseException:
+            spawner._coursehub_admitted = False  # refused before the spawn began
+            raise
+        finally:
+            # by now JupyterHub marks the spawn pending (or it is over): `active` counts it
+            spawner._coursehub_reserved = False
+
+
+class CourseSpawnHandler(_CourseHandlerMixin, SpawnHandler):
+    """``/hub/spawn``: a GPU course from a link gets the confirmation page, not a server."""
+
+    @web.authenticated
+    async def get(self, user_name=None, server_name=None):
         query = launch_query(self.request.query_arguments)
-        if "course" in query:
+        user = self.current_user
+        if query and user_name in (None, user.name) and not user.spawners[server_name or ""].active:
             try:
-                resolve_course(await SOURCE.current(), query["course"])
+                plan = plan_launch(await SOURCE.current(), query)
+            except CourseRefused:
+                plan = None  # JupyterHub's own path reports it
+            if plan is not None and plan.gpu:
+                return self.render_gpu_confirmation(plan, query, self.request.path)
+        return await super().get(user_name, server_name)
+
+
+class CourseServerAPIHandler(_CourseHandlerMixin, UserServerAPIHandler):
+    """``/hub/api/users/<name>/server``: the same limits for spawns through the REST API."""
+
+
+class CourseTmpLoginHandler(_CourseHandlerMixin, TmpAuthenticateHandler):
+    """``/hub/tmplogin``: a launch link becomes a fresh temporary user and a server.
+
+    GET with ``course``/``notebook``/``gpu``: refuse an unoffered course or a launch over
+    the limits before any user exists; a GPU course gets the confirmation page; any other
+    course logs in a new user and goes on to ``/hub/spawn``. POST (the confirmation
+    form, XSRF-checked by JupyterHub): a new user and its spawn. GET ``resume=<user>``:
+    back to a running server of the same SSO identity (the link on the limit page).
+    """
+
+    async def _checked(self, query: Mapping) -> tuple:
+        """(allowlist or None, identity, plan or None), raising the refusals that come
+        before a user exists. Anything else is decided again at spawn time."""
+        try:
+            allowlist = await SOURCE.current()
+        except CourseRefused:
+            return None, None, None
+        identity = gateway_identity(self.request.headers) if allowlist.limits.gateway_identity else None
+        if allowlist.limits.gateway_identity and identity is None:
+            # Behind the gateway every request carries the SSO identity; one without
+            # it did not come through the gateway.
+            raise _http_error(403, "Sign in through this hub's sign-in page first.")
+        plan = None
+        if query:
+            try:
+                plan = plan_launch(allowlist, query)
             except CourseRefused as e:
                 if e.kind == "not_offered":
-                    # Refuse before creating a temporary user for a course we don't offer.
                     self.log.warning("coursehub: tmplogin refused: %s", e.message)
                     raise refusal_error(e) from None
-                # Anything else (list unavailable, ...) is decided again at spawn time.
-        return await super().get()
+            if plan is not None:
+                refusal = check_limits(allowlist.limits, other_slots(), identity=identity, gpu=plan.gpu)
+                if refusal is not None:
+                    self.log.warning("coursehub: tmplogin refused: %s", refusal.message)
+                    raise limit_error(refusal, self.resume_url)
+        return allowlist, identity, plan
+
+    async def _new_user(self, identity: str | None):
+        # As TmpAuthenticateHandler.get: always a new user, cookie overwritten.
+        user = await self.login_user(None)
+        self.set_hub_cookie(user)
+        if identity is not None:
+            spawner = user.spawner
+            spawner.coursehub_identity = identity
+            # in the hub database now, so the identity survives a hub restart
+            spawner.orm_spawner.state = spawner.get_state()
+            self.db.commit()
+        return user
+
+    async def get(self):
+        if "resume" in self.request.query_arguments:
+            return await self._resume(self.get_argument("resume"))
+        query = launch_query(self.request.query_arguments)
+        _, identity, plan = await self._checked(query)
+        if plan is not None and plan.gpu:
+            return self.render_gpu_confirmation(plan, query, self.hub.base_url + "tmplogin")
+        user = await self._new_user(identity)
+        self.redirect(self.get_next_url(user))
+
+    async def post(self):
+        query = launch_query(self.request.body_arguments)
+        _, identity, _ = await self._checked(query)
+        user = await self._new_user(identity)
+        # As JupyterHub's SpawnHandler: report a refusal at once, else the pending page.
+        spawn = asyncio.ensure_future(self.spawn_single_user(user, "", options=normalize_options(query)))
+        await asyncio.wait([spawn], timeout=1)
+        if spawn.done() and spawn.exception() is not None:
+            raise spawn.exception()
+        self.redirect(self.hub.base_url + "spawn-pending/" + quote(user.name, safe=""))
+
+    async def _resume(self, name: str):
+        allowlist = await SOURCE.current()
+        identity = gateway_identity(self.request.headers) if allowlist.limits.gateway_identity else None
+        user = self.find_user(name) if identity else None
+        spawner = user.spawners[""] if user is not None else None
+        if spawner is None or getattr(spawner, "coursehub_identity", None) != identity:
+            raise _http_error(404, "No such server of yours on this hub.")
+        self.set_login_cookie(user)
+        self.redirect(user.url)
 
     def get_next_url(self, user=None, default=None):
         query = launch_query(self.request.query_arguments)
@@ -877,10 +1365,21 @@ class CourseTmpLoginHandler(TmpAuthenticateHandler):
 
 
 class CourseTmpAuthenticator(TmpAuthenticator):
-    """TmpAuthenticator whose login link keeps the course launch parameters."""
+    """TmpAuthenticator whose login link keeps the course launch parameters.
+
+    Its handlers come before JupyterHub's own routes, so coursehub's ``/spawn`` and
+    server API handlers take those paths: every spawn passes the admission check.
+    """
 
     def get_handlers(self, app):
-        return [("/tmplogin", CourseTmpLoginHandler)]
+        return [
+            ("/tmplogin", CourseTmpLoginHandler),
+            (r"/spawn", CourseSpawnHandler),
+            (r"/spawn/([^/]+)", CourseSpawnHandler),
+            (r"/spawn/([^/]+)/([^/]+)", CourseSpawnHandler),
+            (r"/api/users/([^/]+)/server", CourseServerAPIHandler),
+            (r"/api/users/([^/]+)/servers/([^/]*)", CourseServerAPIHandler),
+        ]
 
 
 # ------------------------------------------------------------------- configuration
