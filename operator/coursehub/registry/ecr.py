@@ -8,15 +8,12 @@ boto3 is synchronous, so each call runs in a worker thread.
 from __future__ import annotations
 
 import asyncio
-import functools
-import os
-import threading
 from typing import Any
 
-import boto3
-import botocore.config
 import botocore.exceptions
 
+from .aws import ENDPOINT_ENV, classify, ecr_client
+from .aws import endpoint_url as _endpoint
 from .errors import (
     ImageNotFound,
     InvalidImageReference,
@@ -29,90 +26,33 @@ from .reference import ImageReference, parse_ecr_host
 
 __all__ = ["ENDPOINT_ENV", "ecr_client", "map_ecr_error", "resolve_ecr"]
 
-#: Overrides the ECR endpoint (tests point it at moto's server).
-ENDPOINT_ENV = "COURSEHUB_AWS_ENDPOINT_URL"
-
-_NOT_FOUND = {"ImageNotFoundException", "RepositoryNotFoundException"}
-_UNAUTHORIZED = {
-    "AccessDenied",
-    "AccessDeniedException",
-    "UnrecognizedClientException",
-    "InvalidClientTokenId",
-    "InvalidSignatureException",
-    "SignatureDoesNotMatch",
-    "ExpiredToken",
-    "ExpiredTokenException",
-    "MissingAuthenticationToken",
-}
-
-# boto3 clients are thread-safe, but creating one is slow and Session() is not.
-_client_lock = threading.Lock()
-
-
-@functools.lru_cache(maxsize=32)
-def _cached_client(
-    region: str,
-    endpoint_url: str | None,
-    connect_timeout: float,
-    read_timeout: float,
-    max_attempts: int,
-) -> Any:
-    config = botocore.config.Config(
-        retries={"mode": "standard", "max_attempts": max_attempts},
-        connect_timeout=connect_timeout,
-        read_timeout=read_timeout,
-    )
-    return boto3.session.Session().client("ecr", region_name=region, endpoint_url=endpoint_url, config=config)
-
-
-def ecr_client(
-    region: str,
-    endpoint_url: str | None = None,
-    *,
-    connect_timeout: float = 5.0,
-    read_timeout: float = 10.0,
-    max_attempts: int = 3,
-) -> Any:
-    """A (cached) boto3 ECR client for ``region``; credentials from the standard chain."""
-    with _client_lock:
-        return _cached_client(region, endpoint_url, connect_timeout, read_timeout, max_attempts)
-
 
 def map_ecr_error(exc: BaseException, ref: ImageReference, endpoint: str) -> ResolveError:
     """Turn a botocore exception into a ``ResolveError`` for ``ref``."""
     what = f"digest {ref.digest}" if ref.digest else f"tag {ref.tag!r}"
-    if isinstance(exc, botocore.exceptions.ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        detail = str(error.get("Message", "")) or code
+    failure = classify(exc)
+    code, detail = failure.code, failure.detail
+    if failure.kind == "not_found":
         if code == "RepositoryNotFoundException":
             return ImageNotFound(
                 f"ECR repository {ref.repository!r} not found in {ref.registry}; "
                 "create it and push the image, or fix spec.image"
             )
-        if code in _NOT_FOUND:
-            return ImageNotFound(f"{what} not found in {ref.name}; push it or fix spec.image")
-        if code in _UNAUTHORIZED:
-            return RegistryUnauthorized(
-                f"AWS refused ecr:DescribeImages on {ref.name} ({code}: {detail}); give the "
-                "operator's role (IRSA) ecr:DescribeImages on this repository"
-            )
-        return RegistryError(f"ECR describe_images for {ref.name} failed ({code}: {detail})")
-    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return ImageNotFound(f"{what} not found in {ref.name}; push it or fix spec.image")
+    if failure.kind == "access":
+        return RegistryUnauthorized(
+            f"AWS refused ecr:DescribeImages on {ref.name} ({code}: {detail}); give the "
+            "operator's role (IRSA) ecr:DescribeImages on this repository"
+        )
+    if failure.kind == "no_credentials":
         return RegistryUnauthorized(
             f"the operator has no AWS credentials to look up {ref.name}; configure IRSA or "
             "another source of the standard AWS credential chain"
         )
-    if isinstance(
-        exc,
-        (
-            botocore.exceptions.EndpointConnectionError,
-            botocore.exceptions.ConnectTimeoutError,
-            botocore.exceptions.ReadTimeoutError,
-            botocore.exceptions.ConnectionClosedError,
-        ),
-    ):
+    if failure.kind == "unreachable":
         return RegistryUnreachable(f"cannot reach the ECR API at {endpoint} ({exc}); it will be retried")
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return RegistryError(f"ECR describe_images for {ref.name} failed ({code}: {detail})")
     return RegistryError(f"ECR lookup of {ref.name} failed: {exc}")
 
 
@@ -144,19 +84,20 @@ async def resolve_ecr(
     """Return the ``sha256:`` digest of ``ref`` in its ECR repository.
 
     ``endpoint_url`` (else ``$COURSEHUB_AWS_ENDPOINT_URL``, else AWS) picks the
-    API endpoint. A reference with a digest is checked to exist in ECR.
+    API endpoint; ``max_attempts`` counts every try of the call. A reference with a
+    digest is checked to exist in ECR.
     """
     parsed = parse_ecr_host(ref.registry)
     if parsed is None:
         raise InvalidImageReference(f"{ref.registry!r} is not an ECR registry host")
     account, region = parsed
-    endpoint_url = endpoint_url or os.environ.get(ENDPOINT_ENV) or None
-    endpoint = endpoint_url or f"ecr.{region} (AWS)"
+    endpoint = _endpoint(endpoint_url)
+    shown = endpoint or f"ecr.{region} (AWS)"
 
     def work() -> str:
         client = ecr_client(
             region,
-            endpoint_url,
+            endpoint,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
             max_attempts=max_attempts,
@@ -166,7 +107,7 @@ async def resolve_ecr(
     try:
         digest = await asyncio.to_thread(work)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise map_ecr_error(exc, ref, endpoint) from None
+        raise map_ecr_error(exc, ref, shown) from None
     if ref.digest and digest != ref.digest:
         raise RegistryError(f"ECR returned {digest} when asked for {ref.digest} in {ref.name}")
     return digest

@@ -8,17 +8,15 @@ production); the endpoint may be overridden for tests and VPC endpoints.
 from __future__ import annotations
 
 import json
-import os
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
-import botocore.config
 import botocore.exceptions
 
 from coursehub.desired.lifecycle import RepositoryPolicy, normalize_policy, policy_text
+from coursehub.registry.aws import ENDPOINT_ENV, classify, ecr_client
+from coursehub.registry.aws import endpoint_url as default_endpoint
 from coursehub.registry.reference import parse_ecr_host  # re-exported: the reference parser owns it
 
 __all__ = [
@@ -30,31 +28,10 @@ __all__ = [
     "parse_ecr_host",
 ]
 
-ENDPOINT_ENV = "COURSEHUB_AWS_ENDPOINT_URL"
-
 # Reasons a failed result carries (RetentionApplied=False); successes say Applied/Unchanged.
 FAILURE_REASONS = frozenset(
     {"RepositoryNotFound", "AccessDenied", "Throttled", "EndpointUnreachable", "RegistryError"}
 )
-
-_ACCESS_CODES = {
-    "AccessDenied",
-    "AccessDeniedException",
-    "UnrecognizedClientException",
-    "InvalidSignatureException",
-    "ExpiredTokenException",
-    "InvalidClientTokenId",
-    "UnauthorizedOperation",
-}
-_THROTTLE_CODES = {
-    "ThrottlingException",
-    "Throttling",
-    "ThrottledException",
-    "TooManyRequestsException",
-    "RequestLimitExceeded",
-    "RequestThrottled",
-    "RequestThrottledException",
-}
 
 
 @dataclass(frozen=True)
@@ -99,7 +76,7 @@ def apply_lifecycle_policies(
     ``max_attempts`` counts every try of one call (botocore's standard mode: 3 unless
     given); the timeouts are in seconds (botocore's defaults: 60).
     """
-    endpoint_url = endpoint_url or os.environ.get(ENDPOINT_ENV) or None
+    endpoint_url = default_endpoint(endpoint_url)
     results = {}
     for key in sorted(policies):
         results[key] = _apply_one(
@@ -134,7 +111,14 @@ def _apply_one(key, desired, *, endpoint_url, create_missing, client_options) ->
     step = "ecr:GetLifecyclePolicy"
     created = False
     try:
-        client = _client(region, endpoint_url, *client_options)
+        max_attempts, connect_timeout, read_timeout = client_options
+        client = ecr_client(
+            region,
+            endpoint_url,
+            max_attempts=max_attempts,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+        )
         try:
             current = _current_policy(client, ids)
         except botocore.exceptions.ClientError as e:
@@ -197,72 +181,40 @@ def _failure(key, e: Exception, where: str, step: str, endpoint_url: str | None)
     def fail(reason: str, message: str) -> LifecycleResult:
         return LifecycleResult(key, False, reason, message)
 
-    if isinstance(e, botocore.exceptions.ClientError):
-        code = _code(e)
-        detail = e.response.get("Error", {}).get("Message") or code
-        if code == "RepositoryNotFoundException":
-            return fail(
-                "RepositoryNotFound",
-                f"{where} does not exist: create it (CI, Terraform) or enable the operator "
-                "setting that creates missing repositories",
-            )
-        if code in _ACCESS_CODES:
-            return fail(
-                "AccessDenied",
-                f"the operator's AWS identity may not call {step} on {where} ({code}: {detail}); "
-                "grant ecr:GetLifecyclePolicy and ecr:PutLifecyclePolicy (and ecr:CreateRepository "
-                "if it creates repositories) to its role",
-            )
-        if code in _THROTTLE_CODES:
-            return fail(
-                "Throttled",
-                f"ECR throttled {step} on {where} after the client's retries ({code}); "
-                "the operator will try again later",
-            )
-        return fail("RegistryError", f"{step} on {where} failed: {code}: {detail}")
-    if isinstance(e, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+    failure = classify(e)
+    code, detail = failure.code, failure.detail
+    if failure.kind == "not_found" and code == "RepositoryNotFoundException":
+        return fail(
+            "RepositoryNotFound",
+            f"{where} does not exist: create it (CI, Terraform) or enable the operator "
+            "setting that creates missing repositories",
+        )
+    if failure.kind == "access":
+        return fail(
+            "AccessDenied",
+            f"the operator's AWS identity may not call {step} on {where} ({code}: {detail}); "
+            "grant ecr:GetLifecyclePolicy and ecr:PutLifecyclePolicy (and ecr:CreateRepository "
+            "if it creates repositories) to its role",
+        )
+    if failure.kind == "throttled":
+        return fail(
+            "Throttled",
+            f"ECR throttled {step} on {where} after the client's retries ({code}); "
+            "the operator will try again later",
+        )
+    if failure.kind == "no_credentials":
         return fail(
             "AccessDenied",
             f"no AWS credentials for {step} on {where}: give the operator's service account "
             "an IAM role (IRSA) or credentials through the standard AWS chain",
         )
-    if isinstance(
-        e,
-        botocore.exceptions.EndpointConnectionError
-        | botocore.exceptions.ConnectTimeoutError
-        | botocore.exceptions.ReadTimeoutError
-        | botocore.exceptions.ConnectionClosedError,
-    ):
+    if failure.kind == "unreachable":
         endpoint = endpoint_url or "the regional ECR endpoint"
         return fail(
             "EndpointUnreachable",
-            f"cannot reach {endpoint} for {step} on {where} ({type(e).__name__}); "
+            f"cannot reach {endpoint} for {step} on {where} ({code}); "
             "check network egress, VPC endpoints or the endpoint override",
         )
+    if isinstance(e, botocore.exceptions.ClientError):
+        return fail("RegistryError", f"{step} on {where} failed: {code}: {detail}")
     return fail("RegistryError", f"{step} on {where} failed: {type(e).__name__}: {e}")
-
-
-_clients: dict[tuple, Any] = {}
-_clients_lock = threading.Lock()
-
-
-def _client(region, endpoint_url, max_attempts, connect_timeout, read_timeout):
-    """A cached ECR client per region and options (boto3 clients are thread-safe)."""
-    key = (region, endpoint_url, max_attempts, connect_timeout, read_timeout)
-    with _clients_lock:
-        client = _clients.get(key)
-        if client is None:
-            retries: dict[str, Any] = {"mode": "standard"}
-            if max_attempts is not None:
-                retries["total_max_attempts"] = max_attempts  # the first try included
-            options: dict[str, Any] = {"retries": retries}
-            if connect_timeout is not None:
-                options["connect_timeout"] = connect_timeout
-            if read_timeout is not None:
-                options["read_timeout"] = read_timeout
-            # A session per client: boto3's default session is not thread-safe.
-            client = boto3.session.Session().client(
-                "ecr", region_name=region, endpoint_url=endpoint_url, config=botocore.config.Config(**options)
-            )
-            _clients[key] = client
-        return client
