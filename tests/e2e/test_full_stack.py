@@ -8,9 +8,9 @@ import subprocess
 
 import pytest
 import yaml
-from test_course_flow import TEST_CHART
 from test_hub_spawn import container, env_of, launched_pod, stop
 
+from coursehub_dev.paths import TEST_CHART
 from fixtures.cluster import get_yaml
 
 pytestmark = pytest.mark.e2e

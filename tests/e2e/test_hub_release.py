@@ -10,11 +10,12 @@ import time
 import pytest
 import yaml
 
+from coursehub_dev.paths import TEST_CHART
 from fixtures.cluster import get_yaml, wait_until
 
 pytestmark = pytest.mark.e2e
 
-from test_course_flow import TEST_CHART, condition  # noqa: E402  (shared manifests)
+from test_course_flow import condition  # noqa: E402  (shared manifests)
 
 
 def hub(name="learn", **spec) -> dict:
