@@ -291,6 +291,31 @@ class Singleuser(Model):
     gpu_nodes: GpuNodes | None = Field(None, description="Where GPU courses run.")
 
 
+class Limits(Model):
+    active_servers: int | None = Field(
+        None,
+        ge=0,
+        le=100000,
+        description="The most servers running or starting at once on this hub, all learners together; "
+        "a launch beyond gets a page saying the hub is full. Unset: no hub-wide limit.",
+    )
+    servers_per_identity: int = Field(
+        2,
+        ge=0,
+        le=100,
+        description="The most servers one person (one SSO identity passed by spec.gateway) may run at "
+        "once; a launch beyond gets a page linking the running ones instead of a new server. Applies "
+        "only with spec.gateway.oidc: without a gateway the hub has no identity to count by.",
+    )
+    gpu_servers_per_identity: int = Field(
+        1,
+        ge=0,
+        le=100,
+        description="The most GPU servers one person may run at once (also counted in "
+        "serversPerIdentity). Applies only with spec.gateway.oidc.",
+    )
+
+
 class JupyterHubDeploymentSpec(Model):
     model_config = Model.model_config | {
         "json_schema_extra": {
@@ -331,6 +356,11 @@ class JupyterHubDeploymentSpec(Model):
     )
     pre_pull: PrePull | None = Field(None, description="Pre-pulling of course images onto nodes.")
     singleuser: Singleuser | None = Field(None, description="Defaults for learners' servers.")
+    limits: Limits | None = Field(
+        None,
+        description="How many servers may run: on the hub, per person, GPU servers per person "
+        "(2 per person and 1 GPU server per person when unset). The hub reads them live, without a restart.",
+    )
     values: dict[str, Any] | None = Field(
         None,
         description="Raw z2jh values merged last (an escape hatch). They "

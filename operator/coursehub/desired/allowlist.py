@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from .courses import CourseRecord, HubRecord, unknown_course_policy
+from ..api.jupyterhubdeployment import Limits
 
 ALLOWLIST_CONFIGMAP = "coursehub-allowlist"
 ALLOWLIST_KEY = "allowlist.json"
@@ -87,10 +88,27 @@ def allowlist_document(hub: HubRecord, winners: dict[str, CourseRecord], publish
         "onUnknown": unknown_course_policy(hub),
         "gpu": gpu_settings(hub),
         "courses": courses,
+        "limits": limits_settings(hub),
     }
 
 
 def serialize(doc: dict) -> str:
+def limits_settings(hub: HubRecord) -> dict:
+    """The hub's server limits (spec.limits, defaults when unset), read live by the hub.
+
+    `identity: gateway` tells the hub that the SSO gateway is the only way in, so the
+    identity headers oauth2-proxy sets are trusted and counted per person.
+    """
+    limits = hub.spec.limits or Limits()
+    gated = bool(hub.spec.gateway and hub.spec.gateway.oidc)
+    return {
+        "activeServers": limits.active_servers,
+        "serversPerIdentity": limits.servers_per_identity,
+        "gpuServersPerIdentity": limits.gpu_servers_per_identity,
+        "identity": "gateway" if gated else None,
+    }
+
+
     """Compact and sorted: the same set of courses always gives the same bytes."""
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
