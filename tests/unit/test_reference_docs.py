@@ -32,3 +32,14 @@ def test_defaults_come_from_the_models():
     text = docs.reference_markdown()
     assert "| `spec.gpu` | string | default `none`;" in text
     assert "| `spec.retention.keep` | integer | default `5`;" in text
+
+
+def test_every_operator_setting_is_documented():
+    from coursehub.settings import Settings, env_name
+
+    text = docs.reference_markdown()
+    for name, info in Settings.model_fields.items():
+        assert f"| `{env_name(name)}` |" in text
+        assert info.description, f"setting {name} has no description"
+    assert "| `COURSEHUB_RESOLVE_INTERVAL` | number | `300` | > 0 |" in text
+    assert "| `COURSEHUB_DEBOUNCE_SECONDS` | number | `0.5` | ≥ 0 |" in text
