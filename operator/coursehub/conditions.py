@@ -26,11 +26,12 @@ def merge(
 ) -> list[dict]:
     """The new condition list; lastTransitionTime moves only when a status flips.
 
-    Conditions of types not in `new` are kept as they were (another writer may own them).
+    Exactly the types in `new`: each kind has one status writer, which computes every
+    condition, so a type it no longer computes is dropped.
     """
     now = now or now_rfc3339()
     by_type = {c["type"]: c for c in (old or [])}
-    out = dict(by_type)
+    out: dict[str, dict] = {}
     for c in new:
         prev = by_type.get(c.type)
         ltt = prev["lastTransitionTime"] if prev and prev.get("status") == c.status_text else now

@@ -35,16 +35,15 @@ def configure_logging(json_logs: bool) -> None:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
-def build_registry(watch_namespaces: bool) -> tuple[kopf.OperatorRegistry, dict]:
+def build_registry(watch_namespaces: bool) -> kopf.OperatorRegistry:
+    """kopf's registry with our handlers; they share one Runtime through kopf's `memo`."""
     from .handlers import Runtime, register
     from .kube import Kube
 
     registry = kopf.OperatorRegistry()
-    holder: dict = {}
-    settings = current_settings()
 
     @kopf.on.startup(registry=registry)
-    async def startup(settings: kopf.OperatorSettings, **_):
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
         # Kopf stores nothing on our objects: we use only event handlers.
         settings.persistence.finalizer = "coursehub.dev/kopf-unused"
         settings.posting.level = logging.WARNING
@@ -62,9 +61,8 @@ def build_registry(watch_namespaces: bool) -> tuple[kopf.OperatorRegistry, dict]
         # in the fault tests): re-open any watch that has been quiet for 15 s. An idle watch
         # costs one cheap re-open per resource then, never a write.
         settings.watching.inactivity_timeout = 15
-        runtime = Runtime(await Kube.from_environment(), current_settings())
-        holder["runtime"] = runtime
-        runtime.start()
+        memo.runtime = Runtime(await Kube.from_environment(), current_settings())
+        memo.runtime.start()
 
     @kopf.on.login(registry=registry)
     def login(**kwargs):
@@ -72,13 +70,12 @@ def build_registry(watch_namespaces: bool) -> tuple[kopf.OperatorRegistry, dict]
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.cleanup(registry=registry)
-    async def cleanup(**_):
-        if "runtime" in holder:
-            await holder["runtime"].stop()
+    async def cleanup(memo: kopf.Memo, **_):
+        if getattr(memo, "runtime", None) is not None:
+            await memo.runtime.stop()
 
-    register(registry, holder, watch_namespaces=watch_namespaces)
-    holder["settings"] = settings
-    return registry, holder
+    register(registry, watch_namespaces=watch_namespaces)
+    return registry
 
 
 def run(*, namespaces: list[str], all_namespaces: bool, liveness: str | None) -> int:
@@ -92,7 +89,7 @@ def run(*, namespaces: list[str], all_namespaces: bool, liveness: str | None) ->
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
     clusterwide = all_namespaces or not namespaces
-    registry, _holder = build_registry(watch_namespaces=clusterwide)
+    registry = build_registry(watch_namespaces=clusterwide)
     asyncio.run(
         kopf.operator(
             registry=registry,
@@ -100,6 +97,7 @@ def run(*, namespaces: list[str], all_namespaces: bool, liveness: str | None) ->
             namespaces=[] if clusterwide else namespaces,
             standalone=True,
             liveness_endpoint=liveness or None,
+            memo=kopf.Memo(),
         )
     )
     return 0

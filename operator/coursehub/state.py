@@ -1,45 +1,51 @@
-"""The operator's in-memory picture of the cluster, fed by watch events.
+"""The operator's in-memory picture of the cluster, fed by watch events and by its own loops.
 
 Everything here can be rebuilt from the API server (watch events replay the world on
 start), so an operator restart loses nothing: the last good digests live in each
 CourseImage's status and the published set in each hub's allowlist ConfigMap.
+
+The resolver, the hub rounds and the ECR retention loop record their results here and call
+`course_changed`; the one CourseImage status writer (reconcile.course_status) turns them
+into one status write per course carrying everything known.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 from .desired.courses import CourseRecord, HubRecord
-from .desired.status import Publication, Resolution, Retention
+from .desired.status import Publication, Resolution, RetentionResult
+
+Key = tuple[str, str]
 
 
 @dataclass
 class Index:
-    courses: dict[tuple[str, str], CourseRecord] = field(default_factory=dict)
-    hubs: dict[tuple[str, str], HubRecord] = field(default_factory=dict)
+    courses: dict[Key, CourseRecord] = field(default_factory=dict)
+    hubs: dict[Key, HubRecord] = field(default_factory=dict)
     namespace_labels: dict[str, dict[str, str]] = field(default_factory=dict)
-    resolutions: dict[tuple[str, str], Resolution] = field(default_factory=dict)
+    resolutions: dict[Key, Resolution] = field(default_factory=dict)
     # course key -> hub ref -> how that hub treats the course
-    publications: dict[tuple[str, str], dict[str, Publication]] = field(default_factory=dict)
-    retention: dict[tuple[str, str], Retention] = field(default_factory=dict)
+    publications: dict[Key, dict[str, Publication]] = field(default_factory=dict)
+    retention: dict[Key, RetentionResult] = field(default_factory=dict)
     # raw objects as last seen (for Events, owner references and status writes)
-    raw_courses: dict[tuple[str, str], dict] = field(default_factory=dict)
-    raw_hubs: dict[tuple[str, str], dict] = field(default_factory=dict)
+    raw_courses: dict[Key, dict] = field(default_factory=dict)
+    raw_hubs: dict[Key, dict] = field(default_factory=dict)
     # hub key -> event set whenever something it may care about changed
-    hub_wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
-    # one status writer at a time per course
-    course_locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    hub_wakeups: dict[Key, asyncio.Event] = field(default_factory=dict)
+    # courses whose status may differ from what was last written, and the writer's wake-up
+    status_dirty: set[Key] = field(default_factory=set)
+    status_wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     # bumped on any course change; the ECR retention loop waits on it
     courses_changed: asyncio.Event = field(default_factory=asyncio.Event)
     # hub key -> monotonic deadline: hubs that have not published yet in this process. Course
     # statuses that such a hub may concern wait for it (until the deadline), so that an operator
     # restart does not flap every course to Published=False/NoHub and back.
-    hubs_starting: dict[tuple[str, str], float] = field(default_factory=dict)
+    hubs_starting: dict[Key, float] = field(default_factory=dict)
 
-    def hub_starting_for(self, course_key: tuple[str, str]) -> bool:
-        import time
-
+    def hub_starting_for(self, course_key: Key) -> bool:
         now = time.monotonic()
         for key, deadline in list(self.hubs_starting.items()):
             hub = self.hubs.get(key)
@@ -50,7 +56,31 @@ class Index:
                 return True
         return False
 
-    def wake_hub(self, key: tuple[str, str]) -> None:
+    def course_changed(self, *keys: Key) -> None:
+        """What is known about these courses changed: the status writer looks at them."""
+        if keys:
+            self.status_dirty.update(keys)
+            self.status_wakeup.set()
+
+    def set_publications(self, hub_ref: str, pubs: dict[Key, Publication]) -> list[Key]:
+        """Record how hub `hub_ref` treats each course (absent: not at all); returns the courses
+        whose publication changed."""
+        changed = []
+        for key in set(self.publications) | set(pubs):
+            per_hub = self.publications.setdefault(key, {})
+            new = pubs.get(key)
+            if per_hub.get(hub_ref) != new:
+                if new is None:
+                    per_hub.pop(hub_ref, None)
+                else:
+                    per_hub[hub_ref] = new
+                changed.append(key)
+            if not per_hub:
+                self.publications.pop(key, None)
+        self.course_changed(*changed)
+        return changed
+
+    def wake_hub(self, key: Key) -> None:
         self.hub_wakeups.setdefault(key, asyncio.Event()).set()
 
     def wake_all_hubs(self) -> None:
@@ -66,8 +96,5 @@ class Index:
                 self.wake_hub(key)
         self.courses_changed.set()
 
-    def course_lock(self, key: tuple[str, str]) -> asyncio.Lock:
-        return self.course_locks.setdefault(key, asyncio.Lock())
-
-    def publications_for(self, key: tuple[str, str]) -> list[Publication]:
+    def publications_for(self, key: Key) -> list[Publication]:
         return list(self.publications.get(key, {}).values())

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
-from .courses import CourseRecord, HubRecord, unknown_course_policy
 from ..api.jupyterhubdeployment import Limits
+from .courses import CourseRecord, HubRecord, unknown_course_policy
 
 ALLOWLIST_CONFIGMAP = "coursehub-allowlist"
 ALLOWLIST_KEY = "allowlist.json"
@@ -87,12 +88,11 @@ def allowlist_document(hub: HubRecord, winners: dict[str, CourseRecord], publish
         "default": default if default in courses else None,
         "onUnknown": unknown_course_policy(hub),
         "gpu": gpu_settings(hub),
-        "courses": courses,
         "limits": limits_settings(hub),
+        "courses": courses,
     }
 
 
-def serialize(doc: dict) -> str:
 def limits_settings(hub: HubRecord) -> dict:
     """The hub's server limits (spec.limits, defaults when unset), read live by the hub.
 
@@ -109,6 +109,7 @@ def limits_settings(hub: HubRecord) -> dict:
     }
 
 
+def serialize(doc: dict) -> str:
     """Compact and sorted: the same set of courses always gives the same bytes."""
     return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
@@ -131,3 +132,105 @@ def previously_published(configmap: dict | None) -> dict[str, str]:
         return {slug: entry["image"] for slug, entry in (doc.get("courses") or {}).items()}
     except (ValueError, KeyError, TypeError, AttributeError):
         return {}
+
+
+# -- sharding (docs/CONTRACTS.md) ------------------------------------------------------
+# A ConfigMap holds at most 1 MiB of data. An allowlist that fits stays inline in the one
+# ConfigMap (one write per change); a larger one is split into content-addressed shard
+# ConfigMaps that the index ConfigMap lists, so 10,000 courses with maximum-length fields
+# still publish. Shards are keyed by a hash of the slug, so one course change rewrites one
+# shard, not all of them.
+SHARD_PREFIX = f"{ALLOWLIST_CONFIGMAP}-"
+SHARD_KEY = "courses.json"
+SHARD_LABEL = "coursehub.dev/allowlist-shard"
+# Bytes of JSON per ConfigMap: 1 MiB is the API server's limit for the whole object, and
+# metadata (labels, owner reference, managedFields) needs room beside the data.
+CONFIGMAP_BUDGET = 900_000
+MAX_SHARDS = 256
+
+
+class AllowlistTooLarge(Exception):
+    """The allowlist does not fit even in MAX_SHARDS shards."""
+
+
+def _bucket(slug: str, n: int) -> int:
+    return int(hashlib.sha256(slug.encode()).hexdigest(), 16) % n
+
+
+def shard_name(text: str) -> str:
+    return SHARD_PREFIX + hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def allowlist_objects(hub: HubRecord, doc: dict) -> tuple[dict, list[dict]]:
+    """(index ConfigMap, shard ConfigMaps) for `doc`; write the shards first, then the index.
+
+    Raises AllowlistTooLarge when even MAX_SHARDS shards cannot hold it.
+    """
+    text = serialize(doc)
+    if len(text.encode()) <= CONFIGMAP_BUDGET:
+        return allowlist_configmap(hub, doc), []
+    courses = doc.get("courses") or {}
+    n = 2
+    while n <= MAX_SHARDS:
+        buckets: list[dict] = [{} for _ in range(n)]
+        for slug, entry in courses.items():
+            buckets[_bucket(slug, n)][slug] = entry
+        texts = [serialize({"courses": b}) for b in buckets if b]
+        if all(len(t.encode()) <= CONFIGMAP_BUDGET for t in texts):
+            break
+        n *= 2
+    else:
+        raise AllowlistTooLarge(
+            f"the allowlist of {len(courses)} courses needs more than {MAX_SHARDS} ConfigMaps of "
+            f"{CONFIGMAP_BUDGET} bytes"
+        )
+    shards: list[dict] = []
+    for t in texts:
+        shards.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": shard_name(t),
+                    "namespace": hub.namespace,
+                    "labels": {**hub_labels(hub), SHARD_LABEL: "true"},
+                },
+                "data": {SHARD_KEY: t},
+                # Content-addressed: a shard never changes, it is replaced by another name.
+                "immutable": True,
+            }
+        )
+    index = {k: v for k, v in doc.items() if k != "courses"}
+    index["version"] = 2
+    index["shards"] = [shard_name(t) for t in texts]
+    return allowlist_configmap(hub, index), shards
+
+
+def index_shards(configmap: dict | None) -> list[str]:
+    """The shard ConfigMaps an index ConfigMap lists (none for an inline allowlist)."""
+    try:
+        doc = json.loads(((configmap or {}).get("data") or {}).get(ALLOWLIST_KEY, "{}"))
+        shards = doc.get("shards") or []
+        return [s for s in shards if isinstance(s, str) and s.startswith(SHARD_PREFIX)]
+    except (ValueError, TypeError, AttributeError):
+        return []
+
+
+def shard_images(configmap: dict | None) -> dict[str, str]:
+    """slug -> image from one shard ConfigMap (empty when absent or unreadable)."""
+    try:
+        doc = json.loads(((configmap or {}).get("data") or {}).get(SHARD_KEY, "{}"))
+        return {slug: entry["image"] for slug, entry in (doc.get("courses") or {}).items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def live_published(index: dict | None, shards: dict[str, dict | None]) -> dict[str, str]:
+    """slug -> image from the live index ConfigMap and its shards (name -> ConfigMap or None)."""
+    names = index_shards(index)
+    if not names:
+        return previously_published(index)
+    out: dict[str, str] = {}
+    for name in names:
+        out.update(shard_images(shards.get(name)))
+    return out

@@ -27,15 +27,18 @@ class Publication:
 
     hub: str  # namespace/name
     domain: str
-    state: str  # Published | DuplicateCourse | NotResolved | WaitingForPull
+    state: str  # Published | DuplicateCourse | NotResolved | WaitingForPull | NoGpuNodes | AllowlistFull
     message: str
     image: str | None = None  # what the hub offers now
-    prepull: str = "Pulling"  # PrePulled | Pulling | PrePullDisabled
+    # PrePulled | Pulling | PrePullDisabled, or why it is in no puller (NoGpuNodes, Unplaceable...)
+    prepull: str = "Pulling"
     prepull_message: str = ""
 
 
 @dataclass(frozen=True)
-class Retention:
+class RetentionResult:
+    """The ECR lifecycle policy outcome for one course."""
+
     ok: bool
     reason: str
     message: str
@@ -48,7 +51,7 @@ def course_conditions(
     course: CourseRecord,
     resolution: Resolution | None,
     pubs: list[Publication],
-    retention: Retention | None,
+    retention: RetentionResult | None,
     selecting_hubs: tuple[str, ...] = (),
 ) -> list[Cond]:
     conds: list[Cond] = []
@@ -104,7 +107,18 @@ def course_conditions(
         )
     else:
         pending = [p for p in published if p.prepull == "Pulling"]
-        if pending:
+        # In no puller at all (e.g. NoGpuNodes): the course's own reason, never "rolling out".
+        left_out = [p for p in published if p.prepull not in ("Pulling", "PrePulled", "PrePullDisabled")]
+        if left_out:
+            conds.append(
+                Cond(
+                    "PrePulled",
+                    False,
+                    left_out[0].prepull,
+                    "; ".join(f"{p.hub}: {p.prepull_message}" for p in left_out),
+                )
+            )
+        elif pending:
             conds.append(
                 Cond(
                     "PrePulled", False, "Pulling", "; ".join(f"{p.hub}: {p.prepull_message}" for p in pending)
@@ -127,7 +141,7 @@ def course_status(
     course: CourseRecord,
     resolution: Resolution | None,
     pubs: list[Publication],
-    retention: Retention | None,
+    retention: RetentionResult | None,
     selecting_hubs: tuple[str, ...] = (),
 ) -> tuple[dict, list[Cond]]:
     """(status fields without conditions, conditions) for the status subresource."""

@@ -1,14 +1,14 @@
 """kopf wiring: watch events feed the index; long-lived tasks do the work.
 
 Only `on.event` handlers are used, so kopf keeps no state on our objects (no annotations,
-no kopf finalizer): the operator writes status and its own finalizers, nothing else.
+no kopf finalizer): the operator writes status and its own finalizers, nothing else. The
+Runtime lives in kopf's `memo` (set by the startup handler in operator_main).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
 
 import kopf
 from pydantic import ValidationError
@@ -17,10 +17,14 @@ from .. import backoff
 from ..api.courseimage import CourseImageSpec
 from ..api.jupyterhubdeployment import JupyterHubDeploymentSpec
 from ..desired.courses import CourseRecord, HubRecord, namespace_owner
+from ..desired.tenancy import helm_user
 from ..kube import TRANSIENT_API_ERRORS, Kube
-from ..reconcile import courses as course_io
+from ..reconcile import course_status
 from ..reconcile import hub as hub_io
 from ..reconcile.hub import HubReconciler
+from ..reconcile.resolver import Resolver
+from ..reconcile.retention import EcrRetention
+from ..registry.reference import parse_reference
 from ..settings import Settings
 from ..state import Index
 
@@ -35,7 +39,9 @@ class Runtime:
         self.kube = kube
         self.settings = settings
         self.index = Index()
-        self.resolver = course_io.Resolver(kube, self.index, settings)
+        self.resolver = Resolver(kube, self.index, settings)
+        self.status_writer = course_status.CourseStatusWriter(kube, self.index)
+        self.retention = EcrRetention(self.index, settings)
         from ..helm import HelmReleases
 
         self.helm = HelmReleases(executable=settings.helm, timeout=settings.helm_timeout)
@@ -44,12 +50,9 @@ class Runtime:
         self.tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        from ..reconcile.retention import retention_loop
-
+        self.tasks.append(asyncio.create_task(self.status_writer.run(), name="course-status"))
         self.tasks.append(asyncio.create_task(self.resolver.run(), name="resolver"))
-        self.tasks.append(
-            asyncio.create_task(retention_loop(self.kube, self.index, self.settings), name="ecr-retention")
-        )
+        self.tasks.append(asyncio.create_task(self.retention.run(), name="ecr-retention"))
 
     async def stop(self) -> None:
         for r in self.reconcilers.values():
@@ -105,7 +108,7 @@ def course_record(body: dict, previous: CourseRecord | None) -> CourseRecord | N
     status = body.get("status") or {}
     # The last good digest survives restarts in status and spec edits in memory: learners keep
     # getting it until a new one resolves.
-    resolved = previous.resolved_image if previous else status.get("resolvedImage")
+    resolved = previous.resolved_image if previous else status_image(spec.image, status.get("resolvedImage"))
     return CourseRecord(
         namespace=ns,
         name=name,
@@ -117,6 +120,29 @@ def course_record(body: dict, previous: CourseRecord | None) -> CourseRecord | N
         resolved_image=resolved,
         deleting=bool(m.get("deletionTimestamp")),
     )
+
+
+def status_image(image: str, resolved: object) -> str | None:
+    """status.resolvedImage, reused after a restart only when it is a digest of spec.image's own
+    repository: status is writable apart from spec, and must not pick what learners run."""
+    if not isinstance(resolved, str):
+        return None
+    try:
+        want, got = parse_reference(image), parse_reference(resolved)
+    except ValueError:
+        return None
+    if (
+        got.digest is None
+        or got.tag is not None
+        or (got.registry, got.repository)
+        != (
+            want.registry,
+            want.repository,
+        )
+    ):
+        log.warning("ignoring status.resolvedImage %r: it is not a digest of %s", resolved, want.name)
+        return None
+    return resolved
 
 
 def hub_record(body: dict) -> HubRecord | None:
@@ -137,13 +163,10 @@ def hub_record(body: dict) -> HubRecord | None:
     )
 
 
-def register(registry: kopf.OperatorRegistry, rt_holder: dict, *, watch_namespaces: bool) -> None:
-    def rt() -> Runtime:
-        return rt_holder["runtime"]
-
+def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None:
     @kopf.on.event(GROUP, VERSION, "courseimages", registry=registry)
-    async def course_event(type, body, **_):
-        r = rt()
+    async def course_event(type, body, memo, **_):
+        r: Runtime = memo.runtime
         ns, name, m = _meta(body)
         key = (ns, name)
         idx = r.index
@@ -162,19 +185,19 @@ def register(registry: kopf.OperatorRegistry, rt_holder: dict, *, watch_namespac
         idx.courses[key] = record
         if record.deleting:
             r.spawn_deletion(
-                key, lambda: course_io.finish_deletion(r.kube, idx, key, idx.raw_courses.get(key))
+                key, lambda: course_status.finish_deletion(r.kube, idx, key, idx.raw_courses.get(key))
             )
             return
-        if course_io.FINALIZER not in (m.get("finalizers") or []):
-            await course_io.ensure_finalizer(r.kube, idx.raw_courses[key])
+        if course_status.FINALIZER not in (m.get("finalizers") or []):
+            await course_status.ensure_finalizer(r.kube, idx.raw_courses[key])
         if prev is None or prev.generation != record.generation or key not in idx.resolutions:
             r.resolver.schedule(key)
         if prev is None or prev.spec != record.spec or prev.labels != record.labels:
             idx.wake_hubs_for_namespace(ns)
 
     @kopf.on.event(GROUP, VERSION, "jupyterhubdeployments", registry=registry)
-    async def hub_event(type, body, **_):
-        r = rt()
+    async def hub_event(type, body, memo, **_):
+        r: Runtime = memo.runtime
         ns, name, m = _meta(body)
         key = (ns, name)
         idx = r.index
@@ -197,8 +220,10 @@ def register(registry: kopf.OperatorRegistry, rt_holder: dict, *, watch_namespac
             if rec:
                 await rec.stop()
             owns = namespace_owner(idx.hubs.values(), ns).key == key
+            user = helm_user(record, r.settings.tenant_service_account)
             r.spawn_deletion(
-                key, lambda: hub_io.finish_deletion(r.kube, idx, key, idx.raw_hubs.get(key), owns, r.helm)
+                key,
+                lambda: hub_io.finish_deletion(r.kube, idx, key, idx.raw_hubs.get(key), owns, r.helm, user),
             )
             return
         if hub_io.FINALIZER not in (m.get("finalizers") or []):
@@ -211,20 +236,21 @@ def register(registry: kopf.OperatorRegistry, rt_holder: dict, *, watch_namespac
             idx.wake_hub(key)
 
     @kopf.on.event(
-        "", "v1", "secrets", registry=registry, when=lambda body, **_: _referenced_secret(rt_holder, body)
+        "", "v1", "secrets", registry=registry, when=lambda body, memo, **_: _referenced_secret(memo, body)
     )
-    async def secret_event(body, **_):
+    async def secret_event(body, memo, **_):
         """A referenced Secret changed (rotation, or it appeared): the hubs that use it look again."""
         ns, name, _m = _meta(body)
-        for key, hub in rt().index.hubs.items():
+        idx = memo.runtime.index
+        for key, hub in idx.hubs.items():
             if hub.namespace == ns and name in _secret_names(hub):
-                rt().index.wake_hub(key)
+                idx.wake_hub(key)
 
     if watch_namespaces:
 
         @kopf.on.event("", "v1", "namespaces", registry=registry)
-        async def namespace_event(type, body, **_):
-            idx = rt().index
+        async def namespace_event(type, body, memo, **_):
+            idx = memo.runtime.index
             name = body["metadata"]["name"]
             labels = dict(body["metadata"].get("labels") or {})
             if type == "DELETED":
@@ -244,8 +270,8 @@ def _secret_names(hub: HubRecord) -> set[str]:
     return {name for pairs in required_secret_keys(hub.spec).values() for name, _ in pairs}
 
 
-def _referenced_secret(rt_holder: dict, body) -> bool:
-    r = rt_holder.get("runtime")
+def _referenced_secret(memo, body) -> bool:
+    r = getattr(memo, "runtime", None)
     if r is None:
         return False
     ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
@@ -259,4 +285,4 @@ def _plain(body) -> dict:
     return copy.deepcopy(dict(body))
 
 
-__all__ = ["Runtime", "course_record", "hub_record", "register", "replace"]
+__all__ = ["Runtime", "course_record", "hub_record", "register", "status_image"]

@@ -1,31 +1,38 @@
-"""JupyterHubDeployment I/O: one long-lived reconciler per hub.
+"""JupyterHubDeployment I/O: one long-lived reconciler per hub, the one writer of its status.
 
 It wakes on any change that may concern the hub, waits a short debounce window so that a
-burst of course changes becomes one write, computes the whole desired state with the pure
-functions in coursehub.desired, and applies only what differs from the live objects.
+burst of course changes becomes one write, and then runs a round: observe (every read),
+decide (desired.hub_round.plan_round, pure), write (each step on its own, applying only
+what differs from the live objects), record the courses' publications for the course
+status writer, and write the hub's status.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
+import contextlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 
-from .. import backoff, conditions, metrics
-from ..api.common import API_VERSION
-from ..conditions import Cond
+from .. import backoff, metrics
 from ..desired import allowlist as allowlist_mod
 from ..desired import puller as puller_mod
-from ..desired.courses import HubRecord, namespace_owner, select_courses
-from ..desired.gateway import gateway_objects
-from ..desired.secrets import check_secrets, required_secret_keys, secret_hash
-from ..desired.status import Publication, hub_ready
-from ..desired.values import InvalidValues, hub_allowlist_rbac, render_values, validate_values
-from ..helm import DETERMINISTIC_REASONS, ReleaseFailed
+from ..desired.courses import HubRecord, namespace_owner
+from ..desired.hub_round import (
+    Ident,
+    Observed,
+    Plan,
+    ReleaseResult,
+    Step,
+    fingerprint,
+    fold_failures,
+    plan_round,
+    required_secret_names,
+    skipped_steps,
+)
+from ..helm import ReleaseFailed
 from ..kube import (
     BY_KIND,
     CONFIG_MAPS,
@@ -35,12 +42,12 @@ from ..kube import (
     TRANSIENT_API_ERRORS,
     Kube,
     KubeError,
-    NotFound,
     owner_reference,
 )
 from ..settings import Settings
-from ..state import Index
-from . import courses as course_io
+from ..state import Index, Key
+from . import status_io
+from .finalizers import add_finalizer, remove_finalizer
 
 log = logging.getLogger(__name__)
 
@@ -48,32 +55,41 @@ FINALIZER = "coursehub.dev/helm-release"
 # How long course statuses wait for a newly started hub reconciler's first publication.
 FIRST_ROUND_GRACE = 30.0
 APPLIED_HASH = "coursehub.dev/applied-hash"
-
-
-def manifest_hash(obj: dict) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+# Kinds of the objects a hub owns besides its Helm release: looked up once per process (by
+# label) so that objects the spec no longer wants are removed after a restart too.
+OWNED_KINDS = (
+    "ConfigMap",
+    "DaemonSet",
+    "Deployment",
+    "Service",
+    "Role",
+    "RoleBinding",
+    "ServiceAccount",
+    "NetworkPolicy",
+)
 
 
 @dataclass
-class HubRuntime:
+class HubMemory:
     """What one hub's reconciler remembers between rounds (rebuilt after a restart)."""
 
-    applied: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, name) -> hash applied
-    release_hash: str | None = None  # values+chart hash known to be deployed
-    release_done: tuple | None = None  # (hash, ReleaseOutcome | ReleaseFailed, when)
-    db_secret_hash: str | None = None
+    applied: dict[Ident, str] = field(default_factory=dict)  # (kind, name) -> hash applied
+    owned: set[Ident] | None = None  # objects of this hub known to exist; None: not looked up yet
+    deployed_fingerprint: str | None = None  # values+chart known to be deployed
+    release: tuple[str, object, float] | None = None  # (fingerprint, ReleaseOutcome | ReleaseFailed, when)
+    shard_images: dict[str, dict[str, str]] = field(default_factory=dict)  # shard name -> slug -> image
     pulling: bool = False
     rounds: int = 0
 
 
 class HubReconciler:
-    def __init__(self, kube: Kube, index: Index, settings: Settings, key: tuple[str, str], helm):
+    def __init__(self, kube: Kube, index: Index, settings: Settings, key: Key, helm):
         self.kube = kube
         self.helm = helm  # coursehub.helm.HelmReleases
         self.index = index
         self.settings = settings
         self.key = key
-        self.rt = HubRuntime()
+        self.memory = HubMemory()
         self.task: asyncio.Task | None = None
         self.release_task: asyncio.Task | None = None
 
@@ -92,21 +108,17 @@ class HubReconciler:
             self.release_task.cancel()
         if self.task:
             self.task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
-            except (asyncio.CancelledError, Exception):
-                pass
 
     async def _loop(self) -> None:
         wake = self.index.hub_wakeups.setdefault(self.key, asyncio.Event())
         wake.set()  # first round right away
         attempt = 0
         while True:
-            timeout = self.settings.rollout_poll if self.rt.pulling else self.settings.resync_interval
-            try:
+            timeout = self.settings.rollout_poll if self.memory.pulling else self.settings.resync_interval
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=timeout)
-            except TimeoutError:
-                pass
             await self._debounce(wake)
             started = time.monotonic()
             try:
@@ -129,10 +141,8 @@ class HubReconciler:
                 )
                 # A watch event means the API server answers again: retry then, not after the backoff.
                 wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout=backoff.delay(attempt))
-                except TimeoutError:
-                    pass
                 wake.set()
             finally:
                 metrics.RECONCILE_SECONDS.labels(kind="JupyterHubDeployment").observe(
@@ -158,140 +168,178 @@ class HubReconciler:
         raw = self.index.raw_hubs.get(self.key)
         if hub is None or raw is None or hub.deleting:
             return
-        self.rt.rounds += 1
-        conds: list[Cond] = []
+        self.memory.rounds += 1
+        observed, live = await self.observe(hub, raw)
+        plan = plan_round(observed)
+        failures = await self.write(hub, raw, plan, live)
+        conds, pubs = fold_failures(plan, failures)
 
-        owner = namespace_owner(self.index.hubs.values(), hub.namespace)
-        if owner.key != hub.key:
-            await self._set_publications(hub, {})
-            conds = [
-                Cond(
-                    "ReleaseDeployed",
-                    False,
-                    "NamespaceTaken",
-                    f"JupyterHubDeployment {owner.name} already owns namespace {hub.namespace}; z2jh's object "
-                    f"names are not release-prefixed, so only one hub fits a namespace: move this one to its "
-                    f"own namespace",
-                )
-            ]
-            await self._write_status(hub, raw, conds, courses=0, release=None)
-            return
-
-        # Courses first: publishing must never wait for Helm.
-        published_count, courses_cond = await self._publish_courses(hub, raw)
-        secrets_conds, db_hash, secrets_ok = await self._check_secrets(hub)
-        conds += secrets_conds
-        await self._apply_gateway(hub, raw, secrets_ok)
-        release_cond, release = await self._ensure_release(hub, raw, db_hash, secrets_ok)
-        conds += [release_cond, courses_cond]
-        await self._write_status(hub, raw, conds, courses=published_count, release=release)
-
-    # -- courses -----------------------------------------------------------
-    async def _publish_courses(self, hub: HubRecord, raw: dict) -> tuple[int, Cond]:
-        selection = select_courses(hub, list(self.index.courses.values()), self.index.namespace_labels)
-        pullers = puller_mod.desired_pullers(hub, selection.winners)
-        live_pullers = {
-            name: await self.kube.get_or_none(DAEMON_SETS, name, hub.namespace) for name in pullers
-        }
-        pulled = puller_mod.pulled_images(pullers, live_pullers)
-        live_cm = await self._live_allowlist(hub)
-        previous = allowlist_mod.previously_published(live_cm)
-        publish_after_pull = bool(hub.spec.pre_pull and hub.spec.pre_pull.publish_after_pull)
-        published = allowlist_mod.published_images(
-            selection.winners, publish_after_pull=publish_after_pull, pulled=pulled, previous=previous
-        )
-        doc = allowlist_mod.allowlist_document(hub, selection.winners, published)
-        await self._apply(raw, allowlist_mod.allowlist_configmap(hub, doc), live=live_cm)
-        for name, manifest in pullers.items():
-            if manifest is None:
-                if live_pullers.get(name) is not None:
-                    await self.kube.delete(DAEMON_SETS, name, hub.namespace)
-                    self.rt.applied.pop(("DaemonSet", name), None)
-            else:
-                await self._apply(raw, manifest, live=live_pullers.get(name))
-        # Pullers just written are not rolled out yet: look again soon.
-        fresh = {
-            name: await self.kube.get_or_none(DAEMON_SETS, name, hub.namespace) if m else None
-            for name, m in pullers.items()
-        }
-        pulled = puller_mod.pulled_images(pullers, fresh)
-        wanted = set().union(*(set((m and puller_mod.images_of(m)) or ()) for m in pullers.values()))
-        self.rt.pulling = bool(wanted - pulled)
-        if publish_after_pull and any(
-            selection.winners[s].resolved_image not in published.values()
-            for s in selection.winners
-            if selection.winners[s].resolved_image
-        ):
-            self.rt.pulling = True
-        metrics.PREPULL_READY.labels(namespace=hub.namespace, hub=hub.name).set(0 if self.rt.pulling else 1)
-        metrics.COURSES_PER_HUB.labels(namespace=hub.namespace, hub=hub.name).set(len(published))
-
-        prepull_enabled = hub.spec.pre_pull.enabled if hub.spec.pre_pull else True
-        pubs: dict[tuple[str, str], Publication] = {}
-        for slug, course in selection.winners.items():
-            image = published.get(slug)
-            if image is None and course.resolved_image is None:
-                state, msg = "NotResolved", "waiting for the image to resolve"
-            elif image is None or image != course.resolved_image:
-                state, msg = "WaitingForPull", "publishAfterPull: offered once every node has pulled it"
-                if image:
-                    state, msg = "Published", "offering the previous digest until the new one is pulled"
-            else:
-                state, msg = "Published", "published"
-            pre = (
-                "PrePullDisabled"
-                if not prepull_enabled
-                else ("PrePulled" if course.resolved_image in pulled else "Pulling")
-            )
-            pubs[course.key] = Publication(
-                hub.ref,
-                hub.spec.domain,
-                state,
-                msg,
-                image,
-                pre,
-                "the pre-puller DaemonSet is rolling out" if pre == "Pulling" else "",
-            )
-        for loser_key, winner in selection.duplicates.items():
-            slug = self.index.courses[loser_key].slug
-            pubs[loser_key] = Publication(
-                hub.ref,
-                hub.spec.domain,
-                "DuplicateCourse",
-                f"course '{slug}' is already published by the older CourseImage "
-                f"{winner.namespace}/{winner.name}; rename spec.course or delete one",
-            )
-        await self._set_publications(hub, pubs)
-        dups = len(selection.duplicates)
-        msg = f"{len(published)} courses published"
-        if dups:
-            msg += f"; {dups} CourseImages claim a slug already taken (DuplicateCourse)"
-        return len(published), Cond("CoursesPublished", True, "Published", msg)
-
-    async def _set_publications(self, hub: HubRecord, pubs: dict[tuple[str, str], Publication]) -> None:
-        """Record how this hub treats each course, and refresh the statuses that changed."""
-        changed = []
-        for key in set(self.index.publications) | set(pubs):
-            per_hub = self.index.publications.setdefault(key, {})
-            new = pubs.get(key)
-            if per_hub.get(hub.ref) != new:
-                if new is None:
-                    per_hub.pop(hub.ref, None)
-                else:
-                    per_hub[hub.ref] = new
-                changed.append(key)
-            if not per_hub:
-                self.index.publications.pop(key, None)
+        self.memory.deployed_fingerprint = plan.deployed_fingerprint
+        self.memory.pulling = plan.pulling
+        metrics.PREPULL_READY.labels(namespace=hub.namespace, hub=hub.name).set(0 if plan.pulling else 1)
+        metrics.COURSES_PER_HUB.labels(namespace=hub.namespace, hub=hub.name).set(plan.courses)
+        if pubs is not None:
+            self.index.set_publications(hub.ref, pubs)
         if self.index.hubs_starting.pop(self.key, None) is not None:
-            # Statuses held back for this first round (write_status skips unchanged ones).
-            changed = sorted(set(changed) | set(self.index.courses))
-        await asyncio.gather(*(course_io.write_status(self.kube, self.index, k) for k in changed))
+            # Statuses held back for this first round (the writer skips unchanged ones).
+            self.index.course_changed(*self.index.courses)
+        for type_, reason, message in plan.events:
+            await self.kube.event(raw, reason=reason, message=message, type_=type_)
 
-    async def _live_allowlist(self, hub: HubRecord) -> dict | None:
-        return await self.kube.get_or_none(CONFIG_MAPS, allowlist_mod.ALLOWLIST_CONFIGMAP, hub.namespace)
+        fields: dict = {
+            "observedGeneration": hub.generation,
+            "url": f"https://{hub.spec.domain}/",
+            "courses": plan.courses,
+        }
+        if plan.release:
+            fields["release"] = plan.release
+        stored = await status_io.write_status(self.kube, raw, fields, conds, hub.generation)
+        if stored is not None and self.key in self.index.raw_hubs:
+            self.index.raw_hubs[self.key] = {**self.index.raw_hubs[self.key], "status": stored}
 
-    # -- apply ---------------------------------------------------------------
-    async def _apply(self, owner_raw: dict, manifest: dict, *, live: dict | None = "unknown") -> None:
+    # -- observe -------------------------------------------------------------
+    async def observe(self, hub: HubRecord, raw: dict) -> tuple[Observed, dict[Ident, dict | None]]:
+        """Every read of the round; returns what was read and the live objects seen (by ident)."""
+        idx = self.index
+        base = dict(
+            hub=hub,
+            hubs=tuple(idx.hubs.values()),
+            courses=tuple(idx.courses.values()),
+            namespace_labels=idx.namespace_labels,
+            status=raw.get("status") or {},
+        )
+        if namespace_owner(idx.hubs.values(), hub.namespace).key != hub.key:
+            return Observed(**base), {}  # type: ignore[arg-type]
+        mem = self.memory
+        ns = hub.namespace
+        live: dict[Ident, dict | None] = {}
+        if mem.owned is None:
+            # Once per process: the list answers also serve as this round's live objects.
+            discovered = await self._discover_owned(hub)
+            mem.owned = set(discovered)
+            live.update(discovered)
+
+        index_cm = await self.kube.get_or_none(CONFIG_MAPS, allowlist_mod.ALLOWLIST_CONFIGMAP, ns)
+        live[("ConfigMap", allowlist_mod.ALLOWLIST_CONFIGMAP)] = index_cm
+        shards = allowlist_mod.index_shards(index_cm)
+        for name in shards:
+            # Content-addressed: a shard read once is known for good.
+            if name not in mem.shard_images:
+                cm = live.get(("ConfigMap", name)) or await self.kube.get_or_none(CONFIG_MAPS, name, ns)
+                if cm is None:
+                    continue
+                mem.shard_images[name] = allowlist_mod.shard_images(cm)
+            mem.owned.add(("ConfigMap", name))
+        live_allowlist = allowlist_mod.previously_published(index_cm) if not shards else {}
+        for name in shards:
+            live_allowlist.update(mem.shard_images.get(name, {}))
+
+        pullers = {}
+        for name in (puller_mod.GENERAL, puller_mod.GPU):
+            pullers[name] = await self.kube.get_or_none(DAEMON_SETS, name, ns)
+            live[("DaemonSet", name)] = pullers[name]
+        for ident, obj in live.items():
+            if obj is None:
+                mem.owned.discard(ident)
+            else:
+                mem.owned.add(ident)
+
+        secrets = {
+            name: await self.kube.get_or_none(SECRETS, name, ns) for name in required_secret_names(hub)
+        }
+
+        release = None
+        if mem.release is not None:
+            want, outcome, when = mem.release
+            age = time.monotonic() - when
+            if isinstance(outcome, ReleaseFailed):
+                release = ReleaseResult(want, False, outcome.reason, outcome.message, age=age)
+            else:
+                release = ReleaseResult(
+                    want,
+                    True,
+                    revision=outcome.revision,  # type: ignore[attr-defined]
+                    chart_version=outcome.chart_version,  # type: ignore[attr-defined]
+                    changed=outcome.changed,  # type: ignore[attr-defined]
+                    age=age,
+                )
+        observed = Observed(
+            **base,  # type: ignore[arg-type]
+            live_allowlist=live_allowlist,
+            live_index=index_cm,
+            live_pullers=pullers,
+            secrets=secrets,
+            owned=frozenset(mem.owned),
+            deployed_fingerprint=mem.deployed_fingerprint,
+            release=release,
+            release_running=self.release_task is not None and not self.release_task.done(),
+            operator_image=self.settings.operator_image,
+            chart_policy=self.settings.chart_policy(),
+            tenant_service_account=self.settings.tenant_service_account,
+            tenant_cluster_role=self.settings.tenant_cluster_role,
+        )
+        return observed, live
+
+    async def _discover_owned(self, hub: HubRecord) -> dict[Ident, dict]:
+        selector = f"app.kubernetes.io/managed-by=coursehub,coursehub.dev/hub={hub.name}"
+        found: dict[Ident, dict] = {}
+        for kind in OWNED_KINDS:
+            try:
+                items = await self.kube.list(BY_KIND[kind], hub.namespace, label_selector=selector)
+            except KubeError as e:
+                if e.status in (403, 404):  # not allowed or not served here: nothing of ours to prune
+                    continue
+                raise
+            found.update({(kind, i["metadata"]["name"]): i for i in items})
+        return found
+
+    # -- write ---------------------------------------------------------------
+    async def write(
+        self, hub: HubRecord, raw: dict, plan: Plan, live: dict[Ident, dict | None]
+    ) -> dict[str, str]:
+        """Run the plan's steps in order, each on its own; returns step -> error for the failed ones."""
+        failures: dict[str, str] = {}
+        for step in plan.steps:
+            if step.name in skipped_steps(failures):
+                continue
+            try:
+                await self._run_step(hub, raw, step, live)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                failures[step.name] = f"{type(e).__name__}: {e}"
+                log.warning(
+                    "hub %s/%s: writing the %s objects failed (%s: %s)",
+                    *self.key,
+                    step.name,
+                    type(e).__name__,
+                    e,
+                    exc_info=not isinstance(e, (*TRANSIENT_API_ERRORS, KubeError)),
+                )
+        if plan.run_release is not None and "release" not in skipped_steps(failures):
+            want, chart, values, user = plan.run_release
+            # Helm runs beside the reconciler (an install waits for the hub's pods); the task
+            # wakes the hub when it is done.
+            self.release_task = asyncio.create_task(self._run_release(want, hub, chart, values, user))
+        return failures
+
+    async def _run_step(self, hub: HubRecord, raw: dict, step: Step, live: dict[Ident, dict | None]) -> None:
+        mem = self.memory
+        assert mem.owned is not None
+        for manifest in step.apply:
+            ident = (manifest["kind"], manifest["metadata"]["name"])
+            if manifest.get("immutable") and ident in mem.owned:
+                continue  # content-addressed (allowlist shards): the name says the content
+            known = live.get(ident, None if ident not in mem.owned else "unknown")
+            await self._apply(raw, manifest, live=known)
+            mem.owned.add(ident)
+        for kind, name in step.delete:
+            await self.kube.delete(BY_KIND[kind], name, hub.namespace)
+            mem.owned.discard((kind, name))
+            mem.applied.pop((kind, name), None)
+            mem.shard_images.pop(name, None)
+
+    async def _apply(self, owner_raw: dict, manifest: dict, *, live: dict | str | None = "unknown") -> None:
         """Server-side apply when the desired manifest differs from what was last applied.
 
         The hash of the desired manifest rides on the object as an annotation, so after an
@@ -299,245 +347,54 @@ class HubReconciler:
         """
         manifest = json.loads(json.dumps(manifest))
         manifest["metadata"]["ownerReferences"] = [owner_reference(owner_raw)]
-        digest = manifest_hash(manifest)
+        digest = fingerprint(manifest)
         ident = (manifest["kind"], manifest["metadata"]["name"])
-        if self.rt.applied.get(ident) == digest:
+        if self.memory.applied.get(ident) == digest:
             return
         if live == "unknown":
             live = await self.kube.get_or_none(
                 BY_KIND[manifest["kind"]], manifest["metadata"]["name"], manifest["metadata"]["namespace"]
             )
-        if live is not None and (live["metadata"].get("annotations") or {}).get(APPLIED_HASH) == digest:
-            self.rt.applied[ident] = digest
+        if isinstance(live, dict) and (live["metadata"].get("annotations") or {}).get(APPLIED_HASH) == digest:
+            self.memory.applied[ident] = digest
             return
         manifest["metadata"].setdefault("annotations", {})[APPLIED_HASH] = digest
         await self.kube.apply(manifest)
-        self.rt.applied[ident] = digest
+        self.memory.applied[ident] = digest
 
-    # -- secrets, gateway, release ---------------------------------------------
-    async def _check_secrets(self, hub: HubRecord) -> tuple[list[Cond], str | None, bool]:
-        required = required_secret_keys(hub.spec)
-        names = {name for pairs in required.values() for name, _ in pairs}
-        secrets: dict[str, dict | None] = {}
-        for name in sorted(names):
-            obj = await self.kube.get_or_none(SECRETS, name, hub.namespace)
-            secrets[name] = (
-                None if obj is None else {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
-            )
-        results = check_secrets(required, secrets)
-        conds = []
-        ok = True
-        for ctype in ("DatabaseReady", "GatewayReady"):
-            good, reason, message = results.get(ctype, (True, "NotRequired", "nothing to check"))
-            conds.append(Cond(ctype, good, reason, message))
-            ok = ok and good
-        db_hash = None
-        db = hub.spec.database
-        if db.url_secret_ref and secrets.get(db.url_secret_ref.name):
-            # Only the referenced key matters: rotating it restarts the hub once.
-            db_hash = secret_hash(
-                {db.url_secret_ref.key: secrets[db.url_secret_ref.name].get(db.url_secret_ref.key, b"")}
-            )
-        return conds, db_hash, ok
-
-    async def _apply_gateway(self, hub: HubRecord, raw: dict, secrets_ok: bool) -> None:
-        objs = gateway_objects(hub.name, hub.namespace, hub.spec, hub.spec.domain) if hub.spec.gateway else []
-        if not secrets_ok:
-            return  # the secret check already explains it; keep what runs
-        for obj in objs:
-            await self._apply(raw, obj)
-        # Gateway objects that the spec no longer wants are removed.
-        wanted = {(o["kind"], o["metadata"]["name"]) for o in objs}
-        for ident in [i for i in self.rt.applied if i[1].startswith("coursehub-gateway") and i not in wanted]:
-            await self.kube.delete(BY_KIND[ident[0]], ident[1], hub.namespace)
-            self.rt.applied.pop(ident, None)
-
-    async def _ensure_release(
-        self, hub: HubRecord, raw: dict, db_hash: str | None, secrets_ok: bool
-    ) -> tuple[Cond, dict | None]:
-        status_release = (raw.get("status") or {}).get("release") or None
-        try:
-            values = render_values(
-                hub.name,
-                hub.namespace,
-                hub.spec,
-                database_secret_hash=db_hash,
-                allowlist_configmap=allowlist_mod.ALLOWLIST_CONFIGMAP,
-            )
-            validate_values(values)
-        except InvalidValues as e:
-            await self._event_once(raw, "InvalidValues", f"{e.path}: {e.message}")
-            return Cond(
-                "ReleaseDeployed",
-                False,
-                "InvalidValues",
-                f"{e.path}: {e.message}; the release was not touched",
-            ), status_release
-        if not secrets_ok:
-            return Cond(
-                "ReleaseDeployed",
-                False,
-                "WaitingForSecrets",
-                "the referenced Secrets are missing or incomplete (see DatabaseReady/GatewayReady); the "
-                "release was not touched",
-            ), status_release
-        for obj in hub_allowlist_rbac(hub.name, hub.namespace, allowlist_mod.ALLOWLIST_CONFIGMAP):
-            await self._apply(raw, obj)
-        chart = hub.spec.chart
-        want = manifest_hash({"values": values, "chart": chart.to_wire()})
-        if self.rt.release_hash == want and status_release:
-            # Deployed by this process already: no Helm call at all.
-            return Cond(
-                "ReleaseDeployed",
-                True,
-                "Deployed",
-                f"revision {status_release.get('revision')} of chart {status_release.get('chartVersion')}",
-            ), status_release
-        done = self.rt.release_done
-        if (
-            done is not None
-            and done[0] == want
-            and isinstance(done[1], ReleaseFailed)
-            and done[1].reason not in DETERMINISTIC_REASONS
-            and time.monotonic() - done[2] > 30
-        ):
-            done = None  # a transient failure (cluster unreachable, timeout): try again
-        if done is not None and done[0] == want:
-            outcome = done[1]
-            if isinstance(outcome, ReleaseFailed):
-                await self._event_once(raw, outcome.reason, outcome.message, warning=True)
-                return Cond(
-                    "ReleaseDeployed",
-                    False,
-                    outcome.reason,
-                    f"{outcome.message}; the previous release stays in place",
-                ), status_release
-            self.rt.release_hash = want
-            release = {
-                "name": hub.name,
-                "revision": outcome.revision,
-                "chartVersion": outcome.chart_version,
-                "valuesHash": want,
-            }
-            if outcome.changed:
-                await self.kube.event(
-                    raw,
-                    reason="ReleaseUpgraded",
-                    message=f"helm release {hub.name} is at revision {outcome.revision} "
-                    f"(chart {outcome.chart_version})",
-                )
-            return Cond(
-                "ReleaseDeployed",
-                True,
-                "Deployed",
-                f"revision {outcome.revision} of chart {outcome.chart_version}",
-            ), release
-        if self.release_task is None or self.release_task.done():
-            # Helm runs beside the reconciler (an install waits for the hub's pods), so course
-            # publication never waits for it; the task wakes the hub when it is done.
-            self.release_task = asyncio.create_task(self._run_release(want, hub, chart, values))
-        if status_release and status_release.get("valuesHash") == want:
-            # This exact chart and values were deployed before (e.g. by the process before a
-            # restart): keep saying so while helm checks it, read-only, instead of flapping.
-            return Cond(
-                "ReleaseDeployed",
-                True,
-                "Deployed",
-                f"revision {status_release.get('revision')} of chart {status_release.get('chartVersion')}",
-            ), status_release
-        return Cond(
-            "ReleaseDeployed", False, "Progressing", f"helm is installing or upgrading release {hub.name}"
-        ), status_release
-
-    async def _run_release(self, want: str, hub: HubRecord, chart, values: dict) -> None:
+    # -- release -------------------------------------------------------------
+    async def _run_release(self, want: str, hub: HubRecord, chart, values: dict, user: str) -> None:
         try:
             # Read-only when the deployed release already matches (also right after a restart);
             # a spec that just failed is reported again without another upgrade attempt.
-            result = await self.helm.ensure_release(hub.name, hub.namespace, chart, values)
+            result: object = await self.helm.ensure_release(
+                hub.name, hub.namespace, chart, values, as_user=user
+            )
         except ReleaseFailed as e:
             result = e
         except Exception as e:  # helm missing, cluster unreachable...
             result = ReleaseFailed("ReleaseFailed", f"{type(e).__name__}: {e}")
-        self.rt.release_done = (want, result, time.monotonic())
+        self.memory.release = (want, result, time.monotonic())
         self.index.wake_hub(self.key)
-
-    async def _event_once(self, raw: dict, reason: str, message: str, warning: bool = True) -> None:
-        old = conditions.find((raw.get("status") or {}).get("conditions"), "ReleaseDeployed")
-        if old and old.get("reason") == reason and old.get("message", "").startswith(message[:80]):
-            return
-        await self.kube.event(raw, reason=reason, message=message, type_="Warning" if warning else "Normal")
-
-    # -- status --------------------------------------------------------------
-    async def _write_status(
-        self, hub: HubRecord, raw: dict, conds: list[Cond], *, courses: int, release: dict | None
-    ) -> None:
-        all_conds = [hub_ready(conds), *conds]
-        old = raw.get("status") or {}
-        merged = conditions.merge(old.get("conditions"), all_conds, hub.generation)
-        merged = [c for c in merged if c["type"] in {x.type for x in all_conds}]
-        status = {
-            "observedGeneration": hub.generation,
-            "url": f"https://{hub.spec.domain}/",
-            "courses": courses,
-            "conditions": merged,
-        }
-        if release:
-            status["release"] = release
-        same = {k: v for k, v in old.items() if k != "conditions"} == {
-            k: v for k, v in status.items() if k != "conditions"
-        } and conditions.same_ignoring_time(old.get("conditions"), merged)
-        if same:
-            return
-        body = {
-            "apiVersion": API_VERSION,
-            "kind": "JupyterHubDeployment",
-            "metadata": {"name": hub.name, "namespace": hub.namespace},
-            "status": status,
-        }
-        try:
-            updated = await self.kube.apply(body, subresource="status")
-        except NotFound:
-            return
-        self.index.raw_hubs[self.key] = {**raw, "status": updated.get("status", status)}
-        await course_io._transition_events(self.kube, raw, old.get("conditions"), merged)
 
 
 # -- finalizer ----------------------------------------------------------------
 async def ensure_finalizer(kube: Kube, raw: dict) -> None:
-    await course_io.add_finalizer(kube, HUBS, raw, FINALIZER)
+    await add_finalizer(kube, HUBS, raw, FINALIZER)
 
 
 async def finish_deletion(
-    kube: Kube, index: Index, key: tuple[str, str], raw: dict | None, owns_release: bool, helm
+    kube: Kube, index: Index, key: Key, raw: dict | None, owns_release: bool, helm, as_user: str | None
 ) -> None:
-    """Uninstall the release (the database is never touched), forget the hub's courses, let it go."""
+    """Uninstall the release (the database is never touched), forget the hub's courses, let it go.
+
+    `as_user`: the identity Helm impersonates for this hub (its RoleBinding stays until the
+    hub is gone, so the uninstall has the same rights as the install).
+    """
     if raw is None:  # already gone
         return
     if owns_release:
-        await helm.uninstall_release(key[1], key[0])
+        await helm.uninstall_release(key[1], key[0], as_user=as_user)
     # Owned objects (allowlist, pullers, gateway, RBAC) go with the garbage collector.
-    changed = []
-    for course_key, per_hub in list(index.publications.items()):
-        if per_hub.pop(f"{key[0]}/{key[1]}", None) is not None:
-            changed.append(course_key)
-        if not per_hub:
-            index.publications.pop(course_key, None)
-    await asyncio.gather(*(course_io.write_status(kube, index, k) for k in changed))
-    finalizers = raw["metadata"].get("finalizers") or []
-    if FINALIZER in finalizers:
-        idx = finalizers.index(FINALIZER)
-        try:
-            await kube.json_patch(
-                HUBS,
-                key[1],
-                key[0],
-                [
-                    {"op": "test", "path": f"/metadata/finalizers/{idx}", "value": FINALIZER},
-                    {"op": "remove", "path": f"/metadata/finalizers/{idx}"},
-                ],
-            )
-        except NotFound:
-            pass
-        except KubeError as e:
-            if e.status not in (409, 422):
-                raise
+    index.set_publications(f"{key[0]}/{key[1]}", {})
+    await remove_finalizer(kube, HUBS, raw, FINALIZER)

@@ -1,0 +1,487 @@
+"""Pure: one hub round, from everything observed to everything to write.
+
+The hub reconciler reads first (the live allowlist and its shards, the pullers, the
+referenced Secrets, what Helm last reported), calls `plan_round` once, and then writes the
+steps it returns, each on its own: a step that fails is folded into the hub's status by
+`fold_failures` and never stops the others (issue 12, item 8).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from ..conditions import Cond
+from . import allowlist as allowlist_mod
+from . import puller as puller_mod
+from . import tenancy
+from .courses import CourseRecord, HubRecord, namespace_owner, select_courses
+from .gateway import gateway_objects
+from .policy import ChartPolicy, InvalidChart, check_chart
+from .secrets import (
+    check_secrets,
+    gateway_secret_names,
+    hub_secret_names,
+    required_secret_keys,
+    version_stamp,
+)
+from .status import Publication, hub_ready
+from .values import InvalidValues, hub_allowlist_rbac, render_values, validate_values
+
+# Helm failures that the same chart and values would repeat: never retried by themselves.
+DETERMINISTIC_RELEASE_REASONS = frozenset({"ValuesRejected", "ChartRenderFailed", "ResourceInvalid"})
+# A transient Helm failure (cluster unreachable, timeout) is retried after this long.
+RELEASE_RETRY_SECONDS = 30.0
+
+Ident = tuple[str, str]  # (kind, name) of an object in the hub's namespace
+
+
+def fingerprint(obj: dict) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    """What the last Helm run for one values+chart fingerprint reported."""
+
+    fingerprint: str
+    ok: bool
+    reason: str = ""
+    message: str = ""
+    revision: int | None = None
+    chart_version: str = ""
+    changed: bool = False  # it installed or upgraded (an Event says so once)
+    age: float = 0.0  # seconds since it finished
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything a hub round reads before it decides."""
+
+    hub: HubRecord
+    hubs: tuple[HubRecord, ...]
+    courses: tuple[CourseRecord, ...]
+    namespace_labels: Mapping[str, Mapping[str, str]]
+    status: Mapping  # the hub's status as last written
+    live_allowlist: Mapping[str, str] = field(default_factory=dict)  # slug -> image learners get now
+    live_index: dict | None = None  # the live coursehub-allowlist ConfigMap
+    live_pullers: Mapping[str, dict | None] = field(default_factory=dict)
+    secrets: Mapping[str, dict | None] = field(default_factory=dict)  # referenced Secret objects
+    owned: frozenset[Ident] = frozenset()  # objects of this hub known to exist (pruned if unwanted)
+    deployed_fingerprint: str | None = None  # values+chart this process knows to be deployed
+    release: ReleaseResult | None = None  # Helm's last report, if any
+    release_running: bool = False
+    operator_image: str | None = None  # the trusted no-op in the pullers comes from it
+    chart_policy: ChartPolicy = field(default_factory=ChartPolicy)
+    tenant_service_account: str = tenancy.DEFAULT_SERVICE_ACCOUNT
+    tenant_cluster_role: str = tenancy.DEFAULT_CLUSTER_ROLE
+
+
+@dataclass(frozen=True)
+class Step:
+    """Objects to apply together, in order; `needs_all` steps run only if earlier ones did."""
+
+    name: str
+    apply: tuple[dict, ...] = ()
+    delete: tuple[Ident, ...] = ()
+
+
+@dataclass
+class Plan:
+    steps: list[Step] = field(default_factory=list)
+    # None: leave every course's publication by this hub as it is (nothing was decided).
+    publications: dict[tuple[str, str], Publication] | None = None
+    conditions: list[Cond] = field(default_factory=list)  # without Ready
+    courses: int = 0
+    release: dict | None = None  # status.release
+    # (fingerprint, chart, values, the user Helm impersonates) when Helm must run
+    run_release: tuple[str, object, dict, str] | None = None
+    deployed_fingerprint: str | None = None
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    pulling: bool = False  # pullers still rolling out: look again soon
+    published: dict[str, str] = field(default_factory=dict)  # slug -> image in the allowlist
+
+
+def plan_round(o: Observed) -> Plan:
+    hub = o.hub
+    owner = namespace_owner(o.hubs, hub.namespace)
+    if owner.key != hub.key:
+        # Nothing in the namespace is this hub's; it publishes nothing.
+        return Plan(
+            publications={},
+            conditions=[
+                Cond(
+                    "ReleaseDeployed",
+                    False,
+                    "NamespaceTaken",
+                    f"JupyterHubDeployment {owner.name} already owns namespace {hub.namespace}; z2jh's "
+                    f"object names are not release-prefixed, so only one hub fits a namespace: move this "
+                    f"one to its own namespace",
+                )
+            ],
+            release=None,
+        )
+    plan = Plan()
+    plan.steps.append(
+        Step(
+            "tenancy",
+            tuple(
+                tenancy.tenant_objects(
+                    hub, service_account=o.tenant_service_account, cluster_role=o.tenant_cluster_role
+                )
+            ),
+        )
+    )
+    _plan_courses(o, plan)
+    secret_conds, secrets_ok = _secret_conditions(o)
+    plan.conditions += secret_conds
+    keep: set[Ident] = set()
+    try:
+        gateway = gateway_objects(
+            hub.name,
+            hub.namespace,
+            hub.spec,
+            hub.spec.domain,
+            secret_version=version_stamp(gateway_secret_names(hub.spec), dict(o.secrets)),
+        )
+    except InvalidValues as e:
+        gateway = None
+        plan.conditions = [
+            Cond(
+                "GatewayReady", False, "InvalidValues", f"{e.path}: {e.message}; the gateway was not touched"
+            )
+            if c.type == "GatewayReady"
+            else c
+            for c in plan.conditions
+        ]
+    if secrets_ok and gateway is not None:
+        plan.steps.append(Step("gateway", tuple(gateway)))
+    else:
+        # The condition explains it; what runs keeps running.
+        keep = {i for i in o.owned if i[1].startswith("coursehub-gateway")}
+    plan.conditions.insert(0, _plan_release(o, plan, secrets_ok))
+    _plan_prune(o, plan, keep)
+    return plan
+
+
+# -- courses -------------------------------------------------------------------
+def _plan_courses(o: Observed, plan: Plan) -> None:
+    hub = o.hub
+    selection = select_courses(hub, list(o.courses), {k: dict(v) for k, v in o.namespace_labels.items()})
+    winners = selection.winners
+    extra = {"operator_image": o.operator_image} if o.operator_image else {}
+    pullers = puller_mod.desired_pullers(hub, winners, **extra)
+    unpulled = puller_mod.unpulled_reasons(hub, winners)
+    pulled = puller_mod.pulled_images(pullers, dict(o.live_pullers))
+    publish_after_pull = bool(hub.spec.pre_pull and hub.spec.pre_pull.publish_after_pull)
+    published = allowlist_mod.published_images(
+        winners, publish_after_pull=publish_after_pull, pulled=pulled, previous=dict(o.live_allowlist)
+    )
+    full: set[str] = set()
+    try:
+        index, shards = allowlist_mod.allowlist_objects(
+            hub, allowlist_mod.allowlist_document(hub, winners, published)
+        )
+    except allowlist_mod.AllowlistTooLarge as e:
+        # Over capacity: what learners get now stays; only courses not yet offered wait.
+        kept = {s: img for s, img in o.live_allowlist.items() if s in winners}
+        full = {s for s in published if s not in kept}
+        published = kept
+        try:
+            index, shards = allowlist_mod.allowlist_objects(
+                hub, allowlist_mod.allowlist_document(hub, winners, published)
+            )
+        except allowlist_mod.AllowlistTooLarge:
+            index, shards = None, []  # leave the live allowlist exactly as it is
+        cond = Cond(
+            "CoursesPublished",
+            False,
+            "AllowlistFull",
+            f"{e}; {len(full)} courses wait, the {len(published)} already offered stay: publish fewer "
+            f"courses on this hub (spec.courses.selector) or split them over two hubs",
+        )
+    else:
+        dups = len(selection.duplicates)
+        msg = f"{len(published)} courses published"
+        if dups:
+            msg += f"; {dups} CourseImages claim a slug already taken (DuplicateCourse)"
+        cond = Cond("CoursesPublished", True, "Published", msg)
+    if index is not None:
+        shard_names = [s["metadata"]["name"] for s in shards]
+        rbac = hub_allowlist_rbac(hub.name, hub.namespace, allowlist_mod.ALLOWLIST_CONFIGMAP)
+        if shard_names:
+            rbac = [_with_shard_access(obj, shard_names) for obj in rbac]
+        # Shards before the Role that lets the hub read them, before the index naming them.
+        plan.steps.append(Step("allowlist", (*shards, *rbac, index)))
+    plan.published = published
+    plan.courses = len(published)
+    plan.conditions.append(cond)
+
+    policies = puller_mod.puller_network_policies(hub) if any(pullers.values()) else []
+    plan.steps.append(Step("pullers", (*[m for m in pullers.values() if m], *policies)))
+    wanted = set().union(*(puller_mod.images_of(m) for m in pullers.values() if m))
+    plan.pulling = bool(wanted - pulled) or (
+        publish_after_pull
+        and any(c.resolved_image and c.resolved_image not in published.values() for c in winners.values())
+    )
+    plan.publications = _publications(hub, winners, selection.duplicates, published, pulled, full, unpulled)
+
+
+def _with_shard_access(obj: dict, shard_names: list[str]) -> dict:
+    """The hub's allowlist Role, plus `get` on exactly the shards the index lists."""
+    if obj.get("kind") != "Role":
+        return obj
+    rule = {
+        "apiGroups": [""],
+        "resources": ["configmaps"],
+        "resourceNames": sorted(shard_names),
+        "verbs": ["get"],
+    }
+    return {**obj, "rules": [*obj.get("rules", []), rule]}
+
+
+def _publications(
+    hub: HubRecord,
+    winners: dict[str, CourseRecord],
+    duplicates: dict[tuple[str, str], CourseRecord],
+    published: dict[str, str],
+    pulled: set[str],
+    full: set[str],
+    unpulled: Mapping[str, str],
+) -> dict[tuple[str, str], Publication]:
+    """How this hub treats each course it selects (the publication state machine)."""
+    prepull_enabled = hub.spec.pre_pull.enabled if hub.spec.pre_pull else True
+    no_gpu = allowlist_mod.gpu_settings(hub) is None
+    pubs: dict[tuple[str, str], Publication] = {}
+    for slug, course in winners.items():
+        image = published.get(slug)
+        if slug in full:
+            state, msg = "AllowlistFull", "the hub's allowlist is full (see the hub's CoursesPublished)"
+        elif image is None and course.resolved_image is None:
+            state, msg = "NotResolved", "waiting for the image to resolve"
+        elif course.spec.gpu == "required" and no_gpu:
+            # It stays in the allowlist, so a launch link gets the hub's clear refusal.
+            state, msg = (
+                "NoGpuNodes",
+                "the course needs a GPU and the hub has no spec.singleuser.gpuNodes: set them on the "
+                "hub, or make the course's spec.gpu optional",
+            )
+        elif image is None:
+            state, msg = "WaitingForPull", "publishAfterPull: offered once every node has pulled it"
+        elif image != course.resolved_image:
+            state, msg = "Published", "offering the previous digest until the new one is pulled"
+        else:
+            state, msg = "Published", "published"
+        if not prepull_enabled:
+            pre, pre_msg = "PrePullDisabled", ""
+        elif slug in unpulled:
+            # In no puller, so never "rolling out": the course says why in its own reason.
+            pre, pre_msg = _unpulled_reason(hub, course, no_gpu), unpulled[slug]
+        elif course.resolved_image in pulled:
+            pre, pre_msg = "PrePulled", ""
+        else:
+            pre, pre_msg = "Pulling", "the pre-puller DaemonSet is rolling out"
+        pubs[course.key] = Publication(hub.ref, hub.spec.domain, state, msg, image, pre, pre_msg)
+    for loser_key, winner in duplicates.items():
+        pubs[loser_key] = Publication(
+            hub.ref,
+            hub.spec.domain,
+            "DuplicateCourse",
+            f"course '{winner.slug}' is already published by the older CourseImage "
+            f"{winner.namespace}/{winner.name}; rename spec.course or delete one",
+        )
+    return pubs
+
+
+def _unpulled_reason(hub: HubRecord, course: CourseRecord, no_gpu: bool) -> str:
+    if puller_mod.pull_secret_rule(hub, course):
+        return "PullSecretElsewhere"
+    if course.spec.gpu == "required" and no_gpu:
+        return "NoGpuNodes"
+    return "Unplaceable"
+
+
+# -- secrets -------------------------------------------------------------------
+def decoded(secret: dict | None) -> dict[str, bytes] | None:
+    if secret is None:
+        return None
+    return {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+
+
+def _secret_conditions(o: Observed) -> tuple[list[Cond], bool]:
+    required = required_secret_keys(o.hub.spec)
+    results = check_secrets(required, {k: decoded(v) for k, v in o.secrets.items()})
+    conds = []
+    ok = True
+    for ctype in ("DatabaseReady", "GatewayReady"):
+        good, reason, message = results.get(ctype, (True, "NotRequired", "nothing to check"))
+        conds.append(Cond(ctype, good, reason, message))
+        ok = ok and good
+    return conds, ok
+
+
+# -- release -------------------------------------------------------------------
+def required_secret_names(hub: HubRecord) -> list[str]:
+    """Every Secret a round reads: the ones checked, and the ones whose version rolls a pod."""
+    names = {name for pairs in required_secret_keys(hub.spec).values() for name, _ in pairs}
+    return sorted(names | set(hub_secret_names(hub.spec)) | set(gateway_secret_names(hub.spec)))
+
+
+def _release_event(o: Observed, reason: str, message: str) -> list[tuple[str, str, str]]:
+    """A Warning once per reason and message (not again while ReleaseDeployed already says it)."""
+    old = next((c for c in o.status.get("conditions") or [] if c.get("type") == "ReleaseDeployed"), None)
+    if old and old.get("reason") == reason and str(old.get("message", "")).startswith(message[:80]):
+        return []
+    return [("Warning", reason, message)]
+
+
+def _deployed(release: dict) -> Cond:
+    return Cond(
+        "ReleaseDeployed",
+        True,
+        "Deployed",
+        f"revision {release.get('revision')} of chart {release.get('chartVersion')}",
+    )
+
+
+def _plan_release(o: Observed, plan: Plan, secrets_ok: bool) -> Cond:
+    hub = o.hub
+    status_release = dict(o.status.get("release") or {}) or None
+    plan.release = status_release
+    plan.deployed_fingerprint = o.deployed_fingerprint
+    try:
+        check_chart(hub.spec.chart, o.chart_policy)
+    except InvalidChart as e:
+        plan.events += _release_event(o, "InvalidChart", e.message)
+        return Cond("ReleaseDeployed", False, "InvalidChart", f"{e.message}; the release was not touched")
+    version = version_stamp(hub_secret_names(hub.spec), dict(o.secrets))
+    try:
+        values = render_values(
+            hub.name,
+            hub.namespace,
+            hub.spec,
+            secrets_version=version,
+            allowlist_configmap=allowlist_mod.ALLOWLIST_CONFIGMAP,
+        )
+        validate_values(values)
+    except InvalidValues as e:
+        plan.events += _release_event(o, "InvalidValues", f"{e.path}: {e.message}")
+        return Cond(
+            "ReleaseDeployed", False, "InvalidValues", f"{e.path}: {e.message}; the release was not touched"
+        )
+    if not secrets_ok:
+        return Cond(
+            "ReleaseDeployed",
+            False,
+            "WaitingForSecrets",
+            "the referenced Secrets are missing or incomplete (see DatabaseReady/GatewayReady); the "
+            "release was not touched",
+        )
+    chart = hub.spec.chart
+    want = fingerprint({"values": values, "chart": chart.to_wire()})
+    if o.deployed_fingerprint == want and status_release:
+        return _deployed(status_release)  # deployed by this process already: no Helm call at all
+    done = o.release if o.release is not None and o.release.fingerprint == want else None
+    if (
+        done is not None
+        and not done.ok
+        and done.reason not in DETERMINISTIC_RELEASE_REASONS
+        and done.age > RELEASE_RETRY_SECONDS
+    ):
+        done = None  # a transient failure: try again
+    if done is not None and not done.ok:
+        plan.events += _release_event(o, done.reason, done.message)
+        return Cond(
+            "ReleaseDeployed", False, done.reason, f"{done.message}; the previous release stays in place"
+        )
+    if done is not None:
+        plan.deployed_fingerprint = want
+        plan.release = {
+            "name": hub.name,
+            "revision": done.revision,
+            "chartVersion": done.chart_version,
+            "valuesHash": want,
+        }
+        if done.changed:
+            plan.events.append(
+                (
+                    "Normal",
+                    "ReleaseUpgraded",
+                    f"helm release {hub.name} is at revision {done.revision} (chart {done.chart_version})",
+                )
+            )
+        return _deployed(plan.release)
+    if not o.release_running:
+        # Helm runs beside the reconciler (an install waits for the hub's pods), so course
+        # publication never waits for it; its result comes back in a later round.
+        user = tenancy.helm_user(hub, o.tenant_service_account)
+        plan.run_release = (want, chart, values, user)
+    if status_release and status_release.get("valuesHash") == want:
+        # This exact chart and values were deployed before (e.g. by the process before a
+        # restart): keep saying so while Helm checks it, read-only, instead of flapping.
+        return _deployed(status_release)
+    return Cond(
+        "ReleaseDeployed", False, "Progressing", f"helm is installing or upgrading release {hub.name}"
+    )
+
+
+# -- pruning -------------------------------------------------------------------
+def _plan_prune(o: Observed, plan: Plan, keep: set[Ident]) -> None:
+    """Owned objects no step wants any more go, after the steps (shards after their index)."""
+    wanted = {(m["kind"], m["metadata"]["name"]) for s in plan.steps for m in s.apply}
+    allowlist_step = next((s for s in plan.steps if s.name == "allowlist"), None)
+    if allowlist_step is None:
+        # The allowlist is left as it is (over capacity): so are the shards its index lists.
+        keep = keep | {("ConfigMap", n) for n in allowlist_mod.index_shards(o.live_index)}
+        keep.add(("ConfigMap", allowlist_mod.ALLOWLIST_CONFIGMAP))
+    gone = sorted(o.owned - wanted - keep)
+    if gone:
+        plan.steps.append(Step("prune", delete=tuple(gone)))
+
+
+# -- after the writes ------------------------------------------------------------
+STEP_CONDITION = {
+    "tenancy": "ReleaseDeployed",
+    "allowlist": "CoursesPublished",
+    "pullers": "CoursesPublished",
+    "gateway": "GatewayReady",
+    "prune": "CoursesPublished",
+    "release": "ReleaseDeployed",
+}
+
+
+def skipped_steps(failed: Iterable[str]) -> set[str]:
+    """Steps that must not run after `failed` ones: Helm needs its tenancy objects, and shards
+    are deleted only once the index that stopped listing them is written."""
+    failed = set(failed)
+    out = set()
+    if "tenancy" in failed:
+        out.add("release")
+    if "allowlist" in failed:
+        out.add("prune")
+    return out
+
+
+def fold_failures(plan: Plan, failures: Mapping[str, str]) -> tuple[list[Cond], dict | None]:
+    """The hub's conditions (with Ready) once the steps ran; `failures`: step -> error text.
+
+    A failed step turns its condition False with reason ApplyFailed; the others keep theirs.
+    Returns (conditions, publications to record or None to keep the previous ones).
+    """
+    conds = list(plan.conditions)
+    for step, error in failures.items():
+        ctype = STEP_CONDITION.get(step, "CoursesPublished")
+        conds = [
+            Cond(ctype, False, "ApplyFailed", f"writing the {step} objects failed: {error}; retrying")
+            if c.type == ctype
+            else c
+            for c in conds
+        ]
+        if not any(c.type == ctype for c in conds):
+            conds.append(Cond(ctype, False, "ApplyFailed", f"writing the {step} objects failed: {error}"))
+    # Publications follow the allowlist actually written: if it failed, learners still get the old one.
+    pubs = None if "allowlist" in failures else plan.publications
+    return [hub_ready(conds), *conds], pubs

@@ -1,0 +1,102 @@
+"""The one writer of CourseImage status, and the course finalizer.
+
+The resolver, the hub rounds and the ECR retention loop only record their results in the
+index (state.Index) and mark the course; this writer computes the status from all of them
+(desired.status.course_status) and writes it once, only when it differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .. import metrics
+from ..desired.courses import selects
+from ..desired.status import course_status
+from ..kube import COURSE_IMAGES, TRANSIENT_API_ERRORS, Kube
+from ..state import Index, Key
+from . import status_io
+from .finalizers import add_finalizer, remove_finalizer
+
+log = logging.getLogger(__name__)
+
+FINALIZER = "coursehub.dev/unpublish"
+API_RETRY_SECONDS = 2.0
+WRITE_CONCURRENCY = 16
+
+
+class CourseStatusWriter:
+    def __init__(self, kube: Kube, index: Index):
+        self.kube = kube
+        self.index = index
+
+    async def run(self) -> None:
+        idx = self.index
+        limit = asyncio.Semaphore(WRITE_CONCURRENCY)
+
+        async def one(key: Key) -> None:
+            async with limit:
+                try:
+                    await self.write(key)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # one course never stops the others; it is retried
+                    transient = isinstance(e, TRANSIENT_API_ERRORS)
+                    log.warning(
+                        "writing the status of CourseImage %s/%s failed (%s: %s), retrying",
+                        *key,
+                        type(e).__name__,
+                        e,
+                        exc_info=not transient,
+                    )
+                    metrics.RECONCILE_ERRORS.labels(kind="CourseImage", reason=type(e).__name__).inc()
+                    asyncio.get_running_loop().call_later(API_RETRY_SECONDS, idx.course_changed, key)
+
+        while True:
+            await idx.status_wakeup.wait()
+            idx.status_wakeup.clear()
+            # A key marked again while it is written is written again in the next batch, so
+            # one course never has two writes in flight.
+            batch, idx.status_dirty = idx.status_dirty, set()
+            await asyncio.gather(*(one(k) for k in sorted(batch)))
+
+    async def write(self, key: Key) -> None:
+        """Compute the course's status from the index and write it only if it differs."""
+        idx = self.index
+        course = idx.courses.get(key)
+        raw = idx.raw_courses.get(key)
+        if course is None or raw is None or course.deleting:
+            return
+        if idx.hub_starting_for(key):
+            return  # that hub's first round marks this course again, with its publication in it
+        pubs = idx.publications_for(key)
+        selecting = (
+            ()
+            if pubs
+            else tuple(
+                h.ref
+                for h in idx.hubs.values()
+                if not h.deleting and selects(h, course, idx.namespace_labels)
+            )
+        )
+        fields, conds = course_status(
+            course, idx.resolutions.get(key), pubs, idx.retention.get(key), selecting
+        )
+        stored = await status_io.write_status(self.kube, raw, fields, conds, course.generation)
+        if stored is not None and key in idx.raw_courses:
+            idx.raw_courses[key] = {**idx.raw_courses[key], "status": stored}
+
+
+# -- finalizer -----------------------------------------------------------------
+async def ensure_finalizer(kube: Kube, raw: dict) -> None:
+    await add_finalizer(kube, COURSE_IMAGES, raw, FINALIZER)
+
+
+async def finish_deletion(kube: Kube, index: Index, key: Key, raw: dict | None) -> None:
+    """Unpublish from every hub, then let the object go."""
+    index.wake_hubs_for_namespace(key[0])
+    while index.publications.get(key):
+        await asyncio.sleep(0.2)  # hub reconcilers drop it from their allowlists and pullers
+    raw = index.raw_courses.get(key) or raw  # the freshest finalizer list (a retry may follow events)
+    if raw is not None:
+        await remove_finalizer(kube, COURSE_IMAGES, raw, FINALIZER)
