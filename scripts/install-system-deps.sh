@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages the tests need: a real OCI registry, skopeo, PostgreSQL for JupyterHub.
+# Debian packages the tests need: a real OCI registry, skopeo, PostgreSQL for JupyterHub;
+# for real nodes (docs/real-nodes.md): containerd, runc, the CNI plugins, and mmdebstrap,
+# buildah and a static C toolchain to build every image here.
 set -euo pipefail
-PACKAGES=(docker-registry skopeo postgresql apache2-utils)
+PACKAGES=(docker-registry skopeo postgresql apache2-utils
+  containerd runc containernetworking-plugins iptables iproute2 mmdebstrap buildah gcc libc6-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -11,5 +14,5 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
   # The Debian packages start system services; the tests run their own instances.
-  $SUDO systemctl disable --now docker-registry postgresql >/dev/null 2>&1 || true
+  $SUDO systemctl disable --now docker-registry postgresql containerd >/dev/null 2>&1 || true
 fi

@@ -24,6 +24,9 @@ KWOK_VERSION = "v0.7.0"
 HELM_VERSION = "v3.19.0"
 
 KUBERNETES_BINARIES = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+# Real nodes only (realnodes.py): a component of their own, so that the control plane's
+# cache stays valid and kwok-only machines never build them.
+KUBERNETES_NODE_BINARIES = ("kubelet", "kube-proxy")
 
 
 def cache_root() -> Path:
@@ -116,6 +119,60 @@ def kubernetes() -> Component:
         packages=tuple(f"k8s.io/kubernetes/cmd/{b}" for b in KUBERNETES_BINARIES),
         ldflags=tuple(ldflags),
     )
+
+
+def kubernetes_node() -> Component:
+    """kubelet and kube-proxy from the same wrapper module as the control plane."""
+    cp = kubernetes()
+    return Component(
+        name="kubernetes-node",
+        version=cp.version,
+        binaries=KUBERNETES_NODE_BINARIES,
+        go_mod=cp.go_mod,
+        packages=tuple(f"k8s.io/kubernetes/cmd/{b}" for b in KUBERNETES_NODE_BINARIES),
+        ldflags=cp.ldflags,
+    )
+
+
+def pause_binary(log=print) -> Path:
+    """The pause container's binary: Kubernetes' own pause.c at the pinned version, static.
+
+    Static so that it runs in an image holding nothing else (images.py).
+    """
+    arch = f"{sys.platform}-{platform.machine()}"
+    out = cache_root() / "bin" / f"pause-{KUBERNETES_VERSION}-{arch}" / "pause"
+    if out.exists():
+        return out
+    cache_root().mkdir(parents=True, exist_ok=True)
+    src = Path(_go_mod_download("k8s.io/kubernetes", KUBERNETES_VERSION)["Dir"]) / "build/pause/linux/pause.c"
+    partial = out.with_name("pause.partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            "gcc",
+            "-Os",
+            "-Wall",
+            "-Werror",
+            "-static",
+            "-DVERSION=" + KUBERNETES_VERSION,
+            "-o",
+            str(partial),
+            str(src),
+        ],
+        check=True,
+    )
+    subprocess.run(["strip", str(partial)], check=True)
+    partial.rename(out)
+    log(f"[coursehub-dev] built pause from {src}")
+    return out
+
+
+def build_node_binaries(log=print) -> dict[str, Path]:
+    """kubelet, kube-proxy and pause: what real nodes need beyond `build_all()`."""
+    c = build(kubernetes_node(), log=log)
+    paths = {b: c.path(b) for b in c.binaries}
+    paths["pause"] = pause_binary(log=log)
+    return paths
 
 
 def etcd() -> Component:
