@@ -478,3 +478,160 @@ def test_snippet_leaves_other_authenticators_alone():
 def test_importing_the_module_configures_nothing():
     assert not hasattr(cs, "c")
     assert cs.SOURCE.configmap == "coursehub-allowlist"
+
+
+# ------------------------------------------------------------- one identity, bounded
+
+
+def limits(**over) -> cs.Limits:
+    raw = {"activeServers": None, "serversPerIdentity": 2, "gpuServersPerIdentity": 1, "identity": "gateway"}
+    return cs.parse_limits({**raw, **over})
+
+
+def test_limits_section_is_parsed_and_absent_means_none():
+    assert allowlist().limits == cs.Limits()  # an allowlist from an older operator
+    al = allowlist(limits={"activeServers": 50, "serversPerIdentity": 2, "gpuServersPerIdentity": 1})
+    assert al.limits == cs.Limits(50, 2, 1, gateway_identity=False)
+    assert limits().gateway_identity is True
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "2", True, [2]])
+def test_malformed_limits_raise_naming_the_key(bad):
+    with pytest.raises(cs.AllowlistError, match=r"limits\.serversPerIdentity"):
+        cs.parse_allowlist(json.dumps(allowlist_doc(limits={"serversPerIdentity": bad})))
+    with pytest.raises(cs.AllowlistError, match=r"allowlist\.limits"):
+        cs.parse_allowlist(json.dumps(allowlist_doc(limits=[1])))
+
+
+def test_operator_limits_reach_the_hub_as_written(tmp_path):
+    # the operator's side of the contract, parsed by the hub's side
+    from coursehub.api.jupyterhubdeployment import JupyterHubDeploymentSpec
+    from coursehub.desired.allowlist import limits_settings
+    from coursehub.desired.courses import HubRecord
+
+    def hub(**spec):
+        base = {"chart": {"path": "/c"}, "domain": "nb.example.edu", "database": {"type": "sqlite-memory"}}
+        return HubRecord(
+            "ns", "learn", "uid", "now", 1, JupyterHubDeploymentSpec.model_validate({**base, **spec})
+        )
+
+    ungated = cs.parse_limits(limits_settings(hub()))
+    assert ungated == cs.Limits(None, 2, 1, gateway_identity=False)
+    gated = hub(
+        limits={"activeServers": 300, "serversPerIdentity": 1, "gpuServersPerIdentity": 0},
+        gateway={
+            "oidc": {
+                "issuerURL": "https://sso.example.edu/realms/x",
+                "secretRef": {"name": "oidc"},
+                "emailDomains": ["example.edu"],
+            }
+        },
+    )
+    assert cs.parse_limits(limits_settings(gated)) == cs.Limits(300, 1, 0, gateway_identity=True)
+
+
+def test_gateway_identity_prefers_email_and_folds_case():
+    assert cs.gateway_identity({"X-Forwarded-User": "kc-1", "X-Forwarded-Email": " Ana@Example.EDU "}) == (
+        "ana@example.edu"
+    )
+    assert cs.gateway_identity({"X-Forwarded-Preferred-Username": "Ana", "X-Forwarded-User": "kc-1"}) == "ana"
+    assert cs.gateway_identity({"X-Forwarded-User": "kc-1"}) == "kc-1"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"X-Forwarded-Email": ""}, {"X-Forwarded-Email": "a\nb@x"}, {"X-Forwarded-User": "x" * 400}],
+)
+def test_no_plausible_identity_is_none(headers):
+    assert cs.gateway_identity(headers) is None
+
+
+def slot(identity, gpu=False, n=0):
+    return cs.Slot(identity, gpu, f"user-{n}", f"course-{n}")
+
+
+def test_servers_per_identity_counts_only_that_identity():
+    mine = [slot("ana", n=1), slot("ana", n=2)]
+    refusal = cs.check_limits(limits(), [*mine, slot("bo")], identity="ana", gpu=False)
+    assert refusal.kind == "identity" and refusal.running == tuple(mine)
+    assert cs.check_limits(limits(), [slot("ana"), slot("bo")], identity="ana", gpu=False) is None
+    assert cs.check_limits(limits(), mine, identity="bo", gpu=False) is None
+
+
+def test_gpu_servers_per_identity_counts_gpu_servers():
+    refusal = cs.check_limits(limits(), [slot("ana", gpu=True, n=1)], identity="ana", gpu=True)
+    assert refusal.kind == "gpu" and [s.user for s in refusal.running] == ["user-1"]
+    # a CPU launch next to one GPU server is within serversPerIdentity
+    assert cs.check_limits(limits(), [slot("ana", gpu=True)], identity="ana", gpu=False) is None
+
+
+def test_per_identity_limits_need_the_gateway_and_an_identity():
+    many = [slot("ana", gpu=True, n=i) for i in range(5)]
+    assert cs.check_limits(limits(identity=None), many, identity="ana", gpu=True) is None
+    assert cs.check_limits(limits(), many, identity=None, gpu=True) is None
+
+
+def test_active_servers_bounds_the_whole_hub():
+    others = [slot(f"p{i}", n=i) for i in range(3)]
+    assert cs.check_limits(limits(activeServers=3), others, identity=None, gpu=False).kind == "hub"
+    assert cs.check_limits(limits(activeServers=4), others, identity="new", gpu=False) is None
+
+
+def test_limit_page_links_each_running_server_and_escapes_names():
+    refusal = cs.LimitRefusal("identity", "Too many <b>", (cs.Slot("ana", False, "u1", "<Course & 1>"),))
+    page = cs.limit_page_html(refusal, lambda s: f"/hub/tmplogin?resume={s.user}&x=1")
+    assert "Too many &lt;b&gt;" in page and "&lt;Course &amp; 1&gt;" in page
+    assert 'href="/hub/tmplogin?resume=u1&amp;x=1"' in page
+
+
+@pytest.fixture
+def kubeconfig(tmp_path, monkeypatch):
+    """KubeSpawner loads a kubeconfig when built; this one points nowhere and is never used."""
+    from kubernetes_asyncio.config import kube_config
+
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
+                "users": [{"name": "u", "user": {"token": "unused"}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "c",
+            }
+        )
+    )
+    # read by kubernetes_asyncio at import, so set where it looks
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
+
+
+async def test_identity_survives_in_the_spawner_state_and_a_stop(kubeconfig):
+    s = cs.CourseSpawner(_mock=True)
+    s.coursehub_identity, s._coursehub_gpu, s._coursehub_course = "ana@example.edu", True, "UAI 1"
+    restored = cs.CourseSpawner(_mock=True)  # as the hub does after a restart
+    restored.load_state(json.loads(json.dumps(s.get_state())))  # through the database's JSON
+    assert (restored.coursehub_identity, restored._coursehub_gpu, restored._coursehub_course) == (
+        "ana@example.edu",
+        True,
+        "UAI 1",
+    )
+    restored.clear_state()  # JupyterHub clears state on every start and stop
+    assert restored.coursehub_identity == "ana@example.edu"
+    assert restored.coursehub_slot() is None  # a stopped server does not count
+
+
+async def test_concurrent_admissions_of_one_identity_pass_at_most_the_limit(kubeconfig):
+    al = allowlist(limits={"serversPerIdentity": 5, "gpuServersPerIdentity": 2, "identity": "gateway"})
+    plan = cs.plan_launch(al, {"course": "uai_source-uai.1"})  # a GPU course
+    spawners = [cs.CourseSpawner(_mock=True) for _ in range(20)]
+
+    async def launch(spawner):
+        await asyncio.sleep(0)  # the allowlist read: every launch is in flight at once
+        return spawner.admit(al.limits, plan, {"X-Forwarded-Email": "ana@example.edu"})
+
+    refusals = await asyncio.gather(*(launch(s) for s in spawners))
+    assert sum(r is None for r in refusals) == 2
+    assert {r.kind for r in refusals if r is not None} == {"gpu"}
+    for s in spawners:
+        s._coursehub_reserved = False  # leave no counted servers to other tests

@@ -43,6 +43,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
 from jupyterhub.apihandlers.users import UserServerAPIHandler
+from jupyterhub.handlers.base import BaseHandler
 from jupyterhub.handlers.pages import SpawnHandler
 from kubespawner import KubeSpawner
 from tmpauthenticator import TmpAuthenticateHandler, TmpAuthenticator
@@ -483,19 +484,17 @@ def resolve_course(allowlist: Allowlist, requested: str | None) -> tuple:
     """(Course, note) for a requested slug, applying the hub's onUnknown policy."""
     if not allowlist.published:
         raise CourseRefused(503, "No courses are published on this hub yet.", "unavailable")
+    default = allowlist.courses.get(allowlist.default) if allowlist.default else None
     if requested:
         found = allowlist.courses.get(requested.strip().lower())
         if found is not None:
             return found, None
         shown = _printable(requested)
-        if allowlist.on_unknown == "default" and allowlist.default in allowlist.courses:
-            return (
-                allowlist.courses[allowlist.default],
-                f"course {shown!r} is not offered; using default course {allowlist.default!r}",
-            )
+        if allowlist.on_unknown == "default" and default is not None:
+            return default, f"course {shown!r} is not offered; using default course {allowlist.default!r}"
         raise CourseRefused(400, f"The course '{shown}' is not offered on this hub.", "not_offered")
-    if allowlist.default in allowlist.courses:
-        return allowlist.courses[allowlist.default], "no course requested; using the default course"
+    if default is not None:
+        return default, "no course requested; using the default course"
     raise CourseRefused(400, "No course was requested. Use a course launch link.", "no_course")
 
 
@@ -569,7 +568,7 @@ PLANNED_TRAITS = (
 
 def merge_traits(baseline: Mapping[str, Any], plan: LaunchPlan) -> dict:
     """Pure: hub defaults (``baseline``) + plan -> new values for ``PLANNED_TRAITS``."""
-    new = {k: baseline.get(k) for k in PLANNED_TRAITS}
+    new: dict[str, Any] = {k: baseline.get(k) for k in PLANNED_TRAITS}
     new["image"] = plan.image
     if plan.default_url is not None:
         new["default_url"] = plan.default_url
@@ -635,7 +634,6 @@ class Slot:
     gpu: bool
     user: str = ""
     course: str = ""
-    url: str = ""
 
 
 @dataclass(frozen=True)
@@ -1082,6 +1080,7 @@ class CourseSpawner(KubeSpawner):
             limits, other_slots(exclude=self), identity=self.coursehub_identity, gpu=plan.gpu
         )
         if refusal is None:
+            self._coursehub_reserved = True
             self._coursehub_gpu = plan.gpu
             self._coursehub_course = plan.course.display_name or plan.course.course
         return refusal
@@ -1102,6 +1101,8 @@ class CourseSpawner(KubeSpawner):
             self._coursehub_admitted = False
         else:
             refusal = self.admit(allowlist.limits, plan, request.headers if request is not None else {})
+            # pending already: from here `active` counts this server
+            self._coursehub_reserved = False
             if refusal is not None:
                 self.log.warning("coursehub: refusing spawn for %s: %s", self._log_name, refusal.message)
                 raise limit_error(refusal, lambda s: "")
@@ -1135,9 +1136,9 @@ def other_slots(exclude: Any = None) -> list:
 def _http_error(status: int, message: str, html_message: str = "") -> web.HTTPError:
     # "%s" + args: a '%' in an echoed value must not break tornado's formatting
     err = web.HTTPError(status, "%s", message)
-    err.jupyterhub_message = message  # the text JupyterHub's error page shows
+    err.jupyterhub_message = message  # type: ignore[attr-defined]  # what JupyterHub's error page shows
     if html_message:
-        err.jupyterhub_html_message = html_message
+        err.jupyterhub_html_message = html_message  # type: ignore[attr-defined]
     return err
 
 
@@ -1203,7 +1204,7 @@ CONFIRM_TEMPLATE = """{% extends "page.html" %}
 """
 
 
-class _CourseHandlerMixin:
+class _CourseHandlerMixin(BaseHandler):
     """Shared by coursehub's hub handlers: launch admission and the GPU confirmation page."""
 
     def resume_url(self, slot: Slot) -> str:
@@ -1245,7 +1246,7 @@ class _CourseHandlerMixin:
         if refusal is not None:
             self.log.warning("coursehub: refusing spawn for %s: %s", spawner._log_name, refusal.message)
             raise limit_error(refusal, self.resume_url)
-        spawner._coursehub_reserved = spawner._coursehub_admitted = True
+        spawner._coursehub_admitted = True
         try:
             return await super().spawn_single_user(user, server_name, options=options)
         except BaseException:
@@ -1351,8 +1352,7 @@ class CourseTmpLoginHandler(_CourseHandlerMixin, TmpAuthenticateHandler):
         allowlist = await SOURCE.current()
         identity = gateway_identity(self.request.headers) if allowlist.limits.gateway_identity else None
         user = self.find_user(name) if identity else None
-        spawner = user.spawners[""] if user is not None else None
-        if spawner is None or getattr(spawner, "coursehub_identity", None) != identity:
+        if user is None or getattr(user.spawners[""], "coursehub_identity", None) != identity:
             raise _http_error(404, "No such server of yours on this hub.")
         self.set_login_cookie(user)
         self.redirect(user.url)
@@ -1403,4 +1403,4 @@ def configure_hub(c, *, allowlist_configmap: str | None = None) -> None:
 
 # When z2jh's jupyterhub_config.py exec's this text, `c` and `get_config` are globals.
 if __name__ != _MODULE_NAME and "c" in globals() and "get_config" in globals():
-    configure_hub(c, **dict(globals().get("COURSEHUB_SETTINGS") or {}))  # noqa: F821
+    configure_hub(globals()["c"], **dict(globals().get("COURSEHUB_SETTINGS") or {}))
