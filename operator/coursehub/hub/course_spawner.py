@@ -734,31 +734,24 @@ class AllowlistCache:
         self.reads += 1
         try:
             text, version = await fetch()
+            now = self.clock()
+            if entry is not None and version is not None and version == entry.version:
+                entry.fetched_at = now
+                return entry.allowlist
+            allowlist = (
+                Allowlist(published=False)
+                if text is None
+                else parse_allowlist(text, on_bad_course=lambda m: log.warning("coursehub: dropping %s", m))
+            )
         except Exception as e:
+            # An API blip or a broken edit: keep serving the last good copy, if any.
+            what = "is invalid" if isinstance(e, AllowlistError) else "read failed"
             if entry is not None:
-                log.warning("coursehub: allowlist read failed (%s); serving the last good copy", e)
+                log.warning("coursehub: allowlist %s (%s); serving the last good copy", what, e)
                 return entry.allowlist
             raise CourseRefused(
                 503, "The course list is unavailable right now; try again shortly.", "unavailable"
             ) from e
-        now = self.clock()
-        if entry is not None and version is not None and version == entry.version:
-            entry.fetched_at = now
-            return entry.allowlist
-        if text is None:
-            allowlist = Allowlist(published=False)
-        else:
-            try:
-                allowlist = parse_allowlist(
-                    text, on_bad_course=lambda m: log.warning("coursehub: dropping %s", m)
-                )
-            except AllowlistError as e:
-                if entry is not None:
-                    log.error("coursehub: invalid allowlist (%s); serving the last good copy", e)
-                    return entry.allowlist
-                raise CourseRefused(
-                    503, "The course list is unavailable right now; try again shortly.", "unavailable"
-                ) from e
         self._entries[key] = _Entry(allowlist, now, version)
         return allowlist
 
