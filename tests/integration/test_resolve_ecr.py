@@ -4,13 +4,13 @@ Uses the ECR part's fixtures (tests/fixtures/ecr.py): ``ecr_endpoint`` (moto) an
 ``ecr_proxy`` (forwards to moto, counts calls, injects ECR errors).
 """
 
-import socket
 
 import botocore.exceptions
 import pytest
 
 from coursehub.registry import ResolveError, parse_reference, resolve_image
 from coursehub.registry.ecr import ENDPOINT_ENV, map_ecr_error, resolve_ecr
+from coursehub_dev.waiting import free_port
 from fixtures.ecr import ECR_HOST, create_repository, put_image
 
 
@@ -90,9 +90,7 @@ async def test_throttling_is_retried(ecr_proxy, ecr_endpoint, ecr_repo):
 
 async def test_unreachable_endpoint(ecr_endpoint):
     # A loopback port nobody listens on: connections are refused at once.
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed_port = sock.getsockname()[1]
+    closed_port = free_port()
     ref = parse_reference(f"{ECR_HOST}/ol-course-notebooks:v1")
     with pytest.raises(ResolveError) as caught:
         await resolve_ecr(ref, endpoint_url=f"http://127.0.0.1:{closed_port}", max_attempts=1)
