@@ -16,8 +16,9 @@ HUB_TESTS := tests/unit/test_course_options.py
 uv:
 	@bash scripts/bootstrap-uv.sh
 
-deps: uv
+deps:
 	bash scripts/install-system-deps.sh
+	@bash scripts/bootstrap-uv.sh
 	uv sync --frozen
 	@$(MAKE) --no-print-directory node_modules/.package-lock.json
 	$(UV_RUN) coursehub-dev build

@@ -5,6 +5,9 @@
 set -euo pipefail
 PACKAGES=(docker-registry skopeo postgresql apache2-utils
   containerd runc containernetworking-plugins iptables iproute2 mmdebstrap buildah gcc libc6-dev)
+# pip: scripts/bootstrap-uv.sh installs uv with it when uv is missing; libpq-dev: psycopg2 builds
+# from source in the hub image's package set (tests/hub-image-requirements.txt, make test-hub).
+PACKAGES+=(python3-pip libpq-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
