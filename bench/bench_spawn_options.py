@@ -183,6 +183,22 @@ async def measure(args) -> None:
         f"p99 {pct(parse, 99):.0f} us"
     )
 
+    # The limit check a launch adds: count every other server of the hub (here 1,000,
+    # 10 of them this identity's) and decide, as CourseSpawner.admit does.
+    limits = cs.Limits(
+        active_servers=5000, servers_per_identity=20, gpu_servers_per_identity=20, gateway_identity=True
+    )
+    running = [cs.Slot(f"p{i % 100}@example.edu", i % 7 == 0, f"user-{i}", "course") for i in range(1000)]
+    admit = []
+    for _ in range(200):
+        t0 = time.perf_counter_ns()
+        cs.check_limits(limits, running, identity="p1@example.edu", gpu=True)
+        admit.append((time.perf_counter_ns() - t0) / 1000)
+    print(
+        f"limit check with 1,000 running servers: p50 {statistics.median(admit):.0f} us, "
+        f"p99 {pct(admit, 99):.0f} us"
+    )
+
     version = [0]
 
     async def in_process():
