@@ -368,3 +368,10 @@ def test_container_names_unique_for_any_slugs(slugs):
     assert ds is not None
     names = [c["name"] for c in containers(ds)]
     assert len(names) == len(set(names)) == len({s.lower() for s in slugs}) + 3
+
+
+def test_operator_image_setting_defaults_to_the_pullers_default():
+    """Without COURSEHUB_OPERATOR_IMAGE the no-op comes from the chart's default image."""
+    from coursehub.settings import Settings
+
+    assert Settings.model_fields["operator_image"].default == puller.DEFAULT_OPERATOR_IMAGE
