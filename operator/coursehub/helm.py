@@ -261,7 +261,7 @@ class HelmReleases:
     def mutating_operations(self) -> int:
         return sum(n for (op, _), n in self.operations.items() if op in MUTATING)
 
-    async def _run(self, operation: str, coro):
+    async def _run(self, operation: str, coro, *, as_user: str | None = None):
         start = time.monotonic()
         try:
             result = await coro
@@ -271,9 +271,17 @@ class HelmReleases:
         except helm_errors.Error as e:
             self._count(operation, "error", start)
             stderr = e.stderr.decode(errors="replace")
-            raise ReleaseFailed(
-                classify_helm_error(stderr, operation), summarise_helm_error(stderr)
-            ) from None
+            reason, message = classify_helm_error(stderr, operation), summarise_helm_error(stderr)
+            if as_user and reason == "ClusterUnreachable" and "unreachable: unknown" in stderr.lower():
+                # The API server refuses even /version to an identity the caller may not act as;
+                # helm reports that as an unreachable cluster with no detail.
+                reason = "ImpersonationRefused"
+                message = (
+                    f"the API server refused helm acting as {as_user}: the operator may impersonate only "
+                    "the ServiceAccount names its chart lists (tenancy.serviceAccountName, "
+                    f"tenancy.extraServiceAccountNames) ({message})"
+                )
+            raise ReleaseFailed(reason, message) from None
         except Exception:
             self._count(operation, "error", start)
             raise
@@ -293,7 +301,9 @@ class HelmReleases:
         """The latest revision (any status), or None when the release does not exist."""
         try:
             return await self._run(
-                "status", self.client(as_user).get_current_revision(name, namespace=namespace)
+                "status",
+                self.client(as_user).get_current_revision(name, namespace=namespace),
+                as_user=as_user,
             )
         except helm_errors.ReleaseNotFoundError:
             return None

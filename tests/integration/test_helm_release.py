@@ -7,11 +7,15 @@ chart refuses; its hub Deployment restarts on any values change, as z2jh's does.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from coursehub.api.jupyterhubdeployment import ChartSource, JupyterHubDeploymentSpec
-from coursehub.desired.values import DATABASE_HASH_ANNOTATION, render_values, validate_values
+from coursehub.desired import tenancy
+from coursehub.desired.courses import HubRecord
+from coursehub.desired.values import SECRETS_ANNOTATION, render_values, validate_values
 from coursehub.helm import HelmReleases, ReleaseFailed
 from fixtures.cluster import REPO_ROOT
 
@@ -28,6 +32,7 @@ def spec(**over) -> JupyterHubDeploymentSpec:
             "oidc": {
                 "issuerURL": "https://sso.example.edu/realms/olapps",
                 "secretRef": {"name": "learn-oidc"},
+                "allowedGroups": ["learners"],
             }
         },
         "database": {"urlSecretRef": {"name": "jupyterhub-db-creds", "key": "DATABASE_URL"}},
@@ -53,13 +58,13 @@ def hub_deployment(cluster, namespace: str) -> dict:
 
 
 async def test_install_then_noop_then_one_upgrade(cluster, namespace, helm):
-    v1 = values_for(spec(), namespace, database_secret_hash="h1")
+    v1 = values_for(spec(), namespace, secrets_version="h1")
     first = await helm.ensure_release("learn", namespace, CHART, v1)
     assert (first.changed, first.operation, first.revision, first.status) == (True, "install", 1, "deployed")
     assert first.chart_version == "4.4.0"
     dep = hub_deployment(cluster, namespace)
     pod_annotations = dep["spec"]["template"]["metadata"]["annotations"]
-    assert pod_annotations[DATABASE_HASH_ANNOTATION] == "h1"
+    assert pod_annotations[SECRETS_ANNOTATION] == "h1"
     env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {
         "name": "jupyterhub-db-creds",
@@ -71,7 +76,7 @@ async def test_install_then_noop_then_one_upgrade(cluster, namespace, helm):
     # Nothing changed: no mutating helm call, the revision stays.
     mutating = helm.mutating_operations
     again = await helm.ensure_release(
-        "learn", namespace, CHART, values_for(spec(), namespace, database_secret_hash="h1")
+        "learn", namespace, CHART, values_for(spec(), namespace, secrets_version="h1")
     )
     assert (again.changed, again.revision) == (False, 1)
     assert helm.mutating_operations == mutating
@@ -83,18 +88,18 @@ async def test_install_then_noop_then_one_upgrade(cluster, namespace, helm):
     assert restarted.mutating_operations == 0
 
     # A spec change upgrades exactly once.
-    v2 = values_for(spec(culling={"timeoutSeconds": 1800}), namespace, database_secret_hash="h1")
+    v2 = values_for(spec(culling={"timeoutSeconds": 1800}), namespace, secrets_version="h1")
     up = await helm.ensure_release("learn", namespace, CHART, v2)
     assert (up.changed, up.operation, up.revision) == (True, "upgrade", 2)
     assert (await helm.ensure_release("learn", namespace, CHART, v2)).changed is False
 
     # A rotated database Secret (new hash) restarts the hub once: the pod template changes.
     before = hub_deployment(cluster, namespace)["spec"]["template"]
-    v3 = values_for(spec(culling={"timeoutSeconds": 1800}), namespace, database_secret_hash="h2")
+    v3 = values_for(spec(culling={"timeoutSeconds": 1800}), namespace, secrets_version="h2")
     rotated = await helm.ensure_release("learn", namespace, CHART, v3)
     assert (rotated.changed, rotated.revision) == (True, 3)
     after = hub_deployment(cluster, namespace)["spec"]["template"]
-    assert after["metadata"]["annotations"][DATABASE_HASH_ANNOTATION] == "h2"
+    assert after["metadata"]["annotations"][SECRETS_ANNOTATION] == "h2"
     assert after != before
     assert (await helm.ensure_release("learn", namespace, CHART, v3)).changed is False
     status = await helm.release_status("learn", namespace)
@@ -215,3 +220,97 @@ async def test_a_chart_source_helm_cannot_use_is_reported(namespace, helm, tmp_p
     assert exc.value.reason == "InvalidChartSource"
     assert "file" in exc.value.message
     assert await helm.release_status("learn", namespace) is None
+
+
+# --- Helm as the hub's tenant (issue 12, item 3) ------------------------------------
+
+
+def tenant(cluster, namespace: str) -> str:
+    """The hub's tenant ServiceAccount and RoleBinding, as the operator applies them; its user name."""
+    hub = HubRecord(namespace=namespace, name="learn", uid="u", created="", generation=1, spec=spec())
+    cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(tenancy.tenant_objects(hub))
+    )
+    return tenancy.helm_user(hub)
+
+
+def escaping_chart(tmp_path: Path, manifest: dict) -> ChartSource:
+    """A chart that renders one object of its own namespace and `manifest` (somewhere else)."""
+    chart = tmp_path / "escape"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: escape\nversion: 0.1.0\n")
+    own = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "own"}, "data": {"a": "b"}}
+    (chart / "templates" / "objects.yaml").write_text(yaml.safe_dump_all([own, manifest]))
+    return ChartSource(path=str(chart))
+
+
+def exists(cluster, *args: str) -> bool:
+    return cluster.kubectl("get", *args, check=False).returncode == 0
+
+
+async def test_the_test_chart_installs_with_the_tenant_rights_alone(cluster, namespace, helm):
+    user = tenant(cluster, namespace)
+    out = await helm.ensure_release("learn", namespace, CHART, values_for(spec(), namespace), as_user=user)
+    assert (out.changed, out.revision, out.status) == (True, 1, "deployed")
+    again = await helm.ensure_release("learn", namespace, CHART, values_for(spec(), namespace), as_user=user)
+    assert again.changed is False
+    assert await helm.uninstall_release("learn", namespace, wait=True, as_user=user) is True
+
+
+@pytest.mark.parametrize(
+    "target, where",
+    [
+        (
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"namespace": "kube-system"}},
+            ("configmap", "-n", "kube-system"),
+        ),
+        (
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "rules": []},
+            ("clusterrole",),
+        ),
+    ],
+)
+async def test_impersonated_helm_is_refused_outside_the_hub_namespace(
+    cluster, namespace, helm, tmp_path, target, where
+):
+    name = f"escape-{namespace}"
+    manifest = {**target, "metadata": {**target.get("metadata", {}), "name": name}}
+    chart = escaping_chart(tmp_path, manifest)
+    user = tenant(cluster, namespace)
+    with pytest.raises(ReleaseFailed) as exc:
+        await helm.ensure_release("escape", namespace, chart, {}, as_user=user)
+    # The API server refused it, naming the tenant and the object; nothing was created.
+    assert exc.value.reason == "Forbidden", exc.value.message
+    assert f"system:serviceaccount:{namespace}:coursehub-helm" in exc.value.message
+    assert not exists(cluster, *where, name)
+    assert not exists(cluster, "configmap", "own", "-n", namespace)  # atomic: the install is removed
+    # Control: the very same chart as the operator's own (admin) identity does escape, so the
+    # refusal above is the impersonation's doing.
+    helm_admin = HelmReleases(
+        executable=cluster.binaries["helm"], kubeconfig=cluster.kubeconfig, timeout="60s"
+    )
+    try:
+        await helm_admin.ensure_release("escape", namespace, chart, {})
+        assert exists(cluster, *where, name)
+    finally:
+        await helm_admin.uninstall_release("escape", namespace, wait=True)
+        cluster.kubectl("delete", *where, name, "--ignore-not-found", check=False)
+
+
+async def test_impersonating_an_account_the_operator_may_not_use_is_reported(cluster, namespace):
+    # A user with no right to impersonate (the operator's own rights are checked in test_chart).
+    cluster.kubectl("create", "serviceaccount", "nobody", "-n", namespace)
+    token = cluster.kubectl("create", "token", "nobody", "-n", namespace).stdout.strip()
+    cfg = yaml.safe_load(Path(cluster.kubeconfig).read_text())
+    cfg["users"] = [{"name": "nobody", "user": {"token": token}}]
+    for ctx in cfg["contexts"]:
+        ctx["context"]["user"] = "nobody"
+    kubeconfig = Path(cluster.state_dir) / f"nobody-{namespace}.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(cfg))
+    weak = HelmReleases(executable=cluster.binaries["helm"], kubeconfig=kubeconfig, timeout="60s")
+    with pytest.raises(ReleaseFailed) as exc:
+        await weak.ensure_release(
+            "learn", namespace, CHART, {}, as_user=f"system:serviceaccount:{namespace}:coursehub-helm"
+        )
+    assert exc.value.reason == "ImpersonationRefused", exc.value.message
+    assert "tenancy.serviceAccountName" in exc.value.message

@@ -380,3 +380,17 @@ def test_summaries_drop_credentials_and_are_bounded():
     assert "https://***@charts.example.edu" in s
     assert not s.startswith("warning")
     assert len(summarise_helm_error("Error: " + "x" * 5000)) == 600
+
+
+def test_refusals_of_the_tenant_identity_are_classified():
+    forbidden = (
+        'Error: INSTALLATION FAILED: configmaps "x" is forbidden: User '
+        '"system:serviceaccount:jupyter:coursehub-helm" cannot create resource "configmaps" in API group "" '
+        'in the namespace "kube-system"'
+    )
+    assert classify_helm_error(forbidden, "install") == "Forbidden"
+    refused = 'Error: serviceaccounts "coursehub-helm" is forbidden: User "x" cannot impersonate resource'
+    assert classify_helm_error(refused, "status") == "ImpersonationRefused"
+    from coursehub.helm import DETERMINISTIC_REASONS
+
+    assert "Forbidden" in DETERMINISTIC_REASONS  # the same chart would be refused again
