@@ -155,6 +155,7 @@ def test_only_the_trusted_noop_runs(name):
         # command replaces the image's entrypoint; no args means the image's cmd is dropped too.
         assert c["command"] == [puller.NOOP], c["name"]
         assert "args" not in c, c["name"]
+        assert c["workingDir"] == puller.NOOP_MOUNT, c["name"]
         assert c["volumeMounts"] == [
             {"name": puller.NOOP_VOLUME, "mountPath": puller.NOOP_MOUNT, "readOnly": True}
         ], c["name"]

@@ -323,6 +323,8 @@ def _noop_runner(name: str, image: str) -> dict:
         image,
         # command replaces the image's entrypoint and, without args, its cmd: nothing of the image runs.
         command=[NOOP],
+        # Our own directory, not the image's WORKDIR (which may be missing on a read-only root).
+        workingDir=NOOP_MOUNT,
         volumeMounts=[{"name": NOOP_VOLUME, "mountPath": NOOP_MOUNT, "readOnly": True}],
     )
 
