@@ -110,9 +110,10 @@ def user_of(r):
     return None
 
 
-def launch(hub, headers=None, **query):
+def launch(hub, headers=None, browser=None, **query):
     """Follow a launch link like a browser; returns (final response, username or None)."""
-    r = hub.browser().get(hub.url + "/hub/tmplogin?" + urlencode(query), headers=headers or {}, timeout=60)
+    browser = browser or hub.browser()
+    r = browser.get(hub.url + "/hub/tmplogin?" + urlencode(query), headers=headers or {}, timeout=60)
     return r, user_of(r)
 
 
@@ -378,18 +379,22 @@ def test_gpu_course_starts_only_from_a_confirmed_post(hub, cluster):
 
 def test_one_identity_over_its_limit_gets_a_page_naming_its_running_server(hub, cluster, allowlist):
     apply_gated_limits(hub, allowlist)
-    first, _ = launched_pod(hub, cluster, headers=ME, course="clustering_and_descriptive_ai")
+    mine = hub.browser()
+    first, _ = launched_pod(hub, cluster, headers=ME, browser=mine, course="clustering_and_descriptive_ai")
     before = set(hub.users())
 
-    r, second = launch(hub, headers=ME_AGAIN, course="mitxt-6.3710.3x")
+    r, second = launch(hub, headers=ME_AGAIN, browser=mine, course="mitxt-6.3710.3x")
     assert r.status_code == 429 and second is None, r.text[:2000]
     assert "clustering_and_descriptive_ai" in r.text and "the most one person may have" in r.text
     assert set(hub.users()) == before  # refused before a temporary user was made
     resume = html.unescape(re.search(r'href="([^"]*tmplogin\?resume=[^"]+)"', r.text).group(1))
-    # the link takes this person back to the running server, and nobody else
-    back = hub.browser().get(hub.url + resume, headers=ME, allow_redirects=False, timeout=60)
+    # the link takes this person's browser back to the running server, and nobody else:
+    # not another identity, and not another browser claiming this identity (a learner's
+    # pod can reach the hub directly with any X-Forwarded-Email)
+    assert mine.get(hub.url + resume, headers=OTHER, timeout=60).status_code == 404
+    assert hub.browser().get(hub.url + resume, headers=ME, timeout=60).status_code == 404
+    back = mine.get(hub.url + resume, headers=ME, allow_redirects=False, timeout=60)
     assert back.status_code == 302 and back.headers["Location"].endswith(f"/user/{first}/")
-    assert hub.browser().get(hub.url + resume, headers=OTHER, timeout=60).status_code == 404
 
     # another person is not held back by this one's server
     other, _ = launched_pod(hub, cluster, headers=OTHER, course="mitxt-6.3710.3x")

@@ -988,6 +988,11 @@ SOURCE = AllowlistSource()
 LIVE_SPAWNERS: "weakref.WeakSet[CourseSpawner]" = weakref.WeakSet()
 STATE_KEY = "coursehub"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Signed cookie naming the tmp users this browser launched: a resume link works only in
+# the browser that started the server. The identity headers alone would not do: a
+# learner's own pod can reach the hub directly and send any X-Forwarded-Email.
+LAUNCHES_COOKIE = "coursehub-launches"
+MAX_REMEMBERED_LAUNCHES = 10
 
 
 class CourseSpawner(KubeSpawner):
@@ -1278,7 +1283,8 @@ class CourseTmpLoginHandler(_CourseHandlerMixin, TmpAuthenticateHandler):
     the limits before any user exists; a GPU course gets the confirmation page; any other
     course logs in a new user and goes on to ``/hub/spawn``. POST (the confirmation
     form, XSRF-checked by JupyterHub): a new user and its spawn. GET ``resume=<user>``:
-    back to a running server of the same SSO identity (the link on the limit page).
+    back to a running server of the same SSO identity that this browser started (the
+    link on the limit page).
     """
 
     async def _checked(self, query: Mapping) -> tuple:
@@ -1318,7 +1324,25 @@ class CourseTmpLoginHandler(_CourseHandlerMixin, TmpAuthenticateHandler):
             # in the hub database now, so the identity survives a hub restart
             spawner.orm_spawner.state = spawner.get_state()
             self.db.commit()
+            launched = [*self._launched_here(), user.name][-MAX_REMEMBERED_LAUNCHES:]
+            self.set_secure_cookie(
+                LAUNCHES_COOKIE,
+                json.dumps(launched),
+                expires_days=1,
+                path=self.hub.base_url,
+                httponly=True,
+                secure=self.request.protocol == "https",
+            )
         return user
+
+    def _launched_here(self) -> list:
+        """The tmp users this browser launched (the signed cookie), newest last."""
+        raw = self.get_secure_cookie(LAUNCHES_COOKIE, max_age_days=1)
+        try:
+            names = json.loads(raw) if raw else []
+        except ValueError:
+            return []
+        return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
     async def get(self):
         if "resume" in self.request.query_arguments:
@@ -1344,9 +1368,11 @@ class CourseTmpLoginHandler(_CourseHandlerMixin, TmpAuthenticateHandler):
     async def _resume(self, name: str):
         allowlist = await SOURCE.current()
         identity = gateway_identity(self.request.headers) if allowlist.limits.gateway_identity else None
-        user = self.find_user(name) if identity else None
+        user = self.find_user(name) if identity and name in self._launched_here() else None
         if user is None or getattr(user.spawners[""], "coursehub_identity", None) != identity:
-            raise _http_error(404, "No such server of yours on this hub.")
+            raise _http_error(
+                404, "No such server of yours on this hub; open it from the browser you started it in."
+            )
         self.set_login_cookie(user)
         self.redirect(user.url)
 
