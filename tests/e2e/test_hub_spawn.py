@@ -405,6 +405,23 @@ def test_one_identity_over_its_limit_gets_a_page_naming_its_running_server(hub, 
     stop(hub, cluster, other)
 
 
+def test_active_servers_bounds_the_whole_hub(hub, cluster, allowlist):
+    # no gateway: no identity, and still a hub-wide bound
+    allowlist.write(limits={"activeServers": 1, "serversPerIdentity": None, "gpuServersPerIdentity": None})
+    first, _ = launched_pod(hub, cluster, course="clustering_and_descriptive_ai")
+    before = set(hub.users())
+    # a GPU link shows only its confirmation page until the limit applies: the probe starts nothing
+    wait_until(
+        lambda: launch(hub, course="uai_source-uai.1")[0].status_code == 429,
+        timeout=5,
+        what="the hub-wide limit to apply",
+    )
+    r, second = launch(hub, course="mitxt-6.3710.3x")
+    assert r.status_code == 429 and second is None and "at its limit of 1 running servers" in r.text
+    assert set(hub.users()) == before  # refused before a temporary user was made
+    stop(hub, cluster, first)
+
+
 def _servers_of(hub, users):
     return {u: m["servers"][""] for u, m in hub.users().items() if u in users and m["servers"].get("")}
 
