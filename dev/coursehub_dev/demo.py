@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
 import yaml
 
 from .cluster import DevCluster
-from .paths import DEMO_DIR, crd_files, default_state_dir
+from .paths import DEMO_DIR, REPO_ROOT, crd_files, default_state_dir
 from .registry import OciRegistry
 
 NAMESPACE = "demo"
@@ -37,6 +38,11 @@ def main(state: Path | None = None) -> int:
                     raise ValueError(f"{DEMO_DIR}/courses.yaml: {image!r} is not <host>/<repo>:<tag>")
                 repo, tag = m.groups()
                 registry.push_image(repo, tag, f"demo-{tag}")
+            chart = d["spec"].get("chart") or {}
+            if d["kind"] == "JupyterHubDeployment" and not Path(chart.get("path", "/")).is_absolute():
+                # The manifest names the chart from the checkout's root; the operator's chart
+                # policy (COURSEHUB_CHART_PATHS) compares absolute directories.
+                chart["path"] = str(REPO_ROOT / chart["path"])
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
         # The operator below runs in this process: it finds the cluster and helm through these.
         os.environ.update(
@@ -46,11 +52,12 @@ def main(state: Path | None = None) -> int:
                 if k in ("KUBECONFIG", "PATH", "COURSEHUB_HELM", "COURSEHUB_CHART_PATHS")
             }
         )
+        state_flag = "" if state == default_state_dir() else f" --state-dir {state}"
         print(
             f"""
 coursehub demo: a hub and {sum(d["kind"] == "CourseImage" for d in docs)} courses in namespace {NAMESPACE}.
 In another shell:
-  eval $(uv run coursehub-dev env)
+  eval $(uv run coursehub-dev env{state_flag})
   kubectl get jhd,cimg -n {NAMESPACE}
   kubectl get configmap coursehub-allowlist -n {NAMESPACE} -o jsonpath='{{.data.allowlist\\.json}}'
   kubectl get ds,pods -n {NAMESPACE} -o wide
@@ -70,6 +77,9 @@ Ctrl-C stops the operator, the registry and the cluster.
     except KeyboardInterrupt:
         return 0
     finally:
+        # Ctrl-C reaches this process twice (the terminal's SIGINT to the process group, and
+        # `uv run` forwarding it); a second one must not cut the cleanup short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         registry.stop()
         cluster.down()
 
