@@ -88,13 +88,46 @@ def _cleanup_cluster_scoped(cluster, release: str) -> None:
 
 
 def test_helm_lint_is_clean(cluster):
-    for sets in ([], ["watch.allNamespaces=false", "watch.namespaces={a,b}", "argocd.healthChecks=true"]):
+    for sets in (["watch.allNamespaces=true"], ["watch.namespaces={a,b}", "argocd.healthChecks=true"]):
         args = ["lint", "--strict", str(CHART)]
         for s in sets:
             args += ["--set", s]
         res = helm(cluster, *args)
         assert "0 chart(s) failed" in res.stdout
         assert "[ERROR]" not in res.stdout and "[WARNING]" not in res.stdout, res.stdout
+
+
+def test_listed_namespaces_are_the_default_and_all_namespaces_an_explicit_choice(cluster):
+    res = helm(cluster, "template", "rel", str(CHART), "--namespace", "ops", check=False)
+    assert res.returncode != 0
+    assert "watch.namespaces must list the namespaces to watch" in res.stderr
+    assert "watch.allNamespaces=true" in res.stderr  # the fix is named
+    objs = docs_of(render(cluster, "rel", "ops", "watch.namespaces={jupyter}"))
+    assert not [
+        d
+        for d in objs
+        if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == "rel-coursehub-operator"
+    ]
+    assert [d["metadata"]["namespace"] for d in objs if d["kind"] == "Role"] == ["jupyter"]
+
+
+def test_tenant_cluster_role_is_desired_tenancy_rules(cluster):
+    from coursehub.desired.tenancy import TENANT_RULES
+
+    objs = docs_of(render(cluster, "rel", "ops", "watch.namespaces={jupyter}"))
+    (role,) = [
+        d
+        for d in objs
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "rel-coursehub-operator-tenant"
+    ]
+    assert role["rules"] == TENANT_RULES
+    (dep,) = [d for d in objs if d["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["COURSEHUB_TENANT_CLUSTER_ROLE"] == "rel-coursehub-operator-tenant"
+    assert env["COURSEHUB_TENANT_SERVICE_ACCOUNT"] == "coursehub-helm"
+    assert env["COURSEHUB_CHART_REPOSITORIES"] == "https://hub.jupyter.org/helm-chart/"
+    assert env["COURSEHUB_CHART_NAMES"] == "jupyterhub"
+    assert env["COURSEHUB_CHART_PATHS"] == "" and env["COURSEHUB_CHART_OCI"] == ""
 
 
 def test_chart_crds_are_the_generated_crds(cluster, tmp_path):
@@ -112,7 +145,9 @@ def test_chart_crds_are_the_generated_crds(cluster, tmp_path):
         }
     assert packaged == chart_crds
     # ... and in what `helm template --include-crds` renders.
-    rendered = docs_of(helm(cluster, "template", "x", str(CHART), "--include-crds").stdout)
+    rendered = docs_of(
+        helm(cluster, "template", "x", str(CHART), "--include-crds", "--set", "watch.namespaces={a}").stdout
+    )
     crd_docs = [d for d in rendered if d["kind"] == "CustomResourceDefinition"]
     assert sorted(crd_docs, key=lambda d: d["metadata"]["name"]) == sorted(
         (yaml.safe_load(p.read_text()) for p in CRD_DIR.glob("*.yaml")), key=lambda d: d["metadata"]["name"]
@@ -120,7 +155,7 @@ def test_chart_crds_are_the_generated_crds(cluster, tmp_path):
 
 
 def test_argocd_snippet_carries_the_lua_files(cluster):
-    text = render(cluster, "x", "ops", "argocd.healthChecks=true")
+    text = render(cluster, "x", "ops", "argocd.healthChecks=true", "watch.namespaces={a}")
     (cm,) = [
         d
         for d in docs_of(text)
@@ -134,7 +169,9 @@ def test_argocd_snippet_carries_the_lua_files(cluster):
             cm["data"][f"resource.customizations.health.coursehub.dev_{kind}"]
             == (CHART / "argocd" / path).read_text()
         )
-    assert not any(d["kind"] == "ConfigMap" for d in docs_of(render(cluster, "x", "ops")))
+    assert not any(
+        d["kind"] == "ConfigMap" for d in docs_of(render(cluster, "x", "ops", "watch.namespaces={a}"))
+    )
 
 
 def test_rendered_deployment_follows_the_contract(cluster):
@@ -146,6 +183,7 @@ def test_rendered_deployment_follows_the_contract(cluster):
             "image.tag=1.2.3",
             "aws.endpointURL=http://moto:5000",
             "operator.resolveIntervalSeconds=120",
+            "watch.allNamespaces=true",
         )
     )
     (dep,) = [d for d in objs if d["kind"] == "Deployment"]
@@ -171,10 +209,10 @@ def test_rendered_deployment_follows_the_contract(cluster):
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
 
 
-def test_chart_applies_and_operator_becomes_available(cluster, restricted_namespace):
+def test_chart_applies_and_operator_becomes_available(cluster, restricted_namespace, namespace):
     ns = restricted_namespace
     release = f"ch{uuid.uuid4().hex[:6]}"
-    manifests = render(cluster, release, ns)
+    manifests = render(cluster, release, ns, "watch.allNamespaces=true")
     try:
         dry = cluster.kubectl("apply", "--dry-run=server", "-n", ns, "-f", "-", input=manifests)
         # The restricted profile would warn on the Deployment's pod template if it fell short.
@@ -203,9 +241,7 @@ def test_chart_applies_and_operator_becomes_available(cluster, restricted_namesp
             ("patch", "jupyterhubdeployments.coursehub.dev", other, "status"),
             ("update", "jupyterhubdeployments.coursehub.dev", other, "finalizers"),
             ("patch", "courseimages.coursehub.dev", other, None),  # its own finalizer, by SSA
-            ("get", "secrets", other, None),
-            ("watch", "secrets", None, None),
-            ("create", "secrets", other, None),  # helm's release storage
+            ("get", "secrets", other, None),  # the Secrets hubs and courses reference, one by one
             ("create", "events", other, None),
             ("patch", "configmaps", other, None),
             ("create", "daemonsets.apps", other, None),
@@ -215,7 +251,14 @@ def test_chart_applies_and_operator_becomes_available(cluster, restricted_namesp
             ("create", "roles.rbac.authorization.k8s.io", other, None),
             ("create", "rolebindings.rbac.authorization.k8s.io", other, None),
             ("create", "networkpolicies.networking.k8s.io", other, None),
-            ("create", "poddisruptionbudgets.policy", other, None),
+            ("create", "serviceaccounts", other, None),  # the tenant account
+            ("impersonate", "serviceaccounts/coursehub-helm", other, None),
+            (
+                "bind",
+                f"clusterroles.rbac.authorization.k8s.io/{release}-coursehub-operator-tenant",
+                other,
+                None,
+            ),
             ("list", "namespaces", None, None),
             ("watch", "customresourcedefinitions.apiextensions.k8s.io", None, None),
         ]
@@ -227,7 +270,22 @@ def test_chart_applies_and_operator_becomes_available(cluster, restricted_namesp
             ("escalate", "clusterroles.rbac.authorization.k8s.io", None, None),
             ("create", "clusterroles.rbac.authorization.k8s.io", None, None),
             ("create", "clusterrolebindings.rbac.authorization.k8s.io", None, None),
-            ("impersonate", "serviceaccounts", other, None),
+            ("impersonate", "serviceaccounts", other, None),  # any name
+            ("impersonate", "serviceaccounts/default", other, None),
+            ("impersonate", "users", None, None),
+            ("impersonate", "groups", None, None),
+            ("bind", "clusterroles.rbac.authorization.k8s.io/cluster-admin", other, None),
+            ("bind", "clusterroles.rbac.authorization.k8s.io/admin", other, None),
+            # no cluster-wide (or any) list/watch of Secrets; Helm writes its own as the tenant
+            ("list", "secrets", None, None),
+            ("watch", "secrets", None, None),
+            ("list", "secrets", other, None),
+            ("create", "secrets", other, None),
+            # z2jh's rights are the tenant's, not the operator's
+            ("create", "pods", other, None),
+            ("create", "persistentvolumeclaims", other, None),
+            ("create", "poddisruptionbudgets.policy", other, None),
+            ("create", "jobs.batch", other, None),
             ("create", "namespaces", None, None),
             ("delete", "namespaces", None, None),
             ("create", "customresourcedefinitions.apiextensions.k8s.io", None, None),
@@ -251,6 +309,65 @@ def test_chart_applies_and_operator_becomes_available(cluster, restricted_namesp
             if can_i(cluster, sa, v, r, namespace=n, subresource=s)
         ]
         assert not wrong, f"the operator's ServiceAccount may do more than it needs: {wrong}"
+
+        # As the operator: the tenant objects of a hub in `namespace`, applied with its own
+        # rights (`bind` on the tenant ClusterRole, no escalation), then what Helm may do there.
+        from coursehub.api.jupyterhubdeployment import JupyterHubDeploymentSpec
+        from coursehub.desired import tenancy
+        from coursehub.desired.courses import HubRecord
+
+        spec = JupyterHubDeploymentSpec.model_validate(
+            {
+                "chart": {"path": "/charts/jupyterhub"},
+                "domain": "d.example.edu",
+                "database": {"type": "sqlite-memory"},
+                "auth": {"allowUngated": True},
+            }
+        )
+        hub = HubRecord(namespace=namespace, name="learn", uid="u", created="", generation=1, spec=spec)
+        objs = tenancy.tenant_objects(hub, cluster_role=f"{release}-coursehub-operator-tenant")
+        cluster.kubectl("apply", f"--as={sa}", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(objs))
+        # ... but never a binding to a role it may not bind
+        bad = cluster.kubectl(
+            "create",
+            "rolebinding",
+            "grab",
+            "--clusterrole=admin",
+            f"--serviceaccount={namespace}:coursehub-helm",
+            f"--as={sa}",
+            "-n",
+            namespace,
+            check=False,
+        )
+        assert bad.returncode != 0 and "forbidden" in bad.stderr.lower(), bad.stderr
+        tenant = tenancy.helm_user(hub)
+        for verb, res in [
+            ("create", "deployments.apps"),
+            ("create", "secrets"),  # Helm's release storage, z2jh's hub Secret
+            ("list", "secrets"),
+            ("create", "roles.rbac.authorization.k8s.io"),
+            ("create", "networkpolicies.networking.k8s.io"),
+            ("create", "pods"),
+        ]:
+            assert can_i(cluster, tenant, verb, res, namespace=namespace), f"the tenant lacks {verb} {res}"
+        for verb, res, where in [
+            ("create", "configmaps", "kube-system"),
+            ("create", "deployments.apps", "default"),
+            ("get", "secrets", "default"),
+            ("list", "secrets", None),
+            ("create", "clusterroles.rbac.authorization.k8s.io", None),
+            ("create", "clusterrolebindings.rbac.authorization.k8s.io", None),
+            ("create", "namespaces", None),
+            ("list", "namespaces", None),
+            ("create", "customresourcedefinitions.apiextensions.k8s.io", None),
+            ("escalate", "roles.rbac.authorization.k8s.io", namespace),
+            ("bind", "clusterroles.rbac.authorization.k8s.io/cluster-admin", namespace),
+            ("impersonate", "serviceaccounts", namespace),
+            ("update", "jupyterhubdeployments.coursehub.dev", namespace),
+        ]:
+            assert not can_i(cluster, tenant, verb, res, namespace=where), (
+                f"the tenant may {verb} {res} in {where}"
+            )
     finally:
         _cleanup_cluster_scoped(cluster, release)
 
@@ -286,6 +403,8 @@ def test_namespace_scoped_install_with_helm(cluster, restricted_namespace, names
         assert can_i(cluster, sa, "create", "daemonsets.apps", namespace=watched)
         assert not can_i(cluster, sa, "watch", "courseimages.coursehub.dev")  # not cluster-wide
         assert not can_i(cluster, sa, "get", "secrets", namespace="default")
+        assert not can_i(cluster, sa, "impersonate", "serviceaccounts/coursehub-helm", namespace="default")
+        assert can_i(cluster, sa, "impersonate", "serviceaccounts/coursehub-helm", namespace=watched)
         assert not can_i(cluster, sa, "create", "daemonsets.apps", namespace="default")
         assert can_i(cluster, sa, "list", "namespaces")  # rbac.clusterReads
         assert not can_i(cluster, sa, "delete", "nodes")
