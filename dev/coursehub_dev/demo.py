@@ -38,8 +38,8 @@ def main(state: Path | None = None) -> int:
                     raise ValueError(f"{DEMO_DIR}/courses.yaml: {image!r} is not <host>/<repo>:<tag>")
                 repo, tag = m.groups()
                 registry.push_image(repo, tag, f"demo-{tag}")
-            chart = d["spec"].get("chart") or {}
-            if d["kind"] == "JupyterHubDeployment" and not Path(chart.get("path", "/")).is_absolute():
+            chart = (d["spec"].get("chart") or {}) if d["kind"] == "JupyterHubDeployment" else {}
+            if chart.get("path") and not Path(chart["path"]).is_absolute():
                 # The manifest names the chart from the checkout's root; the operator's chart
                 # policy (COURSEHUB_CHART_PATHS) compares absolute directories.
                 chart["path"] = str(REPO_ROOT / chart["path"])
