@@ -45,16 +45,19 @@ class Index:
     # restart does not flap every course to Published=False/NoHub and back.
     hubs_starting: dict[Key, float] = field(default_factory=dict)
 
-    def hub_starting_for(self, course_key: Key) -> bool:
+    def hub_starting_for(self, course_key: Key) -> float:
+        """Seconds until the last hub that may publish this course and has not had its first
+        round yet stops holding the course's status back (0: none holds it)."""
         now = time.monotonic()
+        wait = 0.0
         for key, deadline in list(self.hubs_starting.items()):
             hub = self.hubs.get(key)
             if hub is None or hub.deleting or now > deadline:
                 continue
             mode = hub.spec.courses.namespaces if hub.spec.courses else "Same"
             if mode != "Same" or hub.namespace == course_key[0]:
-                return True
-        return False
+                wait = max(wait, deadline - now)
+        return wait
 
     def course_changed(self, *keys: Key) -> None:
         """What is known about these courses changed: the status writer looks at them."""

@@ -85,7 +85,12 @@ def puller_containers(cluster, ns, name) -> list[tuple[str, str]]:
     if out.returncode != 0:
         return []
     ds = json.loads(out.stdout)
-    return [(c["name"], c["image"]) for c in ds["spec"]["template"]["spec"].get("initContainers") or []]
+    # Course images only: the puller's own install-noop and network-tools containers are not courses.
+    return [
+        (c["name"], c["image"])
+        for c in ds["spec"]["template"]["spec"].get("initContainers") or []
+        if c["name"].startswith("pull-")
+    ]
 
 
 def helm(cluster, *args, check=True) -> subprocess.CompletedProcess:

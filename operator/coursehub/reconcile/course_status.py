@@ -67,8 +67,12 @@ class CourseStatusWriter:
         raw = idx.raw_courses.get(key)
         if course is None or raw is None or course.deleting:
             return
-        if idx.hub_starting_for(key):
-            return  # that hub's first round marks this course again, with its publication in it
+        held = idx.hub_starting_for(key)
+        if held:
+            # That hub's first round marks this course again, with its publication in it; if
+            # the round does not come, the status is written without it after the grace period.
+            asyncio.get_running_loop().call_later(held + 0.1, idx.course_changed, key)
+            return
         pubs = idx.publications_for(key)
         selecting = (
             ()
