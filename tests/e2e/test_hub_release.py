@@ -127,20 +127,126 @@ def test_missing_secret_then_install_then_noop_then_upgrade_once(cluster, namesp
     assert len(helm_history(cluster, ns)) == 2
 
 
+# Rounds come often here, so "exactly once" is tested against many rounds after the change
+# (and a rotation is noticed even without a watch on Secrets).
+FAST_ROUNDS = {"COURSEHUB_RESYNC_SECONDS": "2"}
+SECRETS_ANNOTATION = "coursehub.dev/secrets-version"
+
+
+def generation(cluster, ns, deployment: str) -> int:
+    return get_yaml(cluster, "deployment", deployment, "-n", ns)["metadata"]["generation"]
+
+
+def content_hashes(*values: str) -> set[str]:
+    """What a plain hash of a Secret value would look like, in the forms one might use."""
+    import hashlib
+
+    out = set()
+    for v in values:
+        for algo in (hashlib.sha256, hashlib.sha1, hashlib.md5):
+            out.add(algo(v.encode()).hexdigest())
+    return out
+
+
 def test_secret_rotation_restarts_hub_once(cluster, namespace, operator_factory):
     ns = namespace
-    operator_factory([ns])
+    operator_factory([ns], env=FAST_ROUNDS)
     apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:old@db/hub"), hub())
     wait_until(lambda: ready_on_generation(cluster, ns), timeout=120, what="hub Ready")
     before = hub_pod_annotation(cluster, ns)
-    assert any("hash" in k for k in before), before
+    stamp = before[SECRETS_ANNOTATION]
+    # A stamp of the Secret's uid and resourceVersion: nothing to guess the URL against offline.
+    assert not any(h in stamp for h in content_hashes("postgresql://u:old@db/hub", "old"))
+    gen = generation(cluster, ns, "hub")
     apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:rotated@db/hub"))
     wait_until(
         lambda: hub_pod_annotation(cluster, ns) != before, timeout=60, what="hub restarted for rotation"
     )
     wait_until(lambda: len(helm_history(cluster, ns)) == 2, timeout=60, what="one upgrade")
-    time.sleep(6)
+    time.sleep(6)  # three rounds and more
     assert len(helm_history(cluster, ns)) == 2  # once, not on every reconcile
+    assert generation(cluster, ns, "hub") == gen + 1
+
+
+def test_shared_password_rotation_restarts_hub_once(cluster, namespace, operator_factory):
+    ns = namespace
+    operator_factory([ns], env=FAST_ROUNDS)
+    sp = {"mode": "sharedPassword", "sharedPassword": {"secretRef": {"name": "pw", "key": "password"}}}
+    apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:p@db/hub"), secret("pw", password="first"))
+    apply(cluster, ns, hub(auth=sp))
+    wait_until(lambda: ready_on_generation(cluster, ns), timeout=120, what="hub Ready")
+    before = hub_pod_annotation(cluster, ns)
+    assert not any(h in before[SECRETS_ANNOTATION] for h in content_hashes("first"))
+    gen = generation(cluster, ns, "hub")
+    apply(cluster, ns, secret("pw", password="second"))
+    wait_until(lambda: hub_pod_annotation(cluster, ns) != before, timeout=60, what="hub restarted")
+    time.sleep(6)
+    assert len(helm_history(cluster, ns)) == 2
+    assert generation(cluster, ns, "hub") == gen + 1
+
+
+def test_gateway_secret_rotation_restarts_oauth2_proxy_once(cluster, namespace, operator_factory):
+    ns = namespace
+    operator_factory([ns], env=FAST_ROUNDS)
+    oidc = dict(
+        client_id="coursehub", client_secret="first-secret", cookie_secret="0123456789abcdef0123456789abcdef"
+    )
+    apply(
+        cluster, ns, secret("db", DATABASE_URL="postgresql://u:p@db/hub"), secret("oidc", **oidc), gated_hub()
+    )
+    wait_until(lambda: ready_on_generation(cluster, ns), timeout=120, what="gated hub Ready")
+
+    def gate_annotations() -> dict:
+        dep = get_yaml(cluster, "deployment", "coursehub-gateway", "-n", ns)
+        return dep["spec"]["template"]["metadata"].get("annotations") or {}
+
+    before = gate_annotations()
+    assert not any(h in json.dumps(before) for h in content_hashes(*oidc.values()))
+    gen, releases = generation(cluster, ns, "coursehub-gateway"), len(helm_history(cluster, ns))
+    apply(cluster, ns, secret("oidc", **{**oidc, "client_secret": "rotated-secret"}))
+    wait_until(lambda: gate_annotations() != before, timeout=60, what="oauth2-proxy restarted")
+    time.sleep(6)
+    assert generation(cluster, ns, "coursehub-gateway") == gen + 1  # exactly once
+    assert len(helm_history(cluster, ns)) == releases  # the hub does not read this Secret
+
+
+def test_chart_policy_and_tmp_through_values_are_refused_at_reconcile(cluster, namespace, operator_factory):
+    ns = namespace
+    operator_factory([ns])
+    apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:p@db/hub"))
+    evil = hub(
+        chart={"repository": "https://charts.example.invalid/", "name": "jupyterhub", "version": "4.4.0"}
+    )
+    apply(cluster, ns, evil)
+    c = wait_until(
+        lambda: (x := cond(cluster, ns, "ReleaseDeployed")).get("reason") == "InvalidChart" and x,
+        what="InvalidChart",
+    )
+    assert "spec.chart.repository" in c["message"] and "https://hub.jupyter.org/helm-chart/" in c["message"]
+    assert helm_history(cluster, ns) == []
+    # tmp chosen through spec.values, with no gate and no allowUngated: the CEL rule cannot see it
+    sp = {"mode": "sharedPassword", "sharedPassword": {"secretRef": {"name": "db", "key": "DATABASE_URL"}}}
+    sneaky = hub(auth=sp, values={"hub": {"config": {"JupyterHub": {"authenticator_class": "tmp"}}}})
+    apply(cluster, ns, sneaky)
+    c = wait_until(
+        lambda: (x := cond(cluster, ns, "ReleaseDeployed")).get("reason") == "InvalidValues" and x,
+        what="InvalidValues for tmp through values",
+    )
+    assert "spec.values.hub.config.JupyterHub.authenticator_class" in c["message"]
+    assert helm_history(cluster, ns) == []
+    # and privileged pods through values
+    apply(cluster, ns, hub(values={"hub": {"containerSecurityContext": {"privileged": True}}}))
+    c = wait_until(
+        lambda: (
+            (x := cond(cluster, ns, "ReleaseDeployed"))
+            .get("message", "")
+            .startswith("spec.values.hub.containerSecurityContext.privileged")
+            and x
+        ),
+        what="InvalidValues for privileged",
+    )
+    assert c["reason"] == "InvalidValues"
+    assert helm_history(cluster, ns) == []
 
 
 def test_invalid_values_keep_release_untouched(cluster, namespace, operator_factory):
@@ -243,15 +349,24 @@ def test_delete_hub_cleans_up(cluster, namespace, operator_factory, oci_registry
     assert get_yaml(cluster, "secret", "db", "-n", ns)["data"]  # the database secret is never touched
 
 
+def gated_hub() -> dict:
+    return hub(
+        auth={"mode": "tmp"},
+        gateway={
+            "oidc": {
+                "issuerURL": "https://sso.example.edu/realms/olapps",
+                "secretRef": {"name": "oidc"},
+                "allowedGroups": ["learners"],
+            }
+        },
+        values={},  # the proxy's Service is the operator's business behind a gate
+    )
+
+
 def test_oidc_gateway_in_front_of_tmp_users(cluster, namespace, operator_factory):
     ns = namespace
     operator_factory([ns])
-    gated = hub(
-        auth={"mode": "tmp"},
-        gateway={
-            "oidc": {"issuerURL": "https://sso.example.edu/realms/olapps", "secretRef": {"name": "oidc"}}
-        },
-    )
+    gated = gated_hub()
     apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:p@db/hub"), gated)
     c = wait_until(
         lambda: (x := cond(cluster, ns, "GatewayReady")).get("status") == "False" and x,
@@ -281,3 +396,20 @@ def test_oidc_gateway_in_front_of_tmp_users(cluster, namespace, operator_factory
     assert any("keycloak-oidc" in a for a in pod["containers"][0]["args"])
     svc = get_yaml(cluster, "service", "coursehub-gateway", "-n", ns)
     assert svc["spec"]["ports"]
+    # proxy-public takes traffic only from the gate's pods (issue 12, item 4)
+    netpol = get_yaml(cluster, "networkpolicy", "coursehub-gateway-only", "-n", ns)
+    assert netpol["metadata"]["ownerReferences"][0]["name"] == "learn"
+    proxy = get_yaml(cluster, "deployment", "proxy", "-n", ns)["spec"]["template"]["metadata"]["labels"]
+    assert all(proxy.get(k) == v for k, v in netpol["spec"]["podSelector"]["matchLabels"].items())
+    gate_pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    http = netpol["spec"]["ingress"][0]
+    assert all(gate_pod_labels.get(k) == v for k, v in http["from"][0]["podSelector"]["matchLabels"].items())
+    # Helm ran as the hub's tenant account, which the operator created and bound
+    sa = get_yaml(cluster, "serviceaccount", "coursehub-helm", "-n", ns)
+    assert sa["metadata"]["ownerReferences"][0]["name"] == "learn"
+    rb = get_yaml(cluster, "rolebinding", "coursehub-helm", "-n", ns)
+    assert rb["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "coursehub-tenant",
+    }
