@@ -4,11 +4,12 @@ Uses the ECR part's fixtures (tests/fixtures/ecr.py): ``ecr_endpoint`` (moto) an
 ``ecr_proxy`` (forwards to moto, counts calls, injects ECR errors).
 """
 
+import socket
 
 import botocore.exceptions
 import pytest
 
-from coursehub.registry import ResolveError, parse_reference, resolve_image
+from coursehub.registry import RegistryPolicy, ResolveError, parse_reference, resolve_image
 from coursehub.registry.ecr import ENDPOINT_ENV, map_ecr_error, resolve_ecr
 from coursehub_dev.waiting import free_port
 from fixtures.ecr import ECR_HOST, create_repository, put_image
@@ -123,3 +124,16 @@ def test_missing_credentials_mapping():
     )
     assert mapped.reason == "RegistryUnauthorized"
     assert "IRSA" in mapped.message
+
+
+async def test_silent_ecr_endpoint_hits_the_resolution_deadline():
+    # Accepts connections and never answers: boto3's own timeouts and retries would take ~30 s.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        error = await resolve_error(
+            f"{ECR_HOST}/ol-course-notebooks:v1", ecr_endpoint_url=endpoint, policy=RegistryPolicy(deadline=1)
+        )
+    assert error.reason == "RegistryUnreachable"
+    assert "did not finish within 1s" in error.message

@@ -6,6 +6,7 @@ and every other registry to the OCI distribution API. See docs/registries.md.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -91,14 +92,23 @@ async def resolve_image(
     when given, replaces its plain-HTTP hosts. Raises ``ResolveError`` with one of ``REASONS``.
     """
     reference = parse_reference(ref)
-    if parse_ecr_host(reference.registry) is not None:
-        digest = await resolve_ecr(reference, endpoint_url=ecr_endpoint_url)
-    else:
-        if policy is None:
-            from ..settings import current
+    if policy is None:
+        from ..settings import current
 
-            policy = RegistryPolicy.from_settings(current())
-        if insecure_registries is not None:
-            policy = dataclasses.replace(policy, insecure_registries=tuple(insecure_registries))
+        policy = RegistryPolicy.from_settings(current())
+    if insecure_registries is not None:
+        policy = dataclasses.replace(policy, insecure_registries=tuple(insecure_registries))
+    if parse_ecr_host(reference.registry) is not None:
+        try:
+            # The ECR API is AWS's (or the operator's endpoint override), not the author's: the
+            # network rules do not apply, the deadline does (boto3's retries alone allow ~45 s).
+            async with asyncio.timeout(policy.deadline):
+                digest = await resolve_ecr(reference, endpoint_url=ecr_endpoint_url)
+        except TimeoutError:
+            raise RegistryUnreachable(
+                f"looking up {reference.name} in ECR did not finish within {policy.deadline:g}s; "
+                "it will be retried"
+            ) from None
+    else:
         digest = await resolve_oci(reference, docker_config=docker_config, policy=policy)
     return ResolvedImage(reference=reference, digest=digest)
