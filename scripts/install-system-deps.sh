@@ -4,7 +4,7 @@
 # buildah and a static C toolchain to build every image here.
 set -euo pipefail
 PACKAGES=(docker-registry skopeo postgresql apache2-utils
-  containerd runc containernetworking-plugins iptables iproute2 mmdebstrap buildah gcc libc6-dev)
+  containerd runc containernetworking-plugins iptables nftables iproute2 mmdebstrap buildah gcc libc6-dev)
 # pip: scripts/bootstrap-uv.sh installs uv with it when uv is missing; libpq-dev: psycopg2 builds
 # from source in the hub image's package set (tests/hub-image-requirements.txt, make test-hub).
 PACKAGES+=(python3-pip libpq-dev)

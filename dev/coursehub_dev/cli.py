@@ -10,10 +10,10 @@ from pathlib import Path
 from .paths import crd_files, default_state_dir
 
 
-def cmd_up(state: Path) -> int:
+def cmd_up(state: Path, real_nodes: int = 0) -> int:
     from .cluster import DevCluster
 
-    DevCluster(state_dir=state).up(crds=crd_files())
+    DevCluster(state_dir=state, real_nodes=real_nodes).up(crds=crd_files())
     # The processes run in sessions of their own and outlive this command.
     return 0
 
@@ -73,7 +73,18 @@ def main(argv: list[str] | None = None) -> int:
             type=Path,
             help="where the cluster keeps its data (default .devcluster/, or $COURSEHUB_DEVCLUSTER_DIR)",
         )
+        if name == "up":
+            c.add_argument(
+                "--real-nodes",
+                type=int,
+                default=0,
+                metavar="N",
+                help="also start N real nodes (containerd, kubelet; the last a GPU node when N >= 2); "
+                "root only, one such cluster per machine (docs/real-nodes.md)",
+            )
     args = p.parse_args(argv)
+    if args.command == "up":
+        return cmd_up(args.state_dir or default_state_dir(), args.real_nodes)
     return COMMANDS[args.command][0](args.state_dir or default_state_dir())
 
 

@@ -68,6 +68,7 @@ class DevCluster:
         ("kwok-gpu-0", True),
     )
     log: Callable[[str], object] = print
+    real_nodes: int = 0  # real nodes (realnodes.py) beside the kwok ones; 0: kwok only
     ports: dict = field(default_factory=dict)
     binaries: dict = field(default_factory=dict)
     _procs: dict = field(default_factory=dict)
@@ -140,6 +141,10 @@ class DevCluster:
             from coursehub.desired.tenancy import tenant_cluster_role
 
             self.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(tenant_cluster_role()))
+            if self.real_nodes:
+                from .realnodes import RealNodes
+
+                RealNodes(self, self.real_nodes, log=self.log).up()
         except BaseException:
             self.log(self.tail_logs())
             self.down(quiet=True)
@@ -151,6 +156,10 @@ class DevCluster:
         return self
 
     def down(self, quiet: bool = False) -> None:
+        from .realnodes import teardown
+
+        # Real nodes first: their containers, mounts and the machine settings they changed.
+        teardown(self.state_dir, log=self.log)
         pid_file = self.state_dir / "pids"
         pids = []
         if pid_file.exists():
@@ -253,6 +262,21 @@ class DevCluster:
             f"--cert-dir={self.state_dir / 'apiserver-certs'}",
             "--profiling=false",
             "--v=1",
+            *self._kubelet_client_args(),
+        ]
+
+    def _kubelet_client_args(self) -> list[str]:
+        """Logs, exec and port-forward reach real kubelets at their node IP, both sides verified."""
+        if not self.real_nodes:
+            return []
+        from .realnodes import RealNodes
+
+        crt, key = RealNodes.write_apiserver_kubelet_client(self.pki_dir)
+        return [
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={crt}",
+            f"--kubelet-client-key={key}",
+            f"--kubelet-certificate-authority={self.pki_dir / 'ca.crt'}",
         ]
 
     def _start_apiserver(self) -> None:

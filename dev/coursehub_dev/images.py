@@ -1,0 +1,249 @@
+"""Images for real nodes, built on this machine (no registry beyond loopback is reachable).
+
+- base: Debian bookworm made by mmdebstrap (python3 with venv and pip, and the machine's CA
+  certificates so that pip works through this machine's TLS-inspecting egress), imported
+  with buildah;
+- pause: Kubernetes' own pause.c compiled statically (build.pause_binary) in an empty image;
+- course images: a course repository's Dockerfile built with buildah on the base.
+
+Every image is named by a hash of its inputs (its recipe, its files, its base's tag), so a
+warm run finds each tag in the local registry and builds nothing. buildah keeps its storage
+and the registry its blobs under the per-user cache, beside the Go binaries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from . import build
+from .paths import REPO_ROOT
+from .registry import OciRegistry
+
+SUITE = "bookworm"
+# python3-venv/pip: course images install their requirements into a venv during builds.
+BASE_PACKAGES = ("ca-certificates", "python3", "python3-venv", "python3-pip", "tini")
+# Bump when a recipe below changes in a way its inputs do not show.
+RECIPE_VERSION = "1"
+COURSES_DIR = REPO_ROOT / "examples" / "courses-src"
+HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
+# overlay: layers shared, not copied (buildah unmounts what it mounted when it exits).
+STORAGE_DRIVER = "overlay"
+
+
+def images_root() -> Path:
+    return build.cache_root() / "images"
+
+
+def _sha(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode() if isinstance(p, str) else p)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _host_ca_files() -> list[Path]:
+    return sorted(HOST_CA_DIR.glob("*.crt")) if HOST_CA_DIR.is_dir() else []
+
+
+def _tree_hash(directory: Path) -> str:
+    parts: list[bytes | str] = []
+    for f in sorted(p for p in directory.rglob("*") if p.is_file()):
+        parts += [str(f.relative_to(directory)), f.read_bytes()]
+    return _sha(*parts)
+
+
+@dataclass
+class ImageBuilder:
+    """Builds the images and keeps them in one local registry (`registry.host`)."""
+
+    log: Callable[[str], object] = print
+    registry: OciRegistry | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per image built or checked
+
+    # -- storage -----------------------------------------------------------
+    def _buildah(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        root = images_root()
+        cmd = [
+            _tool("buildah", "buildah"),
+            "--root",
+            str(root / "storage"),
+            "--runroot",
+            str(root / "run"),
+            "--storage-driver",
+            STORAGE_DRIVER,
+            *args,
+        ]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if check and res.returncode != 0:
+            raise RuntimeError(
+                f"buildah {' '.join(args[:2])} failed ({res.returncode}):\n{res.stderr[-3000:]}"
+            )
+        return res
+
+    def start_registry(self, workdir: Path) -> OciRegistry:
+        """The local registry, its blobs under the cache (survive `down`), its process under `workdir`."""
+        storage = images_root() / "registry"
+        storage.mkdir(parents=True, exist_ok=True)
+        workdir.mkdir(parents=True, exist_ok=True)
+        reg = OciRegistry(workdir)
+        # OciRegistry keeps storage in workdir; point it at the cache so images outlive a cluster.
+        config = json.loads(reg.config_path.read_text())
+        config["storage"]["filesystem"]["rootdirectory"] = str(storage)
+        reg.config_path.write_text(json.dumps(config, indent=2))
+        reg.start()
+        self.registry = reg
+        return reg
+
+    def _in_registry(self, repo: str, tag: str) -> bool:
+        assert self.registry is not None
+        r = requests.head(
+            f"{self.registry.url}/v2/{repo}/manifests/{tag}",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+            timeout=5,
+        )
+        return r.status_code == 200
+
+    def _local_name(self, repo: str, tag: str) -> str:
+        return f"localhost/{repo}:{tag}"
+
+    def _in_storage(self, repo: str, tag: str) -> bool:
+        return (
+            self._buildah("inspect", "--type", "image", self._local_name(repo, tag), check=False).returncode
+            == 0
+        )
+
+    def _ensure(self, repo: str, tag: str, make: Callable[[str], None]) -> str:
+        """`registry/repo:tag`, built by `make(local_name)` only when neither the registry nor
+        buildah's storage has it."""
+        assert self.registry is not None, "start_registry() first"
+        started = time.monotonic()
+        ref = self.registry.ref(repo, tag)
+        if not self._in_registry(repo, tag):
+            local = self._local_name(repo, tag)
+            if not self._in_storage(repo, tag):
+                self.log(f"[images] building {repo}:{tag}")
+                make(local)
+            self._buildah("push", "--tls-verify=false", local, f"docker://{ref}")
+        self.timings[repo] = time.monotonic() - started
+        return ref
+
+    # -- images ------------------------------------------------------------
+    def base_tag(self) -> str:
+        cas = [p for f in _host_ca_files() for p in (f.name, f.read_bytes())]
+        return _sha(RECIPE_VERSION, SUITE, *BASE_PACKAGES, *cas)[:20]
+
+    def base(self) -> str:
+        return self._ensure("coursehub/base", self.base_tag(), self._make_base)
+
+    def base_local(self) -> str:
+        """The base image's name in buildah's storage (what course Dockerfiles build FROM)."""
+        self.base()
+        return self._local_name("coursehub/base", self.base_tag())
+
+    def _make_base(self, local: str) -> None:
+        work = images_root() / "work"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        tarball = work / "rootfs.tar"
+        hooks = []
+        for f in _host_ca_files():
+            # The machine's own CAs (its egress inspects TLS): pip inside builds trusts them.
+            hooks += [f"--customize-hook=copy-in {f} /usr/local/share/ca-certificates/"]
+        hooks += ['--customize-hook=chroot "$1" update-ca-certificates --fresh >/dev/null']
+        hooks += ['--customize-hook=rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*']
+        subprocess.run(
+            [
+                _tool("mmdebstrap", "mmdebstrap"),
+                "--quiet",
+                "--mode=root",
+                "--variant=minbase",
+                f"--include={','.join(BASE_PACKAGES)}",
+                "--dpkgopt=path-exclude=/usr/share/{doc,man,locale}/*",
+                *hooks,
+                SUITE,
+                str(tarball),
+            ],
+            check=True,
+        )
+        ctr = self._buildah("from", "scratch").stdout.strip()
+        try:
+            self._buildah("add", ctr, str(tarball), "/")
+            self._buildah(
+                "config",
+                "--env",
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "--env",
+                "LANG=C.UTF-8",
+                "--cmd",
+                "/bin/bash",
+                "--label",
+                f"dev.coursehub.recipe={self.base_tag()}",
+                ctr,
+            )
+            self._buildah("commit", "--rm", ctr, local)
+        except BaseException:
+            self._buildah("rm", ctr, check=False)
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def pause_tag(self) -> str:
+        return _sha(RECIPE_VERSION, build.pause_binary(log=self.log).read_bytes())[:20]
+
+    def pause(self) -> str:
+        return self._ensure("coursehub/pause", self.pause_tag(), self._make_pause)
+
+    def _make_pause(self, local: str) -> None:
+        binary = build.pause_binary(log=self.log)
+        ctr = self._buildah("from", "scratch").stdout.strip()
+        self._buildah("copy", "--chmod", "0755", ctr, str(binary), "/pause")
+        # 65535: the pause container needs no user of its own (as upstream's image).
+        self._buildah("config", "--entrypoint", '["/pause"]', "--user", "65535:65535", ctr)
+        self._buildah("commit", "--rm", ctr, local)
+
+    def course_tag(self, name: str) -> str:
+        return _sha(RECIPE_VERSION, self.base_tag(), _tree_hash(COURSES_DIR / name))[:20]
+
+    def course(self, name: str) -> str:
+        """`examples/courses-src/<name>` (a Dockerfile taking BASE_IMAGE) built on the base."""
+        context = COURSES_DIR / name
+        if not (context / "Dockerfile").exists():
+            raise FileNotFoundError(f"{context / 'Dockerfile'} is missing: a course repository needs one")
+        base = self.base_local()
+
+        def make(local: str) -> None:
+            self._buildah(
+                "bud",
+                "--runtime",
+                "runc",
+                # The host's network: no CNI bridge or iptables rules for a build step.
+                "--network",
+                "host",
+                "--pull-never",
+                "--build-arg",
+                f"BASE_IMAGE={base}",
+                "-t",
+                local,
+                str(context),
+            )
+
+        return self._ensure(f"coursehub/course-{name}", self.course_tag(name), make)
+
+
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(
+            f"{name!r} not found; run scripts/install-system-deps.sh (Debian package {package!r})"
+        )
+    return path

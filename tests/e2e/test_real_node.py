@@ -1,0 +1,117 @@
+"""Real nodes (issue 11): containers really run, from images built on this machine, and `down`
+leaves the machine exactly as it was.
+
+Starts its own dev cluster with two real nodes (one plain, one GPU node labelled and tainted
+like production) beside the kwok nodes; needs root and scripts/install-system-deps.sh. Takes
+the machine's real-node lock (realnodes.LOCK_PATH) for as long as its nodes run; run it under
+the shared e2e lock like every e2e test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+
+import pytest
+
+from coursehub_dev import machine
+from coursehub_dev.cluster import DevCluster
+from coursehub_dev.realnodes import GPU_LABEL, GPU_RESOURCE, GPU_TAINT, RealNodes, RealNodesBusy
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.real_nodes,
+    pytest.mark.skipif(os.geteuid() != 0, reason="real nodes need root (containerd, kubelet, bridges)"),
+]
+
+
+def _pod(name: str, image: str, node: str, *, command: list[str] | None = None, gpu: bool = False) -> dict:
+    container: dict = {"name": "main", "image": image}
+    if command:
+        container["command"] = command
+    if gpu:
+        container["resources"] = {"limits": {GPU_RESOURCE: "1"}}
+    spec: dict = {
+        "nodeSelector": {"kubernetes.io/hostname": node},
+        "containers": [container],
+        "terminationGracePeriodSeconds": 1,
+        "automountServiceAccountToken": False,
+    }
+    if gpu:
+        spec["tolerations"] = [{**GPU_TAINT, "operator": "Equal"}]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": spec,
+    }
+
+
+def _apply_and_wait(cluster: DevCluster, pod: dict) -> dict:
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(pod))
+    cluster.kubectl("wait", "--for=condition=Ready", f"pod/{pod['metadata']['name']}", "--timeout=120s")
+    return cluster.get(f"/api/v1/namespaces/default/pods/{pod['metadata']['name']}")
+
+
+def test_real_nodes_run_local_images_and_down_restores_the_machine(tmp_path, capsys):
+    before = machine.snapshot()
+    cluster = DevCluster(state_dir=tmp_path / "state", real_nodes=2)
+    started = time.monotonic()
+    try:
+        cluster.up()
+        up_secs = time.monotonic() - started
+        refs = json.loads((cluster.state_dir / "realnodes" / "images.json").read_text())
+
+        # One real-node cluster per machine: a second one is refused, naming the holder.
+        other = DevCluster(state_dir=tmp_path / "other")
+        other.state_dir.mkdir()
+        with pytest.raises(RealNodesBusy, match="already run on this machine.*" + str(cluster.state_dir)):
+            RealNodes(other, 1)._take_lock()
+
+        gpu = cluster.get("/api/v1/nodes/real-gpu-0")
+        assert gpu["metadata"]["labels"][GPU_LABEL[0]] == GPU_LABEL[1]
+        assert GPU_TAINT in gpu["spec"]["taints"]
+        assert gpu["status"]["capacity"][GPU_RESOURCE] == "1"
+        plain = cluster.get("/api/v1/nodes/real-node-0")
+        assert GPU_LABEL[0] not in plain["metadata"]["labels"]
+        assert plain["status"]["nodeInfo"]["containerRuntimeVersion"].startswith("containerd://")
+
+        # The pause image, built here from pause.c, as a container of its own.
+        t = time.monotonic()
+        pause = _apply_and_wait(cluster, _pod("pause", refs["pause"], "real-node-0"))
+        pause_secs = time.monotonic() - t
+        assert pause["spec"]["nodeName"] == "real-node-0"
+        assert refs["pause"].split("/")[0] in pause["status"]["containerStatuses"][0]["imageID"]
+
+        # The Debian base built here, on the GPU node (toleration + nvidia.com/gpu request): a
+        # token only this run knows comes back through the API server from the kubelet
+        # (logs and exec use the API server's kubelet client certificate).
+        token = uuid.uuid4().hex
+        script = f"echo token={token}; . /etc/os-release; echo codename=$VERSION_CODENAME; exec sleep 3600"
+        t = time.monotonic()
+        base = _apply_and_wait(
+            cluster, _pod("base", refs["base"], "real-gpu-0", command=["sh", "-c", script], gpu=True)
+        )
+        base_secs = time.monotonic() - t
+        assert base["spec"]["nodeName"] == "real-gpu-0"
+        logs = cluster.kubectl("logs", "pod/base").stdout
+        assert f"token={token}" in logs.splitlines()
+        assert "codename=bookworm" in logs.splitlines()
+        exec_out = cluster.kubectl("exec", "pod/base", "--", "sh", "-c", f"echo exec-{token[:8]}").stdout
+        assert exec_out.strip() == f"exec-{token[:8]}"
+        pod_ip = base["status"]["podIP"]
+        assert pod_ip.startswith("10.244."), pod_ip
+    finally:
+        t = time.monotonic()
+        cluster.down()
+        down_secs = time.monotonic() - t
+
+    after = machine.snapshot()
+    assert before.differences(after) == []
+    with capsys.disabled():
+        print(
+            f"\n[real-node timings] up (cluster + 2 real nodes) {up_secs:.1f}s, pause pod Ready "
+            f"{pause_secs:.1f}s, base pod Ready {base_secs:.1f}s, down {down_secs:.1f}s"
+        )
