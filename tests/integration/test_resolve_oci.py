@@ -197,6 +197,10 @@ async def test_invalid_reference_is_not_sent_anywhere():
     error = await resolve_error("127.0.0.1:1/Courses:x")
     assert error.reason == "InvalidImageReference"
     assert "must be lowercase" in error.message
+    # The CRD's grammar: a bare name (an implicit ':latest') is refused too.
+    error = await resolve_error("127.0.0.1:1/courses")
+    assert error.reason == "InvalidImageReference"
+    assert "give a tag" in error.message
 
 
 async def test_silent_registry_times_out():

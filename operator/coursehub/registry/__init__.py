@@ -91,7 +91,8 @@ async def resolve_image(
     settings, ``RegistryPolicy.from_settings(settings.current())``); ``insecure_registries``,
     when given, replaces its plain-HTTP hosts. Raises ``ResolveError`` with one of ``REASONS``.
     """
-    reference = parse_reference(ref)
+    # spec.image's grammar (the CRD's): a tag or a digest is required.
+    reference = parse_reference(ref, require_tag_or_digest=True)
     if policy is None:
         from ..settings import current
 
