@@ -45,7 +45,8 @@ class Condition(Model):
         "object's generation, the condition is out of date.",
     )
     last_transition_time: str = Field(
-        description="When the condition last changed status (RFC 3339); it does not move when only the message does.",
+        description="When the condition last changed status (RFC 3339); it does not move when only "
+        "the message does.",
         json_schema_extra={"format": "date-time"},
     )
     reason: str = Field(

@@ -24,7 +24,10 @@ SHORT_NAMES = ["jhd"]
 
 DOMAIN_PATTERN = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 # "key=value", as in ol.mit.edu/gpu_node=true
-NODE_LABEL_PATTERN = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?=([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"
+NODE_LABEL_PATTERN = (
+    r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+    r"=([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"
+)
 # "key=value:Effect" or "key:Effect" (operator Exists)
 TOLERATION_PATTERN = (
     r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
@@ -41,12 +44,14 @@ class ChartSource(Model):
             "x-kubernetes-validations": [
                 {
                     "rule": "has(self.name) != has(self.path)",
-                    "message": "spec.chart needs exactly one of 'name' (with 'repository', or an oci:// reference) or 'path' "
+                    "message": "spec.chart needs exactly one of 'name' (with 'repository', or an oci:// "
+                    "reference) or 'path' "
                     "(a chart directory inside the operator's container)",
                 },
                 {
                     "rule": "!has(self.repository) || (has(self.name) && has(self.version))",
-                    "message": "spec.chart.repository needs spec.chart.name and spec.chart.version (e.g. jupyterhub, 4.4.1)",
+                    "message": "spec.chart.repository needs spec.chart.name and spec.chart.version "
+                    "(e.g. jupyterhub, 4.4.1)",
                 },
                 {
                     "rule": "!has(self.name) || !self.name.startsWith('oci://') || !has(self.repository)",
@@ -94,7 +99,8 @@ class Auth(Model):
     mode: Literal["tmp", "sharedPassword", "custom"] = Field(
         "tmp",
         description="'tmp': every visit gets a fresh temporary user (tmpauthenticator); needs a gateway in "
-        "front unless allowUngated is true. 'sharedPassword': one password from a Secret. 'custom': configure an "
+        "front unless allowUngated is true. 'sharedPassword': one password from a Secret. "
+        "'custom': configure an "
         "authenticator yourself through spec.values.",
     )
     allow_ungated: bool = Field(
@@ -177,7 +183,8 @@ class Database(Model):
                 # type defaults to postgres, so an absent type counts as postgres.
                 {
                     "rule": "(has(self.type) && self.type != 'postgres') || has(self.urlSecretRef)",
-                    "message": "spec.database.urlSecretRef is required for type postgres: name the Secret and key that hold "
+                    "message": "spec.database.urlSecretRef is required for type postgres: name the Secret "
+                    "and key that hold "
                     "DATABASE_URL",
                 },
             ]
@@ -213,8 +220,10 @@ class Courses(Model):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 {
-                    "rule": "!has(self.namespaces) || self.namespaces != 'Selector' || has(self.namespaceSelector)",
-                    "message": "spec.courses.namespaceSelector is required when spec.courses.namespaces is Selector",
+                    "rule": "!has(self.namespaces) || self.namespaces != 'Selector' || "
+                    "has(self.namespaceSelector)",
+                    "message": "spec.courses.namespaceSelector is required when spec.courses.namespaces "
+                    "is Selector",
                 },
                 {
                     "rule": "!has(self.onUnknown) || self.onUnknown != 'default' || has(self.default)",
@@ -325,11 +334,13 @@ class JupyterHubDeploymentSpec(Model):
                     "rule": "(has(self.auth) && has(self.auth.mode) && self.auth.mode != 'tmp') || "
                     "(has(self.gateway) && has(self.gateway.oidc)) || "
                     "(has(self.auth) && has(self.auth.allowUngated) && self.auth.allowUngated)",
-                    "message": "spec.auth.mode tmp gives every visitor a server: put an SSO gate in front (spec.gateway.oidc) "
+                    "message": "spec.auth.mode tmp gives every visitor a server: put an SSO gate in front "
+                    "(spec.gateway.oidc) "
                     "or set spec.auth.allowUngated: true on purpose",
                 },
                 {
-                    "rule": "!has(self.auth) || !has(self.auth.mode) || self.auth.mode != 'sharedPassword' || "
+                    "rule": "!has(self.auth) || !has(self.auth.mode) || "
+                    "self.auth.mode != 'sharedPassword' || "
                     "has(self.auth.sharedPassword)",
                     "message": "spec.auth.sharedPassword.secretRef is required for auth mode sharedPassword",
                 },
