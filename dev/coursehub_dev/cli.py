@@ -13,7 +13,13 @@ from .paths import crd_files, default_state_dir
 def cmd_up(state: Path, real_nodes: int = 0) -> int:
     from .cluster import DevCluster
 
-    DevCluster(state_dir=state, real_nodes=real_nodes).up(crds=crd_files())
+    from .realnodes import RealNodesBusy
+
+    try:
+        DevCluster(state_dir=state, real_nodes=real_nodes).up(crds=crd_files())
+    except RealNodesBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     # The processes run in sessions of their own and outlive this command.
     return 0
 

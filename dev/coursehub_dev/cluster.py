@@ -114,6 +114,11 @@ class DevCluster:
         (self.state_dir / "ports.json").write_text(json.dumps(self.ports))
         self._write_kubeconfig()
         try:
+            if self.real_nodes:
+                from .realnodes import RealNodes
+
+                real = RealNodes(self, self.real_nodes, log=self.log)
+                real.reserve()  # a machine whose real nodes are taken fails here, first
             self._start_etcd()
             self._start_apiserver()
             self._start("kube-controller-manager", self._controller_manager_args())
@@ -142,9 +147,7 @@ class DevCluster:
 
             self.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(tenant_cluster_role()))
             if self.real_nodes:
-                from .realnodes import RealNodes
-
-                RealNodes(self, self.real_nodes, log=self.log).up()
+                real.up()
         except BaseException:
             self.log(self.tail_logs())
             self.down(quiet=True)

@@ -156,11 +156,12 @@ def node_processes() -> list[str]:
         if not d.name.isdigit():
             continue
         try:
-            comm = (d / "comm").read_text().strip()
+            # The executable's name (comm is cut at 15 characters).
+            exe = (d / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace").rsplit("/", 1)[-1]
         except OSError:
             continue
-        if comm in names:
-            found.append(f"{d.name} {comm}")
+        if exe in names:
+            found.append(f"{d.name} {exe}")
     return sorted(found)
 
 

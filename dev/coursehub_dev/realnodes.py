@@ -151,12 +151,18 @@ class RealNodes:
         path.chmod(0o600)
 
     # -- lifecycle -------------------------------------------------------------
-    def up(self) -> None:
-        started = time.monotonic()
+    def reserve(self) -> None:
+        """Take the machine's real-node lock and save what `teardown` restores (call first:
+        a busy machine fails before the control plane starts)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         machine.Baseline.take().save(self.dir / "baseline.json")
         (self.dir / "nodes.json").write_text(json.dumps([n.__dict__ for n in self.nodes]))
+
+    def up(self) -> None:
+        started = time.monotonic()
+        if not (self.dir / "baseline.json").exists():
+            self.reserve()
         binaries = {k: str(v) for k, v in build.build_node_binaries(log=self.log).items()}
         t = time.monotonic()
         reg = self.images.start_registry(self.dir / "registry")
@@ -192,11 +198,17 @@ class RealNodes:
         os.ftruncate(fd, 0)
         os.write(fd, f"the dev cluster in {self.cluster.state_dir}\n".encode())
         # A process of its own keeps the lock for as long as the nodes run (`up` exits).
-        holder = subprocess.Popen(
-            ["sleep", "infinity"], pass_fds=(fd,), start_new_session=True, stdin=subprocess.DEVNULL
+        lock_holder = subprocess.Popen(
+            ["sleep", "infinity"],
+            pass_fds=(fd,),
+            start_new_session=True,
+            # No inherited stdout: a pipe reading `up` must see its end when `up` exits.
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         os.close(fd)
-        self._record_pid(holder.pid)
+        self._record_pid(lock_holder.pid)
 
     def _record_pid(self, pid: int | None) -> None:
         if pid is None:
@@ -442,6 +454,11 @@ def teardown(state_dir: Path, log: Callable[[str], object] = print) -> None:
     rdir = state_dir / "realnodes"
     if not rdir.exists():
         return
+    if not (rdir / "baseline.json").exists():
+        # It never got the lock: the machine-wide parts belong to another cluster.
+        shutil.rmtree(rdir, ignore_errors=True)
+        return
+    started = time.monotonic()
     nodes = (
         [RealNode(**n) for n in json.loads((rdir / "nodes.json").read_text())]
         if (rdir / "nodes.json").exists()
@@ -456,7 +473,7 @@ def teardown(state_dir: Path, log: Callable[[str], object] = print) -> None:
         group = [p for p, c in procs.items() if kind in (c or "")]
         if kind == "containerd":
             _kill_cgroups(nodes)
-            group += _shims(rdir)
+            group += _shims()
         _stop(group)
     _stop([p for p, c in procs.items() if c is not None])  # anything else recorded
     _kill_cgroups(nodes)
@@ -471,6 +488,7 @@ def teardown(state_dir: Path, log: Callable[[str], object] = print) -> None:
         log(f"[realnodes] machine restored ({len(changed)} changes undone)")
     shutil.rmtree(SOCKET_DIR, ignore_errors=True)
     shutil.rmtree(rdir, ignore_errors=True)
+    log(f"[realnodes] down in {time.monotonic() - started:.1f}s")
 
 
 def _comm(pid: int) -> str | None:
@@ -480,7 +498,7 @@ def _comm(pid: int) -> str | None:
         return None
 
 
-def _shims(rdir: Path) -> list[int]:
+def _shims() -> list[int]:
     """containerd-shim-runc-v2 processes of our containerds (they leave containerd's session)."""
     found = []
     for d in Path("/proc").iterdir():
@@ -490,7 +508,11 @@ def _shims(rdir: Path) -> list[int]:
             cmd = (d / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if cmd and cmd[0].endswith(b"containerd-shim-runc-v2") and any(str(rdir).encode() in a for a in cmd):
+        if (
+            cmd
+            and cmd[0].endswith(b"containerd-shim-runc-v2")
+            and any(str(SOCKET_DIR).encode() in a for a in cmd)
+        ):
             found.append(int(d.name))
     return found
 
