@@ -12,7 +12,6 @@ from .paths import crd_files, default_state_dir
 
 def cmd_up(state: Path, real_nodes: int = 0) -> int:
     from .cluster import DevCluster
-
     from .realnodes import RealNodesBusy
 
     try:
