@@ -44,6 +44,11 @@ class Index:
     # statuses that such a hub may concern wait for it (until the deadline), so that an operator
     # restart does not flap every course to Published=False/NoHub and back.
     hubs_starting: dict[Key, float] = field(default_factory=dict)
+    # hub key -> monotonic time since when a round is due (woken, not yet run to its end), and
+    # the courses whose status waits for that round: a status then carries the resolution and
+    # the publication together (one write instead of two).
+    hubs_due: dict[Key, float] = field(default_factory=dict)
+    held_for: dict[Key, set[Key]] = field(default_factory=dict)
 
     def hub_starting_for(self, course_key: Key) -> float:
         """Seconds until the last hub that may publish this course and has not had its first
@@ -84,7 +89,26 @@ class Index:
         return changed
 
     def wake_hub(self, key: Key) -> None:
+        self.hubs_due.setdefault(key, time.monotonic())
         self.hub_wakeups.setdefault(key, asyncio.Event()).set()
+
+    def hub_round_done(self, key: Key, started: float) -> None:
+        """A round that started at `started` ran to its end: courses held for it are written."""
+        if self.hubs_due.get(key, started + 1) <= started:
+            self.hubs_due.pop(key, None)
+        self.course_changed(*self.held_for.pop(key, ()))
+
+    def hold_for_due_hub(self, course_key: Key, hubs: list[Key], max_wait: float) -> float:
+        """Hold a course's status for the due rounds of `hubs` (the hubs that select it), at most
+        `max_wait` seconds after a round became due; returns how long at most (0: not held)."""
+        now = time.monotonic()
+        wait = 0.0
+        for key in hubs:
+            due = self.hubs_due.get(key)
+            if due is not None and now - due < max_wait:
+                self.held_for.setdefault(key, set()).add(course_key)
+                wait = max(wait, max_wait - (now - due))
+        return wait
 
     def wake_all_hubs(self) -> None:
         for key in self.hubs:

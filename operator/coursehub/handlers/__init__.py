@@ -40,7 +40,10 @@ class Runtime:
         self.settings = settings
         self.index = Index()
         self.resolver = Resolver(kube, self.index, settings)
-        self.status_writer = course_status.CourseStatusWriter(kube, self.index)
+        # A status waits at most for a hub's debounce and a little more for its round.
+        self.status_writer = course_status.CourseStatusWriter(
+            kube, self.index, hold_max=settings.debounce_max + 3.0
+        )
         self.retention = EcrRetention(self.index, settings)
         from ..helm import HelmReleases
 

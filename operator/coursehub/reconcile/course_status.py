@@ -26,9 +26,11 @@ WRITE_CONCURRENCY = 16
 
 
 class CourseStatusWriter:
-    def __init__(self, kube: Kube, index: Index):
+    def __init__(self, kube: Kube, index: Index, hold_max: float = 5.0):
         self.kube = kube
         self.index = index
+        # How long a status may wait for the due round of a hub that selects the course.
+        self.hold_max = hold_max
 
     async def run(self) -> None:
         idx = self.index
@@ -73,16 +75,14 @@ class CourseStatusWriter:
             # the round does not come, the status is written without it after the grace period.
             asyncio.get_running_loop().call_later(held + 0.1, idx.course_changed, key)
             return
+        hubs = [h for h in idx.hubs.values() if not h.deleting and selects(h, course, idx.namespace_labels)]
+        held = idx.hold_for_due_hub(key, [h.key for h in hubs], self.hold_max)
+        if held:
+            # That round marks it again (and so does this timer, should the round fail).
+            asyncio.get_running_loop().call_later(held + 0.1, idx.course_changed, key)
+            return
         pubs = idx.publications_for(key)
-        selecting = (
-            ()
-            if pubs
-            else tuple(
-                h.ref
-                for h in idx.hubs.values()
-                if not h.deleting and selects(h, course, idx.namespace_labels)
-            )
-        )
+        selecting = () if pubs else tuple(h.ref for h in hubs)
         fields, conds = course_status(
             course, idx.resolutions.get(key), pubs, idx.retention.get(key), selecting
         )

@@ -169,6 +169,7 @@ class HubReconciler:
         if hub is None or raw is None or hub.deleting:
             return
         self.memory.rounds += 1
+        started = time.monotonic()
         observed, live = await self.observe(hub, raw)
         plan = plan_round(observed)
         failures = await self.write(hub, raw, plan, live)
@@ -183,6 +184,7 @@ class HubReconciler:
         if self.index.hubs_starting.pop(self.key, None) is not None:
             # Statuses held back for this first round (the writer skips unchanged ones).
             self.index.course_changed(*self.index.courses)
+        self.index.hub_round_done(self.key, started)
         for type_, reason, message in plan.events:
             await self.kube.event(raw, reason=reason, message=message, type_=type_)
 

@@ -1,0 +1,53 @@
+"""The index's bookkeeping between the loops and the one CourseImage status writer."""
+
+from __future__ import annotations
+
+import time
+
+from coursehub.desired.status import Publication
+from coursehub.state import Index
+
+HUB, OTHER = ("jupyter", "learn"), ("jupyter", "other")
+C1, C2 = ("jupyter", "c1"), ("jupyter", "c2")
+
+
+def pub(state="Published") -> Publication:
+    return Publication("jupyter/learn", "nb.example.edu", state, "published")
+
+
+def test_publications_mark_only_the_courses_that_changed():
+    idx = Index()
+    assert sorted(idx.set_publications("jupyter/learn", {C1: pub(), C2: pub()})) == [C1, C2]
+    idx.status_dirty.clear()
+    assert idx.set_publications("jupyter/learn", {C1: pub(), C2: pub("WaitingForPull")}) == [C2]
+    assert idx.status_dirty == {C2} and idx.status_wakeup.is_set()
+    # A hub that stops selecting a course drops its publication; the last one drops the key.
+    assert idx.set_publications("jupyter/learn", {C1: pub()}) == [C2]
+    assert C2 not in idx.publications
+
+
+def test_a_status_waits_for_the_due_round_of_a_hub_that_selects_the_course_then_is_marked():
+    idx = Index()
+    idx.wake_hub(HUB)
+    assert idx.hold_for_due_hub(C1, [HUB], max_wait=5) > 0
+    assert idx.hold_for_due_hub(C2, [OTHER], max_wait=5) == 0  # that hub has nothing due
+    idx.status_dirty.clear()
+    idx.hub_round_done(HUB, started=time.monotonic())
+    assert idx.status_dirty == {C1} and HUB not in idx.hubs_due
+    assert idx.hold_for_due_hub(C1, [HUB], max_wait=5) == 0
+
+
+def test_a_round_that_started_before_the_wake_keeps_the_hub_due():
+    idx = Index()
+    started = time.monotonic()
+    time.sleep(0.01)
+    idx.wake_hub(HUB)
+    idx.hub_round_done(HUB, started)
+    assert HUB in idx.hubs_due
+
+
+def test_a_hold_never_outlasts_its_bound():
+    idx = Index()
+    idx.wake_hub(HUB)
+    idx.hubs_due[HUB] -= 10  # due for 10 s: that round is not coming soon
+    assert idx.hold_for_due_hub(C1, [HUB], max_wait=5) == 0
