@@ -31,7 +31,11 @@ GOOD_HUB = {
         "domain": "nb.example.edu",
         "auth": {"mode": "tmp"},
         "gateway": {
-            "oidc": {"issuerURL": "https://sso.example.edu/realms/olapps", "secretRef": {"name": "oidc"}}
+            "oidc": {
+                "issuerURL": "https://sso.example.edu/realms/olapps",
+                "secretRef": {"name": "oidc"},
+                "allowedGroups": ["learners"],
+            }
         },
         "database": {"type": "postgres", "urlSecretRef": {"name": "db", "key": "DATABASE_URL"}},
     },
@@ -181,9 +185,19 @@ INVALID = [
         _with(
             GOOD_HUB,
             "spec.gateway",
-            {"oidc": {"issuerURL": "sso.example.edu", "secretRef": {"name": "oidc"}}},
+            {"oidc": {"issuerURL": "sso.example.edu", "secretRef": {"name": "oidc"}, "allowedGroups": ["x"]}},
         ),
         "spec.gateway.oidc.issuerURL",
+    ),
+    (
+        # a gate that would admit every account of the issuer (issue 12, item 9)
+        "gate-admits-anyone",
+        _with(
+            GOOD_HUB,
+            "spec.gateway",
+            {"oidc": {"issuerURL": "https://sso.example.edu/realms/olapps", "secretRef": {"name": "oidc"}}},
+        ),
+        "allowedGroups or emailDomains",
     ),
 ]
 
