@@ -67,7 +67,8 @@ class ImageBuilder:
     """Builds the images and keeps them in one local registry (`registry.host`)."""
 
     log: Callable[[str], object] = print
-    registry: OciRegistry | None = None
+    registry: OciRegistry | None = None  # the one start_registry() started, if this object did
+    registry_host: str | None = None  # 127.0.0.1:<port> of the registry images go to
     timings: dict[str, float] = field(default_factory=dict)  # seconds per image built or checked
 
     # -- storage -----------------------------------------------------------
@@ -101,13 +102,17 @@ class ImageBuilder:
         config["storage"]["filesystem"]["rootdirectory"] = str(storage)
         reg.config_path.write_text(json.dumps(config, indent=2))
         reg.start()
-        self.registry = reg
+        self.registry, self.registry_host = reg, reg.host
         return reg
 
+    @classmethod
+    def attach(cls, registry_host: str, log: Callable[[str], object] = print) -> ImageBuilder:
+        """A builder pushing to a registry that runs already (a real-node cluster's)."""
+        return cls(log=log, registry_host=registry_host)
+
     def _in_registry(self, repo: str, tag: str) -> bool:
-        assert self.registry is not None
         r = requests.head(
-            f"{self.registry.url}/v2/{repo}/manifests/{tag}",
+            f"http://{self.registry_host}/v2/{repo}/manifests/{tag}",
             headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
             timeout=5,
         )
@@ -125,9 +130,9 @@ class ImageBuilder:
     def _ensure(self, repo: str, tag: str, make: Callable[[str], None]) -> str:
         """`registry/repo:tag`, built by `make(local_name)` only when neither the registry nor
         buildah's storage has it."""
-        assert self.registry is not None, "start_registry() first"
+        assert self.registry_host is not None, "start_registry() or attach() first"
         started = time.monotonic()
-        ref = self.registry.ref(repo, tag)
+        ref = f"{self.registry_host}/{repo}:{tag}"
         if not self._in_registry(repo, tag):
             local = self._local_name(repo, tag)
             if not self._in_storage(repo, tag):

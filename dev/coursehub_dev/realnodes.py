@@ -169,7 +169,7 @@ class RealNodes:
         self._record_pid(reg._process.pid if reg._process else None)
         self.image_refs = {"pause": self.images.pause(), "base": self.images.base()}
         self.timings["images"] = time.monotonic() - t
-        (self.dir / "images.json").write_text(json.dumps(self.image_refs))
+        (self.dir / "images.json").write_text(json.dumps({**self.image_refs, "registry": reg.host}))
         for node in self.nodes:
             self._start_node(node, binaries)
         self._start_kube_proxy(binaries)
@@ -209,6 +209,16 @@ class RealNodes:
         )
         os.close(fd)
         self._record_pid(lock_holder.pid)
+
+    @staticmethod
+    def images_of(state_dir: Path) -> dict[str, str]:
+        """The running cluster's image references (pause, base) and its registry's host."""
+        return json.loads((state_dir / "realnodes" / "images.json").read_text())
+
+    @staticmethod
+    def image_builder(state_dir: Path, log: Callable[[str], object] = print) -> ImageBuilder:
+        """Builds more images (course images) into the running cluster's registry."""
+        return ImageBuilder.attach(RealNodes.images_of(state_dir)["registry"], log=log)
 
     def _record_pid(self, pid: int | None) -> None:
         if pid is None:

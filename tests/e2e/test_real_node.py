@@ -15,6 +15,7 @@ import time
 import uuid
 
 import pytest
+import requests
 
 from coursehub_dev import machine
 from coursehub_dev.cluster import DevCluster
@@ -103,6 +104,43 @@ def test_real_nodes_run_local_images_and_down_restores_the_machine(tmp_path, cap
         assert exec_out.strip() == f"exec-{token[:8]}"
         pod_ip = base["status"]["podIP"]
         assert pod_ip.startswith("10.244."), pod_ip
+
+        # A course image from its repository (examples/courses-src/clustering), built here on
+        # the base: JupyterLab answers on the pod's IP (the machine's own bridge), and the
+        # version it reports is the one installed in the image, so nothing else answered.
+        t = time.monotonic()
+        course = RealNodes.image_builder(cluster.state_dir).course("clustering")
+        course_build_secs = time.monotonic() - t
+        lab_token = uuid.uuid4().hex
+        lab = _pod(
+            "lab",
+            course,
+            "real-node-0",
+            command=["jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser"],
+        )
+        lab["spec"]["containers"][0]["args"] = [f"--IdentityProvider.token={lab_token}"]
+        lab["spec"]["containers"][0]["readinessProbe"] = {
+            "httpGet": {"path": "/api", "port": 8888},
+            "periodSeconds": 1,
+        }
+        t = time.monotonic()
+        lab_pod = _apply_and_wait(cluster, lab)
+        lab_secs = time.monotonic() - t
+        installed = cluster.kubectl(
+            "exec",
+            "pod/lab",
+            "--",
+            "python",
+            "-c",
+            "import jupyter_server; print(jupyter_server.__version__)",
+        ).stdout.strip()
+        http = requests.Session()
+        http.trust_env = False  # the pod's IP, directly: never a proxy
+        url = f"http://{lab_pod['status']['podIP']}:8888"
+        assert http.get(f"{url}/api", timeout=10).json()["version"] == installed
+        assert http.get(f"{url}/api/contents", timeout=10).status_code == 403  # the token is needed
+        contents = http.get(f"{url}/api/contents", params={"token": lab_token}, timeout=10).json()
+        assert "intro.ipynb" in {c["name"] for c in contents["content"]}
     finally:
         t = time.monotonic()
         cluster.down()
@@ -113,5 +151,6 @@ def test_real_nodes_run_local_images_and_down_restores_the_machine(tmp_path, cap
     with capsys.disabled():
         print(
             f"\n[real-node timings] up (cluster + 2 real nodes) {up_secs:.1f}s, pause pod Ready "
-            f"{pause_secs:.1f}s, base pod Ready {base_secs:.1f}s, down {down_secs:.1f}s"
+            f"{pause_secs:.1f}s, base pod Ready {base_secs:.1f}s, course image {course_build_secs:.1f}s, "
+            f"JupyterLab pod Ready {lab_secs:.1f}s, down {down_secs:.1f}s"
         )
