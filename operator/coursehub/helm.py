@@ -30,16 +30,11 @@ from pyhelm3 import errors as helm_errors
 from pyhelm3.models import Chart, ChartMetadata, ReleaseRevision, ReleaseRevisionStatus
 
 from .api.jupyterhubdeployment import ChartSource
+from .desired.hub_round import DETERMINISTIC_RELEASE_REASONS
 from .metrics import HELM_OPERATIONS, HELM_SECONDS
 
 FINGERPRINT_PREFIX = "coursehub fingerprint="
 MUTATING = frozenset({"install", "upgrade", "rollback", "uninstall"})
-
-# Failures that repeat for the same chart and values: retrying them would only add
-# revisions (install/upgrade, then rollback) on every reconcile.
-# Forbidden: the chart renders something the hub's tenant identity may not create (another
-# namespace, a cluster-scoped kind), which no retry changes.
-DETERMINISTIC_REASONS = frozenset({"ValuesRejected", "ChartRenderFailed", "ResourceInvalid", "Forbidden"})
 
 
 @dataclass(frozen=True)
@@ -406,7 +401,7 @@ class HelmReleases:
                 e.message = f"upgrade failed and was rolled back (revision {after.revision}): {e.message}"
             elif self.atomic and operation == "install":
                 e.message = f"install failed and was removed: {e.message}"
-            if e.reason in DETERMINISTIC_REASONS and after is not None:
+            if e.reason in DETERMINISTIC_RELEASE_REASONS and after is not None:
                 self._refused[key] = (fingerprint, after.revision, e)
             raise
         self._refused.pop(key, None)

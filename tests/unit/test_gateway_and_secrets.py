@@ -391,6 +391,6 @@ def test_refusals_of_the_tenant_identity_are_classified():
     assert classify_helm_error(forbidden, "install") == "Forbidden"
     refused = 'Error: serviceaccounts "coursehub-helm" is forbidden: User "x" cannot impersonate resource'
     assert classify_helm_error(refused, "status") == "ImpersonationRefused"
-    from coursehub.helm import DETERMINISTIC_REASONS
+    from coursehub.desired.hub_round import DETERMINISTIC_RELEASE_REASONS
 
-    assert "Forbidden" in DETERMINISTIC_REASONS  # the same chart would be refused again
+    assert "Forbidden" in DETERMINISTIC_RELEASE_REASONS  # the same chart would be refused again

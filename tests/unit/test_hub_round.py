@@ -318,6 +318,26 @@ def test_deterministic_helm_failure_is_not_retried_and_warns_once():
     assert plan_round(observe(h, release=failed, status=said)).events == []
 
 
+def test_a_chart_the_tenant_may_not_install_is_not_retried():
+    # Forbidden (e.g. the chart renders into another namespace): the same chart is refused
+    # again, so a retry every RELEASE_RETRY_SECONDS would only add a Helm revision each time.
+    h = hub()
+    want = plan_round(observe(h)).run_release[0]
+    refused = ReleaseResult(want, False, "Forbidden", 'configmaps "x" is forbidden', age=3600)
+    plan = plan_round(observe(h, release=refused))
+    c = cond(plan.conditions, "ReleaseDeployed")
+    assert (c.status, c.reason) == (False, "Forbidden") and plan.run_release is None
+
+
+def test_one_set_of_deterministic_release_reasons():
+    from coursehub import helm
+    from coursehub.desired import hub_round
+
+    # helm.py marks a refused fingerprint with the hub round's own set, not a copy of it.
+    assert not hasattr(helm, "DETERMINISTIC_REASONS")
+    assert helm.DETERMINISTIC_RELEASE_REASONS is hub_round.DETERMINISTIC_RELEASE_REASONS
+
+
 def test_transient_helm_failure_is_retried_after_a_while():
     h = hub()
     want = plan_round(observe(h)).run_release[0]

@@ -31,8 +31,14 @@ from .secrets import (
 from .status import Publication, hub_ready
 from .values import InvalidValues, hub_allowlist_rbac, render_values, validate_values
 
-# Helm failures that the same chart and values would repeat: never retried by themselves.
-DETERMINISTIC_RELEASE_REASONS = frozenset({"ValuesRejected", "ChartRenderFailed", "ResourceInvalid"})
+# Helm failures that the same chart and values would repeat: never retried by themselves
+# (a retry would only add a revision: install/upgrade, then rollback). The one home of this
+# set: coursehub.helm classifies helm's errors into these reasons and imports it from here.
+# Forbidden: the chart renders something the hub's tenant identity may not create (another
+# namespace, a cluster-scoped kind), which no retry changes.
+DETERMINISTIC_RELEASE_REASONS = frozenset(
+    {"ValuesRejected", "ChartRenderFailed", "ResourceInvalid", "Forbidden"}
+)
 # A transient Helm failure (cluster unreachable, timeout) is retried after this long.
 RELEASE_RETRY_SECONDS = 30.0
 
