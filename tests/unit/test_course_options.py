@@ -628,10 +628,139 @@ async def test_concurrent_admissions_of_one_identity_pass_at_most_the_limit(kube
 
     async def launch(spawner):
         await asyncio.sleep(0)  # the allowlist read: every launch is in flight at once
-        return spawner.admit(al.limits, plan, {"X-Forwarded-Email": "ana@example.edu"})
+        return spawner.admit(al.limits, plan, "ana@example.edu")
 
     refusals = await asyncio.gather(*(launch(s) for s in spawners))
     assert sum(r is None for r in refusals) == 2
     assert {r.kind for r in refusals if r is not None} == {"gpu"}
     for s in spawners:
         s._coursehub_reserved = False  # leave no counted servers to other tests
+
+
+# ------------------------------------------- identity headers count only from the proxy
+
+
+def test_socket_peer_is_the_tcp_peer_not_the_forwarded_for_headers():
+    """JupyterHub serves with xheaders=True: remote_ip is whatever a client claims."""
+    import socket
+    import threading
+
+    from tornado import httpserver, web
+
+    seen = {}
+
+    class Echo(web.RequestHandler):
+        def get(self):
+            seen.update(remote_ip=self.request.remote_ip, peer=cs.socket_peer(self.request))
+            self.finish("ok")
+
+    ready = threading.Event()
+    state = {}
+
+    async def serve():
+        server = httpserver.HTTPServer(web.Application([("/", Echo)]), xheaders=True)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.setblocking(False)
+        server.add_sockets([sock])
+        state.update(loop=asyncio.get_running_loop(), stop=asyncio.Event(), port=sock.getsockname()[1])
+        ready.set()
+        await state["stop"].wait()
+        server.stop()
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
+    thread.start()
+    ready.wait(10)
+    try:
+        # a learner-like client: its own loopback address, claiming to be the proxy
+        client = socket.create_connection(
+            ("127.0.0.1", state["port"]), timeout=10, source_address=("127.0.0.2", 0)
+        )
+        client.sendall(
+            b"GET / HTTP/1.1\r\nHost: hub\r\nX-Forwarded-For: 127.0.0.1\r\nX-Real-Ip: 127.0.0.1\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        reply = b""
+        while chunk := client.recv(4096):
+            reply += chunk
+        client.close()
+    finally:
+        state["loop"].call_soon_threadsafe(state["stop"].set)
+        thread.join(10)
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert seen == {"remote_ip": "127.0.0.1", "peer": "127.0.0.2"}
+
+
+def test_proxy_pod_ips_are_the_live_proxy_pods_addresses():
+    pods = [
+        {
+            "status": {
+                "phase": "Running",
+                "podIP": "10.1.0.7",
+                "podIPs": [{"ip": "10.1.0.7"}, {"ip": "fd00::7"}],
+            }
+        },
+        {"status": {"phase": "Pending", "podIP": "::ffff:10.1.0.8"}},  # IPv4-mapped: as IPv4
+        {"status": {"phase": "Succeeded", "podIP": "10.1.0.9"}},  # an old proxy's IP may be reused
+        {"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}, "status": {"podIP": "10.1.0.10"}},
+        {"status": {"phase": "Pending"}},  # no IP yet
+        {"status": {"podIP": "not-an-ip"}},
+    ]
+    assert cs.proxy_pod_ips(pods) == {"10.1.0.7", "fd00::7", "10.1.0.8"}
+    assert cs.proxy_pod_ips(None) == frozenset()
+
+
+def test_identity_headers_count_only_when_the_tcp_peer_is_the_proxy():
+    headers = {"X-Forwarded-Email": "Ana@Example.edu"}
+    proxies = frozenset({"10.1.0.7"})
+    assert cs.trusted_identity(headers, "10.1.0.7", proxies) == "ana@example.edu"
+    assert cs.trusted_identity(headers, "10.1.0.8", proxies) is None  # a learner pod
+    assert cs.trusted_identity(headers, None, proxies) is None
+    assert cs.trusted_identity(headers, "10.1.0.7", frozenset()) is None  # proxy unknown: closed
+    assert cs.normalize_ip("::ffff:10.1.0.7") == "10.1.0.7" and cs.normalize_ip("x") is None
+
+
+async def test_proxy_peers_reread_on_a_miss_at_most_once_per_interval():
+    now = [0.0]
+    answers = [[{"status": {"podIP": "10.1.0.7"}}]]
+
+    async def fetch():
+        await asyncio.sleep(0)
+        return answers[-1]
+
+    peers = cs.ProxyPeers(fetch, reread_seconds=1.0, clock=lambda: now[0])
+    # concurrent misses share one read
+    results = await asyncio.gather(*(peers.is_proxy("10.1.0.7") for _ in range(5)))
+    assert results == [True] * 5 and peers.reads == 1
+    assert await peers.is_proxy("10.1.0.7") and peers.reads == 1  # known: no read
+    # a learner's probes: one re-read per interval, not one per request
+    assert not await peers.is_proxy("10.1.0.66") and peers.reads == 1
+    now[0] = 1.0
+    assert not await peers.is_proxy("10.1.0.66") and peers.reads == 2
+    assert not await peers.is_proxy("10.1.0.66") and peers.reads == 2
+    # the proxy restarted with a new IP: refused until the interval is over, then found
+    answers.append([{"status": {"podIP": "10.1.0.8"}}])
+    now[0] = 1.5
+    assert not await peers.is_proxy("10.1.0.8") and peers.reads == 2
+    now[0] = 2.0
+    assert await peers.is_proxy("10.1.0.8") and peers.reads == 3
+    assert not await peers.is_proxy("10.1.0.7")  # the old proxy's IP no longer counts
+    assert not await peers.is_proxy(None)
+
+
+async def test_proxy_peers_keep_the_last_set_when_the_api_fails():
+    now = [0.0]
+    calls = []
+
+    async def fetch():
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError("API down")
+        return [{"status": {"podIP": "10.1.0.7"}}]
+
+    peers = cs.ProxyPeers(fetch, reread_seconds=1.0, clock=lambda: now[0])
+    assert await peers.is_proxy("10.1.0.7")
+    now[0] = 5.0
+    assert not await peers.is_proxy("10.1.0.66")  # the failed read refuses the unknown peer
+    assert await peers.is_proxy("10.1.0.7")

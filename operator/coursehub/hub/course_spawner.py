@@ -30,6 +30,7 @@ classes only do I/O and assignment.
 
 import asyncio
 import html
+import ipaddress
 import json
 import logging
 import os
@@ -626,6 +627,114 @@ def gateway_identity(headers: Mapping) -> str | None:
     return None
 
 
+# Who may pass identity headers: the proxy (configurable-http-proxy), the gateway's only
+# way in. The hub port also admits learner pods (z2jh's hub NetworkPolicy: they need the
+# hub API), and they can send any X-Forwarded-Email. So the headers count only when the
+# TCP peer is a proxy pod; anyone else has no identity (403 on /hub/tmplogin).
+PROXY_POD_SELECTOR = "component=proxy"  # z2jh's label on the proxy pod
+# A peer that is not a known proxy triggers a re-read of the proxy pods (a restarted proxy
+# has a new IP) at most this often, so a learner's probes cannot flood the API server.
+PROXY_REREAD_SECONDS = 1.0
+
+
+def normalize_ip(value: Any) -> str | None:
+    """``value`` as a canonical IP string (an IPv4-mapped IPv6 address as IPv4), or None."""
+    try:
+        ip = ipaddress.ip_address(str(value).split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def socket_peer(request: Any) -> str | None:
+    """The IP of the TCP peer of a tornado request, as the socket saw it.
+
+    Not ``request.remote_ip``: JupyterHub serves with ``xheaders=True``, so that is
+    whatever ``X-Real-Ip``/``X-Forwarded-For`` the client sent.
+    """
+    context = getattr(getattr(request, "connection", None), "context", None)
+    address = getattr(context, "address", None)
+    if not isinstance(address, tuple) or not address:
+        return None
+    return normalize_ip(address[0])
+
+
+def proxy_pod_ips(pods: Any) -> frozenset:
+    """Pure: the IPs of the pods in a pod list (raw API JSON) that have not terminated."""
+    ips = set()
+    for pod in pods or ():
+        status = pod.get("status") or {}
+        if (pod.get("metadata") or {}).get("deletionTimestamp") or status.get("phase") in (
+            "Succeeded",
+            "Failed",
+        ):
+            continue
+        for entry in [*(status.get("podIPs") or ()), {"ip": status.get("podIP")}]:
+            ip = normalize_ip(entry.get("ip")) if entry.get("ip") else None
+            if ip:
+                ips.add(ip)
+    return frozenset(ips)
+
+
+def trusted_identity(headers: Mapping, peer: str | None, proxy_ips: frozenset) -> str | None:
+    """Pure: the gateway's identity from ``headers``, only when the TCP peer is the proxy."""
+    if peer is None or peer not in proxy_ips:
+        return None
+    return gateway_identity(headers)
+
+
+class ProxyPeers:
+    """The proxy pods' IPs, read through the API on demand.
+
+    ``fetch`` returns the proxy pods (raw JSON items). A peer not in the set causes a
+    re-read, at most once per ``reread_seconds``; concurrent misses share one read. An
+    API error keeps the last set (fail closed for peers it does not hold).
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[list]],
+        reread_seconds: float = PROXY_REREAD_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.fetch = fetch
+        self.reread_seconds = reread_seconds
+        self.clock = clock
+        self.ips: frozenset = frozenset()
+        self.reads = 0
+        self._read_at: float | None = None
+        self._inflight: asyncio.Future | None = None
+
+    async def is_proxy(self, peer: str | None) -> bool:
+        if peer is None:
+            return False
+        if peer in self.ips:
+            return True
+        if self._inflight is None:
+            if self._read_at is not None and self.clock() - self._read_at < self.reread_seconds:
+                return False
+            self._inflight = asyncio.ensure_future(self._read())
+        inflight = self._inflight
+        await asyncio.shield(inflight)
+        return peer in self.ips
+
+    async def _read(self) -> None:
+        try:
+            self.reads += 1
+            self.ips = proxy_pod_ips(await self.fetch())
+        except Exception as e:
+            log.warning(
+                "coursehub: cannot read the proxy pods (%s); keeping %d known",
+                type(e).__name__,
+                len(self.ips),
+            )
+        finally:
+            self._read_at = self.clock()
+            self._inflight = None
+
+
 @dataclass(frozen=True)
 class Slot:
     """A server that counts against the limits: started, starting, or admitted to start."""
@@ -980,6 +1089,35 @@ class AllowlistSource:
 SOURCE = AllowlistSource()
 
 
+async def _read_proxy_pods() -> list:
+    """The hub namespace's proxy pods (z2jh's hub Role may list pods there)."""
+    if not SOURCE.namespace:
+        SOURCE.namespace = hub_namespace()
+    resp = await SOURCE._core_api().list_namespaced_pod(
+        SOURCE.namespace,
+        label_selector=os.environ.get("COURSEHUB_PROXY_POD_SELECTOR") or PROXY_POD_SELECTOR,
+        _preload_content=False,
+        _request_timeout=5,
+    )
+    return json.loads(await resp.read()).get("items") or []
+
+
+PROXY_PEERS = ProxyPeers(_read_proxy_pods)
+
+
+async def request_identity(request: Any, limits: Limits) -> str | None:
+    """The SSO identity of a request behind the gateway: its identity headers, if the
+    TCP peer is the proxy; otherwise none (the headers were not set by the gateway)."""
+    if request is None or not limits.gateway_identity:
+        return None
+    peer = socket_peer(request)
+    await PROXY_PEERS.is_proxy(peer)
+    identity = trusted_identity(request.headers, peer, PROXY_PEERS.ips)
+    if identity is None and gateway_identity(request.headers) is not None:
+        log.warning("coursehub: ignoring identity headers from %s: not the proxy", peer)
+    return identity
+
+
 # --------------------------------------------------------------------- hub classes
 
 # Every CourseSpawner in this hub process, to count servers against the limits. JupyterHub
@@ -1069,11 +1207,12 @@ class CourseSpawner(KubeSpawner):
             return None
         return Slot(self.coursehub_identity, self._coursehub_gpu, self.user.name, self._coursehub_course)
 
-    def admit(self, limits: Limits, plan: LaunchPlan, headers: Mapping) -> LimitRefusal | None:
+    def admit(self, limits: Limits, plan: LaunchPlan, identity: str | None) -> LimitRefusal | None:
         """Count and reserve in one step: no ``await`` inside, and the hub runs on one
-        event loop, so concurrent launches of one identity cannot all pass the count."""
+        event loop, so concurrent launches of one identity cannot all pass the count.
+        ``identity``: the request's, from ``request_identity`` (checked peer)."""
         if self.coursehub_identity is None and limits.gateway_identity:
-            self.coursehub_identity = gateway_identity(headers)
+            self.coursehub_identity = identity
         refusal = check_limits(
             limits, other_slots(exclude=self), identity=self.coursehub_identity, gpu=plan.gpu
         )
@@ -1098,7 +1237,8 @@ class CourseSpawner(KubeSpawner):
         if self._coursehub_admitted:
             self._coursehub_admitted = False
         else:
-            refusal = self.admit(allowlist.limits, plan, request.headers if request is not None else {})
+            identity = await request_identity(request, allowlist.limits)
+            refusal = self.admit(allowlist.limits, plan, identity)
             # pending already: from here `active` counts this server
             self._coursehub_reserved = False
             if refusal is not None:
@@ -1239,8 +1379,9 @@ class _CourseHandlerMixin(BaseHandler):
         if plan.gpu and self.request.method in SAFE_METHODS:
             confirm = self.hub.base_url + "spawn?" + urlencode(launch_query(options or {}))
             raise gpu_needs_post_error(plan, confirm)
+        identity = await request_identity(self.request, allowlist.limits)
         # From here to the reservation nothing awaits (see CourseSpawner.admit).
-        refusal = spawner.admit(allowlist.limits, plan, self.request.headers)
+        refusal = spawner.admit(allowlist.limits, plan, identity)
         if refusal is not None:
             self.log.warning("coursehub: refusing spawn for %s: %s", spawner._log_name, refusal.message)
             raise limit_error(refusal, self.resume_url)
@@ -1294,10 +1435,10 @@ class CourseTmpLoginHandler(_CourseHandlerMixin, TmpAuthenticateHandler):
             allowlist = await SOURCE.current()
         except CourseRefused:
             return None, None, None
-        identity = gateway_identity(self.request.headers) if allowlist.limits.gateway_identity else None
+        identity = await request_identity(self.request, allowlist.limits)
         if allowlist.limits.gateway_identity and identity is None:
-            # Behind the gateway every request carries the SSO identity; one without
-            # it did not come through the gateway.
+            # Behind the gateway every request comes from the proxy with the SSO
+            # identity; one without it (or from elsewhere) did not come through the gateway.
             raise _http_error(403, "Sign in through this hub's sign-in page first.")
         plan = None
         if query:
@@ -1367,7 +1508,7 @@ class CourseTmpLoginHandler(_CourseHandlerMixin, TmpAuthenticateHandler):
 
     async def _resume(self, name: str):
         allowlist = await SOURCE.current()
-        identity = gateway_identity(self.request.headers) if allowlist.limits.gateway_identity else None
+        identity = await request_identity(self.request, allowlist.limits)
         user = self.find_user(name) if identity and name in self._launched_here() else None
         if user is None or getattr(user.spawners[""], "coursehub_identity", None) != identity:
             raise _http_error(
