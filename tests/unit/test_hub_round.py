@@ -202,6 +202,25 @@ def test_course_whose_pull_secret_is_elsewhere_is_published_but_says_it_is_not_p
     assert cond(conds, "PrePulled").reason == "PullSecretElsewhere"
 
 
+def test_learner_pods_never_get_a_pull_secret_name_from_another_namespace():
+    # The name would resolve to a Secret of the hub's namespace (a confused deputy): the
+    # course is offered without it and its Published condition says why, also with
+    # pre-pulling off (where PrePulled says nothing about it).
+    h = hub(courses={"namespaces": "All"}, prePull={"enabled": False})
+    elsewhere = course("c1", ns="other", imagePullSecretRef={"name": "regcred"})
+    home = course("c2", imagePullSecretRef={"name": "hubcred"})
+    plan = plan_round(observe(h, [elsewhere, home]))
+    entries = allowlist_doc(plan)["courses"]
+    assert entries["c1"]["imagePullSecret"] is None and entries["c1"]["image"] == pinned("c1")
+    assert entries["c2"]["imagePullSecret"] == "hubcred"  # the hub's own namespace: used
+    _fields, conds = course_status(elsewhere, RESOLVED, [plan.publications[elsewhere.key]], None)
+    published = cond(conds, "Published")
+    assert (published.status, published.reason) == (True, "PullSecretElsewhere")
+    assert "regcred" in published.message and "learner pods get no pull secret" in published.message
+    _fields, conds = course_status(home, RESOLVED, [plan.publications[home.key]], None)
+    assert cond(conds, "Published").reason == "Published"
+
+
 # -- secrets, gateway ------------------------------------------------------------
 GATEWAY = {
     "oidc": {

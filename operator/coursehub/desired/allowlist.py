@@ -6,7 +6,7 @@ import hashlib
 import json
 
 from ..api.jupyterhubdeployment import Limits
-from .courses import CourseRecord, HubRecord, unknown_course_policy
+from .courses import CourseRecord, HubRecord, pull_secret_rule, unknown_course_policy
 
 ALLOWLIST_CONFIGMAP = "coursehub-allowlist"
 ALLOWLIST_KEY = "allowlist.json"
@@ -56,8 +56,13 @@ def published_images(
     return out
 
 
-def course_entry(course: CourseRecord, image: str) -> dict:
+def course_entry(hub: HubRecord, course: CourseRecord, image: str) -> dict:
     s = course.spec
+    # A learner pod runs in the hub's namespace: a Secret name from another namespace would
+    # resolve to an unrelated Secret there (courses.pull_secret_rule; the status says why).
+    pull_secret = (
+        None if pull_secret_rule(hub, course) or not s.image_pull_secret_ref else s.image_pull_secret_ref.name
+    )
     res = s.resources
     return {
         "course": s.course,
@@ -75,12 +80,12 @@ def course_entry(course: CourseRecord, image: str) -> dict:
                 "guarantee": res.cpu.guarantee if res and res.cpu else None,
             },
         },
-        "imagePullSecret": s.image_pull_secret_ref.name if s.image_pull_secret_ref else None,
+        "imagePullSecret": pull_secret,
     }
 
 
 def allowlist_document(hub: HubRecord, winners: dict[str, CourseRecord], published: dict[str, str]) -> dict:
-    courses = {slug: course_entry(winners[slug], image) for slug, image in sorted(published.items())}
+    courses = {slug: course_entry(hub, winners[slug], image) for slug, image in sorted(published.items())}
     default = hub.spec.courses.default.lower() if hub.spec.courses and hub.spec.courses.default else None
     return {
         "version": 1,

@@ -55,18 +55,40 @@ class HubRecord:
         return f"{self.namespace}/{self.name}"
 
 
+def pull_secret_rule(hub: HubRecord, course: CourseRecord) -> str | None:
+    """Why this hub may not use a course's pull secret, or None.
+
+    Learner pods and puller pods run in the hub's namespace, where a Secret name resolves to
+    the hub namespace's Secret. A CourseImage elsewhere names a Secret of *its* namespace
+    (that is where the operator read it to resolve the image), so neither ever gets its name:
+    it could pick up an unrelated Secret of the hub's namespace with the same name (a
+    confused deputy). Such a course is offered without a pull secret (nodes' own
+    credentials) and left out of the pullers (a pull without its credentials would fail and
+    hold the whole DaemonSet back), and says why. Courses without a secret pull with the
+    nodes' credentials wherever they live.
+    """
+    ref = course.spec.image_pull_secret_ref
+    if ref is None or course.namespace == hub.namespace:
+        return None
+    return (
+        f"spec.imagePullSecretRef names Secret {ref.name} of namespace {course.namespace}, but learner "
+        f"pods and pre-pullers run in the hub's namespace {hub.namespace} and use Secrets from there only: "
+        f"learner pods get no pull secret (the nodes' own credentials) and the image is not pre-pulled; "
+        f"move the CourseImage to {hub.namespace}, or make the image pullable with the nodes' credentials "
+        f"(and drop imagePullSecretRef)"
+    )
+
+
 def selects(hub: HubRecord, course: CourseRecord, namespace_labels: dict[str, dict[str, str]]) -> bool:
     courses = hub.spec.courses
     mode = courses.namespaces if courses else "Same"
     if mode == "Same" and course.namespace != hub.namespace:
         return False
-    if mode == "Selector":
+    if courses and mode == "Selector":
         sel = courses.namespace_selector
         if sel is None or not sel.matches(namespace_labels.get(course.namespace, {})):
             return False
-    if courses and courses.selector and not courses.selector.matches(course.label_dict):
-        return False
-    return True
+    return not (courses and courses.selector and not courses.selector.matches(course.label_dict))
 
 
 @dataclass

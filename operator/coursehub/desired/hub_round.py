@@ -18,7 +18,7 @@ from ..conditions import Cond
 from . import allowlist as allowlist_mod
 from . import puller as puller_mod
 from . import tenancy
-from .courses import CourseRecord, HubRecord, namespace_owner, select_courses
+from .courses import CourseRecord, HubRecord, namespace_owner, pull_secret_rule, select_courses
 from .gateway import gateway_objects
 from .policy import ChartPolicy, InvalidChart, check_chart
 from .secrets import (
@@ -290,7 +290,9 @@ def _publications(
             pre, pre_msg = "PrePulled", ""
         else:
             pre, pre_msg = "Pulling", "the pre-puller DaemonSet is rolling out"
-        pubs[course.key] = Publication(hub.ref, hub.spec.domain, state, msg, image, pre, pre_msg)
+        why = pull_secret_rule(hub, course)
+        caveat = ("PullSecretElsewhere", why) if why and state == "Published" else None
+        pubs[course.key] = Publication(hub.ref, hub.spec.domain, state, msg, image, pre, pre_msg, caveat)
     for loser_key, winner in duplicates.items():
         pubs[loser_key] = Publication(
             hub.ref,
@@ -303,7 +305,7 @@ def _publications(
 
 
 def _unpulled_reason(hub: HubRecord, course: CourseRecord, no_gpu: bool) -> str:
-    if puller_mod.pull_secret_rule(hub, course):
+    if pull_secret_rule(hub, course):
         return "PullSecretElsewhere"
     if course.spec.gpu == "required" and no_gpu:
         return "NoGpuNodes"

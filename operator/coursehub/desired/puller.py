@@ -15,7 +15,8 @@ Unlike z2jh's puller, nothing a course image ships ever runs (docs/prepull.md):
 - pods go only where learner pods go: the hub's singleuser node selector, required node
   affinity and tolerations (z2jh's scheduling.userPods too), plus the GPU settings for the
   GPU puller;
-- pull secrets come only from CourseImages in the hub's own namespace (see pull_secret_rule).
+- pull secrets come only from CourseImages in the hub's own namespace (see
+  courses.pull_secret_rule).
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .allowlist import gpu_settings, hub_labels
-from .courses import CourseRecord, HubRecord
+
+# pull_secret_rule lives with the records: the allowlist applies it too, and importing this
+# module from allowlist.py would be circular.
+from .courses import CourseRecord, HubRecord, pull_secret_rule
 from .values import Z2JH_VERSION, helm_coalesce, z2jh_defaults
 
 GENERAL = "coursehub-puller"
@@ -222,28 +226,6 @@ def network_tools_image(hub: HubRecord) -> str | None:
 
 
 # --- which courses go into which puller ------------------------------------------------
-
-
-def pull_secret_rule(hub: HubRecord, course: CourseRecord) -> str | None:
-    """Why a course cannot go into this hub's pullers because of its pull secret, or None.
-
-    Puller pods run in the hub's namespace, where a Secret name resolves to the hub
-    namespace's Secret. A CourseImage elsewhere names a Secret of *its* namespace (that is
-    where the operator read it to resolve the image), so the puller never uses its name: it
-    could pick up an unrelated Secret of the hub's namespace with the same name. Such a
-    course is left out of the pullers (a pull without its credentials would fail and hold the
-    whole DaemonSet back) and says why. Courses without a secret pull with the nodes'
-    credentials wherever they live.
-    """
-    ref = course.spec.image_pull_secret_ref
-    if ref is None or course.namespace == hub.namespace:
-        return None
-    return (
-        f"not pre-pulled: spec.imagePullSecretRef names Secret {ref.name} of namespace {course.namespace}, "
-        f"but pre-pullers run in the hub's namespace {hub.namespace} and use Secrets from there only; "
-        f"move the CourseImage to {hub.namespace}, or make the image pullable with the nodes' credentials "
-        f"(and drop imagePullSecretRef)"
-    )
 
 
 @dataclass

@@ -33,6 +33,8 @@ class Publication:
     # PrePulled | Pulling | PrePullDisabled, or why it is in no puller (NoGpuNodes, Unplaceable...)
     prepull: str = "Pulling"
     prepull_message: str = ""
+    # (reason, message): offered, but not quite as the CourseImage asks (e.g. without its pull secret)
+    caveat: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -92,9 +94,14 @@ def course_conditions(
                 Cond("Published", False, bad[0].state, "; ".join(f"{p.hub}: {p.message}" for p in bad))
             )
         else:
-            conds.append(
-                Cond("Published", True, "Published", "offered by " + ", ".join(sorted(p.hub for p in pubs)))
-            )
+            msg = "offered by " + ", ".join(sorted(p.hub for p in pubs))
+            caveats = sorted((p.hub, p.caveat) for p in pubs if p.caveat)
+            if caveats:
+                reason = caveats[0][1][0]
+                msg += "; " + "; ".join(f"{hub}: {why}" for hub, (_r, why) in caveats)
+            else:
+                reason = "Published"
+            conds.append(Cond("Published", True, reason, msg))
 
     published = [p for p in pubs if p.state == "Published"]
     if not course.spec.pre_pull:
