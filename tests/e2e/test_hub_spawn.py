@@ -5,6 +5,7 @@ pod KubeSpawner created and on the hub's REST API, then stops the server.
 """
 
 import html
+import http.client
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,7 @@ from urllib.parse import quote, urlencode, urlparse
 
 import pytest
 
-from fixtures.jupyterhub import wait_until, z2jh_values
+from fixtures.jupyterhub import proxy_stand_in_pod, wait_until, z2jh_values
 
 pytestmark = pytest.mark.e2e
 
@@ -78,6 +79,8 @@ class Allowlist:
 def hub_namespace(cluster):
     name = "e2e-hub-spawn"
     cluster.kubectl("create", "namespace", name)
+    # the hub takes gateway identity headers only from the proxy (here: loopback)
+    proxy_stand_in_pod(cluster, name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
@@ -403,6 +406,42 @@ def test_one_identity_over_its_limit_gets_a_page_naming_its_running_server(hub, 
     assert r.status_code == 403 and nobody is None
     stop(hub, cluster, first)
     stop(hub, cluster, other)
+
+
+def from_a_learner_pod(hub, path, headers, source="127.0.0.2"):
+    """A request straight to the hub's port (as z2jh's hub NetworkPolicy lets a learner
+    pod send one), from an address that is not the proxy's: (status, body)."""
+    host, port = urlparse(hub.hub_api_url).hostname, urlparse(hub.hub_api_url).port
+    conn = http.client.HTTPConnection(host, port, timeout=60, source_address=(source, 0))
+    try:
+        conn.request("GET", path, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+def test_forged_identity_headers_from_a_learner_pod_are_refused(hub, cluster, allowlist):
+    apply_gated_limits(hub, allowlist)
+    before = set(hub.users())
+    # an identity and the proxy's address, both claimed in headers
+    forged = {**ME, "X-Forwarded-For": "127.0.0.1", "X-Real-Ip": "127.0.0.1"}
+    for path in (
+        "/hub/tmplogin?" + urlencode({"course": "clustering_and_descriptive_ai"}),
+        "/hub/tmplogin?" + urlencode({"course": "uai_source-uai.1"}),  # a GPU course's confirmation
+        "/hub/tmplogin?next=" + quote("/hub/home"),
+    ):
+        status, body = from_a_learner_pod(hub, path, forged)
+        assert status == 403 and "Sign in through this hub" in body, (path, status, body[:500])
+    assert set(hub.users()) == before  # no temporary user, so no server outside the limits
+    assert "ignoring identity headers from 127.0.0.2: not the proxy" in hub.log_text()
+
+    # the gateway's path (through the proxy) with the same headers works
+    first, _ = launched_pod(hub, cluster, headers=ME, course="clustering_and_descriptive_ai")
+    # and the identity's limit holds against the learner pod too: it cannot launch past it
+    status, _ = from_a_learner_pod(hub, "/hub/tmplogin?course=mitxt-6.3710.3x", forged)
+    assert status == 403 and set(hub.users()) == before | {first}
+    stop(hub, cluster, first)
 
 
 def test_active_servers_bounds_the_whole_hub(hub, cluster, allowlist):
