@@ -69,6 +69,16 @@ class Settings(BaseSettings):
             "and ECR drift checks."
         ),
     )
+    secret_poll: float = Field(
+        60,
+        gt=0,
+        validation_alias=ENV_PREFIX + "SECRET_POLL_SECONDS",
+        description=(
+            "Seconds between checks of the Secrets each hub references (the operator may only get "
+            "Secrets, not watch them): one GET per referenced Secret, by name (1-3 per hub), and a "
+            "round only when one's resourceVersion changed, so a rotation is noticed within this time."
+        ),
+    )
     rollout_poll: float = Field(
         2,
         gt=0,

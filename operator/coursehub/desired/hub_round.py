@@ -338,6 +338,12 @@ def required_secret_names(hub: HubRecord) -> list[str]:
     return sorted(names | set(hub_secret_names(hub.spec)) | set(gateway_secret_names(hub.spec)))
 
 
+def secret_versions(secrets: Mapping[str, dict | None]) -> dict[str, str | None]:
+    """name -> resourceVersion (None: missing) of the Secrets a round read: a poll that finds
+    other versions wakes the hub (rotation is noticed without a watch on Secrets)."""
+    return {name: (obj or {}).get("metadata", {}).get("resourceVersion") for name, obj in secrets.items()}
+
+
 def _release_event(o: Observed, reason: str, message: str) -> list[tuple[str, str, str]]:
     """A Warning once per reason and message (not again while ReleaseDeployed already says it)."""
     old = next((c for c in o.status.get("conditions") or [] if c.get("type") == "ReleaseDeployed"), None)

@@ -238,17 +238,6 @@ def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None
         elif prev is None or prev.generation != record.generation:
             idx.wake_hub(key)
 
-    @kopf.on.event(
-        "", "v1", "secrets", registry=registry, when=lambda body, memo, **_: _referenced_secret(memo, body)
-    )
-    async def secret_event(body, memo, **_):
-        """A referenced Secret changed (rotation, or it appeared): the hubs that use it look again."""
-        ns, name, _m = _meta(body)
-        idx = memo.runtime.index
-        for key, hub in idx.hubs.items():
-            if hub.namespace == ns and name in _secret_names(hub):
-                idx.wake_hub(key)
-
     if watch_namespaces:
 
         @kopf.on.event("", "v1", "namespaces", registry=registry)
@@ -265,20 +254,6 @@ def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None
             for key, hub in idx.hubs.items():
                 if hub.spec.courses and hub.spec.courses.namespaces == "Selector":
                     idx.wake_hub(key)
-
-
-def _secret_names(hub: HubRecord) -> set[str]:
-    from ..desired.secrets import required_secret_keys
-
-    return {name for pairs in required_secret_keys(hub.spec).values() for name, _ in pairs}
-
-
-def _referenced_secret(memo, body) -> bool:
-    r = getattr(memo, "runtime", None)
-    if r is None:
-        return False
-    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
-    return any(h.namespace == ns and name in _secret_names(h) for h in r.index.hubs.values())
 
 
 def _plain(body) -> dict:

@@ -30,6 +30,7 @@ from ..desired.hub_round import (
     fold_failures,
     plan_round,
     required_secret_names,
+    secret_versions,
     skipped_steps,
 )
 from ..helm import ReleaseFailed
@@ -80,6 +81,8 @@ class HubMemory:
     shard_images: dict[str, dict[str, str]] = field(default_factory=dict)  # shard name -> slug -> image
     pulling: bool = False
     rounds: int = 0
+    # name -> resourceVersion of the referenced Secrets the last round read; None: none read
+    secret_versions: dict[str, str | None] | None = None
 
 
 class HubReconciler:
@@ -91,12 +94,16 @@ class HubReconciler:
         self.key = key
         self.memory = HubMemory()
         self.task: asyncio.Task | None = None
+        self.poll_task: asyncio.Task | None = None
         self.release_task: asyncio.Task | None = None
 
     # -- the loop ----------------------------------------------------------
     def start(self) -> None:
         self.index.hubs_starting[self.key] = time.monotonic() + FIRST_ROUND_GRACE
         self.task = asyncio.create_task(self._loop(), name=f"hub {self.key[0]}/{self.key[1]}")
+        self.poll_task = asyncio.create_task(
+            self._poll_secrets(), name=f"hub {self.key[0]}/{self.key[1]} secrets"
+        )
 
     async def stop(self) -> None:
         self.index.hubs_starting.pop(self.key, None)
@@ -106,10 +113,11 @@ class HubReconciler:
             # would outlast the pod's termination grace period anyway.
             await asyncio.wait([self.release_task], timeout=10)
             self.release_task.cancel()
-        if self.task:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
+        for task in (self.poll_task, self.task):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _loop(self) -> None:
         wake = self.index.hub_wakeups.setdefault(self.key, asyncio.Event())
@@ -148,6 +156,33 @@ class HubReconciler:
                 metrics.RECONCILE_SECONDS.labels(kind="JupyterHubDeployment").observe(
                     time.monotonic() - started
                 )
+
+    async def _poll_secrets(self) -> None:
+        """Notice a rotated (or newly created) referenced Secret without watching Secrets.
+
+        The operator may `get` Secrets, never list or watch them (the chart's RBAC): every
+        `secret_poll` seconds it GETs, by name, the Secrets this hub references, and wakes the
+        hub only when a resourceVersion differs from what its last round read. Cost: one GET
+        per referenced Secret (1-3 per hub) per interval, and no writes.
+        """
+        while True:
+            await asyncio.sleep(self.settings.secret_poll)
+            hub = self.index.hubs.get(self.key)
+            seen = self.memory.secret_versions
+            if hub is None or hub.deleting or seen is None:
+                continue  # no round has read them yet (or this hub does not own its namespace)
+            try:
+                now = {
+                    name: await self.kube.get_or_none(SECRETS, name, hub.namespace)
+                    for name in required_secret_names(hub)
+                }
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the next poll or round tries again
+                log.info("hub %s/%s: reading its Secrets failed (%s: %s)", *self.key, type(e).__name__, e)
+                continue
+            if secret_versions(now) != seen:
+                self.index.wake_hub(self.key)
 
     async def _debounce(self, wake: asyncio.Event) -> None:
         """Wait until changes stop arriving for `debounce` seconds (at most `debounce_max`)."""
@@ -249,6 +284,7 @@ class HubReconciler:
         secrets = {
             name: await self.kube.get_or_none(SECRETS, name, ns) for name in required_secret_names(hub)
         }
+        mem.secret_versions = secret_versions(secrets)
 
         release = None
         if mem.release is not None:
