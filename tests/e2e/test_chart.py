@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from coursehub.kube import BY_KIND
+from coursehub.reconcile.hub import OWNED_KINDS
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,6 +42,11 @@ def render(cluster, release: str, namespace: str, *sets: str) -> str:
 
 def docs_of(text: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(text) if d]
+
+
+def resource_name(res) -> str:
+    """A coursehub.kube.Resource as kubectl names it: plural.group."""
+    return f"{res.plural}.{res.group}" if res.group else res.plural
 
 
 def can_i(
@@ -252,6 +260,9 @@ def test_chart_applies_and_operator_becomes_available(cluster, restricted_namesp
             ("create", "rolebindings.rbac.authorization.k8s.io", other, None),
             ("create", "networkpolicies.networking.k8s.io", other, None),
             ("create", "serviceaccounts", other, None),  # the tenant account
+            # list (by a hub's label, once per process) every kind a hub owns: what a hub no
+            # longer wants is pruned after a restart too
+            *(("list", resource_name(BY_KIND[kind]), other, None) for kind in OWNED_KINDS),
             ("impersonate", "serviceaccounts/coursehub-helm", other, None),
             (
                 "bind",
@@ -401,6 +412,8 @@ def test_namespace_scoped_install_with_helm(cluster, restricted_namespace, names
         sa = f"system:serviceaccount:{ns}:{fullname}"
         assert can_i(cluster, sa, "watch", "courseimages.coursehub.dev", namespace=watched)
         assert can_i(cluster, sa, "create", "daemonsets.apps", namespace=watched)
+        assert can_i(cluster, sa, "list", "networkpolicies.networking.k8s.io", namespace=watched)
+        assert not can_i(cluster, sa, "list", "secrets", namespace=watched)
         assert not can_i(cluster, sa, "watch", "courseimages.coursehub.dev")  # not cluster-wide
         assert not can_i(cluster, sa, "get", "secrets", namespace="default")
         assert not can_i(cluster, sa, "impersonate", "serviceaccounts/coursehub-helm", namespace="default")

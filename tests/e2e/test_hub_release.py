@@ -172,7 +172,8 @@ def content_hashes(*values: str) -> set[str]:
 
 def test_secret_rotation_restarts_hub_once(cluster, namespace, operator_factory):
     ns = namespace
-    op = operator_factory([ns], env=SECRET_POLL)
+    # With the chart's rights: Secrets may be read by name only, never listed or watched.
+    op = operator_factory([ns], env=SECRET_POLL, identity="chart")
     apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:old@db/hub"), hub())
     wait_until(lambda: ready_on_generation(cluster, ns), timeout=120, what="hub Ready")
     before = hub_pod_annotation(cluster, ns)
@@ -391,6 +392,36 @@ def gated_hub() -> dict:
         },
         values={},  # the proxy's Service is the operator's business behind a gate
     )
+
+
+def test_objects_a_hub_no_longer_wants_are_pruned_after_a_restart(cluster, namespace, operator_factory):
+    """With the chart's rights, not admin's: after a restart the operator finds a hub's objects
+    by listing them (by label), so the gate's Deployment, Service and NetworkPolicy go when
+    the spec dropped the gate while the operator was down."""
+    ns = namespace
+    op = operator_factory([ns], identity="chart")
+    oidc = dict(client_id="c", client_secret="s", cookie_secret="0123456789abcdef0123456789abcdef")
+    apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:p@db/hub"), secret("oidc", **oidc))
+    apply(cluster, ns, gated_hub())
+    wait_until(lambda: ready_on_generation(cluster, ns), timeout=120, what="gated hub Ready")
+    gate = [
+        ("deployment", "coursehub-gateway"),
+        ("service", "coursehub-gateway"),
+        ("networkpolicy", "coursehub-gateway-only"),
+    ]
+
+    def present() -> list[tuple[str, str]]:
+        out = cluster.kubectl("get", *(f"{k}/{n}" for k, n in gate), "-n", ns, "-o", "name", check=False)
+        found = {(line.split("/")[0].split(".")[0], line.split("/")[1]) for line in out.stdout.split()}
+        return [g for g in gate if g in found]
+
+    assert present() == gate
+    op.kill()
+    apply(cluster, ns, hub())  # no gate any more
+    op.start()
+    wait_until(lambda: ready_on_generation(cluster, ns), timeout=120, what="ungated hub Ready")
+    wait_until(lambda: present() == [], timeout=60, what="the gate's objects pruned")
+    assert "may not list" not in op.log()
 
 
 def test_oidc_gateway_in_front_of_tmp_users(cluster, namespace, operator_factory):

@@ -88,10 +88,11 @@ Kept off on purpose: `escalate`, nodes, cluster-scoped writes, Secrets list/watc
   resources: ["configmaps"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Services: the SSO gateway's. ServiceAccounts: each hub's tenant account (impersonated
-# by Helm, never mounted).
+# by Helm, never mounted). `list` (by the hub's label, once per process, as for every kind
+# below): objects a hub no longer wants are pruned after an operator restart too.
 - apiGroups: [""]
   resources: ["services", "serviceaccounts"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 # Events on the operator's objects.
 - apiGroups: [""]
   resources: ["events"]
@@ -104,11 +105,11 @@ Kept off on purpose: `escalate`, nodes, cluster-scoped writes, Secrets list/watc
 # Roles/RoleBindings: the hub's allowlist Role and its binding; the tenant RoleBinding.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 # NetworkPolicies: proxy-public only from the gateway; pullers deny all traffic.
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "create", "patch", "delete"]
 # The tenant RoleBinding refers to the tenant ClusterRole: `bind` on that one role lets the
 # operator create the binding without holding the tenant's rights itself.
 - apiGroups: ["rbac.authorization.k8s.io"]

@@ -325,7 +325,19 @@ class HubReconciler:
             try:
                 items = await self.kube.list(BY_KIND[kind], hub.namespace, label_selector=selector)
             except KubeError as e:
-                if e.status in (403, 404):  # not allowed or not served here: nothing of ours to prune
+                if e.status == 404:  # not served here: nothing of ours to prune
+                    continue
+                if e.status == 403:
+                    # The chart grants list on every owned kind; a narrower grant must not stop
+                    # the hub, but unwanted objects of this kind then stay until deleted by hand.
+                    log.warning(
+                        "hub %s/%s: may not list %s in %s, so %s objects it no longer wants are not "
+                        "pruned: grant list on them (charts/coursehub-operator namespacedRules)",
+                        *self.key,
+                        BY_KIND[kind].plural,
+                        hub.namespace,
+                        kind,
+                    )
                     continue
                 raise
             found.update({(kind, i["metadata"]["name"]): i for i in items})
