@@ -83,7 +83,7 @@ def hub_env(cluster, namespace, operator_factory, oci_registry):
 
 
 def test_resolve_publish_prepull_and_follow_tag(cluster, hub_env, unique_repo):
-    ns, reg, op = hub_env
+    ns, reg, _op = hub_env
     d1 = reg.push_image(unique_repo, "uai_source-uai.1", "build-1")
     d2 = reg.push_image(unique_repo, "stats-101", "stats-1")
     apply(
@@ -147,7 +147,7 @@ def test_resolve_publish_prepull_and_follow_tag(cluster, hub_env, unique_repo):
 def test_unknown_tag_and_registry_outage(cluster, namespace, operator_factory, oci_registry_factory):
     reg = oci_registry_factory()
     ns = namespace
-    op = operator_factory([ns])
+    operator_factory([ns])
     apply(cluster, ns, hub_manifest())
     good = reg.push_image("courses/nb", "good", "g1")
     apply(
@@ -195,7 +195,7 @@ def test_unknown_tag_and_registry_outage(cluster, namespace, operator_factory, o
 
 
 def test_duplicate_slug_and_delete(cluster, hub_env, unique_repo):
-    ns, reg, op = hub_env
+    ns, reg, _op = hub_env
     reg.push_image(unique_repo, "a", "a1")
     apply(cluster, ns, course_manifest("first", "nlp_2025", reg.ref(unique_repo, "a")))
     cluster.kubectl("wait", "--for=condition=Ready", "courseimage/first", "-n", ns, "--timeout=90s")
@@ -221,7 +221,7 @@ def test_duplicate_slug_and_delete(cluster, hub_env, unique_repo):
 
 
 def test_32_realistic_slugs(cluster, hub_env, unique_repo):
-    ns, reg, op = hub_env
+    ns, reg, _op = hub_env
     objs = []
     for i, slug in enumerate(SLUGS_32):
         reg.push_image(unique_repo, slug, f"seed-{slug}")
@@ -242,7 +242,7 @@ def test_32_realistic_slugs(cluster, hub_env, unique_repo):
 
 def test_spec_and_labels_untouched_by_reconciliation(cluster, hub_env, unique_repo):
     """Argo CD self-heal never fights the operator: it writes status and its finalizer only."""
-    ns, reg, op = hub_env
+    ns, reg, _op = hub_env
     reg.push_image(unique_repo, "argo", "argo")
     obj = course_manifest("argo", "argo", reg.ref(unique_repo, "argo"), displayName="Argo course")
     obj["metadata"]["labels"] = {"app.kubernetes.io/instance": "courses", "team": "ai"}
@@ -280,7 +280,7 @@ def test_argocd_health_of_live_objects(cluster, hub_env, unique_repo):
 
     from unit.test_argocd_health import health
 
-    ns, reg, op = hub_env
+    ns, reg, _op = hub_env
     reg.push_image(unique_repo, "ok", "ok")
     apply(
         cluster,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 
@@ -9,9 +10,17 @@ import pytest
 import yaml
 
 from fixtures.cluster import get_yaml, wait_until
-from fixtures.ecr import ECR_HOST, FAKE_AWS_ENV, create_repository, ecr_client, put_image
+from fixtures.ecr import ECR_HOST, FAKE_AWS_ENV, ecr_client, put_image
 
 pytestmark = pytest.mark.e2e
+
+
+def ensure_repository(endpoint: str, name: str) -> None:
+    """The session's moto may have the repository from another test: that one is fine."""
+    client = ecr_client(endpoint)
+    with contextlib.suppress(client.exceptions.RepositoryAlreadyExistsException):
+        client.create_repository(repositoryName=name)
+
 
 REPO = "ol-course-notebooks"
 
@@ -50,13 +59,10 @@ def protected_tags(doc: dict) -> set[str]:
 
 def test_resolution_and_lifecycle_through_moto(cluster, namespace, operator_factory, ecr_endpoint, ecr_proxy):
     ns = namespace
-    try:
-        create_repository(ecr_endpoint, REPO)
-    except Exception:
-        pass  # the session's moto may have it from another test
+    ensure_repository(ecr_endpoint, REPO)
     d1 = put_image(ecr_endpoint, REPO, "uai_source-uai.1", seed=f"{ns}-1")
     put_image(ecr_endpoint, REPO, "mitxt-6.3710.3x", seed=f"{ns}-2")
-    op = operator_factory(
+    operator_factory(
         [ns],
         env={
             **FAKE_AWS_ENV,
@@ -127,10 +133,7 @@ def test_throttled_lifecycle_becomes_condition_and_recovers(
     cluster, namespace, operator_factory, ecr_endpoint, ecr_proxy
 ):
     ns = namespace
-    try:
-        create_repository(ecr_endpoint, REPO)
-    except Exception:
-        pass
+    ensure_repository(ecr_endpoint, REPO)
     put_image(ecr_endpoint, REPO, "stats_101", seed=f"{ns}-s")
     ecr_proxy.fail("GetLifecyclePolicy", "ThrottlingException", times=12)
     operator_factory(

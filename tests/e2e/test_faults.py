@@ -19,9 +19,9 @@ from hypothesis import strategies as st
 
 from coursehub.api.common import COURSE_SLUG_PATTERN
 from coursehub.desired.puller import GENERAL, GPU
+from coursehub.hub.course_spawner import CourseRefused, parse_allowlist, plan_launch
 from coursehub_dev import samples
 from coursehub_dev.samples import course_manifest
-from coursehub.hub.course_spawner import CourseRefused, parse_allowlist, plan_launch
 from fixtures.cluster import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -401,7 +401,7 @@ def test_registry_outage_keeps_last_good_digest(cluster, namespace, operator_fac
 
 
 def test_failed_helm_upgrade_keeps_previous_release(cluster, hub_env, unique_repo):
-    ns, reg, op = hub_env
+    ns, reg, _op = hub_env
     deployed = helm_history(cluster, ns)[-1]
     assert deployed["status"] == "deployed"
     hub_uid = get_json(cluster, "deployment", "hub", "-n", ns)["metadata"]["uid"]
@@ -505,7 +505,7 @@ def learner_pod(name: str, image: str, user: str) -> dict:
 
 
 def test_course_deleted_while_in_use(cluster, hub_env, unique_repo):
-    ns, reg, op = hub_env
+    ns, reg, _op = hub_env
     reg.push_image(unique_repo, "default", "default")
     reg.push_image(unique_repo, "retiring", "retiring")
     apply(
@@ -613,7 +613,7 @@ def test_hub_deleted_with_50_courses(cluster, namespace, operator_factory, oci_r
         lambda: namespace_objects(cluster, ns) <= baseline, timeout=120, what="the hub's objects are removed"
     )
     assert not json.loads(helm(cluster, "list", "-n", ns, "-a", "-o", "json").stdout)
-    assert not helm(cluster, "status", "learn", "-n", ns, check=False).returncode == 0
+    assert helm(cluster, "status", "learn", "-n", ns, check=False).returncode != 0
 
     # The courses stay, and say they are no longer published anywhere.
     def unpublished():
@@ -780,7 +780,9 @@ def test_bad_input_in_bulk(cluster, hub_env, unique_repo, tmp_path):
     for name, kind in unresolvable.items():
         reason = {"missing-tag": "ImageNotFound", "unreachable-registry": "RegistryUnreachable"}[kind]
         wait_until(
-            lambda: course_cond(cluster, ns, name, "ImageResolved").get("reason") == reason,
+            lambda name=name, reason=reason: (
+                course_cond(cluster, ns, name, "ImageResolved").get("reason") == reason
+            ),
             timeout=60,
             what=f"{name} reports {reason}",
         )

@@ -38,7 +38,7 @@ def violations(policy: dict, text: str | None = None) -> list[str]:
         out.append(f"top-level keys {sorted(policy)} != ['rules']")
     rules = policy.get("rules")
     if not isinstance(rules, list) or not rules:
-        return out + ["rules must be a non-empty list"]
+        return [*out, "rules must be a non-empty list"]
     priorities = []
     selections_seen = []
     untagged_rules = 0
@@ -104,9 +104,9 @@ def violations(policy: dict, text: str | None = None) -> list[str]:
         out.append("rulePriority values are not unique")
     ints = [p for p in priorities if isinstance(p, int)]
     for rule in rules:
-        if isinstance(rule, dict) and rule.get("selection", {}).get("tagStatus") == "any":
-            if rule.get("rulePriority") != max(ints):
-                out.append("a tagStatus 'any' rule must have the highest rulePriority")
+        is_any = isinstance(rule, dict) and rule.get("selection", {}).get("tagStatus") == "any"
+        if is_any and rule.get("rulePriority") != max(ints):
+            out.append("a tagStatus 'any' rule must have the highest rulePriority")
     if untagged_rules > 1:
         out.append("only one rule may select untagged images")
     if len(set(selections_seen)) != len(selections_seen):
@@ -130,13 +130,8 @@ def _selects(sel: dict, image: Image) -> bool:
     if not image.tags:
         return False
     # Every entry must match some tag of the image (the list is an AND).
-    for p in sel.get("tagPatternList", []):
-        if not any(fnmatch.fnmatchcase(t, p) for t in image.tags):
-            return False
-    for p in sel.get("tagPrefixList", []):
-        if not any(t.startswith(p) for t in image.tags):
-            return False
-    return True
+    patterns = all(any(fnmatch.fnmatchcase(t, p) for t in image.tags) for p in sel.get("tagPatternList", []))
+    return patterns and all(any(t.startswith(p) for t in image.tags) for p in sel.get("tagPrefixList", []))
 
 
 def evaluate(policy: dict, images: list[Image], now: int) -> dict[str, int]:

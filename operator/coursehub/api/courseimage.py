@@ -35,14 +35,16 @@ class Retention(Model):
 
 class CourseImageSpec(Model):
     course: str = Field(
-        description="The course slug learners use in launch links (?course=<slug>). Letters, digits, '.', '_' and '-'; "
-        "matched case-insensitively. This is not the object's name: 'uai_source-uai.1' is a valid slug.",
+        description="The course slug learners use in launch links (?course=<slug>). Letters, digits, "
+        "'.', '_' and '-'; matched case-insensitively. This is not the object's name: "
+        "'uai_source-uai.1' is a valid slug.",
         pattern=COURSE_SLUG_PATTERN,
         max_length=63,
     )
     image: str = Field(
-        description="The image to run, as 'registry/repository:tag' or '...@sha256:<digest>'. A tag is resolved to an "
-        "immutable digest and re-resolved periodically, so a new build pushed under the same tag is followed.",
+        description="The image to run, as 'registry/repository:tag' or '...@sha256:<digest>'. A tag is "
+        "resolved to an immutable digest and re-resolved periodically, so a new build pushed under the "
+        "same tag is followed.",
         pattern=COURSE_IMAGE_PATTERN,
         max_length=512,
         json_schema_extra={
@@ -72,8 +74,8 @@ class CourseImageSpec(Model):
             "x-kubernetes-validations": [
                 {
                     "rule": "!self.split('/').exists(p, p == '..')",
-                    "message": "spec.defaultNotebook must not contain '..' segments: give a path inside the image's notebook "
-                    "directory, e.g. lessons/intro.ipynb",
+                    "message": "spec.defaultNotebook must not contain '..' segments: give a path inside "
+                    "the image's notebook directory, e.g. lessons/intro.ipynb",
                 }
             ]
         },
@@ -92,8 +94,8 @@ class CourseImageSpec(Model):
     )
     image_pull_secret_ref: SecretRef | None = Field(
         None,
-        description="A kubernetes.io/dockerconfigjson Secret with credentials for a private, non-ECR registry. "
-        "ECR uses the operator's AWS identity (IRSA) instead.",
+        description="A kubernetes.io/dockerconfigjson Secret with credentials for a private, non-ECR "
+        "registry. ECR uses the operator's AWS identity (IRSA) instead.",
     )
 
 

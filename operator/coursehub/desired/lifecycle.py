@@ -396,7 +396,7 @@ def _estimate(courses, tags, groups, untagged_days, expire_untagged) -> int:
 
 def _common_prefix(a: str, b: str) -> str:
     n = 0
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):  # the prefix ends with the shorter string
         if x != y:
             break
         n += 1
@@ -407,13 +407,13 @@ def _common_prefix(a: str, b: str) -> str:
 
 
 def _summaries(courses, tags, groups, expire_untagged) -> dict[str, str]:
-    plan = {c.slug: (count, nested) for c, count, nested in _keep_plan(courses, tags, groups)}
+    plan = {c.slug: count for c, count, _nested in _keep_plan(courses, tags, groups)}
     out = {}
     for slug in sorted(courses):
         c = courses[slug]
         parts = []
         if slug in plan:
-            count, nested = plan[slug]
+            count = plan[slug]
             text = f"keeps {c.keep} builds of {slug}"
             if count != c.keep:
                 text += (
