@@ -168,7 +168,7 @@ def hub_record(body: dict) -> HubRecord | None:
 
 def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None:
     @kopf.on.event(GROUP, VERSION, "courseimages", registry=registry)
-    async def course_event(type, body, memo, **_):
+    async def course_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
         r: Runtime = memo.runtime
         ns, name, m = _meta(body)
         key = (ns, name)
@@ -199,7 +199,7 @@ def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None
             idx.wake_hubs_for_namespace(ns)
 
     @kopf.on.event(GROUP, VERSION, "jupyterhubdeployments", registry=registry)
-    async def hub_event(type, body, memo, **_):
+    async def hub_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
         r: Runtime = memo.runtime
         ns, name, m = _meta(body)
         key = (ns, name)
