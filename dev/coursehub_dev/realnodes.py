@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 LOCK_PATH = Path(os.environ.get("COURSEHUB_REAL_NODES_LOCK", "/tmp/coursehub-real-nodes.lock"))
 NODE_NET = ipaddress.ip_network("10.210.0.0/24")  # node IPs, one /32 per node bridge
 CLUSTER_CIDR = ipaddress.ip_network("10.244.0.0/16")  # pod CIDRs: 10.244.<i>.0/24
+SERVICE_CIDR = ipaddress.ip_network("10.0.0.0/24")  # the API server's --service-cluster-ip-range
 MAX_NODES = 8
 GPU_LABEL = ("ol.mit.edu/gpu_node", "true")
 GPU_TAINT = {"key": "ol.mit.edu/gpu_node", "value": "true", "effect": "NoSchedule"}
@@ -313,6 +314,9 @@ class RealNodes:
                             "ipam": {
                                 "type": "host-local",
                                 "ranges": [[{"subnet": node.pod_cidr}]],
+                                # Routes to pods, Services and nodes only, no default route:
+                                # nothing a pod sends leaves the machine.
+                                "routes": [{"dst": str(n)} for n in (CLUSTER_CIDR, SERVICE_CIDR, NODE_NET)],
                                 "dataDir": str(nd / "cni-ipam"),
                             },
                         },

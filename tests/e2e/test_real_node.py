@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 import uuid
 
@@ -20,6 +21,7 @@ import requests
 from coursehub_dev import machine
 from coursehub_dev.cluster import DevCluster
 from coursehub_dev.realnodes import GPU_LABEL, GPU_RESOURCE, GPU_TAINT, RealNodes, RealNodesBusy
+from coursehub_dev.waiting import wait_until
 
 pytestmark = [
     pytest.mark.e2e,
@@ -118,6 +120,7 @@ def test_real_nodes_run_local_images_and_down_restores_the_machine(tmp_path, cap
             "real-node-0",
             command=["jupyter", "lab", "--ip=0.0.0.0", "--port=8888", "--no-browser"],
         )
+        lab["metadata"]["labels"] = {"app": "lab"}
         lab["spec"]["containers"][0]["args"] = [f"--IdentityProvider.token={lab_token}"]
         lab["spec"]["containers"][0]["readinessProbe"] = {
             "httpGet": {"path": "/api", "port": 8888},
@@ -141,6 +144,40 @@ def test_real_nodes_run_local_images_and_down_restores_the_machine(tmp_path, cap
         assert http.get(f"{url}/api/contents", timeout=10).status_code == 403  # the token is needed
         contents = http.get(f"{url}/api/contents", params={"token": lab_token}, timeout=10).json()
         assert "intro.ipynb" in {c["name"] for c in contents["content"]}
+
+        # kube-proxy: a ClusterIP Service reaches the lab from the machine and from the pod on
+        # the other real node. A missed DNAT would go out of the default route to an egress
+        # that answers anything: the version string tells who answered.
+        service = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "lab", "namespace": "default"},
+            "spec": {"selector": {"app": "lab"}, "ports": [{"port": 80, "targetPort": 8888}]},
+        }
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(service))
+        cluster_ip = cluster.get("/api/v1/namespaces/default/services/lab")["spec"]["clusterIP"]
+
+        def through_service() -> bool:
+            # A new connection each time: one opened before kube-proxy's rules were in place
+            # went to the egress and would be kept alive, answering every later request.
+            fresh = requests.Session()
+            fresh.trust_env = False
+            try:
+                return fresh.get(f"http://{cluster_ip}/api", timeout=2).json().get("version") == installed
+            except (requests.RequestException, ValueError, AttributeError):
+                return False
+
+        try:
+            wait_until(through_service, timeout=60, what=f"the lab through Service IP {cluster_ip}")
+        except TimeoutError:
+            rules = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+            pytest.fail(
+                f"Service {cluster_ip} does not reach the lab; its rules:\n"
+                + "\n".join(line for line in rules.splitlines() if cluster_ip in line or "KUBE-SEP" in line)
+            )
+        fetch = f"import json, urllib.request; print(json.load(urllib.request.urlopen('http://{cluster_ip}/api'))['version'])"
+        from_pod = cluster.kubectl("exec", "pod/base", "--", "python3", "-c", fetch).stdout.strip()
+        assert from_pod == installed
     finally:
         t = time.monotonic()
         cluster.down()
