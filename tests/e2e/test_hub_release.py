@@ -146,6 +146,10 @@ def hub_rounds(op) -> float:
         return 0.0
 
 
+def release_revision(cluster, ns) -> int | None:
+    return (jhd(cluster, ns).get("status") or {}).get("release", {}).get("revision")
+
+
 def after_many_rounds(op, rounds: int = 4) -> None:
     """Restart the operator with a round every 2 s and let `rounds` rounds run, so that
     "exactly once" holds against many rounds after the change (and across a restart)."""
@@ -186,10 +190,7 @@ def test_secret_rotation_restarts_hub_once(cluster, namespace, operator_factory)
         lambda: hub_pod_annotation(cluster, ns) != before, timeout=60, what="hub restarted for rotation"
     )
     wait_until(lambda: len(helm_history(cluster, ns)) == 2, timeout=60, what="one upgrade")
-    wait_until(
-        lambda: jhd(cluster, ns)["status"].get("release", {}).get("revision") == 2,
-        what="revision 2 in status",
-    )
+    wait_until(lambda: release_revision(cluster, ns) == 2, timeout=60, what="revision 2 in status")
     # At rest the poll only reads: one GET per referenced Secret per interval, no writes.
     writes, gets = api_requests(op, WRITES), api_requests(op, ["GET"], "Secret")
     wait_until(lambda: api_requests(op, ["GET"], "Secret") >= gets + 3, what="three polls")
@@ -211,6 +212,8 @@ def test_shared_password_rotation_restarts_hub_once(cluster, namespace, operator
     gen = generation(cluster, ns, "hub")
     apply(cluster, ns, secret("pw", password="second"))
     wait_until(lambda: hub_pod_annotation(cluster, ns) != before, timeout=60, what="hub restarted")
+    # The upgrade finished (a restart during it would leave it pending, repaired by a rollback).
+    wait_until(lambda: release_revision(cluster, ns) == 2, timeout=60, what="revision 2 in status")
     after_many_rounds(op)
     assert len(helm_history(cluster, ns)) == 2
     assert generation(cluster, ns, "hub") == gen + 1
