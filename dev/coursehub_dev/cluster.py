@@ -59,6 +59,20 @@ def node_manifest(name: str, *, gpu: bool) -> dict:
     }
 
 
+def start_logged(argv: list[str], *, log: Path, cwd: Path) -> subprocess.Popen:
+    """Start a long-lived process appending to `log`, in a session of its own so that `down`
+    can stop it and its children. The child keeps its own copy of the log's descriptor."""
+    with open(log, "ab") as logf:
+        return subprocess.Popen(
+            argv,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=cwd,
+        )
+
+
 @dataclass
 class DevCluster:
     state_dir: Path
@@ -189,17 +203,7 @@ class DevCluster:
 
     # -- processes ---------------------------------------------------------
     def _start(self, name: str, argv: list[str]) -> subprocess.Popen:
-        # A session of its own per process, so `down` can stop it and its children. The child
-        # keeps its own copy of the log's descriptor; ours closes with the block.
-        with open(self.state_dir / "logs" / f"{name}.log", "ab") as logf:
-            proc = subprocess.Popen(
-                argv,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd=self.state_dir,
-            )
+        proc = start_logged(argv, log=self.state_dir / "logs" / f"{name}.log", cwd=self.state_dir)
         self._procs[name] = proc
         with open(self.state_dir / "pids", "a") as f:
             f.write(f"{proc.pid}\n")

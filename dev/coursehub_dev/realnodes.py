@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from . import build, machine, pki
+from .cluster import start_logged
 from .images import ImageBuilder
 from .waiting import free_port, wait_until
 
@@ -229,15 +230,7 @@ class RealNodes:
 
     def _popen(self, name: str, argv: list[str]) -> subprocess.Popen:
         # Beside the control plane's logs, so that a failed `up` shows them too.
-        with open(self.cluster.state_dir / "logs" / f"{name}.log", "ab") as logf:
-            proc = subprocess.Popen(
-                argv,
-                stdout=logf,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                cwd=self.dir,
-            )
+        proc = start_logged(argv, log=self.cluster.state_dir / "logs" / f"{name}.log", cwd=self.dir)
         self._record_pid(proc.pid)
         self.cluster._procs[name] = proc  # its exit aborts the cluster's waits
         return proc
