@@ -8,6 +8,8 @@ PACKAGES=(docker-registry skopeo postgresql apache2-utils
 # pip: scripts/bootstrap-uv.sh installs uv with it when uv is missing; libpq-dev: psycopg2 builds
 # from source in the hub image's package set (tests/hub-image-requirements.txt, make test-hub).
 PACKAGES+=(python3-pip libpq-dev)
+# The learner in the browser tests (docs/testing.md): headless Chromium and its WebDriver.
+PACKAGES+=(chromium chromium-driver)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
