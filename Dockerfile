@@ -61,10 +61,11 @@ COPY --from=uv /uv /usr/local/bin/uv
 # so the venv's interpreter is the base image's (the same in the final stage).
 ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /app
-# Dependencies first, in their own layer: a source edit does not reinstall them.
+# Dependencies first, in their own layer: a source edit does not reinstall them. Bind targets
+# are absolute (buildah requires it; the same files as relative targets under WORKDIR /app).
 RUN --mount=type=cache,target=/root/.cache/uv \
-    --mount=type=bind,source=uv.lock,target=uv.lock \
-    --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
+    --mount=type=bind,source=uv.lock,target=/app/uv.lock \
+    --mount=type=bind,source=pyproject.toml,target=/app/pyproject.toml \
     uv sync --frozen --no-dev --no-install-project
 COPY pyproject.toml uv.lock README.md ./
 COPY operator ./operator

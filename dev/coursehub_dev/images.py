@@ -4,7 +4,14 @@
   certificates so that pip works through this machine's TLS-inspecting egress), imported
   with buildah;
 - pause: Kubernetes' own pause.c compiled statically (build.pause_binary) in an empty image;
-- course images: a course repository's Dockerfile built with buildah on the base.
+- course images: a course repository's Dockerfile built with buildah on the base;
+- the operator (the project's Dockerfile), the z2jh hub, configurable-http-proxy and z2jh's
+  network-tools: Dockerfiles under images/ (and the top-level one) whose base images are build
+  arguments, built here on the base (and on build-only images: Go, uv, Python 3.12).
+
+One recipe per image: a `<name>_tag()` hashing its inputs and a `<name>()` returning the pushed
+reference. Build-only images (`_ensure_local`) stay in buildah's storage and are made only when
+an image that needs them is built.
 
 Every image is named by a hash of its inputs (its recipe, its files, its base's tag), so a
 warm run finds each tag in the local registry and builds nothing. buildah keeps its storage
@@ -34,6 +41,7 @@ BASE_PACKAGES = ("ca-certificates", "python3", "python3-venv", "python3-pip", "t
 # Bump when a recipe below changes in a way its inputs do not show.
 RECIPE_VERSION = "1"
 COURSES_DIR = REPO_ROOT / "examples" / "courses-src"
+IMAGES_DIR = REPO_ROOT / "images"
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 # overlay: layers shared, not copied (buildah unmounts what it mounted when it exits).
 STORAGE_DRIVER = "overlay"
@@ -142,6 +150,58 @@ class ImageBuilder:
         self.timings[repo] = time.monotonic() - started
         return ref
 
+    def _ensure_local(self, repo: str, tag: str, make: Callable[[str], None]) -> str:
+        """A build-only image: in buildah's storage (never pushed), made when missing."""
+        local = self._local_name(repo, tag)
+        if not self._in_storage(repo, tag):
+            started = time.monotonic()
+            self.log(f"[images] building {repo}:{tag} (build only)")
+            make(local)
+            self.timings[repo] = time.monotonic() - started
+        return local
+
+    def _bud(
+        self,
+        context: Path,
+        local: str,
+        build_args: dict[str, str],
+        *,
+        dockerfile: Path | None = None,
+        volumes: tuple[str, ...] = (),
+        target: str | None = None,
+    ) -> None:
+        """`buildah bud` with runc and the host's network (no CNI bridge or netfilter rules for a
+        build step), from local images only (`--pull-never`: no registry beyond loopback)."""
+        args = ["bud", "--runtime", "runc", "--network", "host", "--pull-never", "--layers=false"]
+        for k, v in build_args.items():
+            args += ["--build-arg", f"{k}={v}"]
+        for v in volumes:
+            args += ["--volume", v]
+        if dockerfile is not None:
+            args += ["--file", str(dockerfile)]
+        if target is not None:
+            args += ["--target", target]
+        self._buildah(*args, "-t", local, str(context))
+
+    def _run(self, ctr: str, script: str) -> None:
+        self._buildah("run", "--runtime", "runc", "--network", "host", ctr, "--", "sh", "-euc", script)
+
+    def _derive(
+        self, local: str, script: str, *, copies: tuple[tuple[str, str], ...] = (), env: tuple[str, ...] = ()
+    ) -> None:
+        """A build-only image: the base, `copies` (host path, image path) and `script` run in it."""
+        ctr = self._buildah("from", "--pull-never", self.base_local()).stdout.strip()
+        try:
+            for src, dst in copies:
+                self._buildah("copy", ctr, src, dst)
+            self._run(ctr, script)
+            for e in env:
+                self._buildah("config", "--env", e, ctr)
+            self._buildah("commit", "--rm", ctr, local)
+        except BaseException:
+            self._buildah("rm", ctr, check=False)
+            raise
+
     # -- images ------------------------------------------------------------
     def base_tag(self) -> str:
         cas = [p for f in _host_ca_files() for p in (f.name, f.read_bytes())]
@@ -244,6 +304,114 @@ class ImageBuilder:
 
         return self._ensure(f"coursehub/course-{name}", self.course_tag(name), make)
 
+    # -- looking inside ----------------------------------------------------
+    def run_in(self, ref: str, *command: str) -> str:
+        """stdout of `command` run in the image `ref` (a reference this builder returned), as the
+        image's user, with no network (a check of its content, not a service)."""
+        repo_tag = ref.split("/", 1)[1]
+        repo, tag = repo_tag.rsplit(":", 1)
+        name = self._local_name(repo, tag)
+        if not self._in_storage(repo, tag):
+            self._buildah("pull", "--tls-verify=false", f"docker://{ref}")
+            self._buildah("tag", ref, name)
+        ctr = self._buildah("from", "--pull-never", name).stdout.strip()
+        try:
+            return self._buildah("run", "--runtime", "runc", "--network", "none", ctr, "--", *command).stdout
+        finally:
+            self._buildah("rm", ctr, check=False)
+
+    # -- build-time network ------------------------------------------------
+    def _tls_volumes(self) -> tuple[str, ...]:
+        """pip, uv and npm trust the system CA store (which has this machine's CAs: its egress
+        inspects TLS), through config files mounted for RUN steps only, never in a layer."""
+        d = images_root() / "build-config"
+        d.mkdir(parents=True, exist_ok=True)
+        files = {
+            "pip.conf": "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n",
+            "uv.toml": "native-tls = true\n",
+            "npmrc": "cafile=/etc/ssl/certs/ca-certificates.crt\n",
+        }
+        for name, text in files.items():
+            if not (d / name).exists() or (d / name).read_text() != text:
+                (d / name).write_text(text)
+        return (
+            f"{d / 'pip.conf'}:/etc/pip.conf:ro",
+            f"{d / 'uv.toml'}:/etc/uv/uv.toml:ro",
+            f"{d / 'npmrc'}:/etc/npmrc:ro",
+        )
+
+    # -- build-only images: what public bases (golang, uv) give a Dockerfile elsewhere ---------
+    def go_tag(self) -> str:
+        goroot = _goroot()
+        return _sha(RECIPE_VERSION, self.base_tag(), *GO_IMAGE_PACKAGES, (goroot / "VERSION").read_text())[
+            :20
+        ]
+
+    def go_local(self) -> str:
+        """The base plus this machine's Go toolchain and a static C toolchain (golang:*-bookworm's role)."""
+        goroot = _goroot()
+        return self._ensure_local(
+            "coursehub/build-go",
+            self.go_tag(),
+            lambda local: self._derive(
+                local,
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq"
+                f" --no-install-recommends {' '.join(GO_IMAGE_PACKAGES)} >/dev/null"
+                " && rm -rf /var/lib/apt/lists/*",
+                copies=((str(goroot), "/usr/local/go"),),
+                env=(
+                    "GOPATH=/go",
+                    "PATH=/go/bin:/usr/local/go/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                ),
+            ),
+        )
+
+    def uv_tag(self) -> str:
+        return _sha(RECIPE_VERSION, _uv_binary().read_bytes())[:20]
+
+    def uv_local(self) -> str:
+        """An image holding only /uv, this machine's uv (ghcr.io/astral-sh/uv's layout)."""
+
+        def make(local: str) -> None:
+            ctr = self._buildah("from", "scratch").stdout.strip()
+            self._buildah("copy", "--chmod", "0755", ctr, str(_uv_binary()), "/uv")
+            self._buildah("commit", "--rm", ctr, local)
+
+        return self._ensure_local("coursehub/build-uv", self.uv_tag(), make)
+
+    # -- the operator: the project's Dockerfile ----------------------------
+    def operator_tag(self) -> str:
+        files = [
+            p for f in _operator_context_files() for p in (str(f.relative_to(REPO_ROOT)), f.read_bytes())
+        ]
+        return _sha(RECIPE_VERSION, self.base_tag(), self.go_tag(), self.uv_tag(), *files)[:20]
+
+    def operator(self) -> str:
+        """The top-level Dockerfile (the operator's wheel, installed by `uv sync --no-editable`,
+        helm and the puller's no-op) with this machine's images as its base-image arguments."""
+
+        def make(local: str) -> None:
+            gomodcache, gocache = _go_env("GOMODCACHE"), _go_env("GOCACHE")
+            Path(gomodcache).mkdir(parents=True, exist_ok=True)
+            Path(gocache).mkdir(parents=True, exist_ok=True)
+            self._bud(
+                REPO_ROOT,
+                local,
+                dict(
+                    zip(
+                        OPERATOR_BASE_ARGS, (self.base_local(), self.go_local(), self.uv_local()), strict=True
+                    )
+                ),
+                # The machine's Go caches: helm compiles in seconds when the dev tooling built it.
+                volumes=(
+                    *self._tls_volumes(),
+                    f"{gomodcache}:/go/pkg/mod",
+                    f"{gocache}:/root/.cache/go-build",
+                ),
+            )
+
+        return self._ensure("coursehub/operator", self.operator_tag(), make)
+
 
 def _tool(name: str, package: str) -> str:
     path = shutil.which(name)
@@ -252,3 +420,49 @@ def _tool(name: str, package: str) -> str:
             f"{name!r} not found; run scripts/install-system-deps.sh (Debian package {package!r})"
         )
     return path
+
+
+GO_IMAGE_PACKAGES = ("gcc", "libc6-dev", "binutils")
+# The top-level Dockerfile's base-image arguments (tests/unit/test_dockerfile.py holds them equal).
+OPERATOR_BASE_ARGS = ("PYTHON_IMAGE", "GO_IMAGE", "UV_IMAGE")
+
+
+def _go_env(var: str) -> str:
+    return subprocess.run(
+        [_tool("go", "golang (scripts/install-system-deps.sh)"), "env", var],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+def _goroot() -> Path:
+    return Path(_go_env("GOROOT"))
+
+
+def _uv_binary() -> Path:
+    """The uv executable itself (pyenv puts a shell shim first on PATH)."""
+    found = Path(_tool("uv", "uv (scripts/bootstrap-uv.sh)")).resolve()
+    if found.read_bytes()[:4] == b"\x7fELF":
+        return found
+    real = subprocess.run(["pyenv", "which", "uv"], capture_output=True, text=True, check=True).stdout.strip()
+    return Path(real).resolve()
+
+
+def _operator_context_files() -> list[Path]:
+    """What the top-level Dockerfile's build context holds: the `!` lines of .dockerignore, less
+    byte-code, plus the Dockerfile itself."""
+    out = [REPO_ROOT / "Dockerfile", REPO_ROOT / ".dockerignore"]
+    for line in (REPO_ROOT / ".dockerignore").read_text().splitlines():
+        if not line.startswith("!"):
+            continue
+        path = REPO_ROOT / line[1:].rstrip("/")
+        if path.is_file():
+            out.append(path)
+        else:
+            out += sorted(
+                f
+                for f in path.rglob("*")
+                if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"
+            )
+    return out

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from coursehub.desired import puller
+from coursehub_dev import images
 from coursehub_dev.build import HELM_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -205,3 +206,30 @@ def test_dev_tooling_stays_out_of_the_build_context_and_the_image(dockerfile):
         if ln.strip().startswith("!")
     ]
     assert not any(p.startswith(("dev", "tests")) for p in allowed), allowed
+
+
+def test_every_base_image_is_a_build_argument(dockerfile):
+    """The same Dockerfile builds on public bases (the defaults) and on this machine's images."""
+    st = stages(dockerfile)
+    named = {n for n in st if n}
+    froms = [st[n][0][1].split()[0] for n in named]
+    for image in froms:
+        assert image in named or re.fullmatch(r"\$\{[A-Z_]+\}", image), f"FROM {image} is not an ARG"
+    args = {f[2:-1] for f in froms if f.startswith("${")}
+    assert args == set(images.OPERATOR_BASE_ARGS) <= set(global_args(dockerfile))
+
+
+def test_bind_mount_targets_are_absolute(dockerfile):
+    """buildah (the dev machine's builder) refuses relative mount targets."""
+    runs = [a for st in stages(dockerfile).values() for w, a in st if w == "RUN"]
+    targets = re.findall(r"--mount=\S*target=([^,\s]+)", " ".join(runs))
+    assert targets and all(t.startswith("/") for t in targets), targets
+
+
+def test_image_tag_covers_exactly_the_build_context():
+    """The operator image's tag hashes what the build context holds, so a change to any file the
+    image copies makes a new tag, and a change elsewhere (tests, dev tooling) does not."""
+    files = {str(f.relative_to(REPO)) for f in images._operator_context_files()}
+    assert {"Dockerfile", "pyproject.toml", "uv.lock", "README.md", "images/noop/noop.c"} <= files
+    assert "operator/coursehub/cli.py" in files
+    assert not any(f.startswith(("dev/", "tests/")) or "__pycache__" in f for f in files)
