@@ -25,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from . import build, pki
-from .paths import TEST_CHART
+from .paths import Z2JH_CHART
 from .waiting import free_port, wait_until
 
 GPU_LABEL = ("ol.mit.edu/gpu_node", "true")
@@ -97,8 +97,20 @@ class DevCluster:
         return self.state_dir / "pki"
 
     @property
+    def address(self) -> str:
+        """Where the API server listens: loopback, or with real nodes the host bridge address,
+        which pods route to (the default Service's endpoint; realnodes.HOST_IP)."""
+        if "address" in self.ports:
+            return self.ports["address"]
+        if self.real_nodes:
+            from .realnodes import HOST_IP
+
+            return HOST_IP
+        return "127.0.0.1"
+
+    @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.ports['apiserver']}"
+        return f"https://{self.address}:{self.ports['apiserver']}"
 
     def env(self) -> dict[str, str]:
         """Environment for tools pointed at this cluster (kubectl, helm, the operator)."""
@@ -111,9 +123,9 @@ class DevCluster:
         if "helm" in self.binaries:
             # The operator finds helm through this (or PATH); the wheel knows no build cache.
             env["COURSEHUB_HELM"] = self.binaries["helm"]
-        # Hubs here install the small test chart from the checkout: the operator's chart
+        # Hubs here install the published z2jh chart from its .tgz: the operator's chart
         # policy allows only the official repository unless told (desired/policy.py).
-        env.setdefault("COURSEHUB_CHART_PATHS", str(TEST_CHART.parent))
+        env.setdefault("COURSEHUB_CHART_PATHS", str(Z2JH_CHART))
         return env
 
     # -- lifecycle ---------------------------------------------------------
@@ -123,8 +135,10 @@ class DevCluster:
         self.binaries = {k: str(v) for k, v in build.build_all(log=self.log).items()}
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "logs").mkdir(exist_ok=True)
-        pki.write_pki(self.pki_dir)
         self.ports = {"etcd": free_port(), "etcd_peer": free_port(), "apiserver": free_port()}
+        self.ports["address"] = self.address
+        extra_ips = () if self.address == "127.0.0.1" else (self.address,)
+        pki.write_pki(self.pki_dir, extra_ips=extra_ips)
         (self.state_dir / "ports.json").write_text(json.dumps(self.ports))
         self._write_kubeconfig()
         try:
@@ -254,8 +268,10 @@ class DevCluster:
         return [
             self.binaries["kube-apiserver"],
             f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            # Real nodes: the host bridge address, so pods reach it through the default
+            # Service (its endpoint is the advertised address); otherwise loopback only.
+            f"--bind-address={self.address}",
+            f"--advertise-address={self.address}",
             f"--secure-port={self.ports['apiserver']}",
             f"--tls-cert-file={k / 'apiserver.crt'}",
             f"--tls-private-key-file={k / 'apiserver.key'}",

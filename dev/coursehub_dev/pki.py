@@ -63,8 +63,10 @@ def _cert(subject, issuer, public_key, signing_key, *, ca: bool, sans=None, usag
     return b.sign(signing_key, hashes.SHA256())
 
 
-def write_pki(directory: Path) -> dict[str, Path]:
-    """Generate everything the control plane needs into `directory`; returns name -> path."""
+def write_pki(directory: Path, extra_ips: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Generate everything the control plane needs into `directory`; returns name -> path.
+
+    `extra_ips`: more addresses the API server serves on (real nodes: the host bridge address)."""
     directory.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
 
@@ -91,7 +93,7 @@ def write_pki(directory: Path) -> dict[str, Path]:
             "kubernetes.default.svc.cluster.local",
         )
     ]
-    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "10.0.0.1")]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "10.0.0.1", *extra_ips)]
     serving = _cert(
         _name("kube-apiserver"),
         ca_name,

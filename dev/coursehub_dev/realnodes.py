@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from . import build, machine, pki
 from .cluster import start_logged
-from .images import ImageBuilder
+from .images import ImageBuilder, images_root
+from .registry import OciRegistry
 from .waiting import free_port, wait_until
 
 if TYPE_CHECKING:
@@ -47,6 +49,14 @@ NODE_NET = ipaddress.ip_network("10.210.0.0/24")  # node IPs, one /32 per node b
 CLUSTER_CIDR = ipaddress.ip_network("10.244.0.0/16")  # pod CIDRs: 10.244.<i>.0/24
 SERVICE_CIDR = ipaddress.ip_network("10.0.0.0/24")  # the API server's --service-cluster-ip-range
 MAX_NODES = 8
+# The host's own address on the node network, on a bridge without ports: the API server,
+# the local registry and the cluster DNS listen here, so the host (containerd, kubectl,
+# tests) and pods (routed to NODE_NET) reach them under the same name.
+HOST_IP = str(NODE_NET[1])
+HOST_BRIDGE = "chhost"
+# Registries whose images the published z2jh chart names: containerd pulls them from the
+# local registry (same repository paths), so the chart runs as published, built here.
+MIRRORED_REGISTRIES = ("quay.io", "registry.k8s.io")
 GPU_LABEL = ("ol.mit.edu/gpu_node", "true")
 GPU_TAINT = {"key": "ol.mit.edu/gpu_node", "value": "true", "effect": "NoSchedule"}
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -160,6 +170,10 @@ class RealNodes:
         self._take_lock()
         machine.Baseline.take().save(self.dir / "baseline.json")
         (self.dir / "nodes.json").write_text(json.dumps([n.__dict__ for n in self.nodes]))
+        # Before the API server starts: it binds this address.
+        _ip("link", "add", HOST_BRIDGE, "type", "bridge")
+        _ip("addr", "add", f"{HOST_IP}/32", "dev", HOST_BRIDGE)
+        _ip("link", "set", HOST_BRIDGE, "up")
 
     def up(self) -> None:
         started = time.monotonic()
@@ -167,11 +181,12 @@ class RealNodes:
             self.reserve()
         binaries = {k: str(v) for k, v in build.build_node_binaries(log=self.log).items()}
         t = time.monotonic()
-        reg = self.images.start_registry(self.dir / "registry")
+        reg = self._start_registry()
         self._record_pid(reg._process.pid if reg._process else None)
         self.image_refs = {"pause": self.images.pause(), "base": self.images.base()}
         self.timings["images"] = time.monotonic() - t
         (self.dir / "images.json").write_text(json.dumps({**self.image_refs, "registry": reg.host}))
+        self._start_dns()
         for node in self.nodes:
             self._start_node(node, binaries)
         self._start_kube_proxy(binaries)
@@ -184,6 +199,34 @@ class RealNodes:
             f"[realnodes] {len(self.nodes)} real node(s) Ready in {self.timings['total']:.1f}s "
             f"(images {self.timings['images']:.1f}s): {', '.join(n.name for n in self.nodes)}"
         )
+
+    def _start_registry(self) -> OciRegistry:
+        """The images' registry on HOST_IP (blobs in the image cache, so they outlive `down`)."""
+        workdir = self.dir / "registry"
+        workdir.mkdir(parents=True, exist_ok=True)
+        reg = OciRegistry(workdir, address=HOST_IP)
+        config = json.loads(reg.config_path.read_text())
+        storage = images_root() / "registry"
+        storage.mkdir(parents=True, exist_ok=True)
+        config["storage"]["filesystem"]["rootdirectory"] = str(storage)
+        reg.config_path.write_text(json.dumps(config, indent=2))
+        reg.start()
+        self.images.registry, self.images.registry_host = reg, reg.host
+        return reg
+
+    def _start_dns(self) -> None:
+        self._popen(
+            "clusterdns",
+            [
+                sys.executable,
+                "-m",
+                "coursehub_dev.clusterdns",
+                HOST_IP,
+                self.cluster.server,
+                str(self.cluster.pki_dir),
+            ],
+        )
+        (self.dir / "resolv.conf").write_text(f"nameserver {HOST_IP}\noptions ndots:5\n")
 
     def _take_lock(self) -> None:
         fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o644)
@@ -284,11 +327,14 @@ class RealNodes:
     def _write_containerd_config(self, node: RealNode, nd: Path, sock: Path) -> None:
         assert self.images.registry is not None
         host = self.images.registry.host
-        certs = nd / "certs.d" / host
-        certs.mkdir(parents=True, exist_ok=True)
-        (certs / "hosts.toml").write_text(
-            f'server = "http://{host}"\n\n[host."http://{host}"]\n  capabilities = ["pull", "resolve"]\n'
-        )
+        # The local registry under its own name, and as the only source of the registries
+        # the z2jh chart names (no fallback: nothing is pulled from beyond the machine).
+        for name in (host, *MIRRORED_REGISTRIES):
+            certs = nd / "certs.d" / name
+            certs.mkdir(parents=True, exist_ok=True)
+            (certs / "hosts.toml").write_text(
+                f'server = "http://{host}"\n\n[host."http://{host}"]\n  capabilities = ["pull", "resolve"]\n'
+            )
         cni = nd / "cni"
         cni.mkdir(exist_ok=True)
         (cni / "10-coursehub.conflist").write_text(
@@ -382,7 +428,10 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "registerWithTaints": [GPU_TAINT] if node.gpu else [],
             "failSwapOn": False,
             "serializeImagePulls": False,
-            "resolvConf": "/etc/resolv.conf",
+            # Pods resolve through the cluster DNS on the host bridge (clusterdns.py), which
+            # knows Service names only: no name a pod looks up is sent off the machine.
+            "resolvConf": str(self.dir / "resolv.conf"),
+            "clusterDNS": [HOST_IP],
             "clusterDomain": "cluster.local",
             # A shared 2-core VM with a mostly full disk must not evict the tests' pods.
             "evictionHard": {
@@ -486,9 +535,8 @@ def teardown(state_dir: Path, log: Callable[[str], object] = print) -> None:
     _kill_cgroups(nodes)
     _unmount_under([str(rdir), "/run/containerd", "/run/netns", "/var/run/netns", str(SOCKET_DIR)])
     _remove_cgroups(nodes)
-    for node in nodes:
-        for br in (node.pod_bridge, node.node_bridge):
-            subprocess.run(["ip", "link", "delete", br], capture_output=True)
+    for br in [b for node in nodes for b in (node.pod_bridge, node.node_bridge)] + [HOST_BRIDGE]:
+        subprocess.run(["ip", "link", "delete", br], capture_output=True)
     baseline = rdir / "baseline.json"
     if baseline.exists():
         changed = machine.Baseline.load(baseline).restore(log=log)

@@ -282,12 +282,14 @@ class OciRegistry:
     ``stop()``/``start()`` keep port and storage, so images survive an outage.
     """
 
-    def __init__(self, workdir: Path, *, auth: str | None = None) -> None:
+    def __init__(self, workdir: Path, *, auth: str | None = None, address: str = "127.0.0.1") -> None:
+        """`address`: where it listens; real nodes use the host bridge address (pods and
+        containerd reach it under one name), everything else loopback."""
         if auth not in (None, "htpasswd", "token"):
             raise ValueError(f"auth must be None, 'htpasswd' or 'token', not {auth!r}")
         self.workdir = workdir
         self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
+        self.host = f"{address}:{self.port}"
         self.url = f"http://{self.host}"
         self.username: str | None = None
         self.password: str | None = None

@@ -20,7 +20,7 @@ import requests
 
 from coursehub_dev import machine
 from coursehub_dev.cluster import DevCluster
-from coursehub_dev.realnodes import GPU_LABEL, GPU_RESOURCE, GPU_TAINT, RealNodes, RealNodesBusy
+from coursehub_dev.realnodes import GPU_LABEL, GPU_RESOURCE, GPU_TAINT, HOST_IP, RealNodes, RealNodesBusy
 from coursehub_dev.waiting import wait_until
 
 pytestmark = [
@@ -106,6 +106,30 @@ def test_real_nodes_run_local_images_and_down_restores_the_machine(tmp_path, cap
         assert exec_out.strip() == f"exec-{token[:8]}"
         pod_ip = base["status"]["podIP"]
         assert pod_ip.startswith("10.244."), pod_ip
+
+        # From a pod: the API server through the default Service, by its cluster DNS name
+        # (its serving certificate names the Service IP and the host bridge address), and the
+        # local registry under the very name containerd pulls from (the image refs' host).
+        version = cluster.get("/version")["gitVersion"]
+        probe = "\n".join(
+            [
+                "import json, ssl, sys, urllib.request",
+                "ctx = ssl.create_default_context(cafile='/tmp/ca.crt')",
+                "v = urllib.request.urlopen('https://kubernetes.default.svc/version', context=ctx)",
+                "print(json.load(v)['gitVersion'])",
+                "c = urllib.request.urlopen(f'http://{sys.argv[1]}/v2/_catalog')",
+                "print(' '.join(json.load(c)['repositories']))",
+            ]
+        )
+        ca = (cluster.pki_dir / "ca.crt").read_text()
+        cluster.kubectl("exec", "-i", "pod/base", "--", "sh", "-c", "cat > /tmp/ca.crt", input=ca)
+        registry = refs["registry"]
+        assert registry.split(":")[0] == HOST_IP
+        seen = cluster.kubectl("exec", "pod/base", "--", "python3", "-c", probe, registry).stdout.split("\n")
+        assert seen[0] == version
+        assert "coursehub/pause" in seen[1].split()
+        endpoints = cluster.get("/api/v1/namespaces/default/endpoints/kubernetes")
+        assert endpoints["subsets"][0]["addresses"][0]["ip"] == HOST_IP
 
         # A course image from its repository (examples/courses-src/clustering), built here on
         # the base: JupyterLab answers on the pod's IP (the machine's own bridge), and the
