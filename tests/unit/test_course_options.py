@@ -766,3 +766,86 @@ async def test_proxy_peers_keep_the_last_set_when_the_api_fails():
     now[0] = 5.0
     assert not await peers.is_proxy("10.1.0.66")  # the failed read refuses the unknown peer
     assert await peers.is_proxy("10.1.0.7")
+
+
+# ------------------------------------------------------------------- the staff page
+
+
+def test_staff_are_admins_and_members_of_the_staff_group_only():
+    assert cs.is_staff(True, [], "coursehub-staff")
+    assert cs.is_staff(False, ["learners", "coursehub-staff"], "coursehub-staff")
+    assert not cs.is_staff(False, ["learners"], "coursehub-staff")
+    assert not cs.is_staff(False, ["Coursehub-Staff"], "coursehub-staff")  # group names are exact
+    assert not cs.is_staff(False, [""], "")  # no staff group configured: admins only
+    assert not cs.is_staff(False, ["coursehub-staff"], None)
+    assert not cs.is_staff(1, [], "coursehub-staff")  # admin means the database's True only
+
+
+def test_staff_page_links_every_offered_course_sorted_and_drops_bad_entries():
+    doc = allowlist_doc()
+    doc["courses"]["broken"] = {"course": "broken", "image": "registry.example/x:latest"}
+    doc["courses"]["uai_source-uai.1"]["displayName"] = "Universal AI 1"
+    doc["courses"]["mitxt-6.3710.3x"]["defaultNotebook"] = "../etc/passwd.ipynb"
+    links = cs.course_links(cs.parse_allowlist(json.dumps(doc)), "https://nb.example.edu/hub/")
+    assert [link.course for link in links] == [
+        "clustering_and_descriptive_ai",
+        "mitxt-6.3710.3x",
+        "UAI_source-uai.1",  # sorted by title: "Universal AI 1"
+    ]
+    by_course = {link.course: link for link in links}
+    uai = by_course["UAI_source-uai.1"]
+    assert uai.url == "https://nb.example.edu/hub/tmplogin?course=UAI_source-uai.1"
+    assert (uai.title, uai.gpu, uai.notebook, uai.default) == (
+        "Universal AI 1",
+        "required",
+        "intro.ipynb",
+        False,
+    )
+    assert by_course["clustering_and_descriptive_ai"].default is True
+    assert by_course["mitxt-6.3710.3x"].notebook is None  # an unsafe default notebook is not shown
+    assert cs.course_links(cs.parse_allowlist(json.dumps(allowlist_doc(courses={}))), "/hub/") == []
+
+
+def test_staff_page_escapes_what_course_authors_wrote():
+    """JupyterHub renders templates with autoescape on; a display name is author input."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.DictLoader({"page.html": "{% block main %}{% endblock %}"}), autoescape=True
+    )
+    doc = allowlist_doc()
+    doc["courses"]["clustering_and_descriptive_ai"]["displayName"] = '<script>alert("x")</script>'
+    doc["courses"]["clustering_and_descriptive_ai"]["course"] = 'a"b&c'
+    links = cs.course_links(cs.parse_allowlist(json.dumps(doc)), "/hub/")
+    page = env.from_string(cs.STAFF_TEMPLATE).render(links=links)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert 'data-course="a&#34;b&amp;c"' in page
+    assert 'href="/hub/tmplogin?course=a%22b%26c"' in page
+    empty = env.from_string(cs.STAFF_TEMPLATE).render(links=[])
+    assert "No courses are published on this hub yet." in empty
+
+
+def test_snippet_adds_the_staff_page_with_the_configured_group():
+    c = Config()
+    c.JupyterHub.extra_handlers = [("/other", object)]
+    namespace = {"c": c, "get_config": lambda key, default=None: default}
+    exec(extra_config_snippets(staff_group="teachers")["coursehub-20-course-spawner"], namespace)
+    handler = namespace["StaffCoursesHandler"]
+    assert c.JupyterHub.extra_handlers == [("/other", object), ("/courses", handler)]
+    assert namespace["STAFF"].group == "teachers"
+    for configured, group in ((None, cs.DEFAULT_STAFF_GROUP), ("", None)):
+        c = Config()
+        cs.configure_hub(c, staff_group=configured)
+        assert cs.STAFF.group == group
+        assert c.JupyterHub.extra_handlers == [("/courses", cs.StaffCoursesHandler)]
+    cs.configure_hub(c)
+    assert len(c.JupyterHub.extra_handlers) == 1  # configuring twice adds the page once
+
+
+def test_default_staff_group_is_one_name_on_both_sides():
+    from coursehub import hub
+
+    assert hub.DEFAULT_STAFF_GROUP == cs.DEFAULT_STAFF_GROUP
+    assert (
+        f"'staff_group': {cs.DEFAULT_STAFF_GROUP!r}" in extra_config_snippets()["coursehub-20-course-spawner"]
+    )

@@ -42,14 +42,20 @@ def course_spawner_source() -> str:
     return resources.files(__package__).joinpath("course_spawner.py").read_text(encoding="utf-8")
 
 
-def extra_config_snippets(*, allowlist_configmap: str = "coursehub-allowlist") -> dict[str, str]:
+DEFAULT_STAFF_GROUP = "coursehub-staff"
+
+
+def extra_config_snippets(
+    *, allowlist_configmap: str = "coursehub-allowlist", staff_group: str = DEFAULT_STAFF_GROUP
+) -> dict[str, str]:
     """The ordered ``hub.extraConfig`` entries (name -> Python source) for a hub.
 
     The spawner entry is the module text preceded by one settings line that the
-    module reads when it configures ``c``.
+    module reads when it configures ``c``. ``staff_group``: the JupyterHub group whose
+    members (besides admins) see the staff page ``/hub/courses``; "" for admins only.
     """
     # repr: a Python literal, since the line is Python source
-    settings = repr({"allowlist_configmap": str(allowlist_configmap)})
+    settings = repr({"allowlist_configmap": str(allowlist_configmap), "staff_group": str(staff_group)})
     spawner = (
         "# coursehub course spawner (generated from coursehub/hub/course_spawner.py)\n"
         f"COURSEHUB_SETTINGS = {settings}\n" + course_spawner_source()

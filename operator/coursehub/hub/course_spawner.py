@@ -38,7 +38,7 @@ import re
 import time
 import unicodedata
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
@@ -1542,17 +1542,143 @@ class CourseTmpAuthenticator(TmpAuthenticator):
         ]
 
 
+# -------------------------------------------------------------------- the staff page
+
+# Besides admins, members of this JupyterHub group see the staff page. A setting
+# (COURSEHUB_SETTINGS["staff_group"], rendered by coursehub.hub.extra_config_snippets);
+# the SSO gateway maps its identity provider's staff group onto it.
+DEFAULT_STAFF_GROUP = "coursehub-staff"
+STAFF_PAGE_PATH = "/courses"  # under the hub prefix: /hub/courses
+
+
+@dataclass
+class StaffSettings:
+    group: str | None = DEFAULT_STAFF_GROUP
+
+
+STAFF = StaffSettings()
+
+
+def is_staff(admin: Any, groups: Iterable[str], staff_group: str | None) -> bool:
+    """Pure: an admin, or a member of ``staff_group`` (None or empty: admins only)."""
+    return admin is True or (bool(staff_group) and staff_group in set(groups))
+
+
+@dataclass(frozen=True)
+class CourseLink:
+    """One row of the staff page: an offered course and its launch link."""
+
+    course: str  # the ?course= value, as its CourseImage spells it
+    title: str
+    url: str
+    gpu: str
+    notebook: str | None
+    default: bool
+
+
+def course_links(allowlist: Allowlist, hub_url: str) -> list[CourseLink]:
+    """Pure: a launch link per offered course, by title. ``hub_url`` ends in ``/hub/``.
+
+    The link carries only ``course`` (as the CourseImage's ``status.launchURL`` does): the
+    course's ``defaultNotebook`` applies at spawn, and a link stays valid when it changes.
+    """
+    links = []
+    for key in allowlist.courses:
+        c = allowlist.courses[key]
+        links.append(
+            CourseLink(
+                course=c.course,
+                title=c.display_name or c.course,
+                url=hub_url + "tmplogin?" + urlencode({"course": c.course}),
+                gpu=c.gpu,
+                notebook=validate_notebook(c.default_notebook) if c.default_notebook else None,
+                default=key == allowlist.default,
+            )
+        )
+    return sorted(links, key=lambda link: (link.title.casefold(), link.course))
+
+
+STAFF_TEMPLATE = """{% extends "page.html" %}
+{% block main %}
+<div class="container" id="coursehub-courses">
+  <h1>Courses on this hub</h1>
+  {% if links %}
+  <p>{{ links|length }} course(s) offered. Each launch link gives a learner a new temporary
+  server with the course's image. Opening one here signs this browser in as a new learner.</p>
+  <table class="table table-striped">
+    <thead><tr><th>Course</th><th>Launch link</th><th>GPU</th><th>Opens</th></tr></thead>
+    <tbody>
+    {% for link in links %}<tr class="coursehub-course" data-course="{{ link.course }}">
+      <td>{{ link.title }}{% if link.default %} <span class="badge">default</span>{% endif %}</td>
+      <td><a class="coursehub-launch" href="{{ link.url }}">{{ link.url }}</a></td>
+      <td>{{ link.gpu }}</td>
+      <td>{{ link.notebook or "" }}</td>
+    </tr>
+    {% endfor %}</tbody>
+  </table>
+  {% else %}
+  <p id="coursehub-no-courses">No courses are published on this hub yet.</p>
+  {% endif %}
+</div>
+{% endblock %}
+"""
+
+
+class StaffCoursesHandler(BaseHandler):
+    """``/hub/courses``: the offered courses and their launch links, for course staff.
+
+    Read from the live allowlist on every request (as a spawn reads it), so a newly
+    published course is listed without a hub restart. Staff: admins and members of
+    ``STAFF.group``; any other user gets 403 with a readable page. Without a login, other
+    authenticators send the browser to their login page; the tmp authenticator would hand
+    out a new learner, so there it is a 403 as well.
+    """
+
+    async def get(self):
+        user = self.current_user
+        if user is None:
+            if isinstance(self.authenticator, TmpAuthenticator):
+                raise _http_error(403, "This page is for course staff. Sign in to the hub as staff first.")
+            return self.redirect(self.get_login_url())
+        # a service's token is not a person: no staff page for it
+        if getattr(user, "kind", None) != "user" or not is_staff(
+            user.admin, [g.name for g in user.groups], STAFF.group
+        ):
+            raise _http_error(
+                403,
+                "This page is for course staff. Your account is not an admin of this hub"
+                + (f" or in the group '{STAFF.group}'." if STAFF.group else "."),
+            )
+        try:
+            allowlist = await SOURCE.current()
+        except CourseRefused as e:
+            raise refusal_error(e) from None
+        hub_url = f"{self.request.protocol}://{self.request.host}{self.hub.base_url}"
+        links = course_links(allowlist, hub_url) if allowlist.published else []
+        ns = dict(self.template_namespace, links=links)
+        self.finish(self.settings["jinja2_env_sync"].from_string(STAFF_TEMPLATE).render(**ns))
+
+
 # ------------------------------------------------------------------- configuration
 
 _TMP_NAMES = {"tmp", "tmpauthenticator", "tmpauthenticator.tmpauthenticator"}
 
 
-def configure_hub(c, *, allowlist_configmap: str | None = None) -> None:
+def configure_hub(c, *, allowlist_configmap: str | None = None, staff_group: str | None = None) -> None:
     """Point a JupyterHub config ``c`` at the course spawner (and the course-aware
-    tmp login when tmpauthenticator is the configured authenticator)."""
+    tmp login when tmpauthenticator is the configured authenticator), and add the
+    staff page for admins and members of ``staff_group``."""
     SOURCE.configmap = (
         allowlist_configmap or os.environ.get("COURSEHUB_ALLOWLIST_CONFIGMAP") or ALLOWLIST_CONFIGMAP
     )
+    # None: the default group; "": admins only
+    STAFF.group = DEFAULT_STAFF_GROUP if staff_group is None else (staff_group or None)
+    # extra_handlers (deprecated since JupyterHub 3.1 in favour of services, and logged so):
+    # a service would be a second process with its own token and allowlist reader, while the
+    # page must read the hub's own live allowlist.
+    handlers = list(c.JupyterHub.get("extra_handlers") or []) if "JupyterHub" in c else []
+    if not any(h[1] is StaffCoursesHandler for h in handlers):
+        c.JupyterHub.extra_handlers = [*handlers, (STAFF_PAGE_PATH, StaffCoursesHandler)]
     configured_ns = c.KubeSpawner.get("namespace") if "KubeSpawner" in c else None
     SOURCE.namespace = hub_namespace(configured_ns if isinstance(configured_ns, str) else None)
     c.JupyterHub.spawner_class = CourseSpawner
