@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import threading
+import urllib.parse
 
 import kopf
 
@@ -86,18 +88,106 @@ def run(*, namespaces: list[str], all_namespaces: bool, liveness: str | None) ->
         print(f"coursehub run: {e}", file=sys.stderr)
         return 2
     configure_logging(settings.json_logs)
+    if settings.shard and (all_namespaces or not namespaces):
+        print(
+            f"coursehub run: COURSEHUB_SHARD={settings.shard} needs the shard's namespaces (-n NS ...), "
+            "not every namespace: a shard claims each of its namespaces",
+            file=sys.stderr,
+        )
+        return 2
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
     clusterwide = all_namespaces or not namespaces
+    if not settings.leader_election:
+        _run_kopf(namespaces=[] if clusterwide else namespaces, clusterwide=clusterwide, liveness=liveness)
+        return 0
+    return _run_elected(settings, namespaces=namespaces, clusterwide=clusterwide, liveness=liveness)
+
+
+def _run_kopf(
+    *,
+    namespaces: list[str],
+    clusterwide: bool,
+    liveness: str | None,
+    stop_flag: threading.Event | None = None,
+) -> None:
     registry = build_registry(watch_namespaces=clusterwide)
     asyncio.run(
         kopf.operator(
             registry=registry,
             clusterwide=clusterwide,
-            namespaces=[] if clusterwide else namespaces,
+            namespaces=namespaces,
             standalone=True,
             liveness_endpoint=liveness or None,
             memo=kopf.Memo(),
+            stop_flag=stop_flag,
         )
     )
+
+
+def _health_address(liveness: str | None) -> tuple[str, int] | None:
+    if not liveness:
+        return None
+    url = urllib.parse.urlsplit(liveness)
+    return url.hostname or "0.0.0.0", url.port or 80
+
+
+def _run_elected(settings, *, namespaces: list[str], clusterwide: bool, liveness: str | None) -> int:
+    """Wait for the Lease; run kopf only while leading (again when the served namespaces change).
+
+    kopf's peering only pauses lower-priority peers, and a paused peer still watches everything;
+    a Lease is what Kubernetes' own controllers use, with a clear rule for who may write when
+    (docs/scaling.md). While waiting this process reads the Lease and nothing else.
+    """
+    from .leadership import ElectionConfig, Elector, default_identity, lease_namespace
+
+    try:
+        lease_ns = lease_namespace(settings.lease_namespace)
+    except ValueError as e:
+        print(f"coursehub run: {e}", file=sys.stderr)
+        return 2
+    config = ElectionConfig(
+        name=settings.lease_name,
+        namespace=lease_ns,
+        identity=settings.identity or default_identity(),
+        duration=settings.lease_duration,
+        renew=settings.lease_renew,
+        renew_deadline=settings.lease_renew_deadline,
+        retry=settings.lease_retry,
+        shard=settings.shard,
+        namespaces=tuple(namespaces) if settings.shard else (),
+    )
+    # The health endpoint is ours (a standby runs no kopf): it answers for leader and standby.
+    elector = Elector(config, health=_health_address(liveness)).start()
+    logging.getLogger(__name__).info(
+        "waiting for Lease %s/%s as %s", config.namespace, config.name, config.identity
+    )
+    while True:
+        elector.serving.wait()
+        served = elector.served
+        if served is not None and not served:
+            # Every namespace of the shard is claimed by another shard too: nothing to run.
+            changed = threading.Event()
+            elector.on_change = changed.set
+            changed.wait()
+            continue
+        restart = threading.Event()
+        stop = threading.Event()
+
+        def on_change(restart=restart, stop=stop) -> None:
+            restart.set()
+            stop.set()
+
+        elector.on_change = on_change
+        if served is None:
+            run_ns, wide = ([] if clusterwide else namespaces), clusterwide
+        else:
+            run_ns, wide = sorted(served), False
+        _run_kopf(namespaces=run_ns, clusterwide=wide, liveness=None, stop_flag=stop)
+        elector.on_change = None
+        if not restart.is_set():
+            break  # a signal stopped kopf: this process is done
+        logging.getLogger(__name__).info("the served namespaces changed: restarting the handlers")
+    # Every reconciler has stopped: hand the Lease over now rather than after it expires.
+    elector.release()
     return 0

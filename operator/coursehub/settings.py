@@ -12,7 +12,7 @@ import os
 import re
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .desired.policy import ChartPolicy
@@ -179,6 +179,71 @@ class Settings(BaseSettings):
         description="The ClusterRole (installed by the chart) bound in each hub's namespace to that "
         "ServiceAccount: namespaced objects there, nothing else.",
     )
+
+    # -- leader election and shards (operator/coursehub/leadership.py, docs/scaling.md) --
+    leader_election: bool = Field(
+        False,
+        description="Run only while holding a coordination.k8s.io Lease, so that replicas wait as standbys "
+        "(the chart turns it on and runs 2 replicas).",
+    )
+    lease_name: str = Field(
+        "coursehub-operator",
+        min_length=1,
+        description="The leader Lease's name (the chart: its full name, plus the shard's name).",
+    )
+    lease_namespace: str | None = Field(
+        None,
+        description="Namespace of the leader Lease and the shards' namespace claims. Unset: the pod's own.",
+    )
+    lease_duration: float = Field(
+        8,
+        gt=0,
+        validation_alias=ENV_PREFIX + "LEASE_DURATION_SECONDS",
+        description="A standby takes the Lease after it saw no renewal for this many seconds.",
+    )
+    lease_renew_deadline: float = Field(
+        5,
+        gt=0,
+        validation_alias=ENV_PREFIX + "LEASE_RENEW_DEADLINE_SECONDS",
+        description="A leader that could not renew its Lease (or a namespace claim) for this many seconds "
+        "exits at once; below COURSEHUB_LEASE_DURATION_SECONDS, so it is gone before a standby takes over.",
+    )
+    lease_renew: float = Field(
+        2,
+        gt=0,
+        validation_alias=ENV_PREFIX + "LEASE_RENEW_SECONDS",
+        description="The leader renews its Lease (and its shard's namespace claims) this often, in seconds.",
+    )
+    lease_retry: float = Field(
+        1,
+        gt=0,
+        validation_alias=ENV_PREFIX + "LEASE_RETRY_SECONDS",
+        description="A standby reads the Lease this often, in seconds (one GET, nothing else).",
+    )
+    shard: str | None = Field(
+        None,
+        description="This operator's shard name: it claims each namespace it is started for (-n) and serves "
+        "only those no other shard claims. Unset: no shard.",
+    )
+    identity: str | None = Field(
+        None, description="This replica's name in the Lease. Unset: the host (pod) name and a random suffix."
+    )
+
+    @field_validator("lease_namespace", "shard", "identity", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, v: Any) -> Any:
+        return v or None
+
+    @model_validator(mode="after")
+    def _lease_timing(self) -> Settings:
+        if not self.lease_renew < self.lease_renew_deadline < self.lease_duration:
+            raise ValueError(
+                "COURSEHUB_LEASE_RENEW_SECONDS < COURSEHUB_LEASE_RENEW_DEADLINE_SECONDS < "
+                "COURSEHUB_LEASE_DURATION_SECONDS must hold (a leader renews, gives up, and is gone "
+                f"before a standby takes over); got {self.lease_renew:g}, {self.lease_renew_deadline:g}, "
+                f"{self.lease_duration:g}"
+            )
+        return self
 
     def chart_policy(self) -> ChartPolicy:
         """Where hub charts may come from (desired/policy.py)."""
