@@ -379,6 +379,27 @@ class ImageBuilder:
 
         return self._ensure_local("coursehub/build-uv", self.uv_tag(), make)
 
+    # -- course builds (issue 14): what build Jobs run ---------------------
+    BUILDAH_PACKAGES = ("buildah", "git", "openssh-client")
+
+    def buildah_tag(self) -> str:
+        return _sha(RECIPE_VERSION, self.base_tag(), *self.BUILDAH_PACKAGES)[:20]
+
+    def buildah(self) -> str:
+        """`coursehub/buildah`: the base plus Debian's buildah, git and ssh; build Jobs run it
+        (operator/coursehub/desired/build.py: vfs storage, chroot isolation, docs/builds.md)."""
+        return self._ensure(
+            "coursehub/buildah",
+            self.buildah_tag(),
+            lambda local: self._derive(
+                local,
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq"
+                f" --no-install-recommends {' '.join(self.BUILDAH_PACKAGES)} >/dev/null"
+                " && rm -rf /var/lib/apt/lists/*",
+                env=("STORAGE_DRIVER=vfs", "BUILDAH_ISOLATION=chroot"),
+            ),
+        )
+
     # -- the operator: the project's Dockerfile ----------------------------
     def operator_tag(self) -> str:
         files = [
