@@ -92,11 +92,13 @@ TRANSIENT_REASONS = frozenset(
 )
 
 
-def events_for(old: list | None, new: list) -> list[tuple[str, str, str]]:
+def events_for(old: list | None, new: list, *, first_ready: bool = True) -> list[tuple[str, str, str]]:
     """(type, reason, message) of the Events a status change deserves.
 
     One when Ready flips, and one when another condition turns False for a reason someone
     must act on (or changes that reason); sub-conditions turning True are covered by Ready.
+    `first_ready=False`: no Event when Ready turns True for the first time (from nothing or
+    Unknown), only when it recovers from False: a burst of new objects posts no Event each.
     """
     before = {c["type"]: c for c in old or []}
     out = []
@@ -106,6 +108,8 @@ def events_for(old: list | None, new: list) -> list[tuple[str, str, str]]:
             continue
         transient = c["reason"] in TRANSIENT_REASONS
         if c["type"] == "Ready":
+            if not first_ready and c["status"] == "True" and prev.get("status") in (None, "Unknown"):
+                continue
             if prev.get("status") != c["status"] and not (transient and c["status"] != "True"):
                 warn = c["status"] == "False"
                 out.append(

@@ -18,6 +18,11 @@ CREDENTIAL_RELOADS = Counter(
 REGISTRY_CALLS = Counter(
     "coursehub_registry_calls_total", "Image resolutions by registry type and result.", ["registry", "result"]
 )
+# Calls that reach a registry: an ECR describe_images call (one per up to 100 courses), an OCI
+# resolution (a manifest HEAD, plus the token request of a bearer registry).
+REGISTRY_REQUESTS = Counter(
+    "coursehub_registry_requests_total", "Calls to registries by registry type.", ["registry"]
+)
 HELM_OPERATIONS = Counter(
     "coursehub_helm_operations_total", "Helm operations by operation and result.", ["operation", "result"]
 )

@@ -42,7 +42,18 @@ class Settings(BaseSettings):
         300,
         gt=0,
         description=(
-            "Seconds between re-resolutions of every CourseImage's tag (a new build under the same tag)."
+            "Seconds between re-resolutions of a CourseImage's tag (a new build under the same tag) "
+            "whose digest just moved, or whose resolution failed: the shortest interval. It grows "
+            "with the time the digest stays unchanged, up to COURSEHUB_RESOLVE_INTERVAL_MAX after a day."
+        ),
+    )
+    resolve_interval_max: float = Field(
+        3600,
+        gt=0,
+        description=(
+            "Seconds between re-resolutions of a tag whose digest has not moved for a day or more: "
+            "the longest interval (the interval grows linearly from COURSEHUB_RESOLVE_INTERVAL "
+            "to this over the first day; a value below COURSEHUB_RESOLVE_INTERVAL means that one)."
         ),
     )
     debounce: float = Field(
@@ -50,15 +61,18 @@ class Settings(BaseSettings):
         ge=0,
         validation_alias=ENV_PREFIX + "DEBOUNCE_SECONDS",
         description=(
-            "Quiet seconds a hub waits after a change before writing, so a burst becomes one "
-            "write (0: write at once)."
+            "A change that finds a hub at rest is written at once; changes that arrive while a hub "
+            "round runs wait until none came for this many seconds, so a burst becomes a handful "
+            "of writes (0: never wait)."
         ),
     )
     debounce_max: float = Field(
         3,
         ge=0,
         validation_alias=ENV_PREFIX + "DEBOUNCE_MAX_SECONDS",
-        description="Longest a hub defers its writes while changes keep coming, in seconds.",
+        description=(
+            "Longest a hub defers its writes while changes keep coming during its rounds, in seconds."
+        ),
     )
     resync_interval: float = Field(
         600,

@@ -456,6 +456,25 @@ def _plan_prune(o: Observed, plan: Plan, keep: set[Ident]) -> None:
         plan.steps.append(Step("prune", delete=tuple(gone)))
 
 
+# -- when to run a round -----------------------------------------------------------
+def round_delay(
+    *, now: float, busy: bool, first_change: float, last_change: float, debounce: float, debounce_max: float
+) -> float:
+    """Seconds a woken hub waits before its round (0: at once).
+
+    A change that finds the hub at rest is written at once: a lone change costs no quiet
+    window. Changes that arrived while a round ran (`busy`) are the tail of a burst: they wait
+    until none came for `debounce` seconds, but never past `debounce_max` after the first of
+    them (`first_change`), so a burst becomes a handful of rounds and a stream of changes is
+    still written every `debounce_max` seconds.
+    """
+    if not busy or debounce <= 0:
+        return 0.0
+    quiet_at = last_change + debounce
+    cap_at = first_change + debounce_max
+    return max(0.0, min(quiet_at, cap_at) - now)
+
+
 # -- after the writes ------------------------------------------------------------
 STEP_CONDITION = {
     "tenancy": "ReleaseDeployed",

@@ -195,7 +195,9 @@ def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None
             await course_status.ensure_finalizer(r.kube, idx.raw_courses[key])
         if prev is None or prev.generation != record.generation or key not in idx.resolutions:
             r.resolver.schedule(key)
-        if prev is None or prev.spec != record.spec or prev.labels != record.labels:
+        if prev is None and record.resolved_image is None:
+            pass  # nothing to publish yet: its first resolution wakes the hubs (reconcile.resolver)
+        elif prev is None or prev.spec != record.spec or prev.labels != record.labels:
             idx.wake_hubs_for_namespace(ns)
 
     @kopf.on.event(GROUP, VERSION, "jupyterhubdeployments", registry=registry)

@@ -86,7 +86,11 @@ class CourseStatusWriter:
         fields, conds = course_status(
             course, idx.resolutions.get(key), pubs, idx.retention.get(key), selecting
         )
-        stored = await status_io.write_status(self.kube, raw, fields, conds, course.generation)
+        # A new course becoming Ready is its status, not news: Events are for what goes wrong
+        # and for recoveries, so a burst of 1,000 courses posts no Event per course.
+        stored = await status_io.write_status(
+            self.kube, raw, fields, conds, course.generation, first_ready_event=False
+        )
         if stored is not None and key in idx.raw_courses:
             idx.raw_courses[key] = {**idx.raw_courses[key], "status": stored}
 

@@ -1,7 +1,8 @@
 """JupyterHubDeployment I/O: one long-lived reconciler per hub, the one writer of its status.
 
-It wakes on any change that may concern the hub, waits a short debounce window so that a
-burst of course changes becomes one write, and then runs a round: observe (every read),
+It wakes on any change that may concern the hub and runs a round at once; changes that
+arrive while a round runs wait for a short quiet window (desired.hub_round.round_delay), so
+a lone change is written at once and a burst becomes a handful of writes. A round: observe (every read),
 decide (desired.hub_round.plan_round, pure), write (each step on its own, applying only
 what differs from the live objects), record the courses' publications for the course
 status writer, and write the hub's status.
@@ -30,6 +31,7 @@ from ..desired.hub_round import (
     fold_failures,
     plan_round,
     required_secret_names,
+    round_delay,
     secret_versions,
     skipped_steps,
 )
@@ -123,20 +125,27 @@ class HubReconciler:
         wake = self.index.hub_wakeups.setdefault(self.key, asyncio.Event())
         wake.set()  # first round right away
         attempt = 0
+        busy = False  # changes arrived while the last round ran
+        last_start = time.monotonic()
         while True:
             timeout = self.settings.rollout_poll if self.memory.pulling else self.settings.resync_interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=timeout)
-            await self._debounce(wake)
-            started = time.monotonic()
+            if wake.is_set():
+                await self._coalesce(wake, busy, first_change=last_start if busy else time.monotonic())
+            # Cleared before the round: whatever sets it from here on arrived during the round.
+            wake.clear()
+            started = last_start = time.monotonic()
             try:
                 await self.reconcile()
                 attempt = 0
+                busy = wake.is_set()
                 metrics.RECONCILES.labels(kind="JupyterHubDeployment", result="ok").inc()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 attempt += 1
+                busy = False
                 reason = type(e).__name__
                 metrics.RECONCILE_ERRORS.labels(kind="JupyterHubDeployment", reason=reason).inc()
                 # An API outage is expected weather: one line, no traceback.
@@ -184,18 +193,27 @@ class HubReconciler:
             if secret_versions(now) != seen:
                 self.index.wake_hub(self.key)
 
-    async def _debounce(self, wake: asyncio.Event) -> None:
-        """Wait until changes stop arriving for `debounce` seconds (at most `debounce_max`)."""
-        deadline = time.monotonic() + self.settings.debounce_max
+    async def _coalesce(self, wake: asyncio.Event, busy: bool, first_change: float) -> None:
+        """Wait as long as desired.hub_round.round_delay says: not at all for a change that found
+        the hub at rest, a short quiet window for changes that came during the last round."""
+        last_change = time.monotonic()
         while True:
-            wake.clear()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            delay = round_delay(
+                now=time.monotonic(),
+                busy=busy,
+                first_change=first_change,
+                last_change=last_change,
+                debounce=self.settings.debounce,
+                debounce_max=self.settings.debounce_max,
+            )
+            if delay <= 0:
                 return
+            wake.clear()
             try:
-                await asyncio.wait_for(wake.wait(), timeout=min(self.settings.debounce, remaining))
+                await asyncio.wait_for(wake.wait(), timeout=delay)
             except TimeoutError:
                 return
+            last_change = time.monotonic()
 
     # -- one round ---------------------------------------------------------
     async def reconcile(self) -> None:

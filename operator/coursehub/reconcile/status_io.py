@@ -9,11 +9,18 @@ from ..kube import Kube, NotFound
 
 
 async def write_status(
-    kube: Kube, raw: dict, fields: dict, conds: list[Cond], generation: int | None
+    kube: Kube,
+    raw: dict,
+    fields: dict,
+    conds: list[Cond],
+    generation: int | None,
+    *,
+    first_ready_event: bool = True,
 ) -> dict | None:
     """Apply `fields` plus the merged `conds` as the status of `raw`'s object if anything changed.
 
     Returns the status now stored (None when nothing was written or the object is gone).
+    `first_ready_event=False`: no Event for a first Ready=True (conditions.events_for).
     """
     old = raw.get("status") or {}
     merged = conditions.merge(old.get("conditions"), conds, generation)
@@ -30,7 +37,9 @@ async def write_status(
         updated = await kube.apply(body, subresource="status")
     except NotFound:
         return None
-    for type_, reason, message in conditions.events_for(old.get("conditions"), merged):
+    for type_, reason, message in conditions.events_for(
+        old.get("conditions"), merged, first_ready=first_ready_event
+    ):
         await kube.event(raw, reason=reason, message=message, type_=type_)
     return updated.get("status", new_status)
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .ecr import resolve_ecr
+from .ecr import EcrBatch, resolve_ecr, resolve_ecr_batch
 from .errors import (
     REASONS,
     ImageNotFound,
@@ -40,6 +40,7 @@ __all__ = [
     "IMAGE_REFERENCE_PATTERN",
     "NAME_LENGTH_PATTERN",
     "REASONS",
+    "EcrBatch",
     "ImageNotFound",
     "ImageReference",
     "InvalidImageReference",
@@ -53,6 +54,7 @@ __all__ = [
     "parse_ecr_host",
     "parse_reference",
     "pinned",
+    "resolve_ecr_batch",
     "resolve_image",
 ]
 
@@ -82,6 +84,7 @@ async def resolve_image(
     ecr_endpoint_url: str | None = None,
     insecure_registries: Iterable[str] | None = None,
     policy: RegistryPolicy | None = None,
+    known_digest: str | None = None,
 ) -> ResolvedImage:
     """Resolve ``ref`` (``repo:tag``, ``repo@sha256:...`` or both) to a digest.
 
@@ -89,7 +92,8 @@ async def resolve_image(
     ``.dockerconfigjson`` of a pull Secret); ``ecr_endpoint_url`` overrides the
     ECR endpoint. ``policy`` bounds where the OCI resolver goes (default: from the operator
     settings, ``RegistryPolicy.from_settings(settings.current())``); ``insecure_registries``,
-    when given, replaces its plain-HTTP hosts. Raises ``ResolveError`` with one of ``REASONS``.
+    when given, replaces its plain-HTTP hosts. ``known_digest``: the digest the tag named last
+    time (an OCI registry may then answer 304 Not Modified). Raises ``ResolveError`` with one of ``REASONS``.
     """
     # spec.image's grammar (the CRD's): a tag or a digest is required.
     reference = parse_reference(ref, require_tag_or_digest=True)
@@ -111,5 +115,7 @@ async def resolve_image(
                 "it will be retried"
             ) from None
     else:
-        digest = await resolve_oci(reference, docker_config=docker_config, policy=policy)
+        digest = await resolve_oci(
+            reference, docker_config=docker_config, policy=policy, known_digest=known_digest
+        )
     return ResolvedImage(reference=reference, digest=digest)

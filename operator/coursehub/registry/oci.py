@@ -2,7 +2,9 @@
 
 One resolution is: HEAD the manifest (GET when the registry sends no
 ``Docker-Content-Digest``), answering a 401 challenge once, either with HTTP
-basic auth or with the bearer token flow of the Docker token spec.
+basic auth or with the bearer token flow of the Docker token spec. A re-check of a tag
+whose digest is known sends it as ``If-None-Match`` (distribution's manifest ETag), so a
+registry may answer 304 Not Modified: the same digest, nothing else to read.
 
 Everything a registry says is untrusted (a course author picks the registry): the limits of
 ``RegistryPolicy`` (policy.py) apply to every request, and messages carry HTTP statuses and
@@ -228,8 +230,10 @@ class _Resolver:
         credentials: Credentials | None,
         base_url: str,
         policy: RegistryPolicy,
+        known_digest: str | None = None,
     ) -> None:
         self.session = session
+        self.known_digest = known_digest if known_digest and _DIGEST_RE.match(known_digest) else None
         self.ref = ref
         self.credentials = credentials
         self.base_url = base_url
@@ -276,6 +280,8 @@ class _Resolver:
 
     async def _send(self, method: str) -> _Reply:
         headers = {"Accept": _ACCEPT}
+        if method == "HEAD" and self.known_digest:
+            headers["If-None-Match"] = f'"{self.known_digest}"'
         if self.authorization:
             headers["Authorization"] = self.authorization
         # Success bodies are manifests; error bodies are read only for their error codes.
@@ -362,6 +368,10 @@ class _Resolver:
 
     async def _digest(self) -> str:
         reply = await self.request("HEAD")
+        if reply.status == 304 and self.known_digest:
+            # Not modified: the tag still names the digest we sent (a registry can only say
+            # what it could have said with a 200 and that digest).
+            return self.known_digest
         if reply.status == 200:
             digest = reply.headers.get("Docker-Content-Digest", "")
             if _DIGEST_RE.match(digest):
@@ -465,8 +475,12 @@ async def resolve_oci(
     docker_config: Mapping[str, Any] | str | bytes | None = None,
     policy: RegistryPolicy | None = None,
     timeout: float | None = None,
+    known_digest: str | None = None,
 ) -> str:
     """Return the ``sha256:`` digest that ``ref`` points at in its registry.
+
+    ``known_digest``: the digest the tag named last time; sent as ``If-None-Match``, so an
+    unchanged tag may cost a 304 and no manifest.
 
     A reference that carries a digest is checked to exist and its digest is returned.
     ``policy`` (default: nothing insecure, nothing private) bounds where the resolver goes and
@@ -484,7 +498,7 @@ async def resolve_oci(
             _slot(host, policy.per_registry_concurrency),
             _session(policy, deadline) as session,
         ):
-            resolver = _Resolver(session, ref, credentials, f"{scheme}://{host}", policy)
+            resolver = _Resolver(session, ref, credentials, f"{scheme}://{host}", policy, known_digest)
             return await resolver.resolve()
     except ResolveError:
         raise

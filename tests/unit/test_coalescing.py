@@ -1,0 +1,94 @@
+"""When a hub round runs (desired.hub_round.round_delay) and which course Events are posted."""
+
+from __future__ import annotations
+
+import bisect
+
+import pytest
+
+from coursehub.conditions import events_for
+from coursehub.desired.hub_round import round_delay
+
+D, MAX = 0.5, 3.0
+
+
+def delay(now, *, busy, first, last, debounce=D, debounce_max=MAX):
+    return round_delay(
+        now=now, busy=busy, first_change=first, last_change=last, debounce=debounce, debounce_max=debounce_max
+    )
+
+
+def test_a_change_that_finds_the_hub_at_rest_is_written_at_once():
+    assert delay(100.0, busy=False, first=100.0, last=100.0) == 0.0
+
+
+def test_changes_that_came_during_a_round_wait_for_a_quiet_window():
+    # The round started at 10; changes came while it ran; it is now 10.2, the last change at 10.2.
+    assert delay(10.2, busy=True, first=10.0, last=10.2) == pytest.approx(D)
+    # another change at 10.5 pushes the window on
+    assert delay(10.5, busy=True, first=10.0, last=10.5) == pytest.approx(D)
+    # quiet for the whole window: run
+    assert delay(11.0, busy=True, first=10.0, last=10.5) == 0.0
+
+
+def test_a_stream_of_changes_is_still_written_every_debounce_max():
+    # changes every 0.1 s forever: the window never closes, the cap does
+    assert delay(12.8, busy=True, first=10.0, last=12.8) == pytest.approx(0.2)
+    assert delay(13.0, busy=True, first=10.0, last=13.0) == 0.0
+
+
+def test_debounce_off_never_waits():
+    assert delay(10.2, busy=True, first=10.0, last=10.2, debounce=0, debounce_max=0) == 0.0
+
+
+def rounds_for(changes: list[float], round_time: float) -> int:
+    """The loop of reconcile.hub.HubReconciler, driven by round_delay alone: how many rounds
+    a stream of change times (sorted) takes when each round lasts `round_time`."""
+    rounds, seen, now, busy, last_start = 0, 0, 0.0, False, 0.0
+    while seen < len(changes):
+        if not busy:
+            now = max(now, changes[seen])  # woken by the next change
+        first, last = (last_start if busy else now), now
+        while (d := delay(now, busy=busy, first=first, last=last)) > 0:
+            nxt = bisect.bisect_right(changes, now)
+            if nxt < len(changes) and changes[nxt] <= now + d:
+                now = last = changes[nxt]  # another change restarts the quiet window
+            else:
+                now += d
+        last_start = now
+        seen = bisect.bisect_right(changes, now)  # the round sees every change so far
+        now += round_time
+        rounds += 1
+        busy = seen < len(changes) and changes[seen] <= now
+    return rounds
+
+
+def test_a_burst_becomes_a_handful_of_rounds():
+    burst = [i * 0.008 for i in range(1000)]  # 1,000 changes over 8 s
+    assert rounds_for(burst, round_time=0.3) <= 6
+
+
+def test_lone_changes_get_a_round_each_at_once():
+    lone = [i * 2.0 for i in range(10)]  # one change every 2 s, rounds of 0.1 s
+    assert rounds_for(lone, round_time=0.1) == 10
+
+
+def c(t, st, reason):
+    return {"type": t, "status": st, "reason": reason, "message": "m"}
+
+
+def test_a_course_s_first_ready_posts_no_event_but_a_recovery_does():
+    first = events_for([c("Ready", "Unknown", "Pending")], [c("Ready", "True", "Ready")], first_ready=False)
+    assert first == []
+    assert events_for(None, [c("Ready", "True", "Ready")], first_ready=False) == []
+    recovered = events_for(
+        [c("Ready", "False", "ImageNotFound")], [c("Ready", "True", "Ready")], first_ready=False
+    )
+    assert [(t, r) for t, r, _ in recovered] == [("Normal", "Ready")]
+    # failures are still Warnings
+    failed = events_for(
+        [c("Ready", "True", "Ready")], [c("Ready", "False", "ImageNotFound")], first_ready=False
+    )
+    assert [(t, r) for t, r, _ in failed] == [("Warning", "ImageNotFound")]
+    # the default (hubs) keeps the first Ready Event
+    assert events_for(None, [c("Ready", "True", "Ready")]) != []
