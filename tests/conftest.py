@@ -9,6 +9,8 @@ pytest_plugins = [
     "fixtures.postgres",
     "fixtures.jupyterhub",
     "fixtures.operator",
+    "fixtures.keycloak",
+    "fixtures.browser",
 ]
 
 
