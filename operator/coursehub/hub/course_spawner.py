@@ -1609,7 +1609,8 @@ STAFF_TEMPLATE = """{% extends "page.html" %}
     <thead><tr><th>Course</th><th>Launch link</th><th>GPU</th><th>Opens</th></tr></thead>
     <tbody>
     {% for link in links %}<tr class="coursehub-course" data-course="{{ link.course }}">
-      <td>{{ link.title }}{% if link.default %} <span class="badge text-bg-secondary">default</span>{% endif %}</td>
+      <td>{{ link.title }}{% if link.default %}
+        <span class="badge text-bg-secondary">default</span>{% endif %}</td>
       <td><a class="coursehub-launch" href="{{ link.url }}">{{ link.url }}</a></td>
       <td>{{ link.gpu }}</td>
       <td>{{ link.notebook or "" }}</td>
