@@ -50,7 +50,7 @@ test-e2e: uv
 test-hub: $(HUB_VENV)/installed
 	PYTHONPATH=operator $(HUB_VENV)/bin/python -m pytest -p no:cacheprovider --noconftest -q $(HUB_TESTS)
 
-$(HUB_VENV)/installed: tests/hub-image-requirements.txt scripts/find-python.sh
+$(HUB_VENV)/installed: tests/hub-image-requirements.txt images/hub/requirements.txt scripts/find-python.sh
 	@bash scripts/bootstrap-uv.sh
 	py="$$(bash scripts/find-python.sh $(HUB_PYTHON_VERSION))" \
 	  && rm -rf $(HUB_VENV) \

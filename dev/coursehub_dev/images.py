@@ -187,13 +187,22 @@ class ImageBuilder:
         self._buildah("run", "--runtime", "runc", "--network", "host", ctr, "--", "sh", "-euc", script)
 
     def _derive(
-        self, local: str, script: str, *, copies: tuple[tuple[str, str], ...] = (), env: tuple[str, ...] = ()
+        self,
+        local: str,
+        script: str,
+        *,
+        copies: tuple[tuple[str, str], ...] = (),
+        adds: tuple[tuple[str, str], ...] = (),
+        env: tuple[str, ...] = (),
     ) -> None:
-        """A build-only image: the base, `copies` (host path, image path) and `script` run in it."""
+        """A build-only image: the base, `copies` and `adds` (host path, image path; add unpacks
+        tarballs) and `script` run in it."""
         ctr = self._buildah("from", "--pull-never", self.base_local()).stdout.strip()
         try:
             for src, dst in copies:
                 self._buildah("copy", ctr, src, dst)
+            for src, dst in adds:
+                self._buildah("add", ctr, src, dst)
             self._run(ctr, script)
             for e in env:
                 self._buildah("config", "--env", e, ctr)
@@ -400,6 +409,116 @@ class ImageBuilder:
             ),
         )
 
+    # -- the SSO gate (issue 15): oauth2-proxy from the Go module proxy ----------
+    def oauth2_proxy_tag(self) -> str:
+        binary = build.build(oauth2_proxy_component(), log=self.log).path("oauth2-proxy")
+        return _sha(RECIPE_VERSION, self.base_tag(), binary.read_bytes())[:20]
+
+    def oauth2_proxy(self) -> str:
+        """`coursehub/oauth2-proxy`: the base plus oauth2-proxy at OAUTH2_PROXY_VERSION, run as
+        65532 like upstream's image (the gate's Deployment, desired/gateway.py)."""
+
+        def make(local: str) -> None:
+            binary = build.build(oauth2_proxy_component(), log=self.log).path("oauth2-proxy")
+            ctr = self._buildah("from", "--pull-never", self.base_local()).stdout.strip()
+            try:
+                self._buildah("copy", "--chmod", "0755", ctr, str(binary), "/usr/local/bin/oauth2-proxy")
+                self._buildah(
+                    "config",
+                    "--entrypoint",
+                    '["/usr/local/bin/oauth2-proxy"]',
+                    "--cmd",
+                    "",
+                    "--user",
+                    "65532:65532",
+                    ctr,
+                )
+                self._buildah("commit", "--rm", ctr, local)
+            except BaseException:
+                self._buildah("rm", ctr, check=False)
+                raise
+
+        return self._ensure("coursehub/oauth2-proxy", self.oauth2_proxy_tag(), make)
+
+    # -- Python 3.12 and the z2jh hub ---------------------------------------
+    def python312_tag(self) -> str:
+        prefix = _python312_prefix()
+        binaries = [(prefix / f).read_bytes() for f in ("bin/python3.12", "lib/libpython3.12.so.1.0")]
+        return _sha(RECIPE_VERSION, self.base_tag(), str(prefix), *PYTHON312_LIBS, *binaries)[:20]
+
+    def python312_local(self) -> str:
+        """The base plus this machine's CPython 3.12 under /usr/local (python:3.12-slim's layout).
+
+        Debian bookworm has 3.11 and trixie 3.13; the z2jh hub runs 3.12. The machine's 3.12
+        (the one `make test-hub` tests the hub module on) was built on this same Debian, so its
+        shared libraries are bookworm's: it is copied without its test suite, Tk and IDLE, the
+        libraries it links are installed from Debian, and the build fails if any is missing."""
+        prefix = _python312_prefix()
+
+        def make(local: str) -> None:
+            work = images_root() / "work-python312"
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            tarball = work / "python.tar"
+            excludes = [
+                "./lib/python3.12/test",
+                "./lib/python3.12/idlelib",
+                "./lib/python3.12/tkinter",
+                "./lib/python3.12/turtledemo",
+                "./lib/python3.12/lib-dynload/_tkinter*",
+                "./lib/python3.12/config-3.12-*/libpython3.12.a",
+                # .pth files are this machine's own set-up, not Python's.
+                "./lib/python3.12/site-packages/*.pth",
+                "./bin/idle*",
+                "./bin/2to3*",
+                "./bin/*-gdb.py",
+            ]
+            subprocess.run(
+                ["tar", "-C", str(prefix), "-cf", str(tarball), *(f"--exclude={e}" for e in excludes), "."],
+                check=True,
+            )
+            try:
+                self._derive(
+                    local,
+                    "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq"
+                    f" --no-install-recommends {' '.join(PYTHON312_LIBS)} >/dev/null"
+                    " && rm -rf /var/lib/apt/lists/* && ldconfig"
+                    # Scripts whose #! names the machine's prefix.
+                    " && for f in /usr/local/bin/*; do"
+                    f'   if head -c 64 "$f" | grep -q "^#!{prefix}"; then'
+                    '     sed -i "1s|^#!.*|#!/usr/local/bin/python3.12|" "$f"; fi; done'
+                    " && missing=$(for f in /usr/local/bin/python3.12"
+                    "   /usr/local/lib/python3.12/lib-dynload/*.so;"
+                    '   do ldd "$f" | grep "not found" | sed "s|^|$f: |"; done)'
+                    ' && if [ -n "$missing" ]; then echo "$missing" >&2; exit 1; fi'
+                    " && python3.12 -c"
+                    " 'import ssl, sqlite3, ctypes, bz2, lzma, zlib, readline, uuid, decimal'"
+                    " && pip3.12 --version >/dev/null",
+                    adds=((str(tarball), "/usr/local"),),
+                )
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+
+        return self._ensure_local("coursehub/build-python312", self.python312_tag(), make)
+
+    def hub_tag(self) -> str:
+        return _sha(RECIPE_VERSION, self.python312_tag(), _tree_hash(IMAGES_DIR / "hub"))[:20]
+
+    def hub(self) -> str:
+        """z2jh 4.4.0's hub image (images/hub: upstream's Dockerfile, its pinned requirements) on
+        the base with CPython 3.12."""
+
+        def make(local: str) -> None:
+            py = self.python312_local()
+            self._bud(
+                IMAGES_DIR / "hub",
+                local,
+                {"BUILD_IMAGE": py, "PYTHON_IMAGE": py},
+                volumes=self._tls_volumes(),
+            )
+
+        return self._ensure("coursehub/k8s-hub", self.hub_tag(), make)
+
     # -- the operator: the project's Dockerfile ----------------------------
     def operator_tag(self) -> str:
         files = [
@@ -432,6 +551,23 @@ class ImageBuilder:
             )
 
         return self._ensure("coursehub/operator", self.operator_tag(), make)
+
+
+OAUTH2_PROXY_VERSION = "v7.15.6"
+
+
+def oauth2_proxy_component() -> build.Component:
+    """oauth2-proxy's main package is its module root; its version is set by ldflags."""
+    v = OAUTH2_PROXY_VERSION
+    module = "github.com/oauth2-proxy/oauth2-proxy/v7"
+    return build.Component(
+        name="oauth2-proxy",
+        version=v,
+        binaries=("oauth2-proxy",),
+        go_mod=lambda: f"module coursehub.dev/devcluster/oauth2-proxy\n\ngo 1.24.0\n\nrequire {module} {v}\n",
+        packages=(module,),
+        ldflags=(f"-X {module}/pkg/version.VERSION={v}",),
+    )
 
 
 def _tool(name: str, package: str) -> str:
@@ -487,3 +623,43 @@ def _operator_context_files() -> list[Path]:
                 if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"
             )
     return out
+
+
+# The shared libraries CPython 3.12's binary and extension modules link (ldd), from Debian.
+PYTHON312_LIBS = (
+    "libssl3",
+    "libffi8",
+    "libsqlite3-0",
+    "libbz2-1.0",
+    "liblzma5",
+    "zlib1g",
+    "libncursesw6",
+    "libreadline8",
+    "libuuid1",
+    "libexpat1",
+    "libcrypt1",
+    "libnsl2",
+    "libtirpc3",
+)
+
+
+def _python312_prefix() -> Path:
+    """The prefix of the machine's CPython 3.12 (scripts/find-python.sh: the hub venv's too)."""
+    res = subprocess.run(
+        ["bash", str(REPO_ROOT / "scripts" / "find-python.sh"), "3.12"], capture_output=True, text=True
+    )
+    if res.returncode != 0:
+        raise RuntimeError(res.stderr.strip())
+    out = subprocess.run(
+        [res.stdout.strip(), "-c", "import sys; print(sys.base_prefix)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    prefix = Path(out.stdout.strip())
+    if not (prefix / "lib" / "libpython3.12.so.1.0").exists():
+        raise RuntimeError(
+            f"the CPython 3.12 at {prefix} is not built with --enable-shared; the hub image copies"
+            " a shared build (pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared pyenv install 3.12)"
+        )
+    return prefix
