@@ -194,10 +194,11 @@ class ImageBuilder:
         copies: tuple[tuple[str, str], ...] = (),
         adds: tuple[tuple[str, str], ...] = (),
         env: tuple[str, ...] = (),
+        from_image: str | None = None,
     ) -> None:
-        """A build-only image: the base, `copies` and `adds` (host path, image path; add unpacks
-        tarballs) and `script` run in it."""
-        ctr = self._buildah("from", "--pull-never", self.base_local()).stdout.strip()
+        """An image from `from_image` (default: the base), `copies` and `adds` (host path, image
+        path; add unpacks tarballs) and `script` run in it."""
+        ctr = self._buildah("from", "--pull-never", from_image or self.base_local()).stdout.strip()
         try:
             for src, dst in copies:
                 self._buildah("copy", ctr, src, dst)
@@ -225,7 +226,11 @@ class ImageBuilder:
         return self._local_name("coursehub/base", self.base_tag())
 
     def _make_base(self, local: str) -> None:
-        work = images_root() / "work"
+        self._mmdebstrap(local, SUITE, BASE_PACKAGES, self.base_tag())
+
+    def _mmdebstrap(self, local: str, suite: str, packages: tuple[str, ...], tag: str) -> None:
+        """A Debian `suite` minbase with `packages` and the machine's CAs, as an image."""
+        work = images_root() / f"work-{suite}"
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         tarball = work / "rootfs.tar"
@@ -241,10 +246,10 @@ class ImageBuilder:
                 "--quiet",
                 "--mode=root",
                 "--variant=minbase",
-                f"--include={','.join(BASE_PACKAGES)}",
+                f"--include={','.join(packages)}",
                 "--dpkgopt=path-exclude=/usr/share/{doc,man,locale}/*",
                 *hooks,
-                SUITE,
+                suite,
                 str(tarball),
             ],
             check=True,
@@ -261,7 +266,7 @@ class ImageBuilder:
                 "--cmd",
                 "/bin/bash",
                 "--label",
-                f"dev.coursehub.recipe={self.base_tag()}",
+                f"dev.coursehub.recipe={tag}",
                 ctr,
             )
             self._buildah("commit", "--rm", ctr, local)
@@ -314,9 +319,10 @@ class ImageBuilder:
         return self._ensure(f"coursehub/course-{name}", self.course_tag(name), make)
 
     # -- looking inside ----------------------------------------------------
-    def run_in(self, ref: str, *command: str) -> str:
+    def run_in(self, ref: str, *command: str, caps: tuple[str, ...] = ()) -> str:
         """stdout of `command` run in the image `ref` (a reference this builder returned), as the
-        image's user, with no network (a check of its content, not a service)."""
+        image's user, in a network namespace of its own with no interfaces but loopback (a
+        check of its content, not a service); `caps`: capabilities to add (CAP_NET_ADMIN)."""
         repo_tag = ref.split("/", 1)[1]
         repo, tag = repo_tag.rsplit(":", 1)
         name = self._local_name(repo, tag)
@@ -325,7 +331,10 @@ class ImageBuilder:
             self._buildah("tag", ref, name)
         ctr = self._buildah("from", "--pull-never", name).stdout.strip()
         try:
-            return self._buildah("run", "--runtime", "runc", "--network", "none", ctr, "--", *command).stdout
+            extra = [a for c in caps for a in ("--cap-add", c)]
+            return self._buildah(
+                "run", "--runtime", "runc", "--network", "none", *extra, ctr, "--", *command
+            ).stdout
         finally:
             self._buildah("rm", ctr, check=False)
 
@@ -519,6 +528,61 @@ class ImageBuilder:
 
         return self._ensure("coursehub/k8s-hub", self.hub_tag(), make)
 
+    # -- configurable-http-proxy (z2jh's proxy.chp) ------------------------------
+    def node_tag(self) -> str:
+        cas = [p for f in _host_ca_files() for p in (f.name, f.read_bytes())]
+        return _sha(RECIPE_VERSION, NODE_SUITE, *NODE_PACKAGES, *cas)[:20]
+
+    def node_local(self) -> str:
+        """Debian trixie with its Node.js 20 (configurable-http-proxy 5.2 needs Node >= 20; bookworm
+        has 18), tini and the machine's CAs: the proxy's runtime base."""
+        tag = self.node_tag()
+        return self._ensure_local(
+            "coursehub/build-node", tag, lambda local: self._mmdebstrap(local, NODE_SUITE, NODE_PACKAGES, tag)
+        )
+
+    def npm_local(self) -> str:
+        """node_local() plus Debian's npm: the proxy's build stage."""
+        return self._ensure_local(
+            "coursehub/build-npm",
+            _sha(RECIPE_VERSION, self.node_tag(), "npm")[:20],
+            lambda local: self._derive(
+                local,
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq"
+                " --no-install-recommends npm >/dev/null && rm -rf /var/lib/apt/lists/*",
+                from_image=self.node_local(),
+            ),
+        )
+
+    def proxy_tag(self) -> str:
+        return _sha(RECIPE_VERSION, self.node_tag(), _tree_hash(IMAGES_DIR / "configurable-http-proxy"))[:20]
+
+    def proxy(self) -> str:
+        """configurable-http-proxy 5.2.0 (images/configurable-http-proxy: npm ci of a locked
+        package.json), run by z2jh's chart as `configurable-http-proxy --ip= ...` (user 65534)."""
+
+        def make(local: str) -> None:
+            self._bud(
+                IMAGES_DIR / "configurable-http-proxy",
+                local,
+                {"BUILD_IMAGE": self.npm_local(), "NODE_IMAGE": self.node_local()},
+                volumes=self._tls_volumes(),
+            )
+
+        return self._ensure("coursehub/configurable-http-proxy", self.proxy_tag(), make)
+
+    # -- z2jh's network-tools (the block-cloud-metadata init container) ----------
+    def network_tools_tag(self) -> str:
+        return _sha(RECIPE_VERSION, self.base_tag(), _tree_hash(IMAGES_DIR / "network-tools"))[:20]
+
+    def network_tools(self) -> str:
+        """iptables on the Debian base (images/network-tools), as z2jh's k8s-network-tools."""
+
+        def make(local: str) -> None:
+            self._bud(IMAGES_DIR / "network-tools", local, {"BASE_IMAGE": self.base_local()})
+
+        return self._ensure("coursehub/k8s-network-tools", self.network_tools_tag(), make)
+
     # -- the operator: the project's Dockerfile ----------------------------
     def operator_tag(self) -> str:
         files = [
@@ -580,6 +644,8 @@ def _tool(name: str, package: str) -> str:
 
 
 GO_IMAGE_PACKAGES = ("gcc", "libc6-dev", "binutils")
+NODE_SUITE = "trixie"
+NODE_PACKAGES = ("ca-certificates", "nodejs", "tini")
 # The top-level Dockerfile's base-image arguments (tests/unit/test_dockerfile.py holds them equal).
 OPERATOR_BASE_ARGS = ("PYTHON_IMAGE", "GO_IMAGE", "UV_IMAGE")
 
