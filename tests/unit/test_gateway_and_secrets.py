@@ -9,10 +9,15 @@ from hypothesis import strategies as st
 
 from coursehub.api.jupyterhubdeployment import ChartSource, JupyterHubDeploymentSpec
 from coursehub.desired.gateway import (
+    ERROR_PAGE,
     GATEWAY_NAME,
     NETWORK_POLICY_NAME,
+    PAGES_ANNOTATION,
+    PAGES_DIR,
+    PAGES_NAME,
     SECRET_VERSION_ANNOTATION,
     gateway_objects,
+    pages_hash,
 )
 from coursehub.desired.secrets import (
     DATABASE_READY,
@@ -73,8 +78,8 @@ def secret_obj(name: str, uid: str, rv: str, data: dict) -> dict:
 
 
 def test_gateway_objects_for_keycloak():
-    dep, svc, netpol = gateway_objects("learn", "jupyter", spec(), "nb.learn.example.edu")
-    for o in (dep, svc, netpol):
+    dep, svc, netpol, pages = gateway_objects("learn", "jupyter", spec(), "nb.learn.example.edu")
+    for o in (dep, svc, netpol, pages):
         assert o["metadata"]["name"].startswith("coursehub-gateway")
         assert o["metadata"]["namespace"] == "jupyter"
         assert o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "coursehub"
@@ -113,9 +118,12 @@ def test_gateway_never_copies_secret_content():
     text = json.dumps(objs)
     for v in OIDC_DATA.values():
         assert v.decode() not in text
-    assert objs[0]["spec"]["template"]["metadata"]["annotations"] == {SECRET_VERSION_ANNOTATION: stamp}
+    assert objs[0]["spec"]["template"]["metadata"]["annotations"] == {
+        SECRET_VERSION_ANNOTATION: stamp,
+        PAGES_ANNOTATION: pages_hash(),
+    }
     plain = gateway_objects("learn", "jupyter", spec(), "nb.learn.example.edu")[0]
-    assert "annotations" not in plain["spec"]["template"]["metadata"]
+    assert SECRET_VERSION_ANNOTATION not in plain["spec"]["template"]["metadata"]["annotations"]
 
 
 def test_oauth2_proxy_defaults_issue_12_item_9():
@@ -144,6 +152,95 @@ def test_oauth2_proxy_defaults_issue_12_item_9():
     assert "--email-domain=mit.edu" in args and "--email-domain=*" not in args
 
 
+def gate_args(s: JupyterHubDeploymentSpec | None = None) -> list[str]:
+    dep = gateway_objects("learn", "jupyter", s or spec(), "nb.learn.example.edu")[0]
+    return dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_scope_is_explicit_so_keycloak_never_sees_a_groups_scope():
+    # With --allowed-group and no --scope, oauth2-proxy asks for "openid email profile groups";
+    # Keycloak answers invalid_scope for a scope the realm lacks (issue 15).
+    args = gate_args()
+    assert "--allowed-group=learners" in args
+    (scope,) = [a for a in args if a.startswith("--scope=")]
+    assert scope == "--scope=openid email profile"
+    assert "--oidc-groups-claim=groups" in args
+    with_groups = spec(
+        gateway={
+            "oidc": {
+                "issuerURL": "https://sso.example.edu/realms/olapps",
+                "secretRef": {"name": "x"},
+                "allowedGroups": ["learner"],
+                "scope": "openid email profile groups",
+            }
+        }
+    )
+    # a realm that defines a groups client scope may ask for it; the operator says exactly that
+    assert "--scope=openid email profile groups" in gate_args(with_groups)
+
+
+def test_pass_user_headers_carries_the_identity_the_hub_limits_by():
+    # The hub counts servers per X-Forwarded-Email / -Preferred-Username / -User (hub-side.md);
+    # without this flag every launch would arrive without an identity and be refused (403).
+    assert "--pass-user-headers=true" in gate_args()
+
+
+def test_cookie_refresh_is_shorter_than_cookie_expire():
+    args = gate_args()
+    assert "--cookie-refresh=3600s" in args and "--cookie-expire=43200s" in args
+    longest = spec(
+        gateway={
+            "oidc": {
+                "issuerURL": "https://sso.example.edu/realms/olapps",
+                "secretRef": {"name": "x"},
+                "allowedGroups": ["learner"],
+                "cookieRefreshSeconds": 86400,
+            }
+        }
+    )
+    # oauth2-proxy refuses to start when refresh >= expire
+    assert "--cookie-refresh=86400s" in gate_args(longest)
+    assert "--cookie-expire=90000s" in gate_args(longest)
+
+
+def test_sign_out_ends_the_keycloak_session_too():
+    assert (
+        "--backend-logout-url=https://sso.example.edu/realms/olapps/protocol/openid-connect/logout"
+        "?id_token_hint={id_token}"
+    ) in gate_args()
+    trailing = spec(
+        gateway={
+            "oidc": {
+                "issuerURL": "https://sso.example.edu/realms/olapps/",
+                "secretRef": {"name": "x"},
+                "allowedGroups": ["learner"],
+            }
+        }
+    )
+    assert any(
+        a.startswith("--backend-logout-url=https://sso.example.edu/realms/olapps/protocol/")
+        for a in gate_args(trailing)
+    )
+
+
+def test_refused_users_get_a_readable_page_from_a_mounted_config_map():
+    dep, _svc, _np, pages = gateway_objects("learn", "jupyter", spec(), "nb.learn.example.edu")
+    assert f"--custom-templates-dir={PAGES_DIR}" in gate_args()
+    assert pages["kind"] == "ConfigMap" and pages["metadata"]["name"] == PAGES_NAME
+    assert pages["data"] == {"error.html": ERROR_PAGE}
+    # the page says what happened to a refused account and to an unreachable issuer
+    words = " ".join(ERROR_PAGE.split())
+    assert "not in a group that this course hub admits" in words
+    assert "Notebooks that are already running keep running" in words
+    pod = dep["spec"]["template"]
+    (vol,) = pod["spec"]["volumes"]
+    assert vol == {"name": "pages", "configMap": {"name": PAGES_NAME}}
+    (mount,) = pod["spec"]["containers"][0]["volumeMounts"]
+    assert mount == {"name": "pages", "mountPath": PAGES_DIR, "readOnly": True}
+    # oauth2-proxy reads templates at start only: a new page rolls the pods
+    assert pod["metadata"]["annotations"][PAGES_ANNOTATION] == pages_hash()
+
+
 def test_gate_without_groups_or_domains_is_refused_not_opened_to_everyone():
     # A hub stored before the CRD required either (the CEL rule is new): the operator refuses it.
     open_gate = spec(
@@ -159,7 +256,7 @@ def test_gate_without_groups_or_domains_is_refused_not_opened_to_everyone():
 
 
 def test_gateway_network_policy_admits_only_the_gate_to_proxy_http():
-    dep, _svc, netpol = gateway_objects("learn", "jupyter", spec(), "nb.learn.example.edu")
+    dep, _svc, netpol, _pages = gateway_objects("learn", "jupyter", spec(), "nb.learn.example.edu")
     assert netpol["kind"] == "NetworkPolicy" and netpol["metadata"]["name"] == NETWORK_POLICY_NAME
     ps = netpol["spec"]
     # it selects z2jh's proxy pods of this release

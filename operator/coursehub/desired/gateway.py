@@ -11,6 +11,8 @@ Owner references are added by the caller when it applies these objects.
 
 from __future__ import annotations
 
+import hashlib
+
 from ..api.jupyterhubdeployment import JupyterHubDeploymentSpec
 from .values_schema import InvalidValues
 
@@ -27,6 +29,51 @@ Z2JH_PROXY_LABELS = {"app": "jupyterhub", "component": "proxy"}
 Z2JH_PROXY_API_ACCESS = {"hub.jupyter.org/network-access-proxy-api": "true"}
 Z2JH_PROXY_HTTP_PORT = 8000
 Z2JH_PROXY_API_PORT = 8001
+# The gate's own pages (a readable refusal), mounted from this ConfigMap. Named with the gate's
+# prefix so that hub_round keeps it with the gate when a Secret goes missing.
+PAGES_NAME = "coursehub-gateway-pages"
+PAGES_DIR = "/etc/oauth2-proxy/pages"
+# On the gate's pods: a hash of the pages, since oauth2-proxy reads its templates only at start.
+PAGES_ANNOTATION = "coursehub.dev/pages"
+# The sign-out path learners follow; it ends the gate's cookie and the Keycloak session.
+SIGN_OUT_PATH = "/oauth2/sign_out"
+# A session lives at most this long without a new login (a teaching day), and at least one
+# refresh period longer than the refresh period: oauth2-proxy refuses refresh >= expire.
+COOKIE_EXPIRE_SECONDS = 12 * 3600
+# The token claim the group membership mapper writes (docs/sso.md): the groups that pass.
+GROUPS_CLAIM = "groups"
+
+# oauth2-proxy's error template (Go html/template; fields per pkg/app/pagewriter). The stock
+# page shows a bare "403 Forbidden" and hides the reason behind a toggle: learners sent here
+# from a course page need to know whether it is their account or the service.
+ERROR_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{.StatusCode}} {{.Title}}</title>
+<style>
+body { font-family: sans-serif; max-width: 42rem; margin: 3rem auto; padding: 0 1rem; line-height: 1.5; }
+h1 { font-size: 1.6rem; } .small { color: #555; font-size: 0.85rem; }
+</style></head>
+<body>
+{{ if eq .StatusCode 403 }}
+<h1 id="refused">This account may not use these notebooks</h1>
+<p>You are signed in, but your account is not in a group that this course hub admits.
+If you think it should be, ask your course staff to add you.</p>
+<p><a id="sign-out" href="{{.ProxyPrefix}}/sign_out">Sign out</a> to use another account.</p>
+{{ else if ge .StatusCode 500 }}
+<h1 id="unavailable">Sign-in is not available right now</h1>
+<p>The sign-in service or the notebook hub could not be reached. Notebooks that are already
+running keep running. Please try again in a few minutes.</p>
+{{ if .Redirect }}<p><a id="retry" href="{{.Redirect}}">Try again</a></p>{{ end }}
+{{ else }}
+<h1 id="not-signed-in">Sign-in did not complete</h1>
+<p>Please open the course link again to sign in.</p>
+{{ if .Redirect }}<p><a id="retry" href="{{.Redirect}}">Start again</a></p>{{ end }}
+{{ end }}
+<p class="small">Error {{.StatusCode}} {{.Title}}{{ if .RequestID }}, request {{.RequestID}}{{ end }}.
+{{ if .Message }}Details: {{.Message}}{{ end }}</p>
+</body></html>
+"""
 
 _ENV_FROM_SECRET = (
     ("OAUTH2_PROXY_CLIENT_ID", "client_id"),
@@ -53,6 +100,21 @@ def upstream_url(namespace: str) -> str:
     return f"http://proxy-public.{namespace}.svc.cluster.local"
 
 
+def cookie_expire_seconds(refresh_seconds: int) -> int:
+    return max(COOKIE_EXPIRE_SECONDS, refresh_seconds + 3600)
+
+
+def backend_logout_url(issuer_url: str) -> str:
+    """Keycloak's end-session endpoint, which oauth2-proxy calls on sign-out with the session's
+    ID token ({id_token} is oauth2-proxy's placeholder): without it a signed-out learner is
+    signed straight back in by the still-open Keycloak session."""
+    return f"{issuer_url.rstrip('/')}/protocol/openid-connect/logout?id_token_hint={{id_token}}"
+
+
+def pages_hash() -> str:
+    return "sha256:" + hashlib.sha256(ERROR_PAGE.encode()).hexdigest()[:32]
+
+
 def _args(namespace: str, spec: JupyterHubDeploymentSpec, domain: str) -> list[str]:
     oidc = spec.gateway.oidc if spec.gateway else None
     assert oidc is not None
@@ -72,9 +134,22 @@ def _args(namespace: str, spec: JupyterHubDeploymentSpec, domain: str) -> list[s
         # Notebook kernels talk over websockets.
         "--proxy-websockets=true",
         "--silence-ping-logging=true",
+        # Explicit: with allowed groups and no scope, oauth2-proxy adds a `groups` scope, which
+        # Keycloak refuses (invalid_scope) unless the realm defines one. Groups come from the
+        # client's group membership mapper, in this claim.
         f"--scope={oidc.scope}",
+        f"--oidc-groups-claim={GROUPS_CLAIM}",
+        # The hub reads who is behind a launch from X-Forwarded-Email / -Preferred-Username /
+        # -User (the per-identity limit, docs/hub-side.md). oauth2-proxy sets them from the
+        # session and drops whatever a browser sent under those names.
+        "--pass-user-headers=true",
         # Sessions are checked against the issuer this often (a disabled account is locked out).
         f"--cookie-refresh={oidc.cookie_refresh_seconds}s",
+        f"--cookie-expire={cookie_expire_seconds(oidc.cookie_refresh_seconds)}s",
+        # Sign-out (SIGN_OUT_PATH) ends the Keycloak session too.
+        f"--backend-logout-url={backend_logout_url(oidc.issuer_url)}",
+        # A refused account or an unreachable issuer gets a page that says which (ERROR_PAGE).
+        f"--custom-templates-dir={PAGES_DIR}",
         # Lax: the session cookie rides top-level navigations (a course link from the LMS), not
         # cross-site subrequests or form posts.
         "--cookie-samesite=lax",
@@ -138,7 +213,8 @@ def gateway_objects(
     *,
     secret_version: str | None = None,
 ) -> list[dict]:
-    """The gate's Deployment, Service and NetworkPolicy, or [] when the spec has no OIDC gateway.
+    """The gate's Deployment, Service, NetworkPolicy and pages ConfigMap, or [] when the spec has
+    no OIDC gateway.
 
     `secret_version` (a stamp of the gateway Secret's uid and resourceVersion, see
     desired/secrets.py) goes into a pod annotation so a rotated client or cookie secret
@@ -150,7 +226,9 @@ def gateway_objects(
     oidc = spec.gateway.oidc
     labels = gateway_labels(name)
     selector = gateway_selector(name)
-    pod_annotations = {SECRET_VERSION_ANNOTATION: secret_version} if secret_version else {}
+    pod_annotations = {PAGES_ANNOTATION: pages_hash()}
+    if secret_version:
+        pod_annotations[SECRET_VERSION_ANNOTATION] = secret_version
     env = [
         {"name": var, "valueFrom": {"secretKeyRef": {"name": oidc.secret_ref.name, "key": key}}}
         for var, key in _ENV_FROM_SECRET
@@ -176,6 +254,7 @@ def gateway_objects(
             "timeoutSeconds": 2,
             "failureThreshold": 3,
         },
+        "volumeMounts": [{"name": "pages", "mountPath": PAGES_DIR, "readOnly": True}],
         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -187,9 +266,7 @@ def gateway_objects(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
-    pod_meta: dict = {"labels": dict(labels)}
-    if pod_annotations:
-        pod_meta["annotations"] = pod_annotations
+    pod_meta: dict = {"labels": dict(labels), "annotations": pod_annotations}
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -212,6 +289,7 @@ def gateway_objects(
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [container],
+                    "volumes": [{"name": "pages", "configMap": {"name": PAGES_NAME}}],
                 },
             },
         },
@@ -226,4 +304,10 @@ def gateway_objects(
             "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
         },
     }
-    return [deployment, service, network_policy(name, namespace)]
+    pages = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": PAGES_NAME, "namespace": namespace, "labels": dict(labels)},
+        "data": {"error.html": ERROR_PAGE},
+    }
+    return [deployment, service, network_policy(name, namespace), pages]

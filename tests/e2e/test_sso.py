@@ -1,0 +1,296 @@
+"""The SSO gate on real parts: Keycloak 26 (realm olapps, tests/sso/olapps-realm.json) and
+oauth2-proxy v7.15.6 running exactly the flags the operator renders (desired/gateway.py), with
+a learner's headless Chromium (a PNG per step).
+
+Here oauth2-proxy runs as a process on this machine in front of a loopback upstream that
+shows what the gate forwarded (path, query and identity headers) and a token of this run, so
+every assertion checks who answered. docs/sso.md describes the flow.
+"""
+
+from __future__ import annotations
+
+import html
+import http.server
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import requests
+
+from coursehub.api.jupyterhubdeployment import JupyterHubDeploymentSpec
+from coursehub.desired.gateway import SIGN_OUT_PATH, gateway_objects
+from fixtures.keycloak import ALLOWED_GROUPS, CLIENT_ID, USERS, Gate, Keycloak
+
+LAUNCH = "/hub/tmplogin?course=clustering_and_descriptive_ai&notebook=intro.ipynb"
+
+
+class Upstream:
+    """A loopback stand-in for the hub's proxy: answers with a token of this run and what it got."""
+
+    def __init__(self) -> None:
+        self.token = f"coursehub-sso-upstream-{secrets.token_hex(6)}"
+        self.seen: list[dict] = []
+        upstream = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                headers = {k: v for k, v in self.headers.items() if k.lower().startswith("x-forwarded-")}
+                upstream.seen.append({"path": self.path, "headers": headers})
+                seen = html.escape(json.dumps({"path": self.path, "headers": headers}, indent=1))
+                body = (
+                    f'<html><body><h1 id="upstream">{upstream.token}</h1><pre id="seen">{seen}</pre>'
+                    "</body></html>"
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def last_for(self, path: str) -> dict:
+        return [s for s in self.seen if s["path"] == path][-1]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def hub_spec(kc: Keycloak, **oidc) -> JupyterHubDeploymentSpec:
+    return JupyterHubDeploymentSpec.model_validate(
+        {
+            "chart": {
+                "repository": "https://hub.jupyter.org/helm-chart/",
+                "name": "jupyterhub",
+                "version": "4.4.0",
+            },
+            "domain": "nb.learn.example.edu",
+            "gateway": {
+                "oidc": {
+                    "issuerURL": kc.issuer,
+                    "secretRef": {"name": "learn-oidc"},
+                    "allowedGroups": list(ALLOWED_GROUPS),
+                    **oidc,
+                }
+            },
+            "database": {"type": "sqlite-memory"},
+        }
+    )
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    u = Upstream()
+    yield u
+    u.close()
+
+
+@pytest.fixture
+def gate_factory(keycloak: Keycloak, upstream: Upstream, tmp_path: Path):
+    started: list[Gate] = []
+
+    def make(*, extra_args: tuple[str, ...] = (), **oidc) -> Gate:
+        objects = gateway_objects("learn", "jupyter", hub_spec(keycloak, **oidc), "nb.learn.example.edu")
+        g = Gate(
+            tmp_path / f"gate-{len(started)}",
+            objects,
+            client_id=CLIENT_ID,
+            client_secret=keycloak.client_secret,
+            upstream=upstream.url,
+            extra_args=extra_args,
+        )
+        g.start()
+        started.append(g)
+        return g
+
+    yield make
+    for g in started:
+        g.stop()
+
+
+@pytest.fixture
+def gate(gate_factory) -> Gate:
+    return gate_factory()
+
+
+def sso_hosts(kc: Keycloak) -> tuple[str, ...]:
+    return ("localhost", urlsplit(kc.base_url).hostname or kc.host)
+
+
+def on_keycloak_login(kc: Keycloak):
+    return lambda b: (
+        b.url.startswith(f"{kc.issuer}/protocol/openid-connect/auth") and b.find("#kc-form-login")
+    )
+
+
+def sign_in(b, kc: Keycloak, user: str) -> None:
+    b.step("keycloak-login-page", on_keycloak_login(kc))
+    b.find("#username")[0].send_keys(user)
+    b.find("#password")[0].send_keys(USERS[user][0])
+    b.find("#kc-login")[0].click()
+
+
+def shows_upstream(upstream: Upstream, path: str):
+    return lambda b: upstream.token in b.text() and b.url.endswith(path)
+
+
+def login(browser_factory, kc: Keycloak, gate: Gate, upstream: Upstream, user: str = "ada", name: str = ""):
+    b = browser_factory(allow_hosts=sso_hosts(kc), name=name or user)
+    b.open(gate.url + LAUNCH)
+    sign_in(b, kc, user)
+    b.step("back-at-the-launch-link", shows_upstream(upstream, LAUNCH))
+    return b
+
+
+def session_cookies(b) -> dict[str, str]:
+    return {c["name"]: c["value"] for c in b.driver.get_cookies() if c["name"].startswith("_oauth2_proxy")}
+
+
+def test_launch_link_signs_in_through_keycloak_and_returns_to_the_same_link(
+    keycloak, gate, upstream, browser_factory
+):
+    b = browser_factory(allow_hosts=sso_hosts(keycloak), name="ada")
+    b.open(gate.url + LAUNCH)
+    sign_in(b, keycloak, "ada")
+    b.step("back-at-the-launch-link", shows_upstream(upstream, LAUNCH))
+    # the same launch link, query and all, with the identity the hub limits by
+    seen = upstream.last_for(LAUNCH)["headers"]
+    assert seen["X-Forwarded-Email"] == "ada@learn.example.edu"
+    assert seen["X-Forwarded-Preferred-Username"] == "ada"
+    assert "learner" in seen["X-Forwarded-Groups"].split(",")
+    # a browser cannot claim another identity through the gate: the gate's headers replace its own
+    forged = requests.get(
+        gate.url + "/whoami",
+        cookies=session_cookies(b),
+        headers={
+            "X-Forwarded-Email": "someone@else.example.edu",
+            "X-Forwarded-Preferred-Username": "mallory",
+        },
+        timeout=10,
+    )
+    assert upstream.token in forged.text
+    seen = upstream.last_for("/whoami")["headers"]
+    assert seen["X-Forwarded-Email"] == "ada@learn.example.edu"
+    assert seen["X-Forwarded-Preferred-Username"] == "ada"
+
+
+def test_scope_and_groups_come_without_a_groups_scope(keycloak, gate, upstream, browser_factory):
+    """Keycloak would answer invalid_scope to a `groups` scope; staff pass by the mapper's claim."""
+    b = login(browser_factory, keycloak, gate, upstream, user="sam")
+    seen = upstream.last_for(LAUNCH)["headers"]
+    assert seen["X-Forwarded-Email"] == "sam@learn.example.edu"
+    assert "staff" in seen["X-Forwarded-Groups"].split(",")
+    assert "invalid_scope" not in b.driver.page_source
+
+
+def test_account_outside_the_allowed_groups_gets_a_readable_refusal(
+    keycloak, gate, upstream, browser_factory
+):
+    b = browser_factory(allow_hosts=sso_hosts(keycloak), name="otto")
+    b.open(gate.url + LAUNCH)
+    sign_in(b, keycloak, "otto")
+    b.step("refused", lambda b: b.find("#refused"))
+    text = b.text()
+    assert "This account may not use these notebooks" in text
+    assert "ask your course staff" in text
+    assert not [s for s in upstream.seen if "otto" in json.dumps(s)]  # nothing of otto's reached the hub
+
+
+def test_sign_out_ends_the_gate_session_and_the_keycloak_session(keycloak, gate, upstream, browser_factory):
+    b = login(browser_factory, keycloak, gate, upstream)
+    b.open(gate.url + SIGN_OUT_PATH)
+    b.step("signed-out", lambda b: not session_cookies(b))
+    b.open(gate.url + LAUNCH)
+    # Keycloak asks for the password again: its own session ended too (backend logout)
+    b.step("login-page-again", on_keycloak_login(keycloak))
+    assert upstream.token not in b.text()
+
+
+def _set_enabled(kc: Keycloak, user: str, enabled: bool) -> None:
+    s = kc._admin()
+    admin = f"{kc.base_url}/admin/realms/olapps"
+    (u,) = s.get(f"{admin}/users", params={"username": user, "exact": "true"}, timeout=10).json()
+    s.put(f"{admin}/users/{u['id']}", json={"enabled": enabled}, timeout=10).raise_for_status()
+
+
+def test_cookie_refresh_renews_sessions_and_locks_out_a_disabled_account(
+    keycloak, gate_factory, upstream, browser_factory
+):
+    # The CRD's minimum refresh is 60 s; the mechanism is the same at 3 s (the last flag wins).
+    gate = gate_factory(extra_args=("--cookie-refresh=3s",))
+    ada = login(browser_factory, keycloak, gate, upstream, user="ada")
+    sam = login(browser_factory, keycloak, gate, upstream, user="sam")
+    before = session_cookies(ada)
+    _set_enabled(keycloak, "sam", False)
+    try:
+        time.sleep(4)  # past the refresh period: the next request refreshes against Keycloak
+        ada.open(gate.url + "/after-refresh")
+        ada.step("ada-refreshed", shows_upstream(upstream, "/after-refresh"))
+        assert session_cookies(ada) != before  # a renewed session cookie
+        sam.open(gate.url + "/after-refresh-sam")
+        sam.step("sam-disabled-is-sent-to-login", on_keycloak_login(keycloak))
+        assert "/after-refresh-sam" not in [s["path"] for s in upstream.seen]
+    finally:
+        _set_enabled(keycloak, "sam", True)
+
+
+def test_rotated_client_secret_old_gate_fails_new_gate_signs_in(
+    keycloak, gate_factory, upstream, browser_factory
+):
+    old = gate_factory()
+    keycloak.rotate_client_secret()
+    b = browser_factory(allow_hosts=sso_hosts(keycloak), name="old-secret")
+    b.open(old.url + LAUNCH)
+    sign_in(b, keycloak, "ada")
+    b.step("old-secret-refused", lambda b: b.find("#unavailable"))
+    new = gate_factory()  # the restarted gate reads the rotated Secret
+    login(browser_factory, keycloak, new, upstream, name="new-secret")
+
+
+def test_keycloak_down_leaves_sessions_running_and_shows_a_clear_page(
+    keycloak, gate, upstream, browser_factory
+):
+    ada = login(browser_factory, keycloak, gate, upstream)
+    # a second learner has passed Keycloak's login but not yet reached the gate's callback
+    s = requests.Session()
+    s.trust_env = False
+    r = s.get(gate.url + LAUNCH, allow_redirects=False, timeout=10)
+    form = s.get(r.headers["Location"], timeout=10)
+    action = form.text.split('id="kc-form-login"', 1)[1].split('action="', 1)[1].split('"', 1)[0]
+    r = s.post(
+        action.replace("&amp;", "&"),
+        data={"username": "sam", "password": USERS["sam"][0], "credentialId": ""},
+        allow_redirects=False,
+        timeout=10,
+    )
+    callback = r.headers["Location"]
+    assert callback.startswith(gate.url + "/oauth2/callback")
+    keycloak.stop()
+    try:
+        # the signed-in learner's work goes on
+        ada.open(gate.url + "/hub/user/ada/lab")
+        ada.step("session-untouched-while-keycloak-is-down", shows_upstream(upstream, "/hub/user/ada/lab"))
+        # the learner mid-login gets a page that says what is wrong, not a stack trace
+        sam = browser_factory(allow_hosts=sso_hosts(keycloak), name="sam")
+        sam.open(gate.url + "/ping")
+        for name, value in s.cookies.items():
+            if name.startswith("_oauth2_proxy"):
+                sam.driver.add_cookie({"name": name, "value": value, "path": "/"})
+        sam.open(callback)
+        sam.step("keycloak-down-page", lambda b: b.find("#unavailable"))
+        assert "Notebooks that are already running keep running" in " ".join(sam.text().split())
+    finally:
+        keycloak.start()
+        keycloak.wait_ready()
+    login(browser_factory, keycloak, gate, upstream, user="ada", name="after-restart")
