@@ -11,6 +11,7 @@ pytest_plugins = [
     "fixtures.operator",
     "fixtures.keycloak",
     "fixtures.browser",
+    "fixtures.git_server",
 ]
 
 

@@ -88,6 +88,10 @@ TRANSIENT_REASONS = frozenset(
         "NotResolved",
         "WaitingForPull",
         "Progressing",
+        # Builds (desired/build.py): queued and running builds settle by themselves.
+        "BuildQueued",
+        "Building",
+        "WaitingForBuild",
     }
 )
 

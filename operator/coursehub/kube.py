@@ -274,6 +274,20 @@ class Kube:
     async def get(self, res: Resource, name: str, namespace: str | None = None) -> dict:
         return await self.request("GET", res.path(namespace, name), kind=res.kind)
 
+    async def get_text(self, path: str, params: dict | None = None, limit: int = 256 * 1024) -> str:
+        """A plain-text GET (pod logs), at most `limit` bytes of it (the end is what is kept)."""
+        if self._session is None:
+            await self.request("GET", "/version")  # opens the session with the current credentials
+        assert self._session is not None
+        self.reads["GET text"] += 1
+        async with self._session.get(
+            self.host + path, params=params, headers=self._headers, ssl=self._ssl
+        ) as resp:
+            text = await resp.text(errors="replace")
+            if resp.status >= 400:
+                raise KubeError(resp.status, text[:300])
+        return text[-limit:]
+
     async def get_or_none(self, res: Resource, name: str, namespace: str | None = None) -> dict | None:
         try:
             return await self.get(res, name, namespace)

@@ -194,6 +194,42 @@ class Settings(BaseSettings):
         "ServiceAccount: namespaced objects there, nothing else.",
     )
 
+    # -- course builds (CourseImage spec.build; docs/builds.md) --
+    build_image: str | None = Field(
+        None,
+        description="The buildah image build Jobs run (Debian's buildah, git, ssh: dev images.buildah()). "
+        "Unset: builds are off and a CourseImage with spec.build says BuildsDisabled.",
+    )
+    build_concurrency: int = Field(2, ge=1, le=100, description="Build Jobs running at once, in all.")
+    build_deadline: int = Field(
+        1800,
+        ge=60,
+        validation_alias=ENV_PREFIX + "BUILD_DEADLINE_SECONDS",
+        description="Longest one build Job may run (its activeDeadlineSeconds), in seconds.",
+    )
+    build_privileged: bool = Field(
+        False,
+        description="Run build pods privileged with overlay storage (faster) instead of unprivileged with "
+        "seccomp Unconfined and vfs storage (docs/builds.md: the trade-off).",
+    )
+    build_node_selector: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated label=value pairs build pods must run on (nodes set aside for builds).",
+    )
+    git_private_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Comma-separated git hosts (host or host:port) that may resolve to loopback, link-local "
+        "or private addresses (an internal git server); every other repository host must be public.",
+    )
+    webhook_port: int = Field(
+        0, ge=0, le=65535, description="Port of the git push webhook server (POST /hooks/git; 0: off)."
+    )
+    webhook_secret_file: str | None = Field(
+        None,
+        description="File holding the webhook secret (GitHub's HMAC secret, GitLab's token), mounted from a "
+        "Secret by the chart. Webhooks are refused without it.",
+    )
+
     # -- leader election and shards (operator/coursehub/leadership.py, docs/scaling.md) --
     leader_election: bool = Field(
         False,
@@ -263,7 +299,7 @@ class Settings(BaseSettings):
         """Where hub charts may come from (desired/policy.py)."""
         return ChartPolicy(self.chart_repositories, self.chart_names, self.chart_oci, self.chart_paths)
 
-    @field_validator("aws_endpoint_url", "helm", mode="before")
+    @field_validator("aws_endpoint_url", "helm", "build_image", "webhook_secret_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, v: Any) -> Any:
         # The chart may render an empty value; that means "AWS", as an unset variable does.
@@ -292,6 +328,8 @@ class Settings(BaseSettings):
         "chart_names",
         "chart_oci",
         "chart_paths",
+        "git_private_hosts",
+        "build_node_selector",
         mode="before",
     )
     @classmethod

@@ -15,6 +15,7 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 
+from .desired.build import BuildState
 from .desired.courses import CourseRecord, HubRecord
 from .desired.status import Publication, Resolution, RetentionResult
 
@@ -30,6 +31,8 @@ class Index:
     # course key -> hub ref -> how that hub treats the course
     publications: dict[Key, dict[str, Publication]] = field(default_factory=dict)
     retention: dict[Key, RetentionResult] = field(default_factory=dict)
+    # course key -> its builds (spec.build; reconcile/build.py keeps them, the status writer reports)
+    builds: dict[Key, BuildState] = field(default_factory=dict)
     # raw objects as last seen (for Events, owner references and status writes)
     raw_courses: dict[Key, dict] = field(default_factory=dict)
     raw_hubs: dict[Key, dict] = field(default_factory=dict)

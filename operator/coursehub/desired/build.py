@@ -92,6 +92,22 @@ def wants_build(
     return latest is not None and latest not in (last_built, running, queued)
 
 
+def parse_ls_remote(output: str, ref: str) -> str | None:
+    """The commit `ref` names in `git ls-remote` output: a branch before a tag of the same name,
+    an annotated tag's peeled commit (`^{}`) before the tag object."""
+    refs: dict[str, str] = {}
+    for line in output.splitlines():
+        sha, _, name = line.partition("\t")
+        if re.fullmatch(r"[0-9a-f]{40}([0-9a-f]{24})?", sha):
+            refs[name.strip()] = sha
+    names = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
+    for name in names:
+        for candidate in (name + "^{}", name):
+            if candidate in refs:
+                return refs[candidate]
+    return None
+
+
 def rebuild_requested(annotations: Mapping[str, str] | None, acted_on: str | None) -> str | None:
     """The annotation value to act on, if `coursehub.dev/rebuild` holds one not acted on yet."""
     value = (annotations or {}).get(REBUILD_ANNOTATION)
@@ -189,6 +205,7 @@ class BuildOptions:
     deadline_seconds: int = 1800
     ttl_seconds: int = 3600
     privileged: bool = False  # overlay storage needs it; vfs with seccomp Unconfined does not
+    node_selector: tuple[str, ...] = ()  # label=value pairs
 
 
 def _is_insecure(host: str, insecure: Iterable[str]) -> bool:
@@ -349,6 +366,7 @@ def build_job(
                 "metadata": {"labels": labels},
                 "spec": {
                     "restartPolicy": "Never",
+                    "nodeSelector": dict(p.split("=", 1) for p in options.node_selector if "=" in p),
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "securityContext": pod_security,
@@ -517,7 +535,7 @@ class BuildState:
 
     ref: str
     latest: str | None = None  # newest commit of the ref seen
-    poll_error: str | None = None  # why the last poll failed (the message names the fix)
+    problem: tuple[str, str] | None = None  # (reason, message): why no build can run (poll failed...)
     good: BuildRecordData | None = None  # the last good build: what learners get
     current: BuildRecordData | None = None  # queued or running
     history: tuple[BuildRecordData, ...] = field(default_factory=tuple)  # finished, newest first
@@ -580,6 +598,8 @@ def built_condition(state: BuildState) -> Cond:
         return Cond("Built", False, "Building", f"building {cur.commit[:SHORT]} in Job {cur.job}{serving}")
     if cur is not None:
         return Cond("Built", False, "BuildQueued", f"{cur.commit[:SHORT]} waits for a build slot{serving}")
+    if state.problem is not None and state.problem[0] == "BuildsDisabled":
+        return Cond("Built", False, *state.problem)
     if last is not None and last.result == "Failed":
         return Cond(
             "Built",
@@ -589,8 +609,8 @@ def built_condition(state: BuildState) -> Cond:
         )
     if good is not None:
         return Cond("Built", True, "Built", f"{good.commit[:SHORT]} built as {good.tag} ({good.digest})")
-    if state.poll_error:
-        return Cond("Built", False, "SourceUnavailable", state.poll_error)
+    if state.problem is not None:
+        return Cond("Built", False, *state.problem)
     return Cond("Built", False, "BuildQueued", f"waiting for the first commit of {state.ref}")
 
 

@@ -21,9 +21,11 @@ from ..desired.tenancy import helm_user
 from ..kube import TRANSIENT_API_ERRORS, Kube
 from ..reconcile import course_status
 from ..reconcile import hub as hub_io
+from ..reconcile.build import BuildController
 from ..reconcile.hub import HubReconciler
 from ..reconcile.resolver import Resolver
 from ..reconcile.retention import EcrRetention
+from ..reconcile.webhook import WebhookServer
 from ..registry.reference import parse_reference
 from ..settings import Settings
 from ..state import Index
@@ -45,6 +47,9 @@ class Runtime:
             kube, self.index, hold_max=settings.debounce_max + 3.0
         )
         self.retention = EcrRetention(self.index, settings)
+        # Course builds (spec.build): a good build makes the resolver look at the moved tag now.
+        self.builds = BuildController(kube, self.index, settings, on_built=self.resolver.schedule)
+        self.webhook: WebhookServer | None = None
         from ..helm import HelmReleases
 
         self.helm = HelmReleases(executable=settings.helm, timeout=settings.helm_timeout)
@@ -56,10 +61,23 @@ class Runtime:
         self.tasks.append(asyncio.create_task(self.status_writer.run(), name="course-status"))
         self.tasks.append(asyncio.create_task(self.resolver.run(), name="resolver"))
         self.tasks.append(asyncio.create_task(self.retention.run(), name="ecr-retention"))
+        self.tasks.append(asyncio.create_task(self.builds.run(), name="builds"))
+        if self.settings.webhook_port:
+            self.tasks.append(asyncio.create_task(self._serve_webhooks(), name="webhooks"))
+
+    async def _serve_webhooks(self) -> None:
+        path = self.settings.webhook_secret_file
+        secret = open(path, "rb").read().strip() if path else b""  # noqa: SIM115 (read once at start)
+        if not secret:
+            log.warning("webhooks: no secret (COURSEHUB_WEBHOOK_SECRET_FILE): every webhook is refused")
+        self.webhook = WebhookServer(secret, self.builds.on_push, self.settings.webhook_port)
+        await self.webhook.start()
 
     async def stop(self) -> None:
         for r in self.reconcilers.values():
             await r.stop()
+        if self.webhook is not None:
+            await self.webhook.stop()
         for t in [*self.tasks, *self.deleting.values()]:
             t.cancel()
         await asyncio.gather(*self.tasks, *self.deleting.values(), return_exceptions=True)
@@ -178,6 +196,7 @@ def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None
             idx.raw_courses.pop(key, None)
             idx.resolutions.pop(key, None)
             idx.retention.pop(key, None)
+            r.builds.sync(key)
             idx.wake_hubs_for_namespace(ns)
             return
         prev = idx.courses.get(key)
@@ -193,6 +212,7 @@ def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None
             return
         if course_status.FINALIZER not in (m.get("finalizers") or []):
             await course_status.ensure_finalizer(r.kube, idx.raw_courses[key])
+        r.builds.sync(key)  # spec.build and the rebuild annotation
         if prev is None or prev.generation != record.generation or key not in idx.resolutions:
             r.resolver.schedule(key)
         if prev is None and record.resolved_image is None:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 
 from .. import metrics
+from ..desired.build import build_status, built_condition, with_build
 from ..desired.courses import selects
 from ..desired.status import course_status
 from ..kube import COURSE_IMAGES, TRANSIENT_API_ERRORS, Kube
@@ -86,6 +87,10 @@ class CourseStatusWriter:
         fields, conds = course_status(
             course, idx.resolutions.get(key), pubs, idx.retention.get(key), selecting
         )
+        build = idx.builds.get(key)
+        if build is not None and course.spec.build is not None:  # spec.build: Built and status.build
+            conds = with_build(conds, built_condition(build), build)
+            fields["build"] = build_status(build)
         # A new course becoming Ready is its status, not news: Events are for what goes wrong
         # and for recoveries, so a burst of 1,000 courses posts no Event per course.
         stored = await status_io.write_status(
