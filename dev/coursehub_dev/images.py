@@ -318,6 +318,23 @@ class ImageBuilder:
 
         return self._ensure(f"coursehub/course-{name}", self.course_tag(name), make)
 
+    # -- all of them ----------------------------------------------------------
+    def course_names(self) -> list[str]:
+        return sorted(d.name for d in COURSES_DIR.iterdir() if (d / "Dockerfile").exists())
+
+    def real_node_images(self) -> dict[str, str]:
+        """Every image a real-node cluster runs besides pause and base: what `up --real-nodes`
+        records in images.json (keys: operator, hub, proxy, network_tools, course-<name>)."""
+        refs = {
+            "operator": self.operator(),
+            "hub": self.hub(),
+            "proxy": self.proxy(),
+            "network_tools": self.network_tools(),
+        }
+        for name in self.course_names():
+            refs[f"course-{name}"] = self.course(name)
+        return refs
+
     # -- looking inside ----------------------------------------------------
     def run_in(self, ref: str, *command: str, caps: tuple[str, ...] = ()) -> str:
         """stdout of `command` run in the image `ref` (a reference this builder returned), as the
