@@ -17,6 +17,9 @@ local transient = {
   NotPublished = true,     -- pre-pulling waits for a hub to publish the course
   WaitingForPull = true,   -- publishAfterPull: offered once every node has the image
   Pulling = true,          -- the pre-puller DaemonSet is rolling out
+  BuildQueued = true,      -- spec.build: a new commit waits for a build slot
+  Building = true,         -- spec.build: its build Job runs
+  WaitingForBuild = true,  -- spec.build: the first build has not pushed the image yet
 }
 
 local generation = obj.metadata.generation
@@ -52,6 +55,26 @@ end
 if generation ~= nil and ready.observedGeneration ~= nil and ready.observedGeneration ~= generation then
   hs.status = "Progressing"
   hs.message = "waiting for the operator to observe generation " .. tostring(generation)
+  return hs
+end
+
+-- spec.build: the newest commit's build. Learners keep the last good image while a newer
+-- build runs or after one failed, so Ready may be True; Argo CD still shows it: a running
+-- build is Progressing, a failed one Degraded (its message names the failing step).
+local built = nil
+for _, c in ipairs(status.conditions) do
+  if c.type == "Built" then
+    built = c
+  end
+end
+if ready.status == "True" and built ~= nil and built.status == "False" then
+  local bmsg = "Built " .. (built.reason or "") .. ": " .. (built.message or "")
+  if transient[built.reason or ""] then
+    hs.status = "Progressing"
+  else
+    hs.status = "Degraded"
+  end
+  hs.message = bmsg .. " (learners keep the last good image)"
   return hs
 end
 
