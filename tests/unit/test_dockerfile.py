@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from coursehub.desired import puller
 from coursehub_dev import images
@@ -233,3 +234,139 @@ def test_image_tag_covers_exactly_the_build_context():
     assert {"Dockerfile", "pyproject.toml", "uv.lock", "README.md", "images/noop/noop.c"} <= files
     assert "operator/coursehub/cli.py" in files
     assert not any(f.startswith(("dev/", "tests/")) or "__pycache__" in f for f in files)
+
+
+# -- the images under images/ and the example courses (built on the dev machine by images.py) ----
+
+Z2JH_TGZ = Path("/work/shared/z2jh-4.4.0/jupyterhub-4.4.0.tgz")
+Z2JH_README = Z2JH_TGZ.parent / "README.md"
+IMAGE_DOCKERFILES = sorted(REPO.glob("images/*/Dockerfile")) + sorted(
+    REPO.glob("examples/courses-src/*/Dockerfile")
+)
+
+
+def _pins(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            out[re.sub(r"[-_.]+", "-", name).lower()] = version.strip()
+    return out
+
+
+def _chart_file(member: str) -> str:
+    import tarfile
+
+    if not Z2JH_TGZ.exists():
+        pytest.skip(f"{Z2JH_TGZ} is not on this machine")
+    with tarfile.open(Z2JH_TGZ) as t:
+        f = t.extractfile(f"jupyterhub/{member}")
+        assert f is not None
+        return f.read().decode()
+
+
+@pytest.mark.parametrize("path", IMAGE_DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_image_dockerfiles_take_their_bases_as_build_arguments(path):
+    """Each builds on public bases by default and on this machine's images when told."""
+    text = path.read_text()
+    st = stages(text)
+    named = {n for n in st if n}
+    for name in named:
+        image = st[name][0][1].split()[0]
+        assert image in named or re.fullmatch(r"\$\{[A-Z_]+\}", image), f"{path}: FROM {image}"
+        if image.startswith("${"):
+            default = global_args(text)[image[2:-1]]
+            assert "/" in default or ":" in default, default  # a public image by default
+
+
+def test_hub_image_installs_z2jh_pins_which_the_hub_venv_tests_share():
+    hub = REPO / "images/hub"
+    pins = _pins(hub / "requirements.txt")
+    # The versions z2jh 4.4.0 ships (../shared/z2jh-4.4.0/README.md).
+    expected = {
+        "jupyterhub": "5.5.0",
+        "jupyterhub-kubespawner": "7.0.0",
+        "jupyterhub-idle-culler": "1.4.0",
+        "jupyterhub-tmpauthenticator": "1.0.0",
+        "kubernetes-asyncio": "36.1.0",
+        "psycopg2": "2.9.12",
+        "sqlalchemy": "2.0.50",
+        "oauthenticator": "17.4.0",
+    }
+    assert {k: pins.get(k) for k in expected} == expected
+    if Z2JH_README.exists():
+        readme = Z2JH_README.read_text()
+        for name, version in expected.items():
+            assert f"{name.removeprefix('jupyterhub-')} {version}" in readme or f"{name} {version}" in readme
+    # One home: the hub venv's requirements include this file and pin none of its packages again.
+    venv_reqs = (REPO / "tests/hub-image-requirements.txt").read_text().splitlines()
+    assert "-r ../images/hub/requirements.txt" in venv_reqs
+    assert not set(_pins(REPO / "tests/hub-image-requirements.txt")) & set(pins)
+    runs = " ".join(
+        a for st in stages((hub / "Dockerfile").read_text()).values() for w, a in st if w == "RUN"
+    )
+    assert "--no-index" in runs and "-r /tmp/requirements.txt" in runs  # exactly the pinned wheels
+
+
+def test_hub_image_runs_as_the_z2jh_chart_expects():
+    st = stages((REPO / "images/hub/Dockerfile").read_text())
+    final = st["slim-stage"]
+    assert global_args((REPO / "images/hub/Dockerfile").read_text())["PYTHON_IMAGE"].startswith("python:3.12")
+    (cmd,) = [json.loads(a) for w, a in final if w == "CMD"]
+    assert [w for w, _ in final if w == "USER"] and [a for w, a in final if w == "WORKDIR"] == [
+        "/srv/jupyterhub"
+    ]
+    assert "NB_UID=1000" in " ".join(a for w, a in final if w == "ARG")
+    template = _chart_file("templates/hub/deployment.yaml")
+    # The chart's default args: `jupyterhub --config <path>`; the image's CMD is the same.
+    assert cmd == ["jupyterhub", "--config", "/usr/local/etc/jupyterhub/jupyterhub_config.py"]
+    assert (
+        "- jupyterhub\n            - --config\n            - /usr/local/etc/jupyterhub/jupyterhub_config.py"
+        in template
+    )
+    assert "- mountPath: /srv/jupyterhub" in template
+    assert {p for w, a in final if w == "EXPOSE" for p in a.split()} == {"8081"}
+
+
+def test_proxy_image_is_the_chart_version_and_on_path():
+    d = REPO / "images/configurable-http-proxy"
+    values = _chart_file("values.yaml")
+    assert yaml.safe_load(values)["proxy"]["chp"]["image"]["tag"] == "5.2.0"
+    assert json.loads((d / "package.json").read_text())["dependencies"] == {
+        "configurable-http-proxy": "5.2.0"
+    }
+    lock = json.loads((d / "package-lock.json").read_text())
+    assert lock["packages"]["node_modules/configurable-http-proxy"]["version"] == "5.2.0"
+    assert all("integrity" in p for k, p in lock["packages"].items() if k)  # every dependency pinned by hash
+    text = (d / "Dockerfile").read_text()
+    final = list(stages(text).values())[-1]
+    env = " ".join(a for w, a in final if w == "ENV")
+    assert "node_modules/.bin" in env  # the chart's command is a bare `configurable-http-proxy`
+    assert "- configurable-http-proxy\n" in _chart_file("templates/proxy/deployment.yaml")
+    assert [a for w, a in final if w == "USER"] == ["65534"]
+    assert "npm ci" in " ".join(a for w, a in stages(text)["build"] if w == "RUN")
+
+
+def test_network_tools_image_has_what_the_hubs_init_container_runs():
+    config = _chart_file("files/hub/jupyterhub_config.py")
+    assert 'name="block-cloud-metadata"' in config and '"iptables",' in config
+    text = (REPO / "images/network-tools/Dockerfile").read_text()
+    runs = " ".join(a for st in stages(text).values() for w, a in st if w == "RUN")
+    assert "install" in runs and "iptables" in runs and "iptables-legacy" in runs
+
+
+def test_example_courses_are_course_repositories():
+    """Each example course: a Dockerfile taking BASE_IMAGE, pinned requirements with JupyterLab, a
+    notebook; one of them is a GPU course (examples/courses/*.yaml: gpu: required)."""
+    names = images.ImageBuilder().course_names()
+    assert {"clustering", "uai-1"} <= set(names)
+    for name in names:
+        d = images.COURSES_DIR / name
+        assert "BASE_IMAGE" in global_args((d / "Dockerfile").read_text())
+        reqs = [
+            ln for ln in (d / "requirements.txt").read_text().splitlines() if ln and not ln.startswith("#")
+        ]
+        assert all("==" in ln for ln in reqs) and any(ln.startswith("jupyterlab==") for ln in reqs)
+        assert list((d / "notebooks").glob("*.ipynb"))
+    assert "gpu: required" in (REPO / "examples/courses/uai-1.yaml").read_text()
