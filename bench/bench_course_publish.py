@@ -1,12 +1,13 @@
-"""Course publishing (issue 3): apply -> Published latency, and writes per burst, debounced vs naive.
+"""Course publishing (issues 3, 16): apply -> Published latency, writes per burst; this tree vs main.
 
-Two operators run one after the other in the same run, each on its own namespace and hub:
-coursehub as shipped (its default debounce window), and the naive baseline with debouncing
-off (COURSEHUB_DEBOUNCE_SECONDS=0, COURSEHUB_DEBOUNCE_MAX_SECONDS=0), which writes on every
-course change. Each gets N single applies (one at a time, waiting for Published=True), then a
-burst of M CourseImages applied at once; the debounced one then sits idle for
---idle-seconds. Latencies are stamped from a watch in this process; write counts come from
-the operator's own metrics (coursehub_kube_requests_total, coursehub_helm_operations_total).
+Operators run one after the other in the same run, each on its own namespace and hub: the
+working tree with its defaults ("new"), the previous main from a temporary git worktree
+("base", --base REV, default harness.BASE_DEFAULT; --no-base skips it), and with --naive the
+working tree with debouncing off (COURSEHUB_DEBOUNCE_SECONDS=0, ..._MAX_SECONDS=0). Each gets
+N single applies (one at a time, waiting for Published=True), then a burst of M CourseImages
+applied at once; the new one then sits idle for --idle-seconds. Latencies are stamped from a
+watch in this process; write counts come from the operator's own metrics
+(coursehub_kube_requests_total, coursehub_helm_operations_total). Nothing is asserted.
 
     uv run python bench/bench_course_publish.py [--singles 20] [--burst 200] [--idle-seconds 300]
 """
@@ -15,16 +16,30 @@ from __future__ import annotations
 
 import argparse
 
-from harness import Env, course_manifest, fmt_s, idle, log, percentile, settle, slug, table
+from harness import (
+    Env,
+    SourceTree,
+    add_base_args,
+    course_manifest,
+    fmt_s,
+    idle,
+    log,
+    percentile,
+    settle,
+    slug,
+    table,
+)
 
 NAIVE_ENV = {"COURSEHUB_DEBOUNCE_SECONDS": "0", "COURSEHUB_DEBOUNCE_MAX_SECONDS": "0"}
 REPO_NAME = "courses/publish"
 
 
-def run_mode(env: Env, mode: str, op_env: dict, slugs: list[str], args) -> dict:
+def run_mode(
+    env: Env, mode: str, op_env: dict, slugs: list[str], args, source: SourceTree | None = None
+) -> dict:
     ns = f"bench-{mode}"
     env.api.create_namespace(ns)
-    op = env.operator([ns], mode, op_env)
+    op = env.operator([ns], mode, op_env, source)
     env.install_hub(ns, "learn", courses={"default": slug(0)})
     watch = env.watch([ns])
     res: dict = {}
@@ -68,7 +83,7 @@ def run_mode(env: Env, mode: str, op_env: dict, slugs: list[str], args) -> dict:
     res["helm_after_install"] = after.helm_mutations() - helm_before
     log(f"{mode}: burst all Ready in {fmt_s(res['burst_all_ready'])}, writes {res['burst'].writes_by_kind()}")
 
-    if mode == "debounced" and args.idle_seconds > 0:
+    if mode == "new" and args.idle_seconds > 0:
         res["idle"] = idle(op, args.idle_seconds, f"{mode} idle")
     res["rss"] = op.peak_rss_mb()
     watch.stop()
@@ -80,93 +95,66 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--singles", type=int, default=20, help="single applies, one at a time")
     ap.add_argument("--burst", type=int, default=200, help="CourseImages applied at once")
-    ap.add_argument(
-        "--idle-seconds", type=float, default=300, help="idle window after the burst (debounced run)"
-    )
+    ap.add_argument("--idle-seconds", type=float, default=300, help="idle window after the burst (new run)")
+    ap.add_argument("--naive", action="store_true", help="also run this tree with debouncing off")
+    add_base_args(ap)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (operator logs)")
     args = ap.parse_args()
 
+    runs: dict[str, dict] = {}
     with Env(keep=args.keep) as env:
         slugs = [slug(i) for i in range(args.singles + args.burst)]
         env.push_images(REPO_NAME, slugs)
-        d = run_mode(env, "debounced", {}, slugs, args)
-        n = run_mode(env, "naive", NAIVE_ENV, slugs, args)
+        runs["this tree"] = run_mode(env, "new", {}, slugs, args)
+        if not args.no_base:
+            with SourceTree(args.base) as tree:
+                runs[f"previous main {tree.commit}"] = run_mode(env, "base", {}, slugs, args, tree)
+        if args.naive:
+            runs["this tree, debounce off"] = run_mode(env, "naive", NAIVE_ENV, slugs, args)
 
     cm, ds = "ConfigMap", "DaemonSet"
     b = args.burst
+    rs = list(runs.values())
+
+    def row(label: str, f, target: str = "") -> tuple:
+        return (label, *(f(r) for r in rs), target)
+
+    def per_course(r: dict) -> str:
+        w = r["burst"]
+        course, event = w.writes(("CourseImage", "CourseImage/status")) / b, w.writes("Event") / b
+        return f"{w.writes() / b:.2f} (CourseImage {course:.2f}, Event {event:.2f})"
+
     rows = [
-        (
-            "single apply->Published p50",
-            fmt_s(percentile(d["single"], 50)),
-            fmt_s(percentile(n["single"], 50)),
-            "<= 2 s",
-        ),
-        (
-            "single apply->Published p95",
-            fmt_s(percentile(d["single"], 95)),
-            fmt_s(percentile(n["single"], 95)),
-            "",
-        ),
-        (
-            f"burst {b}: apply->Published p50",
-            fmt_s(percentile(d["burst_published"], 50)),
-            fmt_s(percentile(n["burst_published"], 50)),
-            "",
-        ),
-        (
-            f"burst {b}: apply->Published p95",
-            fmt_s(percentile(d["burst_published"], 95)),
-            fmt_s(percentile(n["burst_published"], 95)),
-            "",
-        ),
-        (f"burst {b}: all Published", fmt_s(d["burst_all_published"]), fmt_s(n["burst_all_published"]), ""),
-        (f"burst {b}: all Ready", fmt_s(d["burst_all_ready"]), fmt_s(n["burst_all_ready"]), "<= 30 s"),
-        (f"burst {b}: allowlist ConfigMap writes", d["burst"].writes(cm), n["burst"].writes(cm), "<= 5"),
-        (f"burst {b}: puller DaemonSet writes", d["burst"].writes(ds), n["burst"].writes(ds), "<= 5"),
-        (
-            "  allowlist writes per course change",
-            f"{d['burst'].writes(cm) / b:.3f}",
-            f"{n['burst'].writes(cm) / b:.3f}",
-            "",
-        ),
-        (
-            "  puller writes per course change",
-            f"{d['burst'].writes(ds) / b:.3f}",
-            f"{n['burst'].writes(ds) / b:.3f}",
-            "",
-        ),
-        (
-            f"burst {b}: all API writes (status, events, finalizers too)",
-            d["burst"].writes(),
-            n["burst"].writes(),
-            "",
-        ),
-        (f"burst {b}: operator CPU seconds", f"{d['burst_cpu']:.1f}", f"{n['burst_cpu']:.1f}", ""),
-        ("Helm install/upgrade after the hub install", d["helm_after_install"], n["helm_after_install"], "0"),
+        row("single apply->Published p50", lambda r: fmt_s(percentile(r["single"], 50)), "<= 0.15 s"),
+        row("single apply->Published p95", lambda r: fmt_s(percentile(r["single"], 95))),
+        row(f"burst {b}: apply->Published p50", lambda r: fmt_s(percentile(r["burst_published"], 50))),
+        row(f"burst {b}: apply->Published p95", lambda r: fmt_s(percentile(r["burst_published"], 95))),
+        row(f"burst {b}: all Published", lambda r: fmt_s(r["burst_all_published"])),
+        row(f"burst {b}: all Ready", lambda r: fmt_s(r["burst_all_ready"]), "<= 3 s"),
+        row(f"burst {b}: allowlist ConfigMap writes", lambda r: r["burst"].writes(cm), "a handful"),
+        row(f"burst {b}: puller DaemonSet writes", lambda r: r["burst"].writes(ds), "a handful"),
+        row(f"burst {b}: all API writes", lambda r: r["burst"].writes()),
+        row(f"burst {b}: API writes per course", per_course, "<= 3"),
+        row(f"burst {b}: operator CPU seconds", lambda r: f"{r['burst_cpu']:.1f}"),
+        row("Helm install/upgrade after the hub install", lambda r: r["helm_after_install"], "0"),
     ]
-    if "idle" in d:
-        i = d["idle"]
+    new = rs[0]
+    if "idle" in new:
+        i = new["idle"]
         mins = round(args.idle_seconds / 60, 1)
+        dash = ["-"] * (len(rs) - 1)
         rows += [
-            (f"idle {mins:g} min: allowlist ConfigMap writes", i.writes(cm), "-", "0"),
-            (f"idle {mins:g} min: puller DaemonSet writes", i.writes(ds), "-", "0"),
-            (f"idle {mins:g} min: all API writes", i.writes(), "-", "0"),
-            (f"idle {mins:g} min: Helm install/upgrade", i.helm_mutations(), "-", "0"),
-            (f"idle {mins:g} min: Helm calls of any kind", i.helm_calls(), "-", ""),
+            (f"idle {mins:g} min: all API writes", i.writes(), *dash, "0"),
+            (f"idle {mins:g} min: Helm calls of any kind", i.helm_calls(), *dash, "0"),
+            (f"idle {mins:g} min: registry calls", i.registry_calls(), *dash, ""),
         ]
-    rows.append(("operator peak RSS", f"{d['rss']:.0f} MB", f"{n['rss']:.0f} MB", ""))
-    cm_ratio = n["burst"].writes(cm) / max(1, d["burst"].writes(cm))
-    ds_ratio = n["burst"].writes(ds) / max(1, d["burst"].writes(ds))
+    rows.append(row("operator peak RSS", lambda r: f"{r['rss']:.0f} MB"))
     print(f"\ncourse publishing: {args.singles} single applies, a burst of {b}, idle {args.idle_seconds:g} s")
-    print(table(rows, ("figure", "coursehub (debounced)", "naive (debounce off)", "target")))
-    print(f"\nnaive/debounced writes in the burst: allowlist x{cm_ratio:.1f}, puller x{ds_ratio:.1f}")
-    print(f"burst writes by kind, debounced: {d['burst'].writes_by_kind()}")
-    print(f"burst writes by kind, naive:     {n['burst'].writes_by_kind()}")
-    if "idle" in d:
-        print(
-            f"idle writes by kind: {d['idle'].writes_by_kind()}; GETs {d['idle'].reads()}, "
-            f"registry calls {d['idle'].registry_calls()}"
-        )
+    print(table(rows, ("figure", *runs, "target")))
+    for name, r in runs.items():
+        print(f"burst writes by kind, {name}: {r['burst'].writes_by_kind()}")
+    if "idle" in new:
+        print(f"idle writes by kind: {new['idle'].writes_by_kind()}; GETs {new['idle'].reads()}")
 
 
 if __name__ == "__main__":

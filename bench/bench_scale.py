@@ -1,18 +1,18 @@
-"""Scale (issue 8): 1,000 CourseImages on one hub, then the same 1,000 over 5 hubs in 5 namespaces.
+"""Scale (issues 8, 16): 1,000 CourseImages on one hub, this tree vs the previous main.
 
 Each phase runs a fresh operator process, so its peak RSS (VmHWM) and CPU seconds
 (utime+stime from /proc) belong to that phase alone:
   one hub:   all N applied at once -> time until all Published / all Ready, writes to the
-             allowlist and the pullers, RSS, CPU; then --steady-seconds with nothing
-             changing: API writes, registry calls, Helm calls;
-  five hubs: the same N spread over 5 namespaces, one hub each, one operator watching all 5;
-             the same figures;
-  naive:     (unless --no-baseline) the one-hub burst again with debouncing off, for writes per
-             course change with and without debouncing, measured in the same run.
-The resolve interval is --resolve-interval (default 120 s) so that the steady window holds
-several re-resolve rounds; registry calls are also extrapolated per hour at the default 300 s.
+             allowlist and the pullers, writes per course, RSS, CPU; then --steady-seconds with
+             nothing changing: API writes, registry calls, Helm calls;
+  base:      the same against the previous main, from a temporary git worktree (--base REV,
+             default harness.BASE_DEFAULT; --no-base skips it);
+  spread:    (with --spread) the same N over --hubs hubs in as many namespaces, this tree;
+  naive:     (with --naive) the one-hub burst with debouncing off, this tree.
+The shortest resolve interval is --resolve-interval (default 100 s) so that the steady window
+holds a few re-resolve rounds; registry calls are also given per hour at the defaults.
 
-    uv run python bench/bench_scale.py [--courses 1000] [--hubs 5] [--steady-seconds 600]
+    uv run python bench/bench_scale.py [--courses 1000] [--steady-seconds 300]
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import time
 from harness import (
     GROUP_PATH,
     Env,
+    SourceTree,
+    add_base_args,
     cond_true_now,
     course_manifest,
     fmt_s,
@@ -42,11 +44,18 @@ DEFAULT_RESOLVE_INTERVAL = 300.0
 
 
 def phase(
-    env: Env, name: str, namespaces: list[str], refs: list[str], args, op_env: dict, steady: bool
+    env: Env,
+    name: str,
+    namespaces: list[str],
+    refs: list[str],
+    args,
+    op_env: dict,
+    steady: bool,
+    source: SourceTree | None = None,
 ) -> dict:
     for ns in namespaces:
         env.api.create_namespace(ns)
-    op = env.operator(namespaces, name, op_env)
+    op = env.operator(namespaces, name, op_env, source)
     cpu_start = op.cpu_seconds()[0]
     for ns in namespaces:
         # Installs run concurrently in the operator; create all hubs before waiting on any.
@@ -105,115 +114,129 @@ def phase(
     return res
 
 
+def per_hour_at_defaults(r: dict, n: int) -> tuple[str, str]:
+    """Registry calls per hour for n courses at the default intervals: (digests just moved,
+    digests unchanged for a day). The previous main re-resolved every course every 300 s
+    whatever its age; this tree's interval grows from 300 s to 3,600 s over a day."""
+    if r["adaptive"]:
+        from coursehub.desired.recheck import DAY, recheck_interval
+        from coursehub.settings import Settings
+
+        d = Settings()
+        fresh = recheck_interval(0, shortest=d.resolve_interval, longest=d.resolve_interval_max)
+        old = recheck_interval(DAY, shortest=d.resolve_interval, longest=d.resolve_interval_max)
+    else:
+        fresh = old = DEFAULT_RESOLVE_INTERVAL
+    return f"{n * 3600 / fresh:.0f}", f"{n * 3600 / old:.0f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--courses", type=int, default=1000)
-    ap.add_argument("--hubs", type=int, default=5, help="hubs (namespaces) in the spread phase")
-    ap.add_argument("--steady-seconds", type=float, default=600)
+    ap.add_argument("--hubs", type=int, default=5, help="hubs (namespaces) in the --spread phase")
+    ap.add_argument("--steady-seconds", type=float, default=300)
     ap.add_argument(
         "--resolve-interval",
         type=float,
-        default=120,
+        default=100,
         help="COURSEHUB_RESOLVE_INTERVAL for the run (registry calls are also given per hour at 300 s)",
     )
-    ap.add_argument("--no-baseline", action="store_true", help="skip the naive (debounce off) burst")
+    ap.add_argument("--spread", action="store_true", help="also run N courses over --hubs hubs")
+    ap.add_argument("--naive", action="store_true", help="also run the one-hub burst with debouncing off")
+    add_base_args(ap)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     op_env = {"COURSEHUB_RESOLVE_INTERVAL": str(args.resolve_interval)}
     naive_env = {**op_env, "COURSEHUB_DEBOUNCE_SECONDS": "0", "COURSEHUB_DEBOUNCE_MAX_SECONDS": "0"}
 
+    runs: dict[str, dict] = {}
     with Env(keep=args.keep) as env:
         slugs = [slug(i) for i in range(args.courses)]
         log(f"pushing {len(slugs)} images")
         env.push_images(REPO_NAME, slugs)
         refs = [env.registry.ref(REPO_NAME, s) for s in slugs]
-        one = phase(env, "one-hub", ["scale-one"], refs, args, op_env, steady=True)
-        spread = phase(
-            env, "spread", [f"scale-{i}" for i in range(args.hubs)], refs, args, op_env, steady=True
-        )
-        naive = (
-            None
-            if args.no_baseline
-            else phase(env, "naive", ["scale-naive"], refs, args, naive_env, steady=False)
-        )
+        runs["1 hub, this tree"] = phase(env, "one-hub", ["scale-one"], refs, args, op_env, steady=True)
+        runs["1 hub, this tree"]["adaptive"] = True
+        if not args.no_base:
+            with SourceTree(args.base) as tree:
+                r = phase(env, "base", ["scale-base"], refs, args, op_env, steady=True, source=tree)
+                r["adaptive"] = False
+                runs[f"1 hub, previous main {tree.commit}"] = r
+        if args.spread:
+            namespaces = [f"scale-{i}" for i in range(args.hubs)]
+            runs[f"{args.hubs} hubs, this tree"] = phase(
+                env, "spread", namespaces, refs, args, op_env, steady=True
+            )
+            runs[f"{args.hubs} hubs, this tree"]["adaptive"] = True
+        if args.naive:
+            runs["1 hub, debounce off"] = phase(
+                env, "naive", ["scale-naive"], refs, args, naive_env, steady=False
+            )
+            runs["1 hub, debounce off"]["adaptive"] = True
 
     cm, ds = "ConfigMap", "DaemonSet"
     n = args.courses
     mins = round(args.steady_seconds / 60, 1)
     rounds = args.steady_seconds / args.resolve_interval
 
-    def col(r: dict | None) -> list:
-        if r is None:
-            return ["-"] * 19
+    def col(r: dict) -> list:
         b, s = r["burst"], r.get("steady")
         reg = s.registry_calls() if s else None
-        per_hour = (reg / rounds * (3600 / DEFAULT_RESOLVE_INTERVAL)) if s else None
+        fresh, old = per_hour_at_defaults(r, r["n"])
+        course_writes = b.writes(("CourseImage", "CourseImage/status")) / r["n"]
+        events = b.writes("Event") / r["n"]
         return [
             fmt_s(r["all_published"]),
             fmt_s(r["all_ready"]),
             f"{fmt_s(r['published_p50'])} / {fmt_s(r['published_p95'])}",
             b.writes(cm),
             b.writes(ds),
-            f"{b.writes(cm) / r['n']:.3f} / {b.writes(ds) / r['n']:.3f}",
             b.writes(),
+            f"{b.writes() / r['n']:.2f} (CourseImage {course_writes:.2f}, Event {events:.2f})",
             b.helm_mutations(),
             f"{r['rss']:.0f} MB",
             f"{r['burst_cpu']:.1f}",
             f"{r['cpu_total']:.1f} (+{r['helm_children_cpu']:.1f} helm)",
             s.writes() if s else "-",
-            s.helm_mutations() if s else "-",
             s.helm_calls() if s else "-",
             reg if s else "-",
             f"{reg / rounds / r['n']:.2f}" if s else "-",
-            f"{per_hour:.0f}" if s else "-",
+            fresh,
+            old,
             f"{r['steady_cpu']:.1f}" if s else "-",
-            s.reads() if s else "-",
         ]
 
     labels = [
         ("time until all Published", ""),
-        ("time until all Ready", ""),
+        ("time until all Ready", "<= 10 s"),
         ("apply->Published p50 / p95", ""),
         ("burst: allowlist ConfigMap writes", "a handful"),
         ("burst: puller DaemonSet writes", "a handful"),
-        ("  per course change (allowlist / puller)", ""),
         ("burst: all API writes", ""),
+        ("burst: API writes per course", "<= 3"),
         ("burst: Helm install/upgrade", "0"),
-        ("operator peak RSS (VmHWM)", "<= 250 MB"),
+        ("operator peak RSS (VmHWM)", "<= 150 MB"),
         ("operator CPU seconds, burst", ""),
         ("operator CPU seconds, whole phase", ""),
         (f"steady {mins:g} min: API writes", "0"),
-        (f"steady {mins:g} min: Helm install/upgrade", "0"),
         (f"steady {mins:g} min: Helm calls of any kind", "0"),
-        (f"steady {mins:g} min: registry calls (interval {args.resolve_interval:g} s)", ""),
-        ("  registry calls per course per round", "1"),
-        ("  registry calls per hour at the default 300 s", f"{12 * n}"),
+        (f"steady {mins:g} min: registry calls (shortest interval {args.resolve_interval:g} s)", ""),
+        ("  registry calls per course per shortest interval", ""),
+        (f"registry calls per hour, {n} courses, defaults, digests just moved", ""),
+        (f"registry calls per hour, {n} courses, defaults, digests a day old", ""),
         (f"steady {mins:g} min: operator CPU seconds", ""),
-        (f"steady {mins:g} min: API reads (GET)", ""),
     ]
-    cols = [col(one), col(spread), col(naive)]
+    cols = [col(r) for r in runs.values()]
     rows = [(lab, *(c[i] for c in cols), tgt) for i, (lab, tgt) in enumerate(labels)]
     print(
         f"\nscale: {n} CourseImages; machine: {os.cpu_count()} cores; "
         f"resolve interval {args.resolve_interval:g} s; steady {args.steady_seconds:g} s"
     )
-    print(
-        table(
-            rows,
-            (
-                "figure",
-                "1 hub",
-                f"{args.hubs} hubs / {args.hubs} namespaces",
-                "1 hub, naive (debounce off)",
-                "target",
-            ),
-        )
-    )
-    for name, r in (("1 hub", one), (f"{args.hubs} hubs", spread), ("naive", naive)):
-        if r:
-            print(f"{name}: burst writes {r['burst'].writes_by_kind()}")
-            if r.get("steady"):
-                print(f"{name}: steady writes {r['steady'].writes_by_kind()}")
+    print(table(rows, ("figure", *runs, "target")))
+    for name, r in runs.items():
+        print(f"{name}: burst writes {r['burst'].writes_by_kind()}")
+        if r.get("steady"):
+            print(f"{name}: steady writes {r['steady'].writes_by_kind()}")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ GROUP_PATH = "/apis/coursehub.dev/v1alpha1"
 WRITE_METHODS = ("PATCH", "POST", "PUT", "DELETE")
 MUTATING_HELM = ("install", "upgrade", "rollback", "uninstall")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The previous main: the commit before issue 16's latency/registry work. Benches run the same
+# measurement against it (--base REV to compare with another commit, --no-base to skip).
+BASE_DEFAULT = "cd0627fdc1cbeaa7dfad5453c13264f209860c51"
 
 
 def log(msg: str) -> None:
@@ -245,6 +248,50 @@ class CourseWatch:
         )
 
 
+# -- another commit's operator, side by side ----------------------------------------------
+class SourceTree:
+    """The operator source of `rev` in a temporary git worktree (the working tree is never
+    touched); a process started with `env()` imports `coursehub` from there."""
+
+    def __init__(self, rev: str):
+        self.rev = rev
+        self.parent = Path(tempfile.mkdtemp(prefix="coursehub-base-"))
+        self.dir = self.parent / "tree"
+        self.commit = ""
+
+    def __enter__(self) -> SourceTree:
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(self.dir), self.rev],
+            cwd=REPO,
+            check=True,
+            capture_output=True,
+        )
+        self.commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=self.dir, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        log(f"previous main: {self.commit} in {self.dir}")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run(["git", "worktree", "remove", "--force", str(self.dir)], cwd=REPO, capture_output=True)
+        import shutil
+
+        shutil.rmtree(self.parent, ignore_errors=True)
+
+    def env(self) -> dict[str, str]:
+        # PYTHONPATH comes before the venv's editable install of the working tree.
+        return {"PYTHONPATH": str(self.dir / "operator")}
+
+
+def add_base_args(ap) -> None:
+    ap.add_argument(
+        "--base",
+        default=BASE_DEFAULT,
+        help=f"commit to measure side by side, from a temporary git worktree (default {BASE_DEFAULT[:7]})",
+    )
+    ap.add_argument("--no-base", action="store_true", help="measure the working tree only")
+
+
 # -- the operator as a process -----------------------------------------------------
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -314,9 +361,15 @@ class Operator:
     """`python -m coursehub.cli run -n ...` with COURSEHUB_* settings; metrics and /proc readings."""
 
     def __init__(
-        self, cluster: DevCluster, namespaces: list[str], log_path: Path, env: dict[str, str] | None = None
+        self,
+        cluster: DevCluster,
+        namespaces: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        source: SourceTree | None = None,
     ):
         self.cluster = cluster
+        self.source = source
         self.namespaces = namespaces
         self.log_path = log_path
         self.port = free_port()
@@ -327,6 +380,7 @@ class Operator:
             "COURSEHUB_ECR_LIFECYCLE": "false",
             # The benchmark registry is plain HTTP on loopback: named, or the resolver refuses it.
             "COURSEHUB_INSECURE_REGISTRIES": "127.0.0.1",
+            **(source.env() if source else {}),
             **(env or {}),
         }
         self.proc: subprocess.Popen | None = None
@@ -334,7 +388,8 @@ class Operator:
     def start(self) -> Operator:
         # The operator package is imported from the working tree when the process starts:
         # name the exact source it ran, since the tree may differ from any commit.
-        log(f"operator {self.log_path.stem}: source {source_fingerprint()}")
+        where = f"{self.source.commit} (worktree)" if self.source else source_fingerprint()
+        log(f"operator {self.log_path.stem}: source {where}")
         args = [sys.executable, "-m", "coursehub.cli", "run", "--liveness", ""]
         for ns in self.namespaces:
             args += ["-n", ns]
@@ -449,8 +504,14 @@ class Env:
         else:
             log(f"kept {self.workdir} (operator logs there)")
 
-    def operator(self, namespaces: list[str], name: str, env: dict[str, str] | None = None) -> Operator:
-        op = Operator(self.cluster, namespaces, self.workdir / f"operator-{name}.log", env)
+    def operator(
+        self,
+        namespaces: list[str],
+        name: str,
+        env: dict[str, str] | None = None,
+        source: SourceTree | None = None,
+    ) -> Operator:
+        op = Operator(self.cluster, namespaces, self.workdir / f"operator-{name}.log", env, source)
         self.operators.append(op.start())
         return op
 
