@@ -279,10 +279,14 @@ def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None
 
 
 def _plain(body) -> dict:
-    """A plain-dict copy of a kopf body (it is a live view that changes under us)."""
+    """A plain-dict copy of a kopf body (it is a live view that changes under us), without
+    metadata.managedFields: nothing here reads them, and they are most of a small object's
+    size (kept for 1,000s of courses)."""
     import copy
 
-    return copy.deepcopy(dict(body))
+    plain = copy.deepcopy(dict(body))
+    plain.get("metadata", {}).pop("managedFields", None)
+    return plain
 
 
 __all__ = ["Runtime", "course_record", "hub_record", "register", "status_image"]
