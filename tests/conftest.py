@@ -9,6 +9,7 @@ pytest_plugins = [
     "fixtures.postgres",
     "fixtures.jupyterhub",
     "fixtures.operator",
+    "fixtures.real_cluster",
     "fixtures.keycloak",
     "fixtures.browser",
     "fixtures.git_server",
@@ -21,3 +22,11 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, f"rep_{rep.when}", rep)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that start real nodes of their own run before any test of the session's
+    `real_cluster`: only one real-node cluster fits the machine (realnodes.LOCK_PATH)."""
+    own = [i for i in items if i.get_closest_marker("real_nodes") and "real_cluster" not in i.fixturenames]
+    if own:
+        items[:] = own + [i for i in items if i not in own]

@@ -124,11 +124,16 @@ def cgroups() -> list[str]:
 
 
 def mounts() -> list[str]:
+    from .images import images_root
+
+    # Image builds (buildah, beside any cluster) mount and unmount in their own storage.
+    builds = str(images_root()) + "/"
     rows = []
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()
         sep = fields.index("-")
-        rows.append(f"{fields[4]} {fields[sep + 1]}")
+        if not fields[4].startswith(builds):
+            rows.append(f"{fields[4]} {fields[sep + 1]}")
     return sorted(rows)
 
 

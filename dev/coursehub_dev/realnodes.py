@@ -38,7 +38,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from . import build, machine, pki
 from .cluster import start_logged
 from .images import ImageBuilder, images_root
-from .registry import OciRegistry
+from .registry import OciRegistry, copy_image
 from .waiting import free_port, wait_until
 
 if TYPE_CHECKING:
@@ -57,6 +57,9 @@ HOST_BRIDGE = "chhost"
 # Registries whose images the published z2jh chart names: containerd pulls them from the
 # local registry (same repository paths), so the chart runs as published, built here.
 MIRRORED_REGISTRIES = ("quay.io", "registry.k8s.io")
+# containerd's sandbox image, also the pre-puller's default pause image: the pause built here,
+# copied to this name in the local registry, so what a puller pulls is what a pod's sandbox uses.
+SANDBOX_IMAGE = "registry.k8s.io/pause:3.10"
 GPU_LABEL = ("ol.mit.edu/gpu_node", "true")
 GPU_TAINT = {"key": "ol.mit.edu/gpu_node", "value": "true", "effect": "NoSchedule"}
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -64,6 +67,14 @@ CNI_BIN = "/usr/lib/cni"
 # Sockets (containerd's, and kubelet's under its root dir): a unix socket path has at most
 # 107 bytes, too few below a pytest tmp path.
 SOCKET_DIR = Path("/run/coursehub-real-nodes")
+
+
+def mirrored(registry_host: str, image: str) -> str:
+    """Where the local registry keeps `image` of a MIRRORED_REGISTRIES registry (its path)."""
+    host, _, path = image.partition("/")
+    if host not in MIRRORED_REGISTRIES:
+        raise ValueError(f"{image}: only images of {', '.join(MIRRORED_REGISTRIES)} are mirrored")
+    return f"{registry_host}/{path}"
 
 
 class RealNodesBusy(RuntimeError):
@@ -184,6 +195,7 @@ class RealNodes:
         reg = self._start_registry()
         self._record_pid(reg._process.pid if reg._process else None)
         self.image_refs = {"pause": self.images.pause(), "base": self.images.base()}
+        copy_image(self.image_refs["pause"], mirrored(reg.host, SANDBOX_IMAGE))
         # operator, z2jh's hub, proxy and network-tools, the example courses (warm: 0 s, cached).
         self.image_refs.update(self.images.real_node_images())
         self.timings["images"] = time.monotonic() - t
@@ -381,7 +393,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   path = "{nd / "containerd-opt"}"
 
 [plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{self.image_refs["pause"]}"
+  sandbox_image = "{SANDBOX_IMAGE}"
   # Root here lacks CAP_SYS_RESOURCE: without this every sandbox fails to start.
   restrict_oom_score_adj = true
   stream_server_address = "127.0.0.1"

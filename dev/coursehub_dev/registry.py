@@ -559,3 +559,21 @@ class OciRegistry:
 def unique_name(prefix: str) -> str:
     """``prefix-<8 hex>``: a name no other test or run uses."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def copy_image(src: str, dst: str) -> None:
+    """Copy an image between plain-HTTP registries with skopeo (blobs a registry has are not
+    sent again): e.g. a local build under the name a published chart uses."""
+    subprocess.run(
+        [
+            _tool("skopeo", "skopeo"),
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            f"docker://{src}",
+            f"docker://{dst}",
+        ],
+        check=True,
+        capture_output=True,
+    )
