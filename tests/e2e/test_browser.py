@@ -236,6 +236,10 @@ def test_staff_page_for_staff_only_live_from_the_allowlist_with_working_links(
     (learner,) = set(hub.users()) - before
     anonymous = requests.get(hub.url + "/hub/courses", timeout=30)  # no login: no page, and no new user
     assert anonymous.status_code == 403 and "This page is for course staff" in anonymous.text
+    as_service = requests.get(  # an admin service's token is not a person (and not a page login)
+        hub.url + "/hub/courses", headers={"Authorization": f"token {hub.admin_token}"}, timeout=30
+    )
+    assert as_service.status_code == 403 and "This page is for course staff" in as_service.text
     assert set(hub.users()) == before | {learner}
 
     # The same user in the staff group sees every offered course and its launch link.
