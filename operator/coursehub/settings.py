@@ -221,6 +221,11 @@ class Settings(BaseSettings):
         description="Comma-separated git hosts (host or host:port) that may resolve to loopback, link-local "
         "or private addresses (an internal git server); every other repository host must be public.",
     )
+    git_ca_file: str | None = Field(
+        None,
+        description="A PEM file of CA certificates trusted for git servers besides the system's (an internal "
+        "git server with a private CA); build pods get the same certificates.",
+    )
     webhook_port: int = Field(
         0, ge=0, le=65535, description="Port of the git push webhook server (POST /hooks/git; 0: off)."
     )
@@ -299,7 +304,9 @@ class Settings(BaseSettings):
         """Where hub charts may come from (desired/policy.py)."""
         return ChartPolicy(self.chart_repositories, self.chart_names, self.chart_oci, self.chart_paths)
 
-    @field_validator("aws_endpoint_url", "helm", "build_image", "webhook_secret_file", mode="before")
+    @field_validator(
+        "aws_endpoint_url", "helm", "build_image", "webhook_secret_file", "git_ca_file", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, v: Any) -> Any:
         # The chart may render an empty value; that means "AWS", as an unset variable does.

@@ -110,6 +110,23 @@ Kept off on purpose: `escalate`, nodes, cluster-scoped writes, Secrets list/watc
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "create", "patch", "delete"]
+# Course builds (docs/builds.md): one Job per build in the CourseImage's namespace; its pod's
+# termination message (the digest) and, on failure, the last lines of its log.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "create", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+{{- if .Values.build.ecrPush }}
+# One short-lived ECR push Secret per build, owned by its Job (build.ecrPush only).
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create"]
+{{- end }}
 # The tenant RoleBinding refers to the tenant ClusterRole: `bind` on that one role lets the
 # operator create the binding without holding the tenant's rights itself.
 - apiGroups: ["rbac.authorization.k8s.io"]

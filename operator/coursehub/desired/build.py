@@ -170,6 +170,12 @@ if [ -f "$GIT_SECRET_DIR/ssh-privatekey" ]; then
   export GIT_SSH_COMMAND="ssh -i $GIT_SECRET_DIR/ssh-privatekey -o IdentitiesOnly=yes \
     -o StrictHostKeyChecking=yes -o UserKnownHostsFile=$GIT_SECRET_DIR/known_hosts"
 fi
+if [ -n "${GIT_CA_BUNDLE:-}" ]; then
+  # A private CA of an internal git server, added to (not replacing) the system's.
+  cat /etc/ssl/certs/ca-certificates.crt > /tmp/git-ca.pem 2>/dev/null || true
+  printf '%s\n' "$GIT_CA_BUNDLE" >> /tmp/git-ca.pem
+  export GIT_SSL_CAINFO=/tmp/git-ca.pem
+fi
 git remote add origin "$GIT_URL"
 echo "STEP clone: fetching $GIT_COMMIT"
 if ! git fetch -q --depth 1 origin "$GIT_COMMIT" 2>/dev/null; then
@@ -206,6 +212,7 @@ class BuildOptions:
     ttl_seconds: int = 3600
     privileged: bool = False  # overlay storage needs it; vfs with seccomp Unconfined does not
     node_selector: tuple[str, ...] = ()  # label=value pairs
+    git_ca: str = ""  # PEM certificates trusted for git servers besides the system's (public data)
 
 
 def _is_insecure(host: str, insecure: Iterable[str]) -> bool:
@@ -255,6 +262,8 @@ def build_job(
         {"name": "BUILDAH_ISOLATION", "value": "chroot"},
         {"name": "STORAGE_DRIVER", "value": "overlay" if options.privileged else "vfs"},
     ]
+    if options.git_ca:
+        env.append({"name": "GIT_CA_BUNDLE", "value": options.git_ca})
     volumes: list[dict] = [
         {"name": "workspace", "emptyDir": {}},
         {"name": "storage", "emptyDir": {}},

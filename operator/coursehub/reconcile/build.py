@@ -279,6 +279,9 @@ class BuildController:
         secrets: list[str] = []
         with tempfile.TemporaryDirectory(prefix="coursehub-git-") as tmp:
             env["HOME"] = tmp
+            bundle = self._ca_bundle(tmp)
+            if bundle is not None:
+                env["GIT_SSL_CAINFO"] = bundle
             if g.secret is not None:
                 data = await self._secret_data(g.namespace, g.secret)
                 token, user = data.get("token"), data.get("username") or "x-access-token"
@@ -343,6 +346,27 @@ class BuildController:
                 "RefNotFound", f"{g.url} has no branch or tag {g.ref!r}: push it or fix spec.build.git.ref"
             )
         return commit
+
+    def _git_ca(self) -> str:
+        path = self.settings.git_ca_file
+        if not path:
+            return ""
+        with open(path) as f:
+            return f.read().strip()
+
+    def _ca_bundle(self, tmp: str) -> str | None:
+        """The system's CAs plus settings.git_ca_file, as one file for GIT_SSL_CAINFO."""
+        extra = self._git_ca()
+        if not extra:
+            return None
+        path = os.path.join(tmp, "ca.pem")
+        system = "/etc/ssl/certs/ca-certificates.crt"
+        with open(path, "w") as out:
+            if os.path.exists(system):
+                with open(system) as f:
+                    out.write(f.read())
+            out.write("\n" + extra + "\n")
+        return path
 
     async def _check_host(self, url: str) -> None:
         """Course authors name the URL: it must not lead the operator to an internal address
@@ -419,6 +443,7 @@ class BuildController:
             deadline_seconds=self.settings.build_deadline,
             privileged=self.settings.build_privileged,
             node_selector=self.settings.build_node_selector,
+            git_ca=self._git_ca(),
         )
         repository, _tag = plan.split_image(course.spec.image)
         ecr = parse_ecr_host(plan.registry_host(repository))
