@@ -173,7 +173,7 @@ def test_secrets_are_referenced_never_copied():
         "valueFrom": {"secretKeyRef": {"name": "course-token", "key": "token", "optional": True}},
     }
     vols = {v["name"]: v for v in _pod(job)["volumes"]}
-    assert vols["git-secret"]["secret"]["secretName"] == "course-token"
+    assert vols["git-secret"]["secret"] == {"secretName": "course-token", "defaultMode": 0o400}
     assert vols["push-secret"]["secret"]["secretName"] == "push"
     assert all(m.get("readOnly") for m in ctr["volumeMounts"] if m["name"].endswith("secret"))
 
@@ -307,7 +307,7 @@ def test_before_the_first_build_ready_says_why():
         Cond("ImageResolved", False, "ImageNotFound", "not found"),
     ]
     s = b.BuildState(ref="main", current=rec(C1, "Running"))
-    out = b.with_build(conds, b.built_condition(s), s)
+    out = b.with_build(conds, b.built_condition(s), s, serving=False)
     by = {c.type: c for c in out}
     assert by["Ready"].reason == "Building" and by["Ready"].status is None
     assert by["ImageResolved"].reason == "WaitingForBuild"
@@ -315,5 +315,9 @@ def test_before_the_first_build_ready_says_why():
     good = s.finished(replace_result(s.current, "Succeeded", digest="sha256:" + "e" * 64))
     failed = good.finished(rec(C2, "Failed", reason="BuildFailed"))
     ok = [Cond("Ready", True, "Ready", "fine"), Cond("ImageResolved", True, "Resolved", "")]
-    by = {c.type: c for c in b.with_build(ok, b.built_condition(failed), failed)}
+    by = {c.type: c for c in b.with_build(ok, b.built_condition(failed), failed, serving=True)}
     assert by["Ready"].status is True and by["Built"].reason == "BuildFailed"
+    # Built, the tag not resolved yet: waiting for it, not ImageNotFound (no Warning flap)
+    by = {c.type: c for c in b.with_build(conds, b.built_condition(good), good, serving=False)}
+    assert (by["Ready"].reason, by["ImageResolved"].reason) == ("WaitingForBuild", "WaitingForBuild")
+    assert by["Ready"].status is None

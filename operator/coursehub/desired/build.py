@@ -290,15 +290,9 @@ def build_job(
         volumes.append(
             {
                 "name": "git-secret",
-                "secret": {
-                    "secretName": secret,
-                    "defaultMode": 0o400,
-                    "items": [
-                        {"key": "ssh-privatekey", "path": "ssh-privatekey"},
-                        {"key": "known_hosts", "path": "known_hosts"},
-                    ],
-                    "optional": True,
-                },
+                # The whole Secret (token or ssh keys), read-only: listing items would fail the
+                # mount for whichever kind of Secret lacks them.
+                "secret": {"secretName": secret, "defaultMode": 0o400},
             }
         )
         mounts.append({"name": "git-secret", "mountPath": GIT_SECRET_DIR, "readOnly": True})
@@ -627,23 +621,25 @@ def built_condition(state: BuildState) -> Cond:
 TRANSIENT = frozenset({"BuildQueued", "Building"})
 
 
-def with_build(conds: list[Cond], built: Cond, state: BuildState) -> list[Cond]:
-    """A course's conditions with Built added. Before the first good build the image's tag does
-    not exist yet: ImageResolved then says it waits for the build (not ImageNotFound), and Ready
-    is not True. Once a digest is served, a failed newer build leaves Ready alone (learners can
-    start the course, with the last good image) and says so in Built."""
+def with_build(conds: list[Cond], built: Cond, state: BuildState, serving: bool) -> list[Cond]:
+    """A course's conditions with Built added. Until a built image is served (`serving`: the
+    course has a resolved digest), ImageResolved and Ready say that the build comes first
+    (WaitingForBuild, or the build's own reason), not ImageNotFound. Once a digest is served, a
+    newer build running or failing leaves Ready alone (learners start the course with the last
+    good image) and Built says so."""
     out: list[Cond] = []
+    transient = built.reason in TRANSIENT or built.status is True
     for c in conds:
-        if c.type == "ImageResolved" and c.status is not True and state.good is None:
-            c = Cond(
-                "ImageResolved",
-                None if built.reason in TRANSIENT else False,
-                "WaitingForBuild",
-                f"the first build has not pushed the image yet ({built.reason}): {c.message}",
-            )
-        if c.type == "Ready" and c.status is not True and state.good is None and built.status is not True:
-            c = Cond(
-                "Ready", None if built.reason in TRANSIENT else False, built.reason, f"Built: {built.message}"
-            )
+        if not serving and c.status is not True:
+            if c.type == "ImageResolved":
+                c = Cond(
+                    "ImageResolved",
+                    None if transient else False,
+                    "WaitingForBuild",
+                    f"spec.image is pushed by the build ({built.reason}): {c.message}",
+                )
+            elif c.type == "Ready":
+                reason = "WaitingForBuild" if built.status is True else built.reason
+                c = Cond("Ready", None if transient else False, reason, f"Built: {built.message}")
         out.append(c)
     return [*out, built]

@@ -89,7 +89,7 @@ class CourseStatusWriter:
         )
         build = idx.builds.get(key)
         if build is not None and course.spec.build is not None:  # spec.build: Built and status.build
-            conds = with_build(conds, built_condition(build), build)
+            conds = with_build(conds, built_condition(build), build, course.resolved_image is not None)
             fields["build"] = build_status(build)
         # A new course becoming Ready is its status, not news: Events are for what goes wrong
         # and for recoveries, so a burst of 1,000 courses posts no Event per course.

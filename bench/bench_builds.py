@@ -1,0 +1,190 @@
+"""Course builds (issue 14) on a real node: commit -> a new learner gets the new image, and build
+time cold vs with the layer cache.
+
+Starts a dev cluster with one real node, the buildah image, a git server (git http-backend over
+HTTPS on the host bridge address), the operator as a process and a hub. Then:
+
+1. Cold vs cached: a course whose Dockerfile has a slow step (`RUN` computing for a while) is
+   built once with an empty layer cache (a new repository, so a new cache repository), then a
+   commit that changes only the last `COPY`: the slow layer comes from the registry cache.
+   Build time is the build Job's start -> completion (status.build durationSeconds).
+2. Commit -> learner: --commits commits, each followed by a signed push webhook (as a forge
+   sends it); the time from `git push` until the hub's allowlist (what a new learner's spawn
+   reads) names the new digest. p50 and max; polling instead of a webhook adds up to
+   spec.build.pollSeconds.
+
+Times only, printed side by side; nothing asserted. Run it alone (2 cores):
+
+    flock /tmp/coursehub-e2e.lock uv run python bench/bench_builds.py [--commits 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import requests
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+
+from coursehub_dev import samples  # noqa: E402
+from coursehub_dev.cluster import DevCluster  # noqa: E402
+from coursehub_dev.paths import crd_files  # noqa: E402
+from coursehub_dev.realnodes import HOST_IP, RealNodes  # noqa: E402
+from coursehub_dev.waiting import free_port, wait_until  # noqa: E402
+from fixtures.git_server import GitServer  # noqa: E402
+from fixtures.operator import OperatorProcess  # noqa: E402
+from harness import fmt_s, log, percentile  # noqa: E402
+
+NS = "courses"
+SLOW_DOCKERFILE = (
+    "ARG BASE_IMAGE\nFROM $BASE_IMAGE\n"
+    # A stand-in for `pip install -r requirements.txt`: CPU-bound work that makes a layer.
+    "RUN python3 -c \"import hashlib; h=b'x'\n"
+    "for i in range(3_000_000): h=hashlib.sha256(h).digest()\n"
+    "open('/work.bin','wb').write(h)\"\n"
+    "COPY version.txt /version.txt\n"
+)
+
+
+def course(name: str, registry: str, base: str, url: str) -> dict:
+    return samples.course_manifest(
+        name,
+        name,
+        f"{registry}/bench/{name}:{name}",
+        prePull=False,
+        build={"git": {"url": url}, "buildArgs": {"BASE_IMAGE": base}, "pollSeconds": 3600},
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--commits", type=int, default=5)
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-builds-"))
+    secret = uuid.uuid4().hex
+    cluster = DevCluster(state_dir=root / "state", real_nodes=1)
+    git = op = None
+    try:
+        t0 = time.monotonic()
+        cluster.up(crds=crd_files())
+        images = RealNodes.image_builder(cluster.state_dir)
+        registry = RealNodes.images_of(cluster.state_dir)["registry"]
+        buildah, base = images.buildah(), images.base()
+        log(f"cluster and images in {time.monotonic() - t0:.1f} s")
+        git = GitServer(root / "git", address=HOST_IP, tls=True)
+        cluster.kubectl("create", "namespace", NS)
+        (root / "secret").write_text(secret)
+        port = free_port()
+        op = OperatorProcess(
+            cluster,
+            [NS],
+            root,
+            env={
+                "COURSEHUB_BUILD_IMAGE": buildah,
+                "COURSEHUB_BUILD_NODE_SELECTOR": "kubernetes.io/hostname=real-node-0",
+                "COURSEHUB_GIT_PRIVATE_HOSTS": git.host,
+                "COURSEHUB_GIT_CA_FILE": str(git.ca_file),
+                "COURSEHUB_INSECURE_REGISTRIES": f"127.0.0.1,{registry}",
+                "COURSEHUB_WEBHOOK_PORT": str(port),
+                "COURSEHUB_WEBHOOK_SECRET_FILE": str(root / "secret"),
+            },
+        ).start()
+        cluster.kubectl("apply", "-n", NS, "-f", "-", input=yaml.safe_dump(samples.hub_manifest()))
+
+        def get(name: str) -> dict:
+            return json.loads(cluster.kubectl("get", "courseimage", name, "-n", NS, "-o", "json").stdout)
+
+        def built(name: str, commit: str) -> dict:
+            def ok():
+                o = get(name)
+                b = (o.get("status") or {}).get("build") or {}
+                last = b.get("last") or {}
+                if last.get("commit") == commit and last.get("result") == "Failed":
+                    raise RuntimeError(f"build failed: {last.get('message')}")
+                return o if b.get("commit") == commit and last.get("commit") == commit else None
+
+            return wait_until(ok, timeout=900, interval=0.5, what=f"{name} built at {commit[:12]}")
+
+        def offered(slug: str) -> str | None:
+            cm = cluster.kubectl(
+                "get", "configmap", "coursehub-allowlist", "-n", NS, "-o", "json", check=False
+            )
+            if cm.returncode != 0:
+                return None
+            doc = json.loads(json.loads(cm.stdout)["data"]["allowlist.json"])
+            return ((doc.get("courses") or {}).get(slug) or {}).get("image")
+
+        def webhook(repo: str, commit: str) -> None:
+            body = json.dumps(
+                {"ref": "refs/heads/main", "after": commit, "repository": {"clone_url": git.url(repo)}}
+            ).encode()
+            sig = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+            r = requests.post(
+                f"http://127.0.0.1:{port}/hooks/git",
+                data=body,
+                headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": sig},
+                timeout=10,
+            )
+            r.raise_for_status()
+
+        # 1. cold vs cached
+        first = git.create("slow", {"Dockerfile": SLOW_DOCKERFILE, "version.txt": "0\n"})
+        cluster.kubectl(
+            "apply",
+            "-n",
+            NS,
+            "-f",
+            "-",
+            input=yaml.safe_dump(course("slow", registry, base, git.url("slow"))),
+        )
+        cold = built("slow", first)["status"]["build"]["last"]["durationSeconds"]
+        second = git.commit("slow", {"version.txt": "1\n"})
+        webhook("slow", second)
+        warm = built("slow", second)["status"]["build"]["last"]["durationSeconds"]
+
+        # 2. commit -> a new learner gets the new image (webhook right after the push)
+        waits: list[float] = []
+        wait_until(lambda: offered("slow"), timeout=300, what="the course offered")
+        for i in range(args.commits):
+            pushed = time.monotonic()
+            commit = git.commit("slow", {"version.txt": f"{i + 2}\n"})
+            webhook("slow", commit)
+            digest = built("slow", commit)["status"]["build"]["digest"]
+            wait_until(
+                lambda d=digest: (offered("slow") or "").endswith(d),
+                timeout=300,
+                interval=0.2,
+                what="offered",
+            )
+            waits.append(time.monotonic() - pushed)
+            log(f"commit {i + 1}: {waits[-1]:.1f} s")
+
+        print("\n== course builds (one real node, 2 cores) ==")
+        print(f"build time, empty layer cache:        {cold} s")
+        print(f"build time, layer cache in registry:  {warm} s  (ratio {cold / max(warm, 1):.1f}x)")
+        print(
+            f"commit -> new learner gets the image: p50 {fmt_s(percentile(waits, 50))}, "
+            f"max {fmt_s(max(waits))} over {len(waits)} commits (webhook)"
+        )
+        return 0
+    finally:
+        if op is not None:
+            op.stop()
+        if git is not None:
+            git.stop()
+        cluster.down()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
