@@ -156,3 +156,23 @@ def test_rebuild_annotation_queues_the_known_commit(git_server, repo):
     bc.queued.clear()
     bc.sync(k)  # the same value again: nothing
     assert not bc.queued
+
+
+async def test_a_rebuild_asked_before_the_first_poll_builds_the_known_commit_again(git_server, repo):
+    from coursehub.desired.build import BuildRecordData, build_status
+
+    head = git_server.head(repo)
+    idx = Index()
+    bc = controller(idx, git_private_hosts=(git_server.host,))
+    k = add_course(idx, "j", git_server.url(repo))
+    # After an operator restart: status says the head was built; the annotation is new.
+    done = BuildRecordData(commit=head, result="Succeeded", job="j0", digest="sha256:" + "a" * 64)
+    from coursehub.desired.build import BuildState
+
+    idx.raw_courses[k]["status"] = {"build": build_status(BuildState(ref="main").finished(done))}
+    idx.raw_courses[k]["metadata"]["annotations"] = {"coursehub.dev/rebuild": "again"}
+    bc.sync(k)
+    assert not bc.queued  # the commit is not known before the poll
+    (gkey,) = bc.groups
+    await bc._poll(gkey)
+    assert bc.queued[k].commit == head and bc.queued[k].why.startswith("rebuild")

@@ -82,6 +82,7 @@ class BuildController:
         self.queued: dict[Key, BuildRequest] = {}
         self.running: dict[Key, str] = {}  # course -> Job name
         self.adopted: set[str] = set()  # namespaces whose existing build Jobs were looked for
+        self.pending_rebuild: dict[Key, str] = {}  # rebuilds asked before the commit was known
         self.seq = 0
         self.wakeup = asyncio.Event()
         self.jobs_started = 0
@@ -135,11 +136,13 @@ class BuildController:
         rebuild = plan.rebuild_requested((raw.get("metadata") or {}).get("annotations"), state.rebuild)
         if rebuild is not None:
             state = replace(state, rebuild=rebuild)
+        self._set(key, state)
+        if rebuild is not None:
             if state.latest:
                 self._enqueue(key, state.latest, "rebuild", rebuild)
-            else:
+            else:  # the commit is not known yet (just started): the next poll, now, builds it
+                self.pending_rebuild[key] = rebuild
                 self.groups[gkey].due = 0.0
-        self._set(key, state)
         self.wakeup.set()
 
     def _leave(self, key: Key, gkey: GroupKey) -> None:
@@ -155,6 +158,7 @@ class BuildController:
         if gkey is not None:
             self._leave(key, gkey)
         self.queued.pop(key, None)
+        self.pending_rebuild.pop(key, None)
         if key in self.index.builds and key not in self.running:
             del self.index.builds[key]
 
@@ -247,16 +251,11 @@ class BuildController:
             last = state.last.commit if state.last else (state.good.commit if state.good else None)
             queued = self.queued.get(key)
             running = state.current.commit if state.current and key in self.running else None
+            rebuild = self.pending_rebuild.pop(key, None)
             if plan.wants_build(commit, last, running, queued.commit if queued else None):
                 self._enqueue(key, commit, "poll")
-            elif (
-                state.rebuild and queued is None and key not in self.running and self._rebuild_pending(state)
-            ):
-                self._enqueue(key, commit, "rebuild", state.rebuild)
-
-    def _rebuild_pending(self, state: BuildState) -> bool:
-        # A rebuild asked before the first poll: acted on once the commit is known.
-        return state.last is None or state.last.job is None
+            elif rebuild is not None:
+                self._enqueue(key, commit, "rebuild", rebuild)
 
     async def ls_remote(self, g: Group) -> str:
         """The commit of `g.ref` (git ls-remote), after checking where the URL leads."""
