@@ -63,7 +63,11 @@ def course(name: str, registry: str, base: str, url: str) -> dict:
         name,
         f"{registry}/bench/{name}:{name}",
         prePull=False,
-        build={"git": {"url": url}, "buildArgs": {"BASE_IMAGE": base}, "pollSeconds": 3600},
+        build={
+            "git": {"url": url},
+            "buildArgs": [{"name": "BASE_IMAGE", "value": base}],
+            "pollSeconds": 3600,
+        },
     )
 
 

@@ -180,7 +180,9 @@ def test_secrets_are_referenced_never_copied():
 
 def test_spec_values_never_become_shell_code():
     evil = "x; curl http://169.254.169.254 #"
-    c = course(buildArgs={"A": evil}, git={"url": "https://git.example.edu/x.git", "ref": "main"})
+    c = course(
+        buildArgs=[{"name": "A", "value": evil}], git={"url": "https://git.example.edu/x.git", "ref": "main"}
+    )
     job = b.build_job(c, C1, name="build-x", options=OPTS)
     cmd = _pod(job)["containers"][0]["command"]
     assert cmd[:2] == ["/bin/sh", "-c"] and cmd[2] == b.BUILD_SCRIPT  # the script is a constant
@@ -321,3 +323,10 @@ def test_before_the_first_build_ready_says_why():
     by = {c.type: c for c in b.with_build(conds, b.built_condition(good), good, serving=False)}
     assert (by["Ready"].reason, by["ImageResolved"].reason) == ("WaitingForBuild", "WaitingForBuild")
     assert by["Ready"].status is None
+
+
+def test_build_arg_names_are_checked():
+    with pytest.raises(ValidationError, match="name"):
+        course(buildArgs=[{"name": "1BAD", "value": "x"}])
+    with pytest.raises(ValidationError, match="each name once"):
+        course(buildArgs=[{"name": "A", "value": "1"}, {"name": "A", "value": "2"}])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -121,6 +120,17 @@ class BuildResources(Model):
     )
 
 
+class BuildArg(Model):
+    name: str = Field(
+        description="The ARG name, e.g. PYTHON_VERSION (letters, digits and '_').",
+        pattern=BUILD_ARG_NAME_PATTERN,
+        max_length=128,
+    )
+    value: str = Field(
+        "", description="Its value (plain text, kept in the image's history).", max_length=4096
+    )
+
+
 class Build(Model):
     git: GitSource = Field(description="Where the course's Dockerfile and files come from.")
     dockerfile: str = Field(
@@ -130,20 +140,12 @@ class Build(Model):
         max_length=512,
         json_schema_extra=_no_dotdot("spec.build.dockerfile", "docker/Dockerfile"),
     )
-    build_args: dict[str, str] | None = Field(
+    build_args: list[BuildArg] | None = Field(
         None,
-        description="--build-arg NAME=value pairs (plain values: never put a secret here, they end up "
-        "in the image's history).",
+        description="--build-arg pairs, e.g. [{name: PYTHON_VERSION, value: '3.11'}] (plain values: never "
+        "put a secret here, they end up in the image's history).",
         max_length=64,
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": f"self.all(k, k.matches('{BUILD_ARG_NAME_PATTERN}'))",
-                    "message": "spec.build.buildArgs: names must be letters, digits and '_', not starting "
-                    "with a digit (e.g. PYTHON_VERSION)",
-                }
-            ]
-        },
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     resources: BuildResources | None = Field(None, description="CPU and memory of the build pod.")
     poll_seconds: int = Field(
@@ -165,9 +167,9 @@ class Build(Model):
     def _checks(self) -> Build:
         if ".." in self.dockerfile.split("/"):
             raise ValueError("spec.build.dockerfile must not contain '..' segments")
-        bad = [k for k in self.build_args or {} if not re.fullmatch(BUILD_ARG_NAME_PATTERN, k)]
-        if bad:
-            raise ValueError(f"spec.build.buildArgs: {bad[0]!r} is not a valid name (letters, digits, '_')")
+        names = [a.name for a in self.build_args or []]
+        if len(set(names)) != len(names):
+            raise ValueError("spec.build.buildArgs: each name once")
         return self
 
 

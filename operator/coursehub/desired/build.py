@@ -309,8 +309,8 @@ def build_job(
         )
         mounts.append({"name": "push-secret", "mountPath": PUSH_SECRET_DIR, "readOnly": True})
     args: list[str] = []
-    for k, v in sorted((b.build_args or {}).items()):
-        args += ["--build-arg", f"{k}={v}"]
+    for arg in b.build_args or []:
+        args += ["--build-arg", f"{arg.name}={arg.value}"]
     resources: dict = {}
     if b.resources is not None:
         amounts = {k: v for k, v in (("cpu", b.resources.cpu), ("memory", b.resources.memory)) if v}

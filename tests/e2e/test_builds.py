@@ -1,0 +1,273 @@
+"""Course images built from course repositories (issue 14), on real nodes: a real operator process
+polls a real git server (Debian's git http-backend over HTTPS with a CA of its own), runs buildah
+build Jobs on a real node (the coursehub/buildah image built here), which push to the local
+registry; the resolver publishes what they pushed.
+
+One real-node cluster for the module (needs root; run under the e2e lock). The tests share it
+and run in order: each leaves the course in a state the next one starts from.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import subprocess
+import uuid
+from dataclasses import dataclass
+
+import pytest
+import requests
+import yaml
+
+from coursehub_dev import samples
+from coursehub_dev.cluster import DevCluster
+from coursehub_dev.paths import crd_files
+from coursehub_dev.realnodes import HOST_IP, RealNodes
+from coursehub_dev.waiting import free_port, wait_until
+from fixtures.git_server import GitServer
+from fixtures.operator import OperatorProcess
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.real_nodes,
+    pytest.mark.skipif(os.geteuid() != 0, reason="real nodes need root (containerd, kubelet, bridges)"),
+]
+
+NS = "courses"
+WEBHOOK_SECRET = uuid.uuid4().hex
+DOCKERFILE = "ARG BASE_IMAGE\nFROM $BASE_IMAGE\nCOPY version.txt /version.txt\nRUN test -s /version.txt\n"
+BUILD_TIMEOUT = 300
+
+
+@dataclass
+class Env:
+    cluster: DevCluster
+    git: GitServer
+    operator: OperatorProcess
+    registry: str
+    base: str
+    webhook_port: int
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True):
+        return self.cluster.kubectl(*args, input=input, check=check)
+
+    def apply(self, *objs: dict) -> None:
+        self.kubectl("apply", "-n", NS, "-f", "-", input=yaml.safe_dump_all(objs))
+
+    def course(self, name: str) -> dict:
+        return json.loads(self.kubectl("get", "courseimage", name, "-n", NS, "-o", "json").stdout)
+
+    def course_manifest(self, name: str, repo: str, **build) -> dict:
+        spec_build = {
+            "git": {"url": self.git.url(repo)},
+            "buildArgs": [{"name": "BASE_IMAGE", "value": self.base}],
+            "pollSeconds": 10,
+            **build,
+        }
+        return samples.course_manifest(
+            name, name, f"{self.registry}/courses/{name}:{name}", build=spec_build, prePull=False
+        )
+
+    def webhook(self, body: bytes, signature: str) -> requests.Response:
+        return requests.post(
+            f"http://127.0.0.1:{self.webhook_port}/hooks/git",
+            data=body,
+            headers={
+                "X-GitHub-Event": "push",
+                "X-Hub-Signature-256": signature,
+                "Content-Type": "application/json",
+            },
+            timeout=10,
+        )
+
+
+def cond(obj: dict, type_: str) -> dict:
+    return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def build_status(obj: dict) -> dict:
+    return (obj.get("status") or {}).get("build") or {}
+
+
+def with_digest(env: Env, name: str, digest: str) -> dict | None:
+    obj = env.course(name)
+    return obj if (obj.get("status") or {}).get("digest") == digest else None
+
+
+def sign(body: bytes) -> str:
+    return "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> Env:
+    root = tmp_path_factory.mktemp("builds")
+    cluster = DevCluster(state_dir=root / "state", real_nodes=1)
+    git = None
+    op = None
+    try:
+        cluster.up(crds=crd_files())
+        images = RealNodes.image_builder(cluster.state_dir)
+        registry = RealNodes.images_of(cluster.state_dir)["registry"]
+        buildah, base = images.buildah(), images.base()
+        git = GitServer(root / "git", address=HOST_IP, tls=True)
+        cluster.kubectl("create", "namespace", NS)
+        secret_file = root / "webhook-secret"
+        secret_file.write_text(WEBHOOK_SECRET)
+        port = free_port()
+        op = OperatorProcess(
+            cluster,
+            [NS],
+            root,
+            env={
+                "COURSEHUB_BUILD_IMAGE": buildah,
+                "COURSEHUB_BUILD_NODE_SELECTOR": "kubernetes.io/hostname=real-node-0",
+                "COURSEHUB_GIT_PRIVATE_HOSTS": git.host,
+                "COURSEHUB_GIT_CA_FILE": str(git.ca_file),
+                "COURSEHUB_INSECURE_REGISTRIES": f"127.0.0.1,{registry}",
+                "COURSEHUB_WEBHOOK_PORT": str(port),
+                "COURSEHUB_WEBHOOK_SECRET_FILE": str(secret_file),
+            },
+        ).start()
+        cluster.kubectl("apply", "-n", NS, "-f", "-", input=yaml.safe_dump(samples.hub_manifest()))
+        yield Env(cluster, git, op, registry, base, port)
+    finally:
+        if op is not None:
+            op.stop()
+            print("----- operator log (last 80 lines) -----\n" + "\n".join(op.log().splitlines()[-80:]))
+        if git is not None:
+            git.stop()
+        cluster.down()
+
+
+def wait_built(env: Env, name: str, commit: str, samples_out: list | None = None) -> dict:
+    def done():
+        obj = env.course(name)
+        if samples_out is not None:
+            samples_out.append(obj)
+        b = build_status(obj)
+        last = b.get("last") or {}
+        if last.get("commit") == commit and last.get("result") == "Failed":
+            raise AssertionError(f"the build of {commit[:12]} failed: {last.get('message')}")
+        return obj if b.get("commit") == commit and cond(obj, "Built").get("status") == "True" else None
+
+    return wait_until(done, timeout=BUILD_TIMEOUT, interval=1, what=f"{name} built at {commit[:12]}")
+
+
+def test_declare_build_publish_then_a_new_commit_replaces_the_digest(env):
+    first = env.git.create("course1", {"Dockerfile": DOCKERFILE, "version.txt": "1\n"})
+    env.apply(env.course_manifest("course1", "course1"))
+    obj = wait_built(env, "course1", first)
+    b = build_status(obj)
+    d1 = b["digest"]
+    assert b["last"]["tag"] == f"course1-{first[:12]}"
+    obj = wait_until(lambda: with_digest(env, "course1", d1), timeout=60, what="the built digest resolved")
+    assert obj["status"]["resolvedImage"] == f"{env.registry}/courses/course1@{d1}"
+    wait_until(
+        lambda: cond(env.course("course1"), "Published").get("status") == "True",
+        timeout=120,
+        what="Published",
+    )
+    # The build tag is in the registry, and it is the same image as the followed tag.
+    r = requests.head(
+        f"http://{env.registry}/v2/courses/course1/manifests/course1-{first[:12]}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=10,
+    )
+    assert r.headers.get("Docker-Content-Digest") == d1
+
+    # A new commit: the old digest is served until the new one is built and resolved.
+    second = env.git.commit("course1", {"version.txt": "2\n"})
+    seen: list[dict] = []
+    obj = wait_built(env, "course1", second, seen)
+    for o in seen:
+        if build_status(o).get("commit") != second:
+            assert o["status"]["digest"] == d1
+            assert cond(o, "Ready").get("status") == "True"
+    d2 = build_status(obj)["digest"]
+    assert d2 != d1
+    wait_until(
+        lambda: (env.course("course1").get("status") or {}).get("digest") == d2, timeout=60, what="new digest"
+    )
+
+
+def test_a_broken_dockerfile_fails_naming_the_step_and_keeps_the_old_digest(env):
+    good = build_status(env.course("course1"))["digest"]
+    broken = env.git.commit("course1", {"Dockerfile": DOCKERFILE + "RUN echo broken-step && exit 3\n"})
+
+    def failed():
+        o = env.course("course1")
+        last = build_status(o).get("last") or {}
+        return o if last.get("commit") == broken and last.get("result") == "Failed" else None
+
+    obj = wait_until(failed, timeout=BUILD_TIMEOUT, interval=1, what="the broken build failed")
+    built = cond(obj, "Built")
+    assert (built["status"], built["reason"]) == ("False", "BuildFailed")
+    assert "RUN echo broken-step && exit 3" in built["message"]
+    assert obj["status"]["digest"] == good  # learners keep the last good image
+    assert build_status(obj)["digest"] == good
+    assert cond(obj, "Ready")["status"] == "True"
+    events = env.kubectl("get", "events", "-n", NS, "-o", "json").stdout
+    assert "BuildFailed" in events
+
+
+def test_two_quick_commits_make_one_build_of_the_newest_and_webhooks_are_verified(env):
+    env.git.create("course2", {"Dockerfile": DOCKERFILE, "version.txt": "a\n"})
+    env.apply(env.course_manifest("course2", "course2", pollSeconds=3600))  # only the first poll and webhooks
+    wait_built(env, "course2", env.git.head("course2"))
+    a = env.git.commit("course2", {"version.txt": "b\n"})
+    b = env.git.commit("course2", {"version.txt": "c\n"})
+    body = json.dumps(
+        {"ref": "refs/heads/main", "after": b, "repository": {"clone_url": env.git.url("course2")}}
+    ).encode()
+    # A bad signature is refused and changes nothing.
+    bad = env.webhook(body, "sha256=" + "0" * 64)
+    assert bad.status_code == 403 and "X-Hub-Signature-256" in bad.text  # our server answered
+    good = env.webhook(body, sign(body))
+    assert good.status_code == 202 and good.json() == {"courses": 1}
+    obj = wait_built(env, "course2", b)
+    history = build_status(obj)["history"]
+    assert [h["commit"] for h in history].count(b) == 1
+    assert a not in [h["commit"] for h in history]
+    assert "refused" in env.operator.log() and body.decode() not in env.operator.log()
+
+
+def test_a_private_repository_with_a_token_secret(env):
+    token = "tok-" + uuid.uuid4().hex
+    env.git.create("course3", {"Dockerfile": DOCKERFILE, "version.txt": "p\n"})
+    env.git.token_for("course3", token)
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "course3-git"},
+        "stringData": {"token": token},
+    }
+    env.apply(
+        secret,
+        env.course_manifest(
+            "course3", "course3", git={"url": env.git.url("course3"), "secretRef": {"name": "course3-git"}}
+        ),
+    )
+    obj = wait_built(env, "course3", env.git.head("course3"))
+    # The repository is private indeed: without the token git is refused.
+    anonymous = subprocess.run(
+        ["git", "ls-remote", env.git.url("course3")],
+        env={**os.environ, "GIT_SSL_CAINFO": str(env.git.ca_file), "GIT_TERMINAL_PROMPT": "0"},
+        capture_output=True,
+        text=True,
+    )
+    assert anonymous.returncode != 0
+    # The token is referenced, never copied: not in status, Events or the Job.
+    assert token not in json.dumps(obj)
+    assert token not in env.kubectl("get", "events", "-n", NS, "-o", "json").stdout
+    jobs = env.kubectl("get", "jobs", "-n", NS, "-o", "json").stdout
+    assert token not in jobs and base64.b64encode(token.encode()).decode() not in jobs
+    assert "course3-git" in jobs
+
+
+def test_kubectl_shows_the_build_column(env):
+    out = env.kubectl("get", "courseimages", "-n", NS).stdout
+    assert "BUILD" in out.splitlines()[0]
+    assert "Built" in out and "BuildFailed" in out
