@@ -22,6 +22,8 @@ deps:
 	uv sync --frozen
 	@$(MAKE) --no-print-directory node_modules/.package-lock.json
 	$(UV_RUN) coursehub-dev build
+	@# Keycloak for the SSO tests (docs/sso.md), from Maven Central, cached per machine.
+	bash scripts/install-keycloak.sh >/dev/null
 
 # npm ci empties node_modules each time, so only when the lock is newer than the install.
 node_modules/.package-lock.json: package-lock.json
