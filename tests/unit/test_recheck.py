@@ -84,3 +84,39 @@ def now_text() -> str:
     from coursehub.api.common import now_rfc3339
 
     return now_rfc3339()
+
+
+def test_a_new_course_wakes_its_hubs_with_its_first_resolution_even_a_failed_one():
+    """The handler leaves a new, unresolved course's hubs asleep; the first resolution wakes
+    them, so their round sees it resolved (or failed) instead of running twice."""
+    import asyncio
+
+    from coursehub.api.jupyterhubdeployment import JupyterHubDeploymentSpec
+    from coursehub.desired.courses import HubRecord
+
+    spec = CourseImageSpec(course="c1", image="r.example.edu/x:1").model_copy(
+        update={"image": "ex.com:99999/x:1"}  # refused by the grammar: no request is made
+    )
+    c = CourseRecord("jupyter", "c1", "u", "2026-01-01T00:00:00Z", 1, (), spec)
+    hub_spec = JupyterHubDeploymentSpec.model_validate(
+        {
+            "chart": {
+                "repository": "https://hub.jupyter.org/helm-chart/",
+                "name": "jupyterhub",
+                "version": "4.4.1",
+            },
+            "domain": "learn.example.edu",
+            "database": {"type": "sqlite-memory"},
+            "auth": {"mode": "tmp", "allowUngated": True},
+        }
+    )
+    idx = Index()
+    idx.courses[c.key] = c
+    idx.hubs[("jupyter", "learn")] = HubRecord("jupyter", "learn", "uid", "2026-01-01T00:00:00Z", 1, hub_spec)
+    r = Resolver(None, idx, Settings())  # type: ignore[arg-type]
+    asyncio.run(r.resolve_one(c.key))
+    assert ("jupyter", "learn") in idx.hubs_due  # woken by the first result
+    idx.hubs_due.clear()
+    asyncio.run(r.resolve_one(c.key))
+    assert not idx.hubs_due  # the same failure again: nothing new for the hub
+    assert r.next_due[c.key] > 0
