@@ -3,6 +3,10 @@
 #
 #   docker build -t coursehub-operator:dev .
 #
+# The base images are build arguments (PYTHON_IMAGE, GO_IMAGE, UV_IMAGE): the dev machine builds
+# this file with buildah on images it made itself (coursehub_dev.images.ImageBuilder.operator,
+# docs/real-nodes.md); elsewhere the defaults, public images, serve.
+#
 # Four stages; only the last one ships, and it holds no compiler, no Go toolchain, no uv
 # and no build cache: the Python runtime, the locked virtualenv, helm and the puller's no-op.
 
