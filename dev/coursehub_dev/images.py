@@ -469,16 +469,22 @@ class ImageBuilder:
     # -- Python 3.12 and the z2jh hub ---------------------------------------
     def python312_tag(self) -> str:
         prefix = _python312_prefix()
-        binaries = [(prefix / f).read_bytes() for f in ("bin/python3.12", "lib/libpython3.12.so.1.0")]
+        # libpython is a file of its own in a shared build (--enable-shared), absent otherwise.
+        binaries = [
+            (prefix / f).read_bytes()
+            for f in ("bin/python3.12", "lib/libpython3.12.so.1.0")
+            if (prefix / f).exists()
+        ]
         return _sha(RECIPE_VERSION, self.base_tag(), str(prefix), *PYTHON312_LIBS, *binaries)[:20]
 
     def python312_local(self) -> str:
         """The base plus this machine's CPython 3.12 under /usr/local (python:3.12-slim's layout).
 
         Debian bookworm has 3.11 and trixie 3.13; the z2jh hub runs 3.12. The machine's 3.12
-        (the one `make test-hub` tests the hub module on) was built on this same Debian, so its
-        shared libraries are bookworm's: it is copied without its test suite, Tk and IDLE, the
-        libraries it links are installed from Debian, and the build fails if any is missing."""
+        (the one `make test-hub` tests the hub module on) was built on this same Debian, so the
+        libraries it links are bookworm's: it is copied without its test suite, Tk and IDLE, those
+        libraries are installed from Debian, and the build fails if any is missing (ldd). A shared
+        (--enable-shared, as pyenv's here) or a static build serves alike."""
         prefix = _python312_prefix()
 
         def make(local: str) -> None:
@@ -739,10 +745,4 @@ def _python312_prefix() -> Path:
         text=True,
         check=True,
     )
-    prefix = Path(out.stdout.strip())
-    if not (prefix / "lib" / "libpython3.12.so.1.0").exists():
-        raise RuntimeError(
-            f"the CPython 3.12 at {prefix} is not built with --enable-shared; the hub image copies"
-            " a shared build (pyenv: PYTHON_CONFIGURE_OPTS=--enable-shared pyenv install 3.12)"
-        )
-    return prefix
+    return Path(out.stdout.strip())
