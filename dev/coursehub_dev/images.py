@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -92,7 +93,12 @@ class ImageBuilder:
             STORAGE_DRIVER,
             *args,
         ]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+        # buildah keeps RUN --mount=type=cache directories (pip's, uv's) and scratch space under
+        # TMPDIR: in the cache too, not in the machine's /var/tmp.
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+        res = subprocess.run(
+            cmd, capture_output=True, text=True, env={**os.environ, "TMPDIR": str(root / "tmp")}
+        )
         if check and res.returncode != 0:
             raise RuntimeError(
                 f"buildah {' '.join(args[:2])} failed ({res.returncode}):\n{res.stderr[-3000:]}"
