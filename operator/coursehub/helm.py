@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -496,10 +497,30 @@ class HelmReleases:
 def _read_local_chart(path: str) -> ChartMetadata:
     chart_yaml = Path(path) / "Chart.yaml"
     try:
-        data = yaml.safe_load(chart_yaml.read_text())
+        if Path(path).is_file():
+            # A packaged chart (.tgz, as a chart repository publishes it): <name>/Chart.yaml inside.
+            chart_yaml = Path(path) / "<name>/Chart.yaml"
+            data = yaml.safe_load(_packaged_chart_yaml(path))
+        else:
+            data = yaml.safe_load(chart_yaml.read_text())
     except OSError as e:
         raise ReleaseFailed("ChartNotFound", f"no chart at {path}: {e.strerror}") from None
+    except (tarfile.TarError, KeyError) as e:
+        raise ReleaseFailed(
+            "ChartNotFound", f"{path} is not a packaged chart (a .tgz with <name>/Chart.yaml): {e}"
+        ) from None
     try:
         return ChartMetadata(**data)
     except Exception as e:  # pydantic's error names the bad field
         raise ReleaseFailed("ChartNotFound", f"{chart_yaml} is not a valid Chart.yaml: {e}") from None
+
+
+def _packaged_chart_yaml(path: str) -> bytes:
+    with tarfile.open(path, "r:*") as tar:
+        for member in tar.getmembers():
+            parts = member.name.split("/")
+            if len(parts) == 2 and parts[1] == "Chart.yaml" and member.isfile():
+                f = tar.extractfile(member)
+                if f is not None:
+                    return f.read()
+    raise KeyError("no <name>/Chart.yaml in the archive")
