@@ -175,9 +175,14 @@ class ImageBuilder:
         dockerfile: Path | None = None,
         volumes: tuple[str, ...] = (),
         target: str | None = None,
+        bare_stages: tuple[str, ...] = (),
     ) -> None:
         """`buildah bud` with runc and the host's network (no CNI bridge or netfilter rules for a
-        build step), from local images only (`--pull-never`: no registry beyond loopback)."""
+        build step), from local images only (`--pull-never`: no registry beyond loopback).
+
+        `bare_stages`: images of stages without instructions (`FROM ${UV_IMAGE} AS uv`, only
+        copied from). buildah 1.28 leaves their working containers mounted; they are removed
+        here (only those, so that a concurrent build's containers are left alone)."""
         args = ["bud", "--runtime", "runc", "--network", "host", "--pull-never", "--layers=false"]
         for k, v in build_args.items():
             args += ["--build-arg", f"{k}={v}"]
@@ -187,7 +192,18 @@ class ImageBuilder:
             args += ["--file", str(dockerfile)]
         if target is not None:
             args += ["--target", target]
-        self._buildah(*args, "-t", local, str(context))
+        before = set(self._containers_of(bare_stages))
+        try:
+            self._buildah(*args, "-t", local, str(context))
+        finally:
+            for ctr in set(self._containers_of(bare_stages)) - before:
+                self._buildah("rm", ctr, check=False)
+
+    def _containers_of(self, images: tuple[str, ...]) -> list[str]:
+        if not images:
+            return []
+        out = self._buildah("containers", "--json", check=False).stdout or "[]"
+        return [c["id"] for c in json.loads(out) or [] if c.get("imagename") in images]
 
     def _run(self, ctr: str, script: str) -> None:
         self._buildah("run", "--runtime", "runc", "--network", "host", ctr, "--", "sh", "-euc", script)
@@ -635,6 +651,7 @@ class ImageBuilder:
                         OPERATOR_BASE_ARGS, (self.base_local(), self.go_local(), self.uv_local()), strict=True
                     )
                 ),
+                bare_stages=(self.uv_local(),),
                 # The machine's Go caches: helm compiles in seconds when the dev tooling built it.
                 volumes=(
                     *self._tls_volumes(),
