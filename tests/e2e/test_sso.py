@@ -154,7 +154,13 @@ def login(browser_factory, kc: Keycloak, gate: Gate, upstream: Upstream, user: s
 
 
 def session_cookies(b) -> dict[str, str]:
-    return {c["name"]: c["value"] for c in b.driver.get_cookies() if c["name"].startswith("_oauth2_proxy")}
+    """The gate's session cookie (split into _oauth2_proxy_0, _1... when large), not its CSRF
+    cookie. Cookies are per host, not per port: Keycloak's page on the same address sees them."""
+    return {
+        c["name"]: c["value"]
+        for c in b.driver.get_cookies()
+        if c["name"] == "_oauth2_proxy" or c["name"].removeprefix("_oauth2_proxy_").isdigit()
+    }
 
 
 def test_launch_link_signs_in_through_keycloak_and_returns_to_the_same_link(
@@ -204,16 +210,21 @@ def test_account_outside_the_allowed_groups_gets_a_readable_refusal(
     text = b.text()
     assert "This account may not use these notebooks" in text
     assert "ask your course staff" in text
+    # otto's Keycloak session is still open (the gate kept none): the link ends it at Keycloak
+    (link,) = b.find("#sign-out")
+    assert link.get_attribute("href") == f"{keycloak.issuer}/protocol/openid-connect/logout"
     assert not [s for s in upstream.seen if "otto" in json.dumps(s)]  # nothing of otto's reached the hub
 
 
 def test_sign_out_ends_the_gate_session_and_the_keycloak_session(keycloak, gate, upstream, browser_factory):
     b = login(browser_factory, keycloak, gate, upstream)
+    assert session_cookies(b)
     b.open(gate.url + SIGN_OUT_PATH)
-    b.step("signed-out", lambda b: not session_cookies(b))
+    # The gate's cookie is gone, and Keycloak asks for the password again instead of signing the
+    # browser straight back in: its own session ended too (the backend logout).
+    b.step("signed-out", lambda b: not session_cookies(b) and on_keycloak_login(keycloak)(b))
     b.open(gate.url + LAUNCH)
-    # Keycloak asks for the password again: its own session ended too (backend logout)
-    b.step("login-page-again", on_keycloak_login(keycloak))
+    b.step("launch-link-asks-for-login-again", on_keycloak_login(keycloak))
     assert upstream.token not in b.text()
 
 
@@ -262,34 +273,26 @@ def test_keycloak_down_leaves_sessions_running_and_shows_a_clear_page(
     keycloak, gate, upstream, browser_factory
 ):
     ada = login(browser_factory, keycloak, gate, upstream)
-    # a second learner has passed Keycloak's login but not yet reached the gate's callback
-    s = requests.Session()
-    s.trust_env = False
-    r = s.get(gate.url + LAUNCH, allow_redirects=False, timeout=10)
-    form = s.get(r.headers["Location"], timeout=10)
-    action = form.text.split('id="kc-form-login"', 1)[1].split('action="', 1)[1].split('"', 1)[0]
-    r = s.post(
-        action.replace("&amp;", "&"),
-        data={"username": "sam", "password": USERS["sam"][0], "credentialId": ""},
-        allow_redirects=False,
-        timeout=10,
-    )
-    callback = r.headers["Location"]
-    assert callback.startswith(gate.url + "/oauth2/callback")
+    # A second learner passes Keycloak's login, but the way back to the gate is held (the
+    # browser blocks the callback URL) until Keycloak is down.
+    sam = browser_factory(allow_hosts=sso_hosts(keycloak), name="sam")
+    sam.driver.execute_cdp_cmd("Network.enable", {})
+    sam.driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": ["*/oauth2/callback*"]})
+    sam.open(gate.url + LAUNCH)
+    sign_in(sam, keycloak, "sam")
+    callback = sam.step("callback-held", lambda b: "/oauth2/callback?" in b.url and b.url)
+    assert callback.startswith(gate.url + "/oauth2/callback?")
     keycloak.stop()
     try:
         # the signed-in learner's work goes on
         ada.open(gate.url + "/hub/user/ada/lab")
         ada.step("session-untouched-while-keycloak-is-down", shows_upstream(upstream, "/hub/user/ada/lab"))
-        # the learner mid-login gets a page that says what is wrong, not a stack trace
-        sam = browser_factory(allow_hosts=sso_hosts(keycloak), name="sam")
-        sam.open(gate.url + "/ping")
-        for name, value in s.cookies.items():
-            if name.startswith("_oauth2_proxy"):
-                sam.driver.add_cookie({"name": name, "value": value, "path": "/"})
+        # the learner mid-login gets a page that says what is wrong
+        sam.driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
         sam.open(callback)
         sam.step("keycloak-down-page", lambda b: b.find("#unavailable"))
         assert "Notebooks that are already running keep running" in " ".join(sam.text().split())
+        assert "/hub/user/sam" not in json.dumps(upstream.seen)
     finally:
         keycloak.start()
         keycloak.wait_ready()

@@ -16,6 +16,7 @@ from coursehub.desired.gateway import (
     PAGES_DIR,
     PAGES_NAME,
     SECRET_VERSION_ANNOTATION,
+    error_page,
     gateway_objects,
     pages_hash,
 )
@@ -120,7 +121,7 @@ def test_gateway_never_copies_secret_content():
         assert v.decode() not in text
     assert objs[0]["spec"]["template"]["metadata"]["annotations"] == {
         SECRET_VERSION_ANNOTATION: stamp,
-        PAGES_ANNOTATION: pages_hash(),
+        PAGES_ANNOTATION: pages_hash(error_page("https://sso.example.edu/realms/olapps")),
     }
     plain = gateway_objects("learn", "jupyter", spec(), "nb.learn.example.edu")[0]
     assert SECRET_VERSION_ANNOTATION not in plain["spec"]["template"]["metadata"]["annotations"]
@@ -227,7 +228,10 @@ def test_refused_users_get_a_readable_page_from_a_mounted_config_map():
     dep, _svc, _np, pages = gateway_objects("learn", "jupyter", spec(), "nb.learn.example.edu")
     assert f"--custom-templates-dir={PAGES_DIR}" in gate_args()
     assert pages["kind"] == "ConfigMap" and pages["metadata"]["name"] == PAGES_NAME
-    assert pages["data"] == {"error.html": ERROR_PAGE}
+    page = error_page("https://sso.example.edu/realms/olapps")
+    assert pages["data"] == {"error.html": page}
+    # a refused account has no gate session: "sign out" must end the Keycloak session itself
+    assert 'href="https://sso.example.edu/realms/olapps/protocol/openid-connect/logout"' in page
     # the page says what happened to a refused account and to an unreachable issuer
     words = " ".join(ERROR_PAGE.split())
     assert "not in a group that this course hub admits" in words
@@ -238,7 +242,7 @@ def test_refused_users_get_a_readable_page_from_a_mounted_config_map():
     (mount,) = pod["spec"]["containers"][0]["volumeMounts"]
     assert mount == {"name": "pages", "mountPath": PAGES_DIR, "readOnly": True}
     # oauth2-proxy reads templates at start only: a new page rolls the pods
-    assert pod["metadata"]["annotations"][PAGES_ANNOTATION] == pages_hash()
+    assert pod["metadata"]["annotations"][PAGES_ANNOTATION] == pages_hash(page)
 
 
 def test_gate_without_groups_or_domains_is_refused_not_opened_to_everyone():

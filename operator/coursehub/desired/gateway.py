@@ -59,7 +59,8 @@ h1 { font-size: 1.6rem; } .small { color: #555; font-size: 0.85rem; }
 <h1 id="refused">This account may not use these notebooks</h1>
 <p>You are signed in, but your account is not in a group that this course hub admits.
 If you think it should be, ask your course staff to add you.</p>
-<p><a id="sign-out" href="{{.ProxyPrefix}}/sign_out">Sign out</a> to use another account.</p>
+<p><a id="sign-out" href="@@ISSUER_LOGOUT@@">Sign out of the sign-in service</a> to use another
+account.</p>
 {{ else if ge .StatusCode 500 }}
 <h1 id="unavailable">Sign-in is not available right now</h1>
 <p>The sign-in service or the notebook hub could not be reached. Notebooks that are already
@@ -111,8 +112,14 @@ def backend_logout_url(issuer_url: str) -> str:
     return f"{issuer_url.rstrip('/')}/protocol/openid-connect/logout?id_token_hint={{id_token}}"
 
 
-def pages_hash() -> str:
-    return "sha256:" + hashlib.sha256(ERROR_PAGE.encode()).hexdigest()[:32]
+def error_page(issuer_url: str) -> str:
+    """ERROR_PAGE for this issuer. A refused account has no gate session, so the gate's own
+    sign-out cannot end its Keycloak session: the link goes to Keycloak's logout page."""
+    return ERROR_PAGE.replace("@@ISSUER_LOGOUT@@", f"{issuer_url.rstrip('/')}/protocol/openid-connect/logout")
+
+
+def pages_hash(page: str) -> str:
+    return "sha256:" + hashlib.sha256(page.encode()).hexdigest()[:32]
 
 
 def _args(namespace: str, spec: JupyterHubDeploymentSpec, domain: str) -> list[str]:
@@ -226,7 +233,8 @@ def gateway_objects(
     oidc = spec.gateway.oidc
     labels = gateway_labels(name)
     selector = gateway_selector(name)
-    pod_annotations = {PAGES_ANNOTATION: pages_hash()}
+    page = error_page(oidc.issuer_url)
+    pod_annotations = {PAGES_ANNOTATION: pages_hash(page)}
     if secret_version:
         pod_annotations[SECRET_VERSION_ANNOTATION] = secret_version
     env = [
@@ -308,6 +316,6 @@ def gateway_objects(
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": PAGES_NAME, "namespace": namespace, "labels": dict(labels)},
-        "data": {"error.html": ERROR_PAGE},
+        "data": {"error.html": page},
     }
     return [deployment, service, network_policy(name, namespace), pages]
