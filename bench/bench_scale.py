@@ -56,6 +56,8 @@ def phase(
     for ns in namespaces:
         env.api.create_namespace(ns)
     op = env.operator(namespaces, name, op_env, source)
+    # Imports and kopf, before any object: the floor under the figure at N courses.
+    rss_start = op.peak_rss_mb("VmRSS")
     cpu_start = op.cpu_seconds()[0]
     for ns in namespaces:
         # Installs run concurrently in the operator; create all hubs before waiting on any.
@@ -106,6 +108,7 @@ def phase(
         res["steady"] = idle(op, args.steady_seconds, f"{name} steady")
         res["steady_cpu"] = op.cpu_seconds()[0] - cpu1
     res["rss"] = op.peak_rss_mb()
+    res["rss_start"] = rss_start
     res["cpu_total"] = op.cpu_seconds()[0] - cpu_start
     res["helm_children_cpu"] = op.cpu_seconds()[1]
     watch.stop()
@@ -194,7 +197,7 @@ def main() -> None:
             b.writes(),
             f"{b.writes() / r['n']:.2f} (CourseImage {course_writes:.2f}, Event {events:.2f})",
             b.helm_mutations(),
-            f"{r['rss']:.0f} MB",
+            f"{r['rss']:.0f} MB (at start {r['rss_start']:.0f} MB)",
             f"{r['burst_cpu']:.1f}",
             f"{r['cpu_total']:.1f} (+{r['helm_children_cpu']:.1f} helm)",
             s.writes() if s else "-",

@@ -432,9 +432,10 @@ class Operator:
             raise RuntimeError("operator metrics endpoint not answering")
         return m
 
-    def peak_rss_mb(self) -> float:
+    def peak_rss_mb(self, field: str = "VmHWM") -> float:
+        """Peak RSS (VmHWM), or the current one with field="VmRSS"."""
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
         return float("nan")
 
