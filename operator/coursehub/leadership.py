@@ -313,11 +313,28 @@ class ElectionConfig:
     shard: str | None = None
     namespaces: tuple[str, ...] = ()  # the shard's namespaces (claimed when shard is set)
 
+    # Namespace claims say which shard serves a namespace; they change only when shards are
+    # reconfigured, so they are renewed once per lease duration (one PUT per namespace), another
+    # shard's claim is stale after three, and a leader that could not renew a served
+    # namespace's claim for two exits (before any other shard may take the namespace).
+    @property
+    def claim_period(self) -> float:
+        return self.duration
+
+    @property
+    def claim_stale(self) -> float:
+        return 3 * self.duration
+
+    @property
+    def claim_deadline(self) -> float:
+        return 2 * self.duration
+
 
 @dataclass
 class _ClaimState:
     seen: dict[str, tuple[str, float]] = field(default_factory=dict)
     others: tuple[str, ...] = ()
+    lease: dict | None = None  # the claim as this process last wrote it
 
 
 class Elector:
@@ -345,6 +362,7 @@ class Elector:
         self._claims: dict[str, _ClaimState] = {}
         self._last_renewed = 0.0
         self._claimed_at: dict[str, float] = {}  # served namespace -> when its claim was last renewed
+        self._next_claims = 0.0
         self._last_tick = time.monotonic()
         self._stop = threading.Event()
         self._released = threading.Event()
@@ -389,15 +407,18 @@ class Elector:
                     await asyncio.wait_for(self._round(kube), timeout=self.config.renew_deadline)
                 except (KubeError, OSError, TimeoutError) as e:
                     log.warning("leader election: %s: %s", type(e).__name__, e)
-                oldest = self._oldest_renewal()
-                if self.leading and time.monotonic() - oldest > self.config.renew_deadline:
+                now = time.monotonic()
+                if self.leading and now - self._last_renewed > self.config.renew_deadline:
                     die(
-                        f"could not renew Lease {self.config.namespace}/{self.config.name} or a namespace "
-                        f"claim for {self.config.renew_deadline:g} s (COURSEHUB_LEASE_RENEW_DEADLINE_SECONDS)"
+                        f"could not renew Lease {self.config.namespace}/{self.config.name} for "
+                        f"{self.config.renew_deadline:g} s (COURSEHUB_LEASE_RENEW_DEADLINE_SECONDS)"
                     )
+                for ns in sorted(self.served or ()):
+                    if self.leading and now - self._claimed_at.get(ns, now) > self.config.claim_deadline:
+                        die(f"could not renew its claim on {ns} for {self.config.claim_deadline:g} s")
                 pause = self.config.renew if self.leading else self.config.retry
                 if self.leading:  # never sleep past the renew deadline
-                    pause = min(pause, oldest + self.config.renew_deadline - time.monotonic())
+                    pause = min(pause, self._last_renewed + self.config.renew_deadline - time.monotonic())
                 await asyncio.sleep(max(0.05, pause))
             if self.leading:
                 await self._release(kube)
@@ -405,10 +426,6 @@ class Elector:
             if runner is not None:
                 await runner.cleanup()
             await kube.close()
-
-    def _oldest_renewal(self) -> float:
-        served = self.served or frozenset()
-        return min([self._last_renewed, *(self._claimed_at.get(ns, 0.0) for ns in served)])
 
     # -- one round --------------------------------------------------------------
     async def _round(self, kube) -> None:
@@ -454,39 +471,56 @@ class Elector:
             self.serving.set()
 
     async def _claim_all(self, kube) -> None:
-        """Renew every claim of the shard; decide what it serves."""
+        """Every `claim_period`: renew each claim of the shard and decide what it serves.
+
+        A claim is PUT with the resourceVersion this process last wrote (one request per
+        namespace); only a 409 (another shard wrote it) costs a read.
+        """
         c = self.config
         assert c.shard is not None
+        if time.monotonic() < self._next_claims:
+            return
+        self._next_claims = time.monotonic() + c.claim_period
         served: set[str] = set()
         for ns in c.namespaces:
             started = time.monotonic()
             state = self._claims.setdefault(ns, _ClaimState())
             was_served = self.served is not None and ns in self.served
+            step = None
             try:
-                lease = await kube.get_or_none(LEASES, CLAIM_PREFIX + ns, c.namespace)
-                step = claim_step(
-                    lease,
-                    shard=c.shard,
-                    namespace=ns,
-                    lease_ns=c.namespace,
-                    duration=c.duration,
-                    now=time.monotonic(),
-                    wall=time.time(),
-                    seen=state.seen,
-                )
-                if step.create:
-                    await kube.request("POST", LEASES.path(c.namespace), body=step.body, kind="Lease")
-                else:
-                    await kube.request(
-                        "PUT", LEASES.path(c.namespace, CLAIM_PREFIX + ns), body=step.body, kind="Lease"
+                for _attempt in range(2):
+                    lease = state.lease or await kube.get_or_none(LEASES, CLAIM_PREFIX + ns, c.namespace)
+                    step = claim_step(
+                        lease,
+                        shard=c.shard,
+                        namespace=ns,
+                        lease_ns=c.namespace,
+                        duration=c.claim_stale,
+                        now=time.monotonic(),
+                        wall=time.time(),
+                        seen=state.seen,
                     )
+                    try:
+                        if step.create:
+                            state.lease = await kube.request(
+                                "POST", LEASES.path(c.namespace), body=step.body, kind="Lease"
+                            )
+                        else:
+                            state.lease = await kube.request(
+                                "PUT",
+                                LEASES.path(c.namespace, CLAIM_PREFIX + ns),
+                                body=step.body,
+                                kind="Lease",
+                            )
+                        break
+                    except Conflict:
+                        state.lease, step = None, None  # another shard wrote it: read it, once more
             except (KubeError, OSError, TimeoutError) as e:
-                # Conflict: another shard wrote it meanwhile; read again next round. Until then
-                # the namespace stays as it is.
-                if not isinstance(e, Conflict):
-                    log.warning("claiming namespace %s: %s: %s", ns, type(e).__name__, e)
+                log.warning("claiming namespace %s: %s: %s", ns, type(e).__name__, e)
+                state.lease, step = None, None
+            if step is None:
                 if was_served:
-                    served.add(ns)  # until its renew deadline passes (then the process exits)
+                    served.add(ns)  # until its claim deadline passes (then the process exits)
                 continue
             state.seen = step.seen
             if step.serve:
@@ -495,8 +529,7 @@ class Elector:
             if step.others != state.others:
                 state.others = step.others
                 if step.others:
-                    msg = conflict_message(ns, (c.shard, *step.others))
-                    log.error("shard %s: %s", c.shard, msg)
+                    log.error("shard %s: %s", c.shard, conflict_message(ns, (c.shard, *step.others)))
             if step.others:
                 await self._report_conflict(kube, ns, conflict_message(ns, (c.shard, *step.others)))
         new = frozenset(served)

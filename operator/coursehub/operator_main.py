@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import threading
 import urllib.parse
+from typing import TYPE_CHECKING
 
 import kopf
 
 from . import metrics
 from .settings import SettingsError
 from .settings import current as current_settings
+
+if TYPE_CHECKING:
+    from .leadership import Elector
 
 
 def _name_as_logger_field(record: logging.LogRecord) -> bool:
@@ -109,20 +114,45 @@ def _run_kopf(
     namespaces: list[str],
     clusterwide: bool,
     liveness: str | None,
-    stop_flag: threading.Event | None = None,
-) -> None:
+    elector: Elector | None = None,
+) -> bool:
+    """Run kopf until a signal stops it, or (with an elector) until the served namespaces
+    change; True in the latter case."""
     registry = build_registry(watch_namespaces=clusterwide)
-    asyncio.run(
-        kopf.operator(
-            registry=registry,
-            clusterwide=clusterwide,
-            namespaces=namespaces,
-            standalone=True,
-            liveness_endpoint=liveness or None,
-            memo=kopf.Memo(),
-            stop_flag=stop_flag,
-        )
-    )
+
+    async def main() -> bool:
+        # An asyncio flag: kopf waits for a threading.Event in an executor thread, which would
+        # keep asyncio.run from returning after a signal.
+        stop = asyncio.Event()
+        changed = False
+        if elector is not None:
+            loop = asyncio.get_running_loop()
+
+            def on_change() -> None:  # called from the election thread
+                nonlocal changed
+                changed = True
+                with contextlib.suppress(RuntimeError):  # the loop is already closed
+                    loop.call_soon_threadsafe(stop.set)
+
+            elector.on_change = on_change
+            if elector.served is not None and elector.served != frozenset(namespaces):
+                on_change()  # changed before the callback was in place
+        try:
+            await kopf.operator(
+                registry=registry,
+                clusterwide=clusterwide,
+                namespaces=namespaces,
+                standalone=True,
+                liveness_endpoint=liveness or None,
+                memo=kopf.Memo(),
+                stop_flag=stop if elector is not None else None,
+            )
+        finally:
+            if elector is not None:
+                elector.on_change = None
+        return changed
+
+    return asyncio.run(main())
 
 
 def _health_address(liveness: str | None) -> tuple[str, int] | None:
@@ -169,23 +199,14 @@ def _run_elected(settings, *, namespaces: list[str], clusterwide: bool, liveness
             # Every namespace of the shard is claimed by another shard too: nothing to run.
             changed = threading.Event()
             elector.on_change = changed.set
-            changed.wait()
+            changed.wait(timeout=settings.lease_renew)  # (a change just before is seen on the next turn)
+            elector.on_change = None
             continue
-        restart = threading.Event()
-        stop = threading.Event()
-
-        def on_change(restart=restart, stop=stop) -> None:
-            restart.set()
-            stop.set()
-
-        elector.on_change = on_change
         if served is None:
             run_ns, wide = ([] if clusterwide else namespaces), clusterwide
         else:
             run_ns, wide = sorted(served), False
-        _run_kopf(namespaces=run_ns, clusterwide=wide, liveness=None, stop_flag=stop)
-        elector.on_change = None
-        if not restart.is_set():
+        if not _run_kopf(namespaces=run_ns, clusterwide=wide, liveness=None, elector=elector):
             break  # a signal stopped kopf: this process is done
         logging.getLogger(__name__).info("the served namespaces changed: restarting the handlers")
     # Every reconciler has stopped: hand the Lease over now rather than after it expires.

@@ -96,7 +96,11 @@ def _cleanup_cluster_scoped(cluster, release: str) -> None:
 
 
 def test_helm_lint_is_clean(cluster):
-    for sets in (["watch.allNamespaces=true"], ["watch.namespaces={a,b}", "argocd.healthChecks=true"]):
+    for sets in (
+        ["watch.allNamespaces=true"],
+        ["watch.namespaces={a,b}", "argocd.healthChecks=true"],
+        ["shards[0].name=a", "shards[0].namespaces={x}", "shards[1].name=b", "shards[1].namespaces={y}"],
+    ):
         args = ["lint", "--strict", str(CHART)]
         for s in sets:
             args += ["--set", s]
@@ -196,9 +200,18 @@ def test_rendered_deployment_follows_the_contract(cluster):
     )
     (dep,) = [d for d in objs if d["kind"] == "Deployment"]
     spec = dep["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # Two replicas, one leading (a Lease); a rolling update replaces one pod at a time.
+    assert spec["replicas"] == 2 and spec["strategy"]["type"] == "RollingUpdate"
+    assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
     pod = spec["template"]["spec"]
     (c,) = pod["containers"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "healthz"}
+    le = {e["name"]: e for e in c["env"]}
+    assert le["COURSEHUB_LEADER_ELECTION"]["value"] == "true"
+    assert le["COURSEHUB_LEASE_NAME"]["value"] == "rel-coursehub-operator"
+    assert le["COURSEHUB_LEASE_NAMESPACE"]["value"] == "ops"
+    assert le["COURSEHUB_IDENTITY"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert "COURSEHUB_SHARD" not in le
     assert c["image"].endswith(":1.2.3")
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -238,7 +251,7 @@ def test_chart_applies_and_operator_becomes_available(cluster, restricted_namesp
             "wait", "-n", ns, "--for=condition=Available", f"deployment/{fullname}", "--timeout=180s"
         )
         pods = yaml.safe_load(cluster.kubectl("get", "pods", "-n", ns, "-o", "yaml").stdout)["items"]
-        assert len(pods) == 1 and pods[0]["spec"]["serviceAccountName"] == fullname
+        assert len(pods) == 2 and {p["spec"]["serviceAccountName"] for p in pods} == {fullname}
 
         sa = f"system:serviceaccount:{ns}:{fullname}"
         other = "some-hub-namespace"
@@ -272,6 +285,10 @@ def test_chart_applies_and_operator_becomes_available(cluster, restricted_namesp
             ),
             ("list", "namespaces", None, None),
             ("watch", "customresourcedefinitions.apiextensions.k8s.io", None, None),
+            # leader election and namespace claims: Leases of its own namespace
+            ("get", "leases.coordination.k8s.io", ns, None),
+            ("create", "leases.coordination.k8s.io", ns, None),
+            ("update", "leases.coordination.k8s.io", ns, None),
         ]
         must_not = [
             ("delete", "nodes", None, None),
@@ -307,6 +324,11 @@ def test_chart_applies_and_operator_becomes_available(cluster, restricted_namesp
             ("get", "pods", other, "log"),
             ("create", "mutatingwebhookconfigurations.admissionregistration.k8s.io", None, None),
             ("*", "*", None, None),
+            # Leases only where the operator runs, and never deleted or watched
+            ("update", "leases.coordination.k8s.io", other, None),
+            ("create", "leases.coordination.k8s.io", None, None),
+            ("delete", "leases.coordination.k8s.io", ns, None),
+            ("list", "leases.coordination.k8s.io", ns, None),
         ]
         wrong = [
             f"{v} {r} (ns={n}, sub={s})"
@@ -424,3 +446,68 @@ def test_namespace_scoped_install_with_helm(cluster, restricted_namespace, names
     finally:
         helm(cluster, "uninstall", release, "--namespace", ns, "--wait", check=False)
         _cleanup_cluster_scoped(cluster, release)
+
+
+SHARDS = ["shards[0].name=a", "shards[0].namespaces={n1,n2}", "shards[1].name=b", "shards[1].namespaces={n3}"]
+
+
+def test_shards_render_one_deployment_each_with_its_namespaces_and_lease(cluster):
+    objs = docs_of(render(cluster, "rel", "ops", *SHARDS, "shards[2].name=c", "shards[2].namespaces={n4}"))
+    deps = {d["metadata"]["name"]: d for d in objs if d["kind"] == "Deployment"}
+    assert set(deps) == {"rel-coursehub-operator-a", "rel-coursehub-operator-b", "rel-coursehub-operator-c"}
+    for shard, namespaces in (("a", ["n1", "n2"]), ("b", ["n3"]), ("c", ["n4"])):
+        dep = deps[f"rel-coursehub-operator-{shard}"]
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        assert [a for a in c["args"] if a.startswith("--namespace")] == [
+            f"--namespace={n}" for n in namespaces
+        ]
+        assert "--all-namespaces" not in c["args"]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["COURSEHUB_SHARD"] == shard
+        assert env["COURSEHUB_LEASE_NAME"] == f"rel-coursehub-operator-{shard}"  # an election per shard
+        assert dep["spec"]["replicas"] == 2
+        # Each Deployment selects its own pods only.
+        assert dep["spec"]["selector"]["matchLabels"]["coursehub.dev/shard"] == shard
+        assert dep["spec"]["template"]["metadata"]["labels"]["coursehub.dev/shard"] == shard
+    # Rights in the shards' namespaces (a Role each), Leases in the operator's own.
+    roles = {(d["metadata"]["name"], d["metadata"]["namespace"]) for d in objs if d["kind"] == "Role"}
+    assert {ns for name, ns in roles if name == "rel-coursehub-operator"} == {"n1", "n2", "n3", "n4"}
+    assert ("rel-coursehub-operator-leases", "ops") in roles
+    (leases,) = [d for d in objs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leases")]
+    assert leases["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+    ]
+
+
+def test_chart_refuses_a_namespace_in_two_shards_and_naming_it(cluster):
+    res = helm(
+        cluster,
+        "template",
+        "rel",
+        str(CHART),
+        *[x for s in [*SHARDS, "shards[2].name=c", "shards[2].namespaces={n5,n2}"] for x in ("--set", s)],
+        check=False,
+    )
+    assert res.returncode != 0
+    assert "namespace n2 is listed by shards a and c" in res.stderr, res.stderr
+    # Two replicas need leader election.
+    res = helm(
+        cluster,
+        "template",
+        "rel",
+        str(CHART),
+        "--set",
+        "watch.namespaces={j}",
+        "--set",
+        "leaderElection.enabled=false",
+        check=False,
+    )
+    assert res.returncode != 0 and "enable leader election or set replicas=1" in res.stderr
+    one = docs_of(
+        render(cluster, "rel", "ops", "watch.namespaces={j}", "leaderElection.enabled=false", "replicas=1")
+    )
+    (dep,) = [d for d in one if d["kind"] == "Deployment"]
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"] == {"type": "Recreate"}
+    env = {e["name"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "COURSEHUB_LEADER_ELECTION" not in env
+    assert not [d for d in one if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leases")]

@@ -200,3 +200,39 @@ Services and Events; RBAC lets Helm create that Role only because it holds them.
   resources: ["namespaces"]
   verbs: ["get", "list", "watch"]
 {{- end }}
+
+{{/*
+Shards (values.shards): each a name and its namespaces; a namespace in two shards, a bad
+name or an empty list stops the render with a message naming it. With shards, the
+namespaces the chart grants rights in are the shards' (watch.namespaces is not used).
+*/}}
+{{- define "coursehub-operator.checkShards" -}}
+{{- $owner := dict }}
+{{- range $i, $shard := .Values.shards }}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]{0,18}[a-z0-9])?$" (toString $shard.name)) }}
+{{- fail (printf "shards[%d].name %q must be a DNS label of at most 20 characters (a-z, 0-9, -), e.g. a" $i (toString $shard.name)) }}
+{{- end }}
+{{- if not $shard.namespaces }}
+{{- fail (printf "shards[%d] (%s) lists no namespaces: give it shards[%d].namespaces, e.g. [jupyter]" $i $shard.name $i) }}
+{{- end }}
+{{- range $ns := $shard.namespaces }}
+{{- if hasKey $owner $ns }}
+{{- fail (printf "shards: namespace %s is listed by shards %s and %s; list each namespace in one shard only" $ns (get $owner $ns) $shard.name) }}
+{{- end }}
+{{- $_ := set $owner $ns $shard.name }}
+{{- end }}
+{{- end }}
+{{- if and (gt (int .Values.replicas) 1) (not .Values.leaderElection.enabled) }}
+{{- fail (printf "replicas is %d but leaderElection.enabled is false: two operators would race; enable leader election or set replicas=1" (int .Values.replicas)) }}
+{{- end }}
+{{- end }}
+
+{{- define "coursehub-operator.rbacNamespaces" -}}
+{{- $out := list }}
+{{- if .Values.shards }}
+{{- range .Values.shards }}{{- range .namespaces }}{{- $out = append $out . }}{{- end }}{{- end }}
+{{- else }}
+{{- $out = .Values.watch.namespaces }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
