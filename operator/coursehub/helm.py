@@ -227,6 +227,8 @@ class HelmReleases:
         wait: bool = False,
         history_max: int = 10,
     ):
+        if kubeconfig is None and not os.environ.get("KUBECONFIG"):
+            kubeconfig = _write_in_cluster_kubeconfig()
         self._command_args: dict[str, Any] = {
             "executable": executable or find_helm(),
             "kubeconfig": Path(kubeconfig) if kubeconfig else None,
@@ -524,3 +526,44 @@ def _packaged_chart_yaml(path: str) -> bytes:
                 if f is not None:
                     return f.read()
     raise KeyError("no <name>/Chart.yaml in the archive")
+
+
+SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
+
+
+def in_cluster_kubeconfig(env: dict[str, str], sa_dir: Path = SERVICE_ACCOUNT_DIR) -> dict | None:
+    """A kubeconfig naming the pod's own API server, CA and (rotating) token file; None outside a pod.
+
+    helm given --kube-as-user (every hub's impersonation) no longer falls back to the in-cluster
+    config: client-go uses that only without overrides, and otherwise talks to localhost:8080,
+    which in the operator's pod is its own liveness port. A kubeconfig keeps helm on the API server.
+    """
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port or not (sa_dir / "token").exists():
+        return None
+    server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "in-cluster",
+                "cluster": {"server": server, "certificate-authority": str(sa_dir / "ca.crt")},
+            }
+        ],
+        "users": [{"name": "operator", "user": {"tokenFile": str(sa_dir / "token")}}],
+        "contexts": [{"name": "in-cluster", "context": {"cluster": "in-cluster", "user": "operator"}}],
+        "current-context": "in-cluster",
+    }
+
+
+def _write_in_cluster_kubeconfig() -> Path | None:
+    config = in_cluster_kubeconfig(dict(os.environ))
+    if config is None:
+        return None
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="coursehub-helm-")) / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path

@@ -28,3 +28,19 @@ def test_an_archive_without_a_chart_names_the_fix(tmp_path):
 def test_a_missing_path_is_chart_not_found(tmp_path):
     with pytest.raises(ReleaseFailed, match="no chart at"):
         _read_local_chart(str(tmp_path / "nothing"))
+
+
+def test_helm_in_a_pod_gets_a_kubeconfig_for_the_in_cluster_api_server(tmp_path):
+    # helm with --kube-as-user ignores the in-cluster config and would talk to localhost:8080.
+    from coursehub.helm import in_cluster_kubeconfig
+
+    (tmp_path / "token").write_text("t")
+    env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    config = in_cluster_kubeconfig(env, tmp_path)
+    assert config["clusters"][0]["cluster"] == {
+        "server": "https://10.0.0.1:443",
+        "certificate-authority": str(tmp_path / "ca.crt"),
+    }
+    assert config["users"][0]["user"] == {"tokenFile": str(tmp_path / "token")}
+    assert in_cluster_kubeconfig({}, tmp_path) is None
+    assert in_cluster_kubeconfig(env, tmp_path / "elsewhere") is None
