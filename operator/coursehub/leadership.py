@@ -389,10 +389,10 @@ class Elector:
     def _thread_main(self) -> None:
         try:
             asyncio.run(self._main())
-        except BaseException as e:  # the election is gone: a leader must not go on without it
-            if self.leading:
-                die(f"leader election stopped ({type(e).__name__}: {e})")
-            log.error("leader election stopped: %s: %s", type(e).__name__, e)
+        except BaseException as e:
+            # The election is gone: a leader must not go on without it, and a standby would
+            # wait for ever (its health port may be taken, its credentials unreadable).
+            die(f"leader election stopped ({type(e).__name__}: {e})")
         finally:
             self._released.set()
 
