@@ -44,7 +44,8 @@ test: deps test-hub
 test-unit: uv
 	$(UV_RUN) pytest tests/unit
 
-test-e2e: uv
+# The host hub of the kwok tests runs z2jh's config on the hub venv (tests/fixtures/jupyterhub.py).
+test-e2e: uv $(HUB_VENV)/installed
 	$(UV_RUN) pytest tests/e2e tests/integration
 
 # --noconftest: tests/conftest.py loads the cluster/registry fixtures, which need the operator's

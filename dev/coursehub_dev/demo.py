@@ -41,8 +41,8 @@ def main(state: Path | None = None) -> int:
             chart = (d["spec"].get("chart") or {}) if d["kind"] == "JupyterHubDeployment" else {}
             if chart.get("path") and not Path(chart["path"]).is_absolute():
                 # The manifest names the chart from the checkout's root; the operator's chart
-                # policy (COURSEHUB_CHART_PATHS) compares absolute directories.
-                chart["path"] = str(REPO_ROOT / chart["path"])
+                # policy (COURSEHUB_CHART_PATHS) compares absolute paths without '..'.
+                chart["path"] = str((REPO_ROOT / chart["path"]).resolve())
         cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
         # The operator below runs in this process: it finds the cluster and helm through these.
         os.environ.update(

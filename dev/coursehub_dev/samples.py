@@ -1,18 +1,18 @@
 """Sample manifests for the local control plane: the tests, the benchmarks and the demo's shapes.
 
-The hub uses the small local chart (no chart repository is reachable here), an in-memory
-database, no gate on purpose, the dev cluster's GPU node, and a ClusterIP proxy: kwok gives a
-LoadBalancer no address, and helm --atomic would wait for one.
+The hub uses the published z2jh chart from its .tgz (no chart repository is reachable here),
+an in-memory database, no gate on purpose, the dev cluster's GPU node, and a ClusterIP proxy:
+kwok gives a LoadBalancer no address, and helm --atomic would wait for one.
 """
 
 from __future__ import annotations
 
-from .paths import TEST_CHART
+from .paths import Z2JH_CHART
 
 
 def hub_manifest(name: str = "learn", *, domain: str = "nb.learn.example.edu", **spec) -> dict:
     base = {
-        "chart": {"path": str(TEST_CHART)},
+        "chart": {"path": str(Z2JH_CHART)},
         "domain": domain,
         "auth": {"mode": "tmp", "allowUngated": True},
         "database": {"type": "sqlite-memory"},

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from test_hub_spawn import container, env_of, launched_pod, stop
 
-from coursehub_dev.paths import TEST_CHART
+from coursehub_dev.paths import Z2JH_CHART
 from fixtures.cluster import get_yaml
 
 pytestmark = pytest.mark.e2e
@@ -27,7 +27,7 @@ def test_launch_link_gets_the_digest_the_operator_published(
         "kind": "JupyterHubDeployment",
         "metadata": {"name": "learn"},
         "spec": {
-            "chart": {"path": str(TEST_CHART)},
+            "chart": {"path": str(Z2JH_CHART)},
             "domain": "nb.example.edu",
             "auth": {"mode": "tmp", "allowUngated": True},
             "database": {"type": "postgres", "urlSecretRef": {"name": "db", "key": "DATABASE_URL"}},

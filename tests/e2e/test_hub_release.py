@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from coursehub_dev.paths import TEST_CHART
+from coursehub_dev.paths import Z2JH_CHART
 from fixtures.cluster import get_yaml, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -20,7 +20,7 @@ from test_course_flow import condition  # noqa: E402  (shared manifests)
 
 def hub(name="learn", **spec) -> dict:
     base = {
-        "chart": {"path": str(TEST_CHART)},
+        "chart": {"path": str(Z2JH_CHART)},
         "domain": "nb.example.edu",
         "auth": {"mode": "tmp", "allowUngated": True},
         "database": {"type": "postgres", "urlSecretRef": {"name": "db", "key": "DATABASE_URL"}},
@@ -305,9 +305,11 @@ def test_failing_upgrade_rolls_back_and_recovers(cluster, namespace, operator_fa
     operator_factory([ns])
     apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:p@db/hub"), hub())
     wait_until(lambda: ready_on_generation(cluster, ns), timeout=120, what="hub Ready")
+    # Valid for the schema and the operator's policy, refused by the API server: the upgrade
+    # fails after helm rendered it.
     bad = {
         "proxy": {"service": {"type": "ClusterIP"}},
-        "custom": {"coursehubTest": {"invalidHubReplicas": True}},
+        "hub": {"resources": {"requests": {"cpu": "-1"}}},
     }
     apply(cluster, ns, hub(values=bad))
     c = wait_until(

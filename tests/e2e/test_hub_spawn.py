@@ -94,7 +94,9 @@ def allowlist(cluster, hub_namespace):
 
 @pytest.fixture(scope="module")
 def hub(jupyterhub_factory, cluster, hub_namespace, allowlist):
-    return jupyterhub_factory(z2jh_values(), namespace=hub_namespace, kubeconfig=cluster.kubeconfig)
+    hub = jupyterhub_factory(z2jh_values(), namespace=hub_namespace, kubeconfig=cluster.kubeconfig)
+    yield hub
+    hub.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -507,8 +509,11 @@ def test_rapid_launches_by_one_identity_start_at_most_the_limit(hub, cluster, al
 
 @pytest.fixture(scope="module")
 def culling_hub(jupyterhub_factory, cluster, hub_namespace, allowlist):
+    # z2jh's hub listens on its pod's port, so one host hub at a time: the module's other hub
+    # goes (the culling test is the module's last).
+    jupyterhub_factory.stop_all()
     # the fixture's stand-in answers as the server: it comes up, then goes idle
-    values = z2jh_values(cull={"enabled": True, "timeout": 4, "every": 2, "maxAge": 60, "users": True})
+    values = z2jh_values(cull={"timeout": 4, "every": 2, "maxAge": 60, "users": True})
     hub = jupyterhub_factory(values, namespace=hub_namespace, kubeconfig=cluster.kubeconfig)
     yield hub
     hub.stop()

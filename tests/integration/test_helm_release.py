@@ -1,7 +1,5 @@
-"""The z2jh release against the real local control plane, with real helm and the test chart.
-
-The test chart carries the real z2jh 4.4.0 schema, so helm itself refuses what the real
-chart refuses; its hub Deployment restarts on any values change, as z2jh's does.
+"""The z2jh release against the real local control plane, with real helm and the published
+z2jh 4.4.0 chart (its .tgz, as spec.chart.path takes it); kwok plays its pods.
 """
 
 from __future__ import annotations
@@ -17,11 +15,11 @@ from coursehub.desired import tenancy
 from coursehub.desired.courses import HubRecord
 from coursehub.desired.values import SECRETS_ANNOTATION, render_values, validate_values
 from coursehub.helm import HelmReleases, ReleaseFailed
-from fixtures.cluster import REPO_ROOT
+from coursehub_dev.paths import Z2JH_CHART
 
 pytestmark = pytest.mark.e2e
 
-CHART = ChartSource(path=str(REPO_ROOT / "tests" / "charts" / "jupyterhub"))
+CHART = ChartSource(path=str(Z2JH_CHART))
 
 
 def spec(**over) -> JupyterHubDeploymentSpec:
@@ -110,13 +108,13 @@ async def test_failed_upgrade_rolls_back_and_is_not_retried(cluster, namespace, 
     good = values_for(spec(), namespace)
     assert (await helm.ensure_release("learn", namespace, CHART, good)).revision == 1
 
-    # The test chart renders replicas: -1 for this switch; the API server refuses it.
-    bad = values_for(spec(values={"custom": {"coursehubTest": {"invalidHubReplicas": True}}}), namespace)
+    # Valid for the schema and the operator's policy; the API server refuses the rendered hub.
+    bad = values_for(spec(values={"hub": {"resources": {"requests": {"cpu": "-1"}}}}), namespace)
     with pytest.raises(ReleaseFailed) as exc:
         await helm.ensure_release("learn", namespace, CHART, bad)
     assert exc.value.reason == "ResourceInvalid"
     assert "rolled back" in exc.value.message
-    assert "replicas" in exc.value.message
+    assert "resources.requests" in exc.value.message
     # Revision 2 failed, revision 3 is the rollback to 1.
     assert exc.value.revision == 3
     status = await helm.release_status("learn", namespace)
@@ -166,8 +164,9 @@ async def test_missing_chart_path_is_reported(namespace, helm):
 
 @pytest.fixture
 def chart_repository(cluster, tmp_path):
-    """The test chart packaged into a plain HTTP chart repository on loopback."""
+    """The published chart in a plain HTTP chart repository on loopback."""
     import functools
+    import shutil
     import subprocess
     import threading
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -175,7 +174,7 @@ def chart_repository(cluster, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     helm_bin = cluster.binaries["helm"]
-    subprocess.run([helm_bin, "package", CHART.path, "-d", str(repo)], check=True, capture_output=True)
+    shutil.copy(Z2JH_CHART, repo)  # already a chart package
     handler = functools.partial(SimpleHTTPRequestHandler, directory=str(repo))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     url = f"http://127.0.0.1:{server.server_address[1]}/"
@@ -248,7 +247,7 @@ def exists(cluster, *args: str) -> bool:
     return cluster.kubectl("get", *args, check=False).returncode == 0
 
 
-async def test_the_test_chart_installs_with_the_tenant_rights_alone(cluster, namespace, helm):
+async def test_the_z2jh_chart_installs_with_the_tenant_rights_alone(cluster, namespace, helm):
     user = tenant(cluster, namespace)
     out = await helm.ensure_release("learn", namespace, CHART, values_for(spec(), namespace), as_user=user)
     assert (out.changed, out.revision, out.status) == (True, 1, "deployed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,12 @@ from coursehub.desired.values import (
     validate_values,
     z2jh_defaults,
 )
-from coursehub.desired.values_schema import Z2JH_DIR
+from coursehub.desired.values_schema import Z2JH_DIR, Z2JH_VERSION
 from coursehub.hub import DATABASE_SNIPPET_KEY
+from coursehub_dev.paths import Z2JH_CHART
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "z2jh-4.4.0"
-TEST_CHART = REPO / "tests" / "charts" / "jupyterhub"
 
 # The example hub of DESIGN.md, as a platform team would apply it.
 DESIGN_HUB = """
@@ -429,10 +430,24 @@ def test_hub_service_account_follows_values():
 # --- the shipped schema copies ------------------------------------------------------
 
 
-def test_package_and_test_chart_carry_the_same_z2jh_files():
+def chart_file(name: str) -> str:
+    """A file of the published z2jh chart, read from inside its .tgz."""
+    with tarfile.open(Z2JH_CHART) as tgz:
+        f = tgz.extractfile(f"jupyterhub/{name}")
+        assert f is not None, name
+        return f.read().decode()
+
+
+def test_package_carries_the_published_charts_schema_and_defaults():
+    if not Z2JH_CHART.exists():
+        pytest.skip(f"the z2jh chart is not at {Z2JH_CHART} (set COURSEHUB_Z2JH_CHART)")
     pkg_schema = json.loads((Z2JH_DIR / "values.schema.json").read_text())
-    assert json.loads((TEST_CHART / "values.schema.json").read_text()) == pkg_schema
-    assert yaml.safe_load((TEST_CHART / "values.yaml").read_text()) == z2jh_defaults()
+    assert yaml.safe_load(chart_file("Chart.yaml"))["version"] == Z2JH_VERSION
+    assert json.loads(chart_file("values.schema.json")) == pkg_schema
+    # The package's defaults are z2jh's source values.yaml; publishing replaced chartpress's
+    # placeholder image tags with the release's version, and nothing else.
+    source = json.dumps(z2jh_defaults()).replace('"set-by-chartpress"', json.dumps(Z2JH_VERSION))
+    assert yaml.safe_load(chart_file("values.yaml")) == json.loads(source)
     assert (Z2JH_DIR / "LICENSE").exists()
     if SHARED.exists():  # next to the repository in development and CI
         assert json.loads((SHARED / "values.schema.json").read_text()) == pkg_schema
@@ -551,10 +566,14 @@ def test_chart_policy_paths_and_oci_are_explicit_choices():
 
 def test_render_refuses_a_chart_outside_the_policy():
     m = manifest()
-    m["spec"]["chart"] = {"path": str(TEST_CHART)}
+    m["spec"]["chart"] = {"path": str(Z2JH_CHART)}
     with pytest.raises(InvalidChart):
         render_values_from_manifest(m)
-    assert render_values_from_manifest(m, ChartPolicy(paths=(str(TEST_CHART.parent),)))
+    # the policy names the .tgz itself (as the dev cluster's COURSEHUB_CHART_PATHS does) or its folder
+    assert render_values_from_manifest(m, ChartPolicy(paths=(str(Z2JH_CHART),)))
+    assert render_values_from_manifest(m, ChartPolicy(paths=(str(Z2JH_CHART.parent),)))
+    with pytest.raises(InvalidChart):
+        render_values_from_manifest(m, ChartPolicy(paths=(str(Z2JH_CHART.with_suffix(".zip")),)))
 
 
 @pytest.mark.parametrize(
