@@ -101,8 +101,9 @@ def events_for(old: list | None, new: list, *, first_ready: bool = True) -> list
 
     One when Ready flips, and one when another condition turns False for a reason someone
     must act on (or changes that reason); sub-conditions turning True are covered by Ready.
-    `first_ready=False`: no Event when Ready turns True for the first time (from nothing or
-    Unknown), only when it recovers from False: a burst of new objects posts no Event each.
+    `first_ready=False`: no Event when Ready turns True after nothing, Unknown or a transient
+    False (still pulling, publishing), only when it recovers from a real failure: a burst of
+    new objects posts no Event each.
     """
     before = {c["type"]: c for c in old or []}
     out = []
@@ -112,7 +113,7 @@ def events_for(old: list | None, new: list, *, first_ready: bool = True) -> list
             continue
         transient = c["reason"] in TRANSIENT_REASONS
         if c["type"] == "Ready":
-            if not first_ready and c["status"] == "True" and prev.get("status") in (None, "Unknown"):
+            if not first_ready and c["status"] == "True" and _never_ready_for_cause(prev):
                 continue
             if prev.get("status") != c["status"] and not (transient and c["status"] != "True"):
                 warn = c["status"] == "False"
@@ -122,3 +123,9 @@ def events_for(old: list | None, new: list, *, first_ready: bool = True) -> list
         elif c["status"] == "False" and not transient:
             out.append(("Warning", c["reason"], f"{c['type']}=False: {c['message']}"))
     return out
+
+
+def _never_ready_for_cause(prev: dict) -> bool:
+    """Ready was absent, Unknown, or False only while things settle (a transient reason)."""
+    status = prev.get("status")
+    return status in (None, "Unknown") or (status == "False" and prev.get("reason") in TRANSIENT_REASONS)

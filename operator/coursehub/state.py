@@ -52,6 +52,8 @@ class Index:
     # the publication together (one write instead of two).
     hubs_due: dict[Key, float] = field(default_factory=dict)
     held_for: dict[Key, set[Key]] = field(default_factory=dict)
+    # hub key -> monotonic time of its latest wake-up (a wake during a round keeps it due)
+    hubs_woken: dict[Key, float] = field(default_factory=dict)
 
     def hub_starting_for(self, course_key: Key) -> float:
         """Seconds until the last hub that may publish this course and has not had its first
@@ -92,12 +94,19 @@ class Index:
         return changed
 
     def wake_hub(self, key: Key) -> None:
-        self.hubs_due.setdefault(key, time.monotonic())
+        now = time.monotonic()
+        self.hubs_due.setdefault(key, now)
+        self.hubs_woken[key] = now
         self.hub_wakeups.setdefault(key, asyncio.Event()).set()
 
     def hub_round_done(self, key: Key, started: float) -> None:
-        """A round that started at `started` ran to its end: courses held for it are written."""
-        if self.hubs_due.get(key, started + 1) <= started:
+        """A round that started at `started` ran to its end: courses held for it are looked at
+        again (the writer holds those this round did not cover yet for the next one)."""
+        woken = self.hubs_woken.get(key)
+        if woken is not None and woken > started:
+            # Woken again while it ran (a burst): the next round is due from then.
+            self.hubs_due[key] = woken
+        elif self.hubs_due.get(key, started + 1) <= started:
             self.hubs_due.pop(key, None)
         self.course_changed(*self.held_for.pop(key, ()))
 

@@ -92,3 +92,56 @@ def test_a_course_s_first_ready_posts_no_event_but_a_recovery_does():
     assert [(t, r) for t, r, _ in failed] == [("Warning", "ImageNotFound")]
     # the default (hubs) keeps the first Ready Event
     assert events_for(None, [c("Ready", "True", "Ready")]) != []
+
+
+def test_ready_after_pulling_is_no_event_but_after_a_failure_it_is():
+    pulled = events_for([c("Ready", "False", "Pulling")], [c("Ready", "True", "Ready")], first_ready=False)
+    assert pulled == []
+    publishing = events_for(
+        [c("Ready", "Unknown", "Publishing")], [c("Ready", "True", "Ready")], first_ready=False
+    )
+    assert publishing == []
+    fixed = events_for([c("Ready", "False", "NoHub")], [c("Ready", "True", "Ready")], first_ready=False)
+    assert [(t, r) for t, r, _ in fixed] == [("Normal", "Ready")]
+
+
+def test_a_wake_during_a_round_keeps_the_hub_due_for_the_courses_it_did_not_see():
+    import time
+
+    from coursehub.state import Index
+
+    idx = Index()
+    hub = ("jupyter", "learn")
+    idx.wake_hub(hub)  # course a resolved: the round is due
+    assert idx.hold_for_due_hub(("jupyter", "a"), [hub], 5.0) > 0
+    started = time.monotonic()
+    time.sleep(0.01)
+    idx.wake_hub(hub)  # course b resolved while the round ran
+    idx.hub_round_done(hub, started)
+    assert idx.status_dirty == {("jupyter", "a")}  # a is looked at again now
+    assert idx.hubs_due[hub] > started  # and b's status still waits for the next round
+    assert idx.hold_for_due_hub(("jupyter", "b"), [hub], 5.0) > 0
+    idx.hub_round_done(hub, time.monotonic())
+    assert hub not in idx.hubs_due
+
+
+def test_a_course_waits_only_for_hubs_that_have_not_published_what_is_known():
+    from dataclasses import replace
+
+    from test_hub_round import course, hub
+
+    from coursehub.desired.hub_round import publication_current
+    from coursehub.desired.status import Publication
+
+    h = hub()
+    new = course("a")  # resolved to pinned("a")
+    assert not publication_current(h, new, None)  # never seen by this hub
+    pub = Publication(h.ref, h.spec.domain, "Published", "published", new.resolved_image)
+    assert publication_current(h, new, pub)
+    moved = replace(new, resolved_image=new.resolved_image.replace("@sha256:0", "@sha256:1"))
+    assert not publication_current(h, moved, pub)  # the digest moved: its round is due
+    waiting = Publication(h.ref, h.spec.domain, "NotResolved", "waiting")
+    assert not publication_current(h, new, waiting)
+    assert publication_current(h, replace(new, resolved_image=None), waiting)
+    after_pull = hub(prePull={"publishAfterPull": True})
+    assert publication_current(after_pull, moved, pub)  # offers the old digest until pulled

@@ -475,6 +475,20 @@ def round_delay(
     return max(0.0, min(quiet_at, cap_at) - now)
 
 
+def publication_current(hub: HubRecord, course: CourseRecord, pub: Publication | None) -> bool:
+    """Whether `hub`'s last round already reflects what is known of `course` (its resolved
+    image): if not, the course's status waits for that hub's due round, so one write carries
+    both. A hub that offers the previous digest until the new one is pulled (publishAfterPull)
+    is current as long as it says so."""
+    if pub is None:
+        return False
+    if pub.state == "NotResolved":
+        return course.resolved_image is None
+    if pub.state != "Published" or pub.image == course.resolved_image:
+        return True
+    return bool(hub.spec.pre_pull and hub.spec.pre_pull.publish_after_pull)
+
+
 # -- after the writes ------------------------------------------------------------
 STEP_CONDITION = {
     "tenancy": "ReleaseDeployed",

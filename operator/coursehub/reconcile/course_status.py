@@ -13,6 +13,7 @@ import logging
 from .. import metrics
 from ..desired.build import build_status, built_condition, with_build
 from ..desired.courses import selects
+from ..desired.hub_round import publication_current
 from ..desired.status import course_status
 from ..kube import COURSE_IMAGES, TRANSIENT_API_ERRORS, Kube
 from ..state import Index, Key
@@ -77,7 +78,10 @@ class CourseStatusWriter:
             asyncio.get_running_loop().call_later(held + 0.1, idx.course_changed, key)
             return
         hubs = [h for h in idx.hubs.values() if not h.deleting and selects(h, course, idx.namespace_labels)]
-        held = idx.hold_for_due_hub(key, [h.key for h in hubs], self.hold_max)
+        pubs_by_hub = idx.publications.get(key, {})
+        # Held only for the due rounds of hubs that have not published what is known now.
+        behind = [h.key for h in hubs if not publication_current(h, course, pubs_by_hub.get(h.ref))]
+        held = idx.hold_for_due_hub(key, behind, self.hold_max)
         if held:
             # That round marks it again (and so does this timer, should the round fail).
             asyncio.get_running_loop().call_later(held + 0.1, idx.course_changed, key)
