@@ -11,7 +11,7 @@ HUB_PYTHON_VERSION := 3.12
 HUB_VENV := .venv-hub
 HUB_TESTS := tests/unit/test_course_options.py
 
-.PHONY: uv deps demo demo-down test test-unit test-e2e test-hub lint crds docs bench dev-up dev-down
+.PHONY: uv deps demo demo-down test test-unit test-e2e test-existing-cluster test-hub lint crds docs bench dev-up dev-down
 
 uv:
 	@bash scripts/bootstrap-uv.sh
@@ -29,7 +29,9 @@ deps:
 node_modules/.package-lock.json: package-lock.json
 	npm ci --no-audit --no-fund --silent
 
-# The operator in the foreground on the local control plane, with a sample hub and courses.
+# One real node (root), the operator installed by its chart, the z2jh chart and the example
+# courses built and published; prints a checked launch link per course and leaves it running.
+# `make demo-down` stops it and restores the machine. Existing cluster: docs/kind.md.
 demo: deps
 	$(UV_RUN) coursehub-dev demo
 
@@ -40,6 +42,12 @@ demo-down: uv
 # parts (control plane, helm, registry, moto's ECR, JupyterHub with PostgreSQL).
 test: deps test-hub
 	$(UV_RUN) pytest -p no:cacheprovider
+	@$(MAKE) --no-print-directory test-existing-cluster
+
+# The e2e suite against a cluster it did not start, named only by its kubeconfig (and an images
+# file): a separately started `coursehub-dev up --real-nodes 1`, as a user's kind cluster.
+test-existing-cluster: uv $(HUB_VENV)/installed
+	bash scripts/test-existing-cluster.sh
 
 test-unit: uv
 	$(UV_RUN) pytest tests/unit

@@ -332,6 +332,7 @@ def test_metrics_tell_the_truth(cluster, hub_env, unique_repo):
     assert op.metric("coursehub_kube_requests_total", method="PATCH", kind="ConfigMap") >= 1
 
 
+@pytest.mark.own_control_plane("stops and restarts the dev cluster's kwok")
 def test_publish_after_pull_offers_a_digest_only_once_every_node_has_it(
     cluster, namespace, operator_factory, oci_registry, unique_repo
 ):

@@ -290,6 +290,7 @@ def test_sigkill_mid_burst_converges_without_duplicates_or_helm_upgrade(cluster,
 # -- 2. kube-apiserver stopped for 20 s ------------------------------------------------------
 
 
+@pytest.mark.own_control_plane("stops and restarts the local kube-apiserver")
 def test_apiserver_outage_operator_reconnects(cluster, hub_env, unique_repo):
     ns, reg, op = hub_env
     d_before = reg.push_image(unique_repo, "before", "before")

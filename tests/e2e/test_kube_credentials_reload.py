@@ -22,7 +22,10 @@ import yaml
 from coursehub.kube import CONFIG_MAPS, Kube, KubeError, environment_credentials, kubeconfig_credentials
 from fixtures.cluster import wait_until
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.own_control_plane("client certificates and ServiceAccount CA from the dev cluster's PKI"),
+]
 
 PLUGIN = """
 import json, pathlib
