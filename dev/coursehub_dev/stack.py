@@ -20,6 +20,7 @@ operator's setting for in-cluster registries: its default still refuses private 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -27,9 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import requests
+
 from .images import ImageBuilder
 from .paths import REPO_ROOT, Z2JH_CHART
-from .realnodes import GPU_TAINT, SANDBOX_IMAGE, RealNodes, mirrored, plan
+from .realnodes import GPU_TAINT, SANDBOX_IMAGE, SOCKET_DIR, RealNodes, mirrored, plan
 from .registry import copy_image
 from .waiting import wait_until
 
@@ -303,6 +306,65 @@ class Stack:
         query = {"course": course, **({"notebook": notebook} if notebook else {})}
         return f"{self.hub_url(namespace)}/hub/tmplogin?{urlencode(query)}"
 
+    # -- a learner, over plain HTTP ---------------------------------------------------
+    @staticmethod
+    def browser() -> requests.Session:
+        """A cookie-keeping client that talks to node IPs directly (never through a proxy)."""
+        s = requests.Session()
+        s.trust_env = False
+        return s
+
+    def launch(self, namespace: str, course: str, session: requests.Session) -> str:
+        """Open a learner's launch link; the temporary user's name (from where it led)."""
+        r = session.get(self.launch_url(namespace, course), timeout=60)
+        urls = [h.url for h in r.history] + [r.url]
+        for u in urls:
+            m = re.search(r"/(?:user|spawn-pending)/([^/?#]+)", u)
+            if m:
+                return m.group(1)
+        raise RuntimeError(f"the launch link led to no user's page: {urls}\n{r.text[:2000]}")
+
+    def lab_version(self, namespace: str, user: str, session: requests.Session) -> str | None:
+        """JupyterLab's version from its page (who answered), once the user's server answers
+        through the proxy; None before."""
+        base = self.hub_url(namespace)
+        try:
+            r = session.get(f"{base}/user/{user}/lab", timeout=10)
+        except requests.RequestException:
+            return None
+        m = re.search(r'"appVersion":\s*"([^"]+)"', r.text)
+        return m.group(1) if m and r.url.startswith(f"{base}/user/{user}/") else None
+
+    def learner_pod(self, namespace: str, user: str) -> dict | None:
+        pods = self.cluster.get(
+            f"/api/v1/namespaces/{namespace}/pods?labelSelector=component%3Dsingleuser-server"
+        )["items"]
+        for p in pods:
+            if p["metadata"].get("annotations", {}).get("hub.jupyter.org/username") == user:
+                return p
+        return None
+
+    def hub_api(self, namespace: str) -> requests.Session:
+        """The hub's REST API with the idle culler's token (admin:users, delete:servers), from the
+        Secret z2jh's chart generates."""
+        import base64
+
+        secret = self.cluster.get(f"/api/v1/namespaces/{namespace}/secrets/hub")
+        token = base64.b64decode(secret["data"]["hub.services.jupyterhub-idle-culler.apiToken"]).decode()
+        s = self.browser()
+        s.headers["Authorization"] = f"token {token}"
+        return s
+
+    def node_images(self, node: str) -> list[str]:
+        """Image names in a real node's containerd (what kubelet sees as present)."""
+        return _ctr(node, "images", "ls", "-q").split()
+
+    def forget_images(self, node: str, *repos: str) -> None:
+        """Remove every image of these repositories from a node's containerd (a cold node)."""
+        names = [n for n in self.node_images(node) if any(r in n for r in repos)]
+        if names:
+            _ctr(node, "images", "rm", "--sync", *names)
+
     def write_env(self, path: Path) -> None:
         """What other processes need (kubeconfig, node IPs, registry, images) as JSON."""
         path.write_text(
@@ -320,3 +382,13 @@ class Stack:
 
 def _object_name(slug: str) -> str:
     return slug.lower().replace("_", "-").replace(".", "-")
+
+
+def _ctr(node: str, *args: str) -> str:
+    sock = SOCKET_DIR / node / "containerd.sock"
+    return subprocess.run(
+        ["ctr", "--address", str(sock), "--namespace", "k8s.io", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
