@@ -110,8 +110,10 @@ Kept off on purpose: `escalate`, nodes, cluster-scoped writes, Secrets list/watc
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "create", "patch", "delete"]
-# Course builds (docs/builds.md): one Job per build in the CourseImage's namespace; its pod's
-# termination message (the digest) and, on failure, the last lines of its log.
+{{- if .Values.build.image }}
+# Course builds (docs/builds.md), only when builds are on (build.image): one Job per build in
+# the CourseImage's namespace; its pod's termination message (the digest) and, on failure,
+# the last lines of its log.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "create", "delete"]
@@ -126,6 +128,7 @@ Kept off on purpose: `escalate`, nodes, cluster-scoped writes, Secrets list/watc
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["create"]
+{{- end }}
 {{- end }}
 # The tenant RoleBinding refers to the tenant ClusterRole: `bind` on that one role lets the
 # operator create the binding without holding the tenant's rights itself.
