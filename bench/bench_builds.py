@@ -50,9 +50,8 @@ NS = "courses"
 SLOW_DOCKERFILE = (
     "ARG BASE_IMAGE\nFROM $BASE_IMAGE\n"
     # A stand-in for `pip install -r requirements.txt`: CPU-bound work that makes a layer.
-    "RUN python3 -c \"import hashlib; h=b'x'\n"
-    "for i in range(3_000_000): h=hashlib.sha256(h).digest()\n"
-    "open('/work.bin','wb').write(h)\"\n"
+    "RUN python3 -c \"import hashlib; h = b'x'; "
+    "[h := hashlib.sha256(h).digest() for _ in range(3000000)]; open('/work.bin', 'wb').write(h)\"\n"
     "COPY version.txt /version.txt\n"
 )
 
@@ -113,12 +112,19 @@ def main() -> int:
             def ok():
                 o = get(name)
                 b = (o.get("status") or {}).get("build") or {}
-                last = b.get("last") or {}
-                if last.get("commit") == commit and last.get("result") == "Failed":
-                    raise RuntimeError(f"build failed: {last.get('message')}")
-                return o if b.get("commit") == commit and last.get("commit") == commit else None
+                return (
+                    o if b.get("commit") == commit and (b.get("last") or {}).get("commit") == commit else None
+                )
 
-            return wait_until(ok, timeout=900, interval=0.5, what=f"{name} built at {commit[:12]}")
+            def failed() -> str | None:
+                last = ((get(name).get("status") or {}).get("build") or {}).get("last") or {}
+                if last.get("commit") == commit and last.get("result") == "Failed":
+                    return f"build failed: {last.get('message')}"
+                return None
+
+            return wait_until(
+                ok, timeout=900, interval=0.5, what=f"{name} built at {commit[:12]}", abort=failed
+            )
 
         def offered(slug: str) -> str | None:
             cm = cluster.kubectl(

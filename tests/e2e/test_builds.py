@@ -148,12 +148,17 @@ def wait_built(env: Env, name: str, commit: str, samples_out: list | None = None
         if samples_out is not None:
             samples_out.append(obj)
         b = build_status(obj)
-        last = b.get("last") or {}
-        if last.get("commit") == commit and last.get("result") == "Failed":
-            raise AssertionError(f"the build of {commit[:12]} failed: {last.get('message')}")
         return obj if b.get("commit") == commit and cond(obj, "Built").get("status") == "True" else None
 
-    return wait_until(done, timeout=BUILD_TIMEOUT, interval=1, what=f"{name} built at {commit[:12]}")
+    def failed() -> str | None:  # a failed build stops the wait at once, with its message
+        last = build_status(env.course(name)).get("last") or {}
+        if last.get("commit") == commit and last.get("result") == "Failed":
+            return f"the build of {commit[:12]} failed: {last.get('message')}"
+        return None
+
+    return wait_until(
+        done, timeout=BUILD_TIMEOUT, interval=1, what=f"{name} built at {commit[:12]}", abort=failed
+    )
 
 
 def test_declare_build_publish_then_a_new_commit_replaces_the_digest(env):
