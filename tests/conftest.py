@@ -45,6 +45,12 @@ def pytest_collection_modifyitems(config, items):
     cluster of their own on this machine."""
     own = [i for i in items if i.get_closest_marker("real_nodes") and "real_cluster" not in i.fixturenames]
     if os.environ.get(KUBECONFIG_ENV):
+        # One cluster serves both fixtures there: the operator that `real_cluster` installs
+        # watches every namespace, so it comes only after the tests that run operators of
+        # their own (a session fixture is set up at its first user).
+        items[:] = [i for i in items if "real_cluster" not in i.fixturenames] + [
+            i for i in items if "real_cluster" in i.fixturenames
+        ]
         for i in items:
             mark = i.get_closest_marker("own_control_plane")
             if mark:
