@@ -120,7 +120,12 @@ def test_listed_namespaces_are_the_default_and_all_namespaces_an_explicit_choice
         for d in objs
         if d["kind"] == "ClusterRoleBinding" and d["roleRef"]["name"] == "rel-coursehub-operator"
     ]
-    assert [d["metadata"]["namespace"] for d in objs if d["kind"] == "Role"] == ["jupyter"]
+    roles = [d for d in objs if d["kind"] == "Role"]
+    assert [
+        d["metadata"]["namespace"] for d in roles if d["metadata"]["name"] == "rel-coursehub-operator"
+    ] == ["jupyter"]
+    # ... and the leader election's Leases in its own namespace
+    assert [d["metadata"]["namespace"] for d in roles if d["metadata"]["name"].endswith("-leases")] == ["ops"]
 
 
 def test_tenant_cluster_role_is_desired_tenancy_rules(cluster):
@@ -490,6 +495,10 @@ def test_chart_refuses_a_namespace_in_two_shards_and_naming_it(cluster):
     )
     assert res.returncode != 0
     assert "namespace n2 is listed by shards a and c" in res.stderr, res.stderr
+    # The operator's own rule (coursehub.leadership) finds the same one.
+    from coursehub.leadership import overlapping_namespaces
+
+    assert overlapping_namespaces({"a": ["n1", "n2"], "b": ["n3"], "c": ["n5", "n2"]}) == {"n2": ("a", "c")}
     # Two replicas need leader election.
     res = helm(
         cluster,
