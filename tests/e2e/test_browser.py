@@ -5,6 +5,9 @@ module, PostgreSQL and configurable-http-proxy, pointed at the local control pla
 nodes). kwok runs no containers, so the "user server" is a loopback endpoint that the test
 switches on (``UserServerGate``): until then the learner's browser shows the spawn-pending
 page; after, the hub sends it on to the server, which answers with a token of this run.
+The last test runs the learner's path on real nodes (``real_cluster``: the operator in the
+cluster, the z2jh chart's hub and proxy as pods, JupyterLab from the course image built here)
+and asserts on JupyterLab's DOM: the notebook's tab is current and its cells are drawn.
 A PNG per step lands in the test's artifacts directory (printed; see docs/testing.md).
 """
 
@@ -284,3 +287,67 @@ def test_staff_page_for_staff_only_live_from_the_allowlist_with_working_links(
     assert user != learner
     pod = wait_until(lambda: user_pod(cluster, user), timeout=60, what=f"the pod of {user}")
     assert pod["spec"]["containers"][0]["image"] == image_for("mitxt-6.3710.3x")
+
+
+# ------------------------------------------------------------------- on real nodes
+
+
+def lab_state(b) -> dict:
+    """What JupyterLab shows: the main area's tab labels, the current tab, and the rendered
+    notebook's text (nothing but JupyterLab itself draws these)."""
+    return b.driver.execute_script(
+        """
+        const dock = '#jp-main-dock-panel .lm-TabBar-tab';
+        const labels = [...document.querySelectorAll(dock + ' .lm-TabBar-tabLabel')].map(e => e.textContent);
+        const current = document.querySelector(dock + '.lm-mod-current .lm-TabBar-tabLabel');
+        const nb = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook');
+        return {labels, current: current ? current.textContent : null, notebook: nb ? nb.innerText : ''};
+        """
+    )
+
+
+@pytest.mark.real_nodes
+def test_launch_link_opens_jupyterlab_with_the_course_notebook_on_a_real_node(
+    real_cluster, real_namespace, browser_factory
+):
+    """The whole learner path on real parts: the operator publishes a course image built here,
+    the z2jh chart's hub (a pod) takes the launch link, and a real node runs JupyterLab,
+    which opens the course's notebook."""
+    rc, ns = real_cluster, real_namespace
+    rc.create_course(ns, "clustering")
+    rc.create_hub(ns)
+    rc.wait_course_published(ns, "clustering")
+    rc.wait_hub_ready(ns)
+    hub_url = rc.hub_url(ns)
+    b = browser_factory(allow_hosts=(urlparse(hub_url).hostname, *("localhost", "127.0.0.1")))
+
+    # An unknown course (this hub rejects unknown courses): a readable page naming it.
+    b.open(rc.launch_url(ns, "no_such_course-9.99"))
+    b.step("unknown course", lambda b: "The course 'no_such_course-9.99' is not offered" in b.text())
+
+    # The launch link: tmp login, the spawn-pending page while the pod starts, then JupyterLab
+    # with the notebook open. A pre-pulled pod can be Ready before the page draws, so the
+    # first step is whichever of the two the browser shows first.
+    b.open(rc.launch_url(ns, "clustering", notebook="intro.ipynb"))
+    b.step(
+        "spawn pending or lab",
+        lambda b: (
+            (user_in(b.url, "spawn-pending") and "Your server is starting up" in b.text())
+            or user_in(b.url, "user")
+        ),
+        timeout=120,
+    )
+    state = b.step(
+        "jupyterlab with the course notebook",
+        lambda b: (
+            (s := lab_state(b))["current"] == "intro.ipynb" and "k-means by hand" in s["notebook"] and s
+        ),
+        timeout=240,
+    )
+    assert "/lab/tree/intro.ipynb" in urlparse(b.url).path, b.url
+    assert "intro.ipynb" in state["labels"]
+
+    # The staff page exists in the chart's hub (the module loads through z2jh's own config),
+    # and a learner gets its readable refusal.
+    b.open(hub_url + "/hub/courses")
+    b.step("staff page refuses a learner", lambda b: "This page is for course staff" in b.text())
