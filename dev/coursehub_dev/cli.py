@@ -86,7 +86,7 @@ def cmd_demo(
         return kwok_demo(state)
     try:
         return real(state, kubeconfig, images)
-    except RealNodesBusy as e:
+    except (RealNodesBusy, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
