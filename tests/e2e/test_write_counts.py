@@ -77,6 +77,7 @@ def test_a_burst_costs_at_most_three_writes_per_course(
     cluster.kubectl("wait", "--for=condition=Ready", "courseimage", "--all", "-n", ns, "--timeout=120s")
     settled(op)
     got = {k: writes(op, k) - v for k, v in before.items()}
+    print(f"writes for {BURST} courses: {got}")  # shown with -s, and with any failure
 
     # the finalizer and at most two status writes per course
     assert got["CourseImage"] <= BURST, got  # the finalizer
