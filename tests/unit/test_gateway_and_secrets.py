@@ -416,6 +416,108 @@ def test_which_secrets_roll_which_pods():
     assert gateway_secret_names(spec()) == ["learn-oidc"]
 
 
+# --- spec.gateway.tls: the gate serves https itself from a referenced Secret -----------
+
+TLS_GATEWAY = {**BASE["gateway"], "tls": {"secretRef": {"name": "learn-tls"}}}
+
+
+def _container(objs: list[dict]) -> dict:
+    (c,) = objs[0]["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def test_gateway_tls_serves_https_only_from_the_mounted_secret():
+    dep, svc, _np, _pages = gateway_objects(
+        "learn", "jupyter", spec(gateway=TLS_GATEWAY), "nb.learn.example.edu"
+    )
+    c = _container([dep])
+    args = c["args"]
+    # no plain listener, https on 4443 with the mounted pair; the callback stays https://<domain>
+    assert "--http-address=-" in args
+    assert not [a for a in args if a.startswith("--http-address=0")]
+    assert "--https-address=0.0.0.0:4443" in args
+    assert "--tls-cert-file=/etc/oauth2-proxy/tls/tls.crt" in args
+    assert "--tls-key-file=/etc/oauth2-proxy/tls/tls.key" in args
+    assert "--redirect-url=https://nb.learn.example.edu/oauth2/callback" in args
+    assert "--cookie-secure=true" in args
+    # the Secret is referenced by a volume, never copied into args, env or annotations
+    vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert vols["tls"]["secret"]["secretName"] == "learn-tls"
+    assert {i["key"] for i in vols["tls"]["secret"]["items"]} == {"tls.crt", "tls.key"}
+    assert {"name": "tls", "mountPath": "/etc/oauth2-proxy/tls", "readOnly": True} in c["volumeMounts"]
+    assert c["ports"][0] == {"name": "https", "containerPort": 4443, "protocol": "TCP"}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["scheme"] == "HTTPS" and c[probe]["httpGet"]["port"] == "https"
+    assert svc["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}]
+
+
+def test_gateway_without_tls_keeps_plain_http_for_an_ingress_that_ends_tls():
+    dep, svc, _np, _pages = gateway_objects("learn", "jupyter", spec(), "nb.learn.example.edu")
+    c = _container([dep])
+    assert "--http-address=0.0.0.0:4180" in c["args"]
+    assert not [a for a in c["args"] if a.startswith(("--https-address", "--tls-"))]
+    assert [v["name"] for v in dep["spec"]["template"]["spec"]["volumes"]] == ["pages"]
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+
+
+def test_gateway_tls_secret_is_required_and_a_renewal_rolls_the_gate():
+    sp = spec(gateway=TLS_GATEWAY)
+    assert ("learn-tls", "tls.crt") in required_secret_keys(sp)[GATEWAY_READY]
+    assert ("learn-tls", "tls.key") in required_secret_keys(sp)[GATEWAY_READY]
+    assert gateway_secret_names(sp) == ["learn-oidc", "learn-tls"]
+    tls = {"tls.crt": b"-----BEGIN CERTIFICATE-----", "tls.key": b"-----BEGIN PRIVATE KEY-----"}
+    before = version_stamp(gateway_secret_names(sp), {
+        "learn-oidc": secret_obj("learn-oidc", "u1", "1", OIDC_DATA),
+        "learn-tls": secret_obj("learn-tls", "u2", "7", tls),
+    })  # fmt: skip
+    after = version_stamp(gateway_secret_names(sp), {
+        "learn-oidc": secret_obj("learn-oidc", "u1", "1", OIDC_DATA),
+        "learn-tls": secret_obj("learn-tls", "u2", "8", tls),
+    })  # fmt: skip
+    assert before != after
+    assert "BEGIN" not in before
+
+
+def test_gateway_tls_without_oidc_is_refused_naming_the_field():
+    sp = spec(gateway={"tls": {"secretRef": {"name": "learn-tls"}}}, auth={"allowUngated": True})
+    try:
+        gateway_objects("l", "n", sp, "d.example.edu")
+    except InvalidValues as e:
+        assert e.path == "spec.gateway.tls"
+        assert "spec.gateway.oidc" in str(e)
+    else:
+        raise AssertionError("a TLS gate without oidc was rendered")
+    # the CRD carries the same rule, so the API server refuses it first
+    rules = JupyterHubDeploymentSpec.model_json_schema()["$defs"]["Gateway"]["x-kubernetes-validations"]
+    assert rules[0]["rule"] == "!has(self.tls) || has(self.oidc)"
+    assert "spec.gateway.tls needs spec.gateway.oidc" in rules[0]["message"]
+
+
+def test_hub_logout_ends_the_sso_session_when_gated():
+    from coursehub.desired.gateway import SIGN_OUT_PATH
+    from coursehub.desired.values import render_values
+
+    gated = render_values("learn", "jupyter", spec())
+    assert (
+        gated["hub"]["config"]["Authenticator"]["logout_redirect_url"] == SIGN_OUT_PATH == "/oauth2/sign_out"
+    )
+    ungated = render_values("learn", "jupyter", spec(gateway=None, auth={"allowUngated": True}))
+    assert "logout_redirect_url" not in ungated["hub"]["config"].get("Authenticator", {})
+
+
+def test_hub_logout_handler_follows_the_setting():
+    from coursehub.hub.course_spawner import CourseLogoutHandler, CourseTmpAuthenticator
+
+    a = CourseTmpAuthenticator()
+    assert a.logout_redirect_url == ""
+    assert ("/logout", CourseLogoutHandler) in a.get_handlers(None)
+    from traitlets.config import Config
+
+    cfg = Config()
+    cfg.Authenticator.logout_redirect_url = "/oauth2/sign_out"
+    assert CourseTmpAuthenticator(config=cfg).logout_redirect_url == "/oauth2/sign_out"
+
+
 # --- helm.py pure helpers -----------------------------------------------------------
 
 

@@ -170,9 +170,34 @@ class Oidc(Model):
     )
 
 
+class GatewayTls(Model):
+    secret_ref: SecretRef = Field(
+        description="A kubernetes.io/tls Secret (keys tls.crt and tls.key) with a certificate for "
+        "spec.domain (e.g. kept by cert-manager). Mounted read-only into the gate, never copied; a "
+        "renewed certificate restarts the gate once."
+    )
+
+
 class Gateway(Model):
+    model_config = Model.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.tls) || has(self.oidc)",
+                    "message": "spec.gateway.tls needs spec.gateway.oidc: the gate serves the TLS, and "
+                    "there is no gate without oidc (remove spec.gateway.tls or add spec.gateway.oidc)",
+                },
+            ]
+        }
+    }
+
     oidc: Oidc | None = Field(
         None, description="An OIDC gate (oauth2-proxy, keycloak-oidc provider) in front of the hub."
+    )
+    tls: GatewayTls | None = Field(
+        None,
+        description="The gate serves https itself (port 443 of the coursehub-gateway Service) with this "
+        "certificate, and no plain http. Unset: plain http on port 80, for an ingress that ends TLS.",
     )
 
 

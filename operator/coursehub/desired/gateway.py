@@ -18,6 +18,9 @@ from .values_schema import InvalidValues
 
 GATEWAY_NAME = "coursehub-gateway"
 HTTP_PORT = 4180
+# spec.gateway.tls: the gate serves https here (Service port 443) and no plain http.
+HTTPS_PORT = 4443
+TLS_DIR = "/etc/oauth2-proxy/tls"
 METRICS_PORT = 44180
 # The oauth2-proxy image runs as this non-root user (distroless "nonroot").
 RUN_AS = 65532
@@ -129,7 +132,7 @@ def _args(namespace: str, spec: JupyterHubDeploymentSpec, domain: str) -> list[s
         "--provider=keycloak-oidc",
         f"--oidc-issuer-url={oidc.issuer_url}",
         f"--upstream={upstream_url(namespace)}",
-        f"--http-address=0.0.0.0:{HTTP_PORT}",
+        *_listen_args(spec),
         f"--metrics-address=0.0.0.0:{METRICS_PORT}",
         f"--redirect-url=https://{domain}/oauth2/callback",
         # Behind the cluster ingress: trust X-Forwarded-* for the original scheme and host.
@@ -171,9 +174,33 @@ def _args(namespace: str, spec: JupyterHubDeploymentSpec, domain: str) -> list[s
     return args
 
 
+def _tls_secret(spec: JupyterHubDeploymentSpec) -> str | None:
+    tls = spec.gateway.tls if spec.gateway else None
+    return tls.secret_ref.name if tls else None
+
+
+def _listen_args(spec: JupyterHubDeploymentSpec) -> list[str]:
+    if _tls_secret(spec) is None:
+        return [f"--http-address=0.0.0.0:{HTTP_PORT}"]
+    # "-" turns the plain listener off: with Secure cookies, http would only leak the way in.
+    return [
+        "--http-address=-",
+        f"--https-address=0.0.0.0:{HTTPS_PORT}",
+        f"--tls-cert-file={TLS_DIR}/tls.crt",
+        f"--tls-key-file={TLS_DIR}/tls.key",
+        "--tls-min-version=TLS1.2",
+    ]
+
+
 def check_gateway(spec: JupyterHubDeploymentSpec) -> None:
     """Raise InvalidValues when the gate would admit anyone the issuer knows (a hub from an
-    older CRD, which lacked the rule)."""
+    older CRD, which lacked the rule), or when TLS is asked of a gate that does not exist."""
+    if spec.gateway and spec.gateway.tls and not spec.gateway.oidc:
+        raise InvalidValues(
+            "spec.gateway.tls",
+            "spec.gateway.tls needs spec.gateway.oidc: the gate serves the TLS, and there is no gate "
+            "without oidc (remove spec.gateway.tls or add spec.gateway.oidc)",
+        )
     oidc = spec.gateway.oidc if spec.gateway else None
     if oidc is not None and not (oidc.allowed_groups or oidc.email_domains):
         raise InvalidValues(
@@ -227,9 +254,9 @@ def gateway_objects(
     desired/secrets.py) goes into a pod annotation so a rotated client or cookie secret
     rolls the gate, which reads them only at start. Raises InvalidValues (check_gateway).
     """
+    check_gateway(spec)
     if not (spec.gateway and spec.gateway.oidc):
         return []
-    check_gateway(spec)
     oidc = spec.gateway.oidc
     labels = gateway_labels(name)
     selector = gateway_selector(name)
@@ -241,28 +268,48 @@ def gateway_objects(
         {"name": var, "valueFrom": {"secretKeyRef": {"name": oidc.secret_ref.name, "key": key}}}
         for var, key in _ENV_FROM_SECRET
     ]
+    tls_secret = _tls_secret(spec)
+    # With TLS the gate listens only on https: probes and the Service go there.
+    port_name, port, scheme, service_port = (
+        ("https", HTTPS_PORT, "HTTPS", 443) if tls_secret else ("http", HTTP_PORT, "HTTP", 80)
+    )
+    mounts = [{"name": "pages", "mountPath": PAGES_DIR, "readOnly": True}]
+    volumes: list[dict] = [{"name": "pages", "configMap": {"name": PAGES_NAME}}]
+    if tls_secret:
+        # Mounted from the referenced Secret (never copied); only the two files oauth2-proxy reads.
+        mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
+        volumes.append(
+            {
+                "name": "tls",
+                "secret": {
+                    "secretName": tls_secret,
+                    "items": [{"key": "tls.crt", "path": "tls.crt"}, {"key": "tls.key", "path": "tls.key"}],
+                    "defaultMode": 0o440,
+                },
+            }
+        )
     container = {
         "name": "oauth2-proxy",
         "image": oidc.image,
         "args": _args(namespace, spec, domain),
         "env": env,
         "ports": [
-            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": port_name, "containerPort": port, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         "livenessProbe": {
-            "httpGet": {"path": "/ping", "port": "http"},
+            "httpGet": {"path": "/ping", "port": port_name, "scheme": scheme},
             "periodSeconds": 10,
             "timeoutSeconds": 2,
             "failureThreshold": 3,
         },
         "readinessProbe": {
-            "httpGet": {"path": "/ready", "port": "http"},
+            "httpGet": {"path": "/ready", "port": port_name, "scheme": scheme},
             "periodSeconds": 5,
             "timeoutSeconds": 2,
             "failureThreshold": 3,
         },
-        "volumeMounts": [{"name": "pages", "mountPath": PAGES_DIR, "readOnly": True}],
+        "volumeMounts": mounts,
         "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -297,7 +344,7 @@ def gateway_objects(
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [container],
-                    "volumes": [{"name": "pages", "configMap": {"name": PAGES_NAME}}],
+                    "volumes": volumes,
                 },
             },
         },
@@ -309,7 +356,7 @@ def gateway_objects(
         "spec": {
             "type": "ClusterIP",
             "selector": dict(selector),
-            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [{"name": port_name, "port": service_port, "targetPort": port_name, "protocol": "TCP"}],
         },
     }
     pages = {

@@ -21,6 +21,8 @@ GATEWAY_READY = "GatewayReady"
 
 # The keys oauth2-proxy reads from the gateway Secret (see desired/gateway.py).
 OIDC_KEYS = ("client_id", "client_secret", "cookie_secret")
+# spec.gateway.tls: the keys of a kubernetes.io/tls Secret, which the gate mounts.
+TLS_KEYS = ("tls.crt", "tls.key")
 
 REASON_FOUND = "SecretsFound"
 REASON_NOT_REQUIRED = "NoSecretRequired"
@@ -37,6 +39,9 @@ def required_secret_keys(spec: JupyterHubDeploymentSpec) -> dict[str, list[tuple
     if spec.gateway and spec.gateway.oidc:
         name = spec.gateway.oidc.secret_ref.name
         required[GATEWAY_READY].extend((name, k) for k in OIDC_KEYS)
+        if spec.gateway.tls:
+            tls = spec.gateway.tls.secret_ref.name
+            required[GATEWAY_READY].extend((tls, k) for k in TLS_KEYS)
     if spec.auth and spec.auth.mode == "sharedPassword" and spec.auth.shared_password:
         ref = spec.auth.shared_password.secret_ref
         required[GATEWAY_READY].append((ref.name, ref.key))
@@ -98,7 +103,9 @@ def hub_secret_names(spec: JupyterHubDeploymentSpec) -> list[str]:
 def gateway_secret_names(spec: JupyterHubDeploymentSpec) -> list[str]:
     """The Secrets the gate's pods read at start."""
     if spec.gateway and spec.gateway.oidc:
-        return [spec.gateway.oidc.secret_ref.name]
+        # oauth2-proxy reads its certificate only at start too: a renewal rolls the gate.
+        tls = [spec.gateway.tls.secret_ref.name] if spec.gateway.tls else []
+        return [spec.gateway.oidc.secret_ref.name, *tls]
     return []
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..api.jupyterhubdeployment import Culling, JupyterHubDeploymentSpec, Singleuser
 from ..hub import extra_config_snippets, hub_config_overrides
-from .gateway import check_gateway
+from .gateway import SIGN_OUT_PATH, check_gateway
 from .hub_rbac import DEFAULT_ALLOWLIST_CONFIGMAP, MANAGED_BY, hub_allowlist_rbac, hub_service_account
 from .policy import check_tmp_gate, check_values_policy
 from .values_schema import Z2JH_VERSION, InvalidValues, helm_coalesce, validate_values, z2jh_defaults
@@ -216,6 +216,11 @@ def render_values(
         extra_config[AUTH_SNIPPET_KEY] = _SHARED_PASSWORD_SNIPPET
     # "custom": the authenticator comes from spec.values.
 
+    if spec.gateway and spec.gateway.oidc and auth_mode != "custom":
+        # The hub's "Log out" ends the gate's cookie and the Keycloak session too (the gate's
+        # sign-out calls Keycloak's end-session endpoint); otherwise the next launch signs the
+        # browser straight back in. Absolute path on the same domain: the gate owns /oauth2/.
+        hub_config.setdefault("Authenticator", {})["logout_redirect_url"] = SIGN_OUT_PATH
     if secrets_version:
         annotations[SECRETS_ANNOTATION] = secrets_version
     # The hub module's snippets, the database one included (its only home).

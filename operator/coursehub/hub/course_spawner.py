@@ -45,11 +45,12 @@ from urllib.parse import quote, unquote, urlencode
 
 from jupyterhub.apihandlers.users import UserServerAPIHandler
 from jupyterhub.handlers.base import BaseHandler
+from jupyterhub.handlers.login import LogoutHandler
 from jupyterhub.handlers.pages import SpawnHandler
 from kubespawner import KubeSpawner
 from tmpauthenticator import TmpAuthenticateHandler, TmpAuthenticator
 from tornado import web
-from traitlets import default
+from traitlets import Unicode, default
 
 # The module name under which tests import this file; anything else means we were
 # exec'd by z2jh's jupyterhub_config.py (where __name__ resolves to "builtins").
@@ -1524,6 +1525,19 @@ class CourseTmpLoginHandler(_CourseHandlerMixin, TmpAuthenticateHandler):
         return super().get_next_url(user, default)
 
 
+class CourseLogoutHandler(LogoutHandler):
+    """JupyterHub's logout (cookie cleared as usual), then on to the authenticator's
+    ``logout_redirect_url`` when one is set: behind the SSO gate that is the gate's sign-out,
+    which ends the Keycloak session too, so "Log out" does not sign the browser straight back in."""
+
+    async def render_logout_page(self):
+        url = getattr(self.authenticator, "logout_redirect_url", "")
+        if url:
+            self.redirect(url, permanent=False)
+        else:
+            await super().render_logout_page()
+
+
 class CourseTmpAuthenticator(TmpAuthenticator):
     """TmpAuthenticator whose login link keeps the course launch parameters.
 
@@ -1531,9 +1545,16 @@ class CourseTmpAuthenticator(TmpAuthenticator):
     server API handlers take those paths: every spawn passes the admission check.
     """
 
+    # JupyterHub 5's base Authenticator has no such setting (oauthenticator's has): the operator
+    # renders Authenticator.logout_redirect_url when a gateway is configured (desired/values.py).
+    logout_redirect_url = Unicode(
+        "", config=True, help="Where /hub/logout sends the browser after clearing the hub's cookie."
+    )
+
     def get_handlers(self, app):
         return [
             ("/tmplogin", CourseTmpLoginHandler),
+            ("/logout", CourseLogoutHandler),
             (r"/spawn", CourseSpawnHandler),
             (r"/spawn/([^/]+)", CourseSpawnHandler),
             (r"/spawn/([^/]+)/([^/]+)", CourseSpawnHandler),
