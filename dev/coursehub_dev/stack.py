@@ -52,6 +52,7 @@ Z2JH_IMAGES = {
     "network_tools": "quay.io/jupyterhub/k8s-network-tools:4.4.0",
 }
 GROUP = "coursehub.dev"
+HUB_API_SERVICE = "coursehub-dev"
 
 
 @dataclass
@@ -224,7 +225,18 @@ class Stack:
         if default_course:
             courses = {"namespaces": "Same", "default": default_course, "onUnknown": "default"}
         z2jh: dict[str, Any] = {
-            "hub": {"nodeSelector": REAL_NODE_SELECTOR},
+            "hub": {
+                "nodeSelector": REAL_NODE_SELECTOR,
+                # A token for tests, benchmarks and the demo to see and stop learners (z2jh
+                # generates it into its `hub` Secret): these hubs are this machine's only.
+                "services": {HUB_API_SERVICE: {}},
+                "loadRoles": {
+                    HUB_API_SERVICE: {
+                        "services": [HUB_API_SERVICE],
+                        "scopes": ["admin:users", "admin:servers", "list:users"],
+                    }
+                },
+            },
             "proxy": {"chp": {"nodeSelector": REAL_NODE_SELECTOR}, "service": {"type": "NodePort"}},
             "singleuser": {"nodeSelector": REAL_NODE_SELECTOR},
             # z2jh's placeholder pods only hold room for the user scheduler (off here).
@@ -345,12 +357,12 @@ class Stack:
         return None
 
     def hub_api(self, namespace: str) -> requests.Session:
-        """The hub's REST API with the idle culler's token (admin:users, delete:servers), from the
-        Secret z2jh's chart generates."""
+        """The hub's REST API as the hub service HUB_API_SERVICE (admin:users, admin:servers), its
+        token from the Secret z2jh's chart generates."""
         import base64
 
         secret = self.cluster.get(f"/api/v1/namespaces/{namespace}/secrets/hub")
-        token = base64.b64decode(secret["data"]["hub.services.jupyterhub-idle-culler.apiToken"]).decode()
+        token = base64.b64decode(secret["data"][f"hub.services.{HUB_API_SERVICE}.apiToken"]).decode()
         s = self.browser()
         s.headers["Authorization"] = f"token {token}"
         return s
