@@ -449,6 +449,11 @@ def test_gateway_tls_serves_https_only_from_the_mounted_secret():
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"]["scheme"] == "HTTPS" and c[probe]["httpGet"]["port"] == "https"
     assert svc["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}]
+    assert "nodeSelector" not in dep["spec"]["template"]["spec"]
+    placed = gateway_objects("l", "n", spec(gateway={**TLS_GATEWAY, "nodeSelector": {"edge": "true"}}), "d")[
+        0
+    ]
+    assert placed["spec"]["template"]["spec"]["nodeSelector"] == {"edge": "true"}
 
 
 def test_gateway_without_tls_keeps_plain_http_for_an_ingress_that_ends_tls():

@@ -194,6 +194,11 @@ class Gateway(Model):
     oidc: Oidc | None = Field(
         None, description="An OIDC gate (oauth2-proxy, keycloak-oidc provider) in front of the hub."
     )
+    node_selector: dict[str, str] | None = Field(
+        None,
+        description="Node labels the gate's pods must have (e.g. the ingress nodes). Unset: any node.",
+        max_length=32,
+    )
     tls: GatewayTls | None = Field(
         None,
         description="The gate serves https itself (port 443 of the coursehub-gateway Service) with this "

@@ -345,6 +345,11 @@ def gateway_objects(
                     },
                     "containers": [container],
                     "volumes": volumes,
+                    **(
+                        {"nodeSelector": dict(spec.gateway.node_selector)}
+                        if spec.gateway.node_selector
+                        else {}
+                    ),
                 },
             },
         },
