@@ -128,3 +128,34 @@ def write_pki(directory: Path, extra_ips: tuple[str, ...] = ()) -> dict[str, Pat
         ),
     )
     return files
+
+
+def serving_certificate(dns_names: tuple[str, ...], ca_cn: str = "coursehub-test-ca") -> dict[str, bytes]:
+    """A test CA and a server certificate it signs for `dns_names` (PEM): ca.crt, tls.crt, tls.key,
+    and spki_sha256 (base64 of the SHA-256 of the certificate's SubjectPublicKeyInfo, the form
+    Chromium's --ignore-certificate-errors-spki-list pins)."""
+    import base64
+    import hashlib
+
+    ca_key = _key()
+    ca_name = _name(ca_cn)
+    ca = _cert(ca_name, ca_name, ca_key.public_key(), ca_key, ca=True)
+    key = _key()
+    leaf = _cert(
+        _name(dns_names[0]),
+        ca_name,
+        key.public_key(),
+        ca_key,
+        ca=False,
+        sans=[x509.DNSName(n) for n in dns_names],
+        usages=(ExtendedKeyUsageOID.SERVER_AUTH,),
+    )
+    spki = leaf.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return {
+        "ca.crt": ca.public_bytes(serialization.Encoding.PEM),
+        "tls.crt": leaf.public_bytes(serialization.Encoding.PEM),
+        "tls.key": _pem_key(key),
+        "spki_sha256": base64.b64encode(hashlib.sha256(spki).digest()),
+    }
