@@ -1,0 +1,292 @@
+"""The SSO gate as the operator runs it, on a real node in front of the real hub (issue 15).
+
+Keycloak 26 (realm olapps) on the real-node bridge address, which the host's browser and the
+gate's pods both reach; the operator's `coursehub-gateway` Deployment (oauth2-proxy v7.15.6,
+built here) on a real node, serving https itself from a kubernetes.io/tls Secret
+(`spec.gateway.tls.secretRef`) with a certificate for the hub's domain signed by a test CA;
+z2jh 4.4.0's hub and proxy behind it. Headless Chromium resolves the domain to the gateway
+Service's ClusterIP (this machine's kube-proxy routes it) and accepts exactly that
+certificate (its SPKI pinned), so the rendered `https://<domain>/oauth2/callback` and Secure
+cookies work unchanged. A PNG per step. docs/sso.md, "The tests".
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+
+import pytest
+import requests
+
+from coursehub.desired.gateway import GATEWAY_NAME, gateway_selector
+from coursehub_dev import pki
+from fixtures.jupyterhub import wait_until
+from fixtures.keycloak import ALLOWED_GROUPS, CLIENT_ID, USERS, Keycloak
+
+pytestmark = [pytest.mark.e2e, pytest.mark.real_nodes]
+
+DOMAIN = "hub.coursehub.test"
+COURSE = "clustering"
+NOTEBOOK = "intro.ipynb"
+OIDC_SECRET = "learn-oidc"
+TLS_SECRET = "learn-tls"
+REAL_NODE_SELECTOR = {"coursehub.dev/real-node": "true"}
+LAUNCH = f"https://{DOMAIN}/hub/tmplogin?" + urlencode({"course": COURSE, "notebook": NOTEBOOK})
+
+
+class SsoHub:
+    def __init__(self, rc, ns: str, kc: Keycloak, spki: str, cookie_secret: str):
+        self.rc, self.ns, self.kc, self.spki, self.cookie_secret = rc, ns, kc, spki, cookie_secret
+
+    def gate_ip(self) -> str:
+        return self.rc.cluster.get(f"/api/v1/namespaces/{self.ns}/services/{GATEWAY_NAME}")["spec"][
+            "clusterIP"
+        ]
+
+    def browser(self, browser_factory, name: str):
+        return browser_factory(
+            allow_hosts=("localhost", self.kc.host),
+            name=name,
+            map_hosts={DOMAIN: self.gate_ip()},
+            trust_spki=(self.spki,),
+        )
+
+    def deployment(self) -> dict:
+        return self.rc.cluster.get(f"/apis/apps/v1/namespaces/{self.ns}/deployments/{GATEWAY_NAME}")
+
+    def replica_sets(self) -> dict[str, str]:
+        """pod-template-hash -> ReplicaSet name, of the gate's Deployment."""
+        sel = ",".join(f"{k}={v}" for k, v in gateway_selector("hub").items())
+        items = self.rc.cluster.get(
+            f"/apis/apps/v1/namespaces/{self.ns}/replicasets?labelSelector={requests.utils.quote(sel)}"
+        )["items"]
+        return {rs["metadata"]["labels"]["pod-template-hash"]: rs["metadata"]["name"] for rs in items}
+
+    def rolled_out(self) -> bool:
+        d = self.deployment()
+        st, want = d.get("status", {}), d["spec"]["replicas"]
+        return (
+            st.get("observedGeneration") == d["metadata"]["generation"]
+            and st.get("updatedReplicas") == want
+            and st.get("availableReplicas") == want
+            and st.get("replicas") == want
+        )
+
+    def put_oidc_secret(self) -> None:
+        self.rc.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": OIDC_SECRET, "namespace": self.ns},
+                "stringData": {
+                    "client_id": CLIENT_ID,
+                    "client_secret": self.kc.client_secret,
+                    "cookie_secret": self.cookie_secret,
+                },
+            }
+        )
+
+
+@pytest.fixture(scope="module")
+def bridge_keycloak(real_cluster):
+    """Keycloak on the host bridge address (real_cluster first: the address exists only then)."""
+    host = real_cluster.registry.rpartition(":")[0]
+    workdir = Path(tempfile.mkdtemp(prefix="coursehub-keycloak-bridge-"))
+    kc = Keycloak(workdir, host=host)
+    kc.start()
+    try:
+        kc.wait_ready()
+        kc.allow_redirect(f"https://{DOMAIN}/oauth2/callback")
+        yield kc
+    finally:
+        kc.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def sso_hub(real_cluster, bridge_keycloak):
+    rc, kc = real_cluster, bridge_keycloak
+    ns = rc.namespace(f"sso-{secrets.token_hex(3)}")
+    tls = pki.serving_certificate((DOMAIN,))
+    hub = SsoHub(rc, ns, kc, tls["spki_sha256"].decode(), secrets.token_hex(16))
+    hub.put_oidc_secret()
+    rc.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": TLS_SECRET, "namespace": ns},
+            "data": {k: base64.b64encode(tls[k]).decode() for k in ("tls.crt", "tls.key")},
+        }
+    )
+    rc.create_course(ns, COURSE)
+    manifest = rc.hub_manifest(ns)
+    spec = manifest["spec"]
+    spec["domain"] = DOMAIN
+    # The gate is the way in: tmp users behind it, the proxy's Service left ClusterIP (the
+    # operator's rendering), one server per SSO identity.
+    spec["auth"] = {"mode": "tmp"}
+    spec["values"]["proxy"].pop("service", None)
+    spec["limits"] = {"serversPerIdentity": 1}
+    spec["gateway"] = {
+        "oidc": {
+            "issuerURL": kc.issuer,
+            "secretRef": {"name": OIDC_SECRET},
+            "allowedGroups": list(ALLOWED_GROUPS),
+            "image": rc.builder.oauth2_proxy(),
+        },
+        "tls": {"secretRef": {"name": TLS_SECRET}},
+        # the real nodes, not kwok's (which run no containers)
+        "nodeSelector": REAL_NODE_SELECTOR,
+    }
+    rc.apply(manifest)
+    rc.wait_course_published(ns, COURSE)
+    rc.wait_hub_ready(ns)
+    wait_until(hub.rolled_out, timeout=300, what="the gateway Deployment rolled out")
+    yield hub
+    rc.cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def on_keycloak_login(kc: Keycloak):
+    return lambda b: (
+        b.url.startswith(f"{kc.issuer}/protocol/openid-connect/auth") and b.find("#kc-form-login")
+    )
+
+
+def sign_in(b, kc: Keycloak, user: str) -> None:
+    b.step("keycloak login page", on_keycloak_login(kc))
+    b.find("#username")[0].send_keys(user)
+    b.find("#password")[0].send_keys(USERS[user][0])
+    b.find("#kc-login")[0].click()
+
+
+def user_of(url: str) -> str | None:
+    parts = urlsplit(url).path.split("/")
+    for marker in ("user", "spawn-pending"):
+        if marker in parts and parts.index(marker) + 1 < len(parts):
+            return parts[parts.index(marker) + 1]
+    return None
+
+
+def lab_state(b) -> dict:
+    return b.driver.execute_script(
+        """
+        const dock = '#jp-main-dock-panel .lm-TabBar-tab';
+        const current = document.querySelector(dock + '.lm-mod-current .lm-TabBar-tabLabel');
+        const nb = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook');
+        return {current: current ? current.textContent : null, notebook: nb ? nb.innerText : ''};
+        """
+    )
+
+
+def launch_to_lab(hub: SsoHub, b, user: str) -> str:
+    """Launch link -> Keycloak -> back at the launch link -> tmp user -> JupyterLab with the
+    course's notebook; the tmp user's name."""
+    b.open(LAUNCH)
+    sign_in(b, hub.kc, user)
+    b.step("back at the launch link: a tmp user", lambda b: user_of(b.url), timeout=120)
+    name = user_of(b.url)
+    assert urlsplit(b.url).hostname == DOMAIN and urlsplit(b.url).scheme == "https", b.url
+    b.step(
+        "jupyterlab with the course notebook",
+        lambda b: (s := lab_state(b))["current"] == NOTEBOOK and "k-means by hand" in s["notebook"],
+        timeout=300,
+    )
+    return name
+
+
+def limit_page(b) -> bool:
+    return "the most one person may have on this hub" in b.text()
+
+
+STATE: dict[str, object] = {}
+
+
+def test_launch_link_through_keycloak_to_jupyterlab_then_the_identity_limit(sso_hub, browser_factory):
+    hub = sso_hub
+    ada = hub.browser(browser_factory, "ada")
+    user = launch_to_lab(hub, ada, "ada")
+    pod = hub.rc.learner_pod(hub.ns, user)
+    assert pod is not None and pod["spec"]["nodeName"].startswith("real-"), pod
+    STATE["ada"] = user
+    # The gate runs on real nodes, serving the test certificate (the browser pinned exactly it).
+    sel = ",".join(f"{k}={v}" for k, v in gateway_selector("hub").items())
+    gate_pods = hub.rc.cluster.get(
+        f"/api/v1/namespaces/{hub.ns}/pods?labelSelector={requests.utils.quote(sel)}"
+    )["items"]
+    assert gate_pods and all(p["spec"]["nodeName"].startswith("real-") for p in gate_pods)
+
+    # The same identity in another browser: signed in again, the hub counts ada's one server.
+    again = hub.browser(browser_factory, "ada-again")
+    again.open(LAUNCH)
+    sign_in(again, hub.kc, "ada")
+    again.step("the per-identity limit page", limit_page, timeout=120)
+    assert f"/user/{user}/" in again.driver.page_source  # the link to the running server
+    assert hub.rc.learner_pod(hub.ns, user)["metadata"]["uid"] == pod["metadata"]["uid"]
+
+
+def test_rotating_the_client_secret_restarts_the_gate_once_and_login_works(sso_hub, browser_factory):
+    hub = sso_hub
+    before_rs = hub.replica_sets()
+    before_gen = hub.deployment()["metadata"]["generation"]
+    assert len(before_rs) == 1, before_rs
+    hub.kc.rotate_client_secret()
+    hub.put_oidc_secret()
+    wait_until(
+        lambda: len(hub.replica_sets()) > len(before_rs) and hub.rolled_out(),
+        timeout=300,
+        what="the gate rolled once for the rotated secret",
+    )
+    b = hub.browser(browser_factory, "after-rotation")
+    b.open(LAUNCH)
+    sign_in(b, hub.kc, "sam")
+    b.step("signed in with the new secret: a tmp user", lambda b: user_of(b.url), timeout=120)
+    STATE["sam"] = user_of(b.url)
+    b.step(
+        "jupyterlab with the course notebook",
+        lambda b: (s := lab_state(b))["current"] == NOTEBOOK and "k-means by hand" in s["notebook"],
+        timeout=300,
+    )
+    after_rs = hub.replica_sets()
+    assert len(after_rs) == len(before_rs) + 1 and set(before_rs) < set(after_rs), (before_rs, after_rs)
+    assert hub.deployment()["metadata"]["generation"] == before_gen + 1
+
+
+def test_keycloak_down_the_gate_says_so_and_the_running_server_is_untouched(sso_hub, browser_factory):
+    hub = sso_hub
+    user = STATE.get("sam") or STATE.get("ada")
+    if user is None:  # run alone: a learner of its own
+        user = launch_to_lab(hub, hub.browser(browser_factory, "learner"), "sam")
+    pod = hub.rc.learner_pod(hub.ns, user)
+    assert pod is not None
+
+    # A login in flight: Keycloak takes the password, then goes away before the gate
+    # exchanges the code (the callback is held back by the browser until then).
+    b = hub.browser(browser_factory, "in-flight")
+    b.driver.execute_cdp_cmd("Network.enable", {})
+    b.driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": [f"*{DOMAIN}/oauth2/callback*"]})
+    b.open(LAUNCH)
+    sign_in(b, hub.kc, "ada")
+    b.step("callback held back", lambda b: "/oauth2/callback?" in b.url and "code=" in b.url)
+    callback = b.url
+    hub.kc.stop()
+    b.driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": []})
+    b.open(callback)
+    b.step("the gate's sign-in-unavailable page", lambda b: b.find("#unavailable"), timeout=60)
+    assert "Notebooks that are already running keep running" in b.text()
+
+    # The learner's server: the same pod, not restarted, and its Jupyter server answers.
+    now = hub.rc.learner_pod(hub.ns, user)
+    assert now["metadata"]["uid"] == pod["metadata"]["uid"]
+    restarts = [c["restartCount"] for c in now["status"]["containerStatuses"]]
+    assert restarts == [c["restartCount"] for c in pod["status"]["containerStatuses"]]
+    ip = now["status"]["podIP"]
+    s = requests.Session()
+    s.trust_env = False
+    r = s.get(f"http://{ip}:8888/user/{user}/api", timeout=10)
+    # who answered: jupyter_server names its version
+    assert r.status_code == 200 and "version" in r.json(), r.text[:500]
