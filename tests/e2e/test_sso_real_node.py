@@ -225,7 +225,7 @@ def test_launch_link_through_keycloak_to_jupyterlab_then_the_identity_limit(sso_
     again.open(LAUNCH)
     sign_in(again, hub.kc, "ada")
     again.step("the per-identity limit page", limit_page, timeout=120)
-    assert f"/user/{user}/" in again.driver.page_source  # the link to the running server
+    assert f"tmplogin?resume={user}" in again.driver.page_source  # the link to the running server
     assert hub.rc.learner_pod(hub.ns, user)["metadata"]["uid"] == pod["metadata"]["uid"]
 
 
