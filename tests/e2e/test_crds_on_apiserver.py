@@ -199,6 +199,12 @@ INVALID = [
         ),
         "allowedGroups or emailDomains",
     ),
+    (
+        # TLS for a gate that does not exist (issue 15)
+        "gateway-tls-without-oidc",
+        _with(GOOD_HUB, "spec.gateway", {"tls": {"secretRef": {"name": "learn-tls"}}}),
+        "spec.gateway.tls needs spec.gateway.oidc",
+    ),
 ]
 
 
