@@ -330,3 +330,70 @@ def test_build_arg_names_are_checked():
         course(buildArgs=[{"name": "1BAD", "value": "x"}])
     with pytest.raises(ValidationError, match="each name once"):
         course(buildArgs=[{"name": "A", "value": "1"}, {"name": "A", "value": "2"}])
+
+
+# -- a refused build pod is reported at once, not at the Job's deadline ----------------------------
+PSA = (
+    'Error creating: pods "build-uai-1-111111111111-abcdef-x7k2p" is forbidden: violates PodSecurity '
+    '"baseline:latest": seccompProfile (pod or container "build" must not set '
+    'securityContext.seccompProfile.type to "Unconfined")'
+)
+
+
+def failed_create(message: str, job: str = "build-uai-1", at: str = "2026-01-01T00:00:05Z") -> dict:
+    return {
+        "reason": "FailedCreate",
+        "type": "Warning",
+        "message": message,
+        "involvedObject": {"kind": "Job", "name": job},
+        "lastTimestamp": at,
+    }
+
+
+def job(**status) -> dict:
+    return {"metadata": {"name": "build-uai-1"}, "status": status}
+
+
+def test_pod_security_refusal_names_the_level_and_the_fix():
+    got = b.pod_refused(job(), [failed_create(PSA)], "learn")
+    assert got is not None
+    reason, message = got
+    assert reason == "BuildPodRefused"
+    assert 'violates PodSecurity "baseline:latest"' in message
+    assert "namespace learn (baseline)" in message
+    assert "pod-security.kubernetes.io/enforce=privileged" in message
+    assert not message.startswith("Error creating")
+
+
+def test_quota_refusal_names_the_quota_and_the_fix():
+    quota = (
+        'Error creating: pods "build-uai-1-x" is forbidden: exceeded quota: builds, requested: '
+        "limits.memory=4Gi, used: limits.memory=0, limited: limits.memory=1Gi"
+    )
+    reason, message = b.pod_refused(job(), [failed_create(quota)], "learn") or ("", "")
+    assert reason == "BuildPodRefused"
+    assert "exceeded quota: builds" in message and "spec.build.resources" in message
+
+
+def test_no_refusal_while_a_pod_exists_or_for_other_jobs_and_the_newest_event_wins():
+    assert b.pod_refused(job(active=1), [failed_create(PSA)], "learn") is None
+    assert b.pod_refused(job(failed=1), [failed_create(PSA)], "learn") is None
+    assert b.pod_refused(job(), [failed_create(PSA, job="build-other")], "learn") is None
+    assert b.pod_refused(job(), [{**failed_create(PSA), "reason": "SuccessfulCreate"}], "learn") is None
+    assert b.pod_refused(job(), [], "learn") is None
+    old = failed_create('Error creating: pods "x" is forbidden: exceeded quota: q', at="2026-01-01T00:00:01Z")
+    _reason, message = b.pod_refused(job(), [old, failed_create(PSA)], "learn") or ("", "")
+    assert "PodSecurity" in message and "quota" not in message
+
+
+def test_a_refused_build_keeps_the_last_good_digest_and_says_why():
+    good = b.BuildRecordData(commit=C1, result="Succeeded", digest="sha256:" + "a" * 64, job="j1", tag="t1")
+    state = b.BuildState(ref="main", good=good, history=(good,))
+    reason, message = b.pod_refused(job(), [failed_create(PSA)], "learn") or ("", "")
+    rec = b.BuildRecordData(commit=C2, result="Failed", job="j2", reason=reason, message=message)
+    after = state.finished(rec)
+    assert after.good == good
+    cond = b.built_condition(after)
+    assert (cond.status, cond.reason) == (False, "BuildPodRefused")
+    assert "pod-security.kubernetes.io/enforce=privileged" in cond.message and good.digest in cond.message
+    assert b.build_status(after)["digest"] == good.digest

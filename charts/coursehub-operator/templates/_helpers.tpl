@@ -123,6 +123,10 @@ Kept off on purpose: `escalate`, nodes, cluster-scoped writes, Secrets list/watc
 - apiGroups: [""]
   resources: ["pods/log"]
   verbs: ["get"]
+# A build Job's FailedCreate Events: its pod refused (Pod Security, quota) is reported at once.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["list"]
 {{- if .Values.build.ecrPush }}
 # One short-lived ECR push Secret per build, owned by its Job (build.ecrPush only).
 - apiGroups: [""]

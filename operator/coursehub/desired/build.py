@@ -448,6 +448,51 @@ def failing_step(log: str) -> str | None:
     return last
 
 
+def pod_refused(job: Mapping, events: Iterable[Mapping], namespace: str) -> tuple[str, str] | None:
+    """(reason, message) when the API server refuses the build Job's pod (Pod Security admission,
+    a ResourceQuota, a bad securityContext...): the Job then has no pod and would only say so at
+    its deadline. Read from the Job's FailedCreate Events while no pod of it exists; None while a
+    pod runs or ran, or nothing was refused yet."""
+    status = job.get("status") or {}
+    if any(status.get(k) for k in ("active", "succeeded", "failed", "ready", "terminating")):
+        return None
+    name = (job.get("metadata") or {}).get("name")
+    refused = [
+        e
+        for e in events
+        if e.get("reason") == "FailedCreate"
+        and (e.get("involvedObject") or {}).get("kind") == "Job"
+        and (e.get("involvedObject") or {}).get("name") == name
+    ]
+    if not refused:
+        return None
+    last = max(refused, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    said = " ".join(str(last.get("message") or "").split())
+    said = said.removeprefix("Error creating: ")[:600]
+    if "violates PodSecurity" in said:
+        level = re.search(r'violates PodSecurity "(\w+)', said)
+        fix = (
+            f"the Pod Security level of namespace {namespace}"
+            + (f" ({level.group(1)})" if level else "")
+            + " refuses it; buildah needs seccomp Unconfined (above baseline): label the namespace "
+            "pod-security.kubernetes.io/enforce=privileged, or move the CourseImage to a namespace "
+            "set aside for builds"
+        )
+    elif "exceeded quota" in said:
+        fix = (
+            f"a ResourceQuota of namespace {namespace} refuses it: raise the quota or lower "
+            "spec.build.resources"
+        )
+    elif "must specify limits" in said or "must specify requests" in said:
+        fix = f"a ResourceQuota of namespace {namespace} needs spec.build.resources to set them"
+    else:
+        fix = f"the API server refused it in namespace {namespace}"
+    return (
+        "BuildPodRefused",
+        f"its pod was refused: {said}; {fix}; then push a commit or set {REBUILD_ANNOTATION}",
+    )
+
+
 # Credentials that may show up in a log whatever the Secrets hold: URL userinfo, Authorization
 # headers, registry auth strings.
 _GENERIC = [

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from ..api.common import now_rfc3339
 from ..desired import build as plan
 from ..desired.build import BuildRecordData, BuildRequest, BuildState
-from ..kube import PODS, SECRETS, Kube, KubeError, NotFound, Resource, owner_reference
+from ..kube import EVENTS, PODS, SECRETS, Kube, KubeError, NotFound, Resource, owner_reference
 from ..registry import aws
 from ..registry.policy import host_matches, is_global_address
 from ..registry.reference import parse_ecr_host
@@ -568,6 +568,7 @@ class BuildController:
         status = job.get("status") or {}
         conds = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
         if "Complete" not in conds and "Failed" not in conds:
+            await self._check_refused(key, name, job, cur)
             return
         self.running.pop(key, None)
         pods = await self.kube.list(PODS, ns, label_selector=f"job-name={name}")
@@ -616,6 +617,27 @@ class BuildController:
             ),
         )
         self._finish(key, rec)
+
+    async def _check_refused(self, key: Key, name: str, job: dict, cur: BuildRecordData) -> None:
+        """A Job whose pod the API server refuses (Pod Security, quota...) fails now, naming the
+        cause, instead of at its deadline. The Job goes (it would keep retrying); the last good
+        digest stays."""
+        if any((job.get("status") or {}).get(k) for k in ("active", "succeeded", "failed")):
+            return  # a pod exists: the usual path reads how it ends
+        events = await self.kube.request(
+            "GET",
+            EVENTS.path(key[0]),
+            params={"fieldSelector": f"involvedObject.kind=Job,involvedObject.name={name}"},
+            kind="Event",
+        )
+        refused = plan.pod_refused(job, events.get("items") or [], key[0])
+        if refused is None:
+            return
+        self.running.pop(key, None)
+        await self.kube.delete(JOBS, name, key[0])
+        reason, message = refused
+        # The status writer posts the Warning Event as Built turns False (BuildPodRefused).
+        self._finish(key, replace(cur, result="Failed", reason=reason, message=message))
 
     async def _secret_values(self, key: Key) -> list[str]:
         """Every value of the course's Secrets, only to mask them in log lines."""
