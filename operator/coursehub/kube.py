@@ -1,7 +1,7 @@
 """A small async Kubernetes REST client: get, list, server-side apply, status patch, delete, events.
 
-Credentials come from the pod's ServiceAccount or a kubeconfig (kubernetes_asyncio runs its
-exec plugin) and are loaded again when the API server answers 401. The requests go through one
+Credentials come from the pod's ServiceAccount or a kubeconfig (read by our own small loader,
+which runs exec plugins) and are loaded again when the API server answers 401. The requests go through one
 aiohttp session so that every request is counted (metrics, benchmarks) and server-side apply is
 first-class: one field manager owns what the operator writes.
 """
@@ -9,12 +9,15 @@ first-class: one field manager owns what the operator writes.
 from __future__ import annotations
 
 import asyncio
+import base64
 import builtins
 import contextlib
 import json
 import logging
 import os
+import shutil
 import ssl
+import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -23,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from kubernetes_asyncio import client as k8s_client
-from kubernetes_asyncio import config as k8s_config
+import yaml
 
 from . import metrics
 from .api.common import now_rfc3339
@@ -147,31 +149,240 @@ def service_account_credentials(
     return Credentials(url, ctx, {"Authorization": f"Bearer {token.read_text().strip()}"})
 
 
-async def kubeconfig_credentials(config_file: str | Path | None = None) -> Credentials:
+class KubeconfigError(Exception):
+    """A kubeconfig we cannot use; the message names the field and what to do."""
+
+
+EXEC_API_VERSIONS = ("client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1")
+# Fields we do not implement: better refused by name than silently ignored (wrong server, no auth).
+UNSUPPORTED_CLUSTER_FIELDS = ("proxy-url", "tls-server-name")
+UNSUPPORTED_USER_FIELDS = ("auth-provider", "username", "password", "as", "as-groups", "as-uid")
+
+
+def _kubeconfig_paths(config_file: str | Path | None, environ: Mapping[str, str]) -> list[Path]:
+    if config_file:
+        return [Path(config_file)]
+    listed = [Path(p) for p in environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+    return listed or [Path(environ.get("HOME", str(Path.home()))) / ".kube" / "config"]
+
+
+def _named(docs: list[tuple[Path, dict]], section: str, name: str, where: str) -> tuple[Path, dict]:
+    """The first entry called `name` in `section` across the files (kubectl's merge: first wins)."""
+    key = section[:-1]  # clusters -> cluster
+    for path, doc in docs:
+        for entry in doc.get(section) or []:
+            if isinstance(entry, dict) and entry.get("name") == name:
+                body = entry.get(key)
+                if not isinstance(body, dict):
+                    raise KubeconfigError(f"kubeconfig {path}: {section}[name={name}].{key} is missing")
+                return path, body
+    raise KubeconfigError(
+        f"kubeconfig {', '.join(str(p) for p, _ in docs)}: {where} names {name!r}, "
+        f"but no entry of {section} has that name"
+    )
+
+
+def _b64(value: str, field: str) -> bytes:
+    try:
+        return base64.b64decode(value, validate=True)
+    except (ValueError, TypeError) as e:
+        raise KubeconfigError(f"{field} is not valid base64: {e}") from e
+
+
+def _relative(base: Path, value: str) -> Path:
+    """kubectl resolves relative file paths against the kubeconfig's own directory."""
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else base.parent / p
+
+
+def _load_client_cert(ctx: ssl.SSLContext, cert: bytes | Path, key: bytes | Path) -> None:
+    """ssl loads a key pair only from files: in-memory data goes to a private (0700) directory
+    that is removed as soon as the pair is loaded."""
+    if isinstance(cert, Path) and isinstance(key, Path):
+        ctx.load_cert_chain(str(cert), str(key))
+        return
+    with tempfile.TemporaryDirectory(prefix="coursehub-cert-") as d:
+        paths = []
+        for name, value in (("tls.crt", cert), ("tls.key", key)):
+            if isinstance(value, Path):
+                paths.append(str(value))
+                continue
+            path = Path(d) / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(value)
+            paths.append(str(path))
+        ctx.load_cert_chain(paths[0], paths[1])
+
+
+async def _run_exec_plugin(
+    spec: dict, where: str, base: Path, cluster: dict, environ: Mapping[str, str]
+) -> dict:
+    """Runs a client.authentication.k8s.io exec plugin (e.g. `aws eks get-token`) and returns
+    the ExecCredential's status."""
+    api_version = spec.get("apiVersion")
+    if api_version not in EXEC_API_VERSIONS:
+        raise KubeconfigError(
+            f"{where}.exec.apiVersion is {api_version!r}: use one of {', '.join(EXEC_API_VERSIONS)}"
+        )
+    command = spec.get("command")
+    if not command or not isinstance(command, str):
+        raise KubeconfigError(f"{where}.exec.command is missing")
+    if spec.get("interactiveMode") == "Always":
+        raise KubeconfigError(
+            f"{where}.exec.interactiveMode is Always, but the operator has no terminal: "
+            "use a plugin that runs without one (IfAvailable or Never)"
+        )
+    if os.sep in command:  # a path, not a name on $PATH: relative to the kubeconfig
+        command = str(_relative(base, command))
+    resolved = shutil.which(command, path=environ.get("PATH"))
+    if resolved is None:
+        hint = spec.get("installHint") or "install it or fix the path"
+        raise KubeconfigError(f"{where}.exec.command {command!r} was not found: {hint}")
+    exec_info: dict[str, Any] = {
+        "apiVersion": api_version,
+        "kind": "ExecCredential",
+        "spec": {"interactive": False},
+    }
+    if spec.get("provideClusterInfo"):
+        exec_info["spec"]["cluster"] = {
+            k: cluster[f]
+            for k, f in (
+                ("server", "server"),
+                ("certificate-authority-data", "certificate-authority-data"),
+                ("insecure-skip-tls-verify", "insecure-skip-tls-verify"),
+            )
+            if f in cluster
+        }
+    env = {**environ, "KUBERNETES_EXEC_INFO": json.dumps(exec_info)}
+    for i, item in enumerate(spec.get("env") or []):
+        if not isinstance(item, dict) or "name" not in item or "value" not in item:
+            raise KubeconfigError(f"{where}.exec.env[{i}] needs a name and a value")
+        env[str(item["name"])] = str(item["value"])
+    args = [str(a) for a in spec.get("args") or []]
+    proc = await asyncio.create_subprocess_exec(
+        resolved,
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        tail = err.decode(errors="replace").strip()[-500:]
+        raise KubeconfigError(f"{where}.exec.command {command!r} exited with {proc.returncode}: {tail}")
+    try:
+        cred = json.loads(out)
+    except ValueError as e:
+        raise KubeconfigError(f"{where}.exec.command {command!r} printed no ExecCredential JSON: {e}") from e
+    status = cred.get("status") if isinstance(cred, dict) else None
+    if not isinstance(status, dict):
+        raise KubeconfigError(f"{where}.exec.command {command!r} printed an ExecCredential without status")
+    return status
+
+
+async def kubeconfig_credentials(
+    config_file: str | Path | None = None, environ: Mapping[str, str] = os.environ
+) -> Credentials:
     """Credentials from a kubeconfig ($KUBECONFIG or ~/.kube/config unless given).
 
     Each call reads the file again and runs its exec plugin again (an EKS token lives ~15 minutes).
+    Our own loader: kubernetes_asyncio's costs ~77 MB of generated modules for a few dozen lines.
     """
-    cfg = k8s_client.Configuration()
-    await k8s_config.load_kube_config(
-        config_file=str(config_file) if config_file else None, client_configuration=cfg
-    )
-    if not cfg.host:
-        raise k8s_config.ConfigException("the kubeconfig's current context names no server")
-    ctx: ssl.SSLContext | bool
-    if cfg.verify_ssl:
-        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
-    else:
-        ctx = ssl.create_default_context()
+    docs: list[tuple[Path, dict]] = []
+    for path in _kubeconfig_paths(config_file, environ):
+        if not path.exists():
+            continue
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise KubeconfigError(f"kubeconfig {path} is not valid YAML: {e}") from e
+        if not isinstance(doc, dict):
+            raise KubeconfigError(f"kubeconfig {path} is not a mapping")
+        docs.append((path, doc))
+    if not docs:
+        names = ", ".join(str(p) for p in _kubeconfig_paths(config_file, environ))
+        raise KubeconfigError(f"no kubeconfig at {names}: set KUBECONFIG or run inside a cluster")
+    current = next((d.get("current-context") for _, d in docs if d.get("current-context")), None)
+    if not current:
+        raise KubeconfigError(f"kubeconfig {docs[0][0]}: current-context is missing")
+    _, context = _named(docs, "contexts", current, "current-context")
+    for field in ("cluster", "user"):
+        if not context.get(field):
+            raise KubeconfigError(
+                f"kubeconfig {docs[0][0]}: contexts[name={current}].context.{field} is missing"
+            )
+    cpath, cluster = _named(docs, "clusters", context["cluster"], f"contexts[name={current}].context.cluster")
+    upath, user = _named(docs, "users", context["user"], f"contexts[name={current}].context.user")
+    cwhere, uwhere = f"clusters[name={context['cluster']}].cluster", f"users[name={context['user']}].user"
+
+    server = cluster.get("server")
+    if not server:
+        raise KubeconfigError(f"kubeconfig {cpath}: {cwhere}.server is missing: give the API server's URL")
+    for field in UNSUPPORTED_CLUSTER_FIELDS:
+        if field in cluster:
+            raise KubeconfigError(f"kubeconfig {cpath}: {cwhere}.{field} is not supported by coursehub")
+    for field in UNSUPPORTED_USER_FIELDS:
+        if field in user:
+            raise KubeconfigError(
+                f"kubeconfig {upath}: {uwhere}.{field} is not supported by coursehub: "
+                "use a token, a client certificate or an exec plugin"
+            )
+
+    ctx = ssl.create_default_context()
+    if cluster.get("insecure-skip-tls-verify"):
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    if cfg.cert_file:
-        ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-    headers = {}
-    auth = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
-    if auth:
-        headers["Authorization"] = auth if auth.lower().startswith("bearer") else f"Bearer {auth}"
-    return Credentials(cfg.host, ctx, headers)
+    elif "certificate-authority-data" in cluster:
+        ca = _b64(cluster["certificate-authority-data"], f"{cwhere}.certificate-authority-data")
+        ctx.load_verify_locations(cadata=ca.decode(errors="replace"))
+    elif "certificate-authority" in cluster:
+        ctx.load_verify_locations(cafile=str(_relative(cpath, cluster["certificate-authority"])))
+
+    headers: dict[str, str] = {}
+    token: str | None = user.get("token")
+    if not token and user.get("tokenFile"):
+        token = _relative(upath, user["tokenFile"]).read_text().strip()
+    cert: bytes | Path | None = None
+    key: bytes | Path | None = None
+    if "client-certificate-data" in user:
+        cert = _b64(user["client-certificate-data"], f"{uwhere}.client-certificate-data")
+    elif "client-certificate" in user:
+        cert = _relative(upath, user["client-certificate"])
+    if "client-key-data" in user:
+        key = _b64(user["client-key-data"], f"{uwhere}.client-key-data")
+    elif "client-key" in user:
+        key = _relative(upath, user["client-key"])
+    if isinstance(user.get("exec"), dict):
+        status = await _run_exec_plugin(
+            user["exec"], f"kubeconfig {upath}: {uwhere}", upath, cluster, environ
+        )
+        if status.get("token"):
+            token = status["token"]
+        elif status.get("clientCertificateData") and status.get("clientKeyData"):
+            cert = status["clientCertificateData"].encode()
+            key = status["clientKeyData"].encode()
+        else:
+            raise KubeconfigError(
+                f"kubeconfig {upath}: {uwhere}.exec printed an ExecCredential whose status has "
+                "neither token nor clientCertificateData with clientKeyData"
+            )
+    if (cert is None) != (key is None):
+        missing = "client-key(-data)" if key is None else "client-certificate(-data)"
+        raise KubeconfigError(
+            f"kubeconfig {upath}: {uwhere}.{missing} is missing (a client certificate needs both)"
+        )
+    if cert is not None and key is not None:
+        _load_client_cert(ctx, cert, key)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    elif cert is None:
+        raise KubeconfigError(
+            f"kubeconfig {upath}: {uwhere} has no credentials: "
+            "give token, tokenFile, client-certificate(-data) with client-key(-data), or exec"
+        )
+    return Credentials(server, ctx, headers)
 
 
 async def environment_credentials(
