@@ -29,6 +29,10 @@ FORBIDDEN_IMPORTS = {"requests", "cryptography", "coursehub_dev", "pytest", "mot
 # operator/coursehub/hub/ is shipped as file content into the hub image (hub.extraFiles /
 # extraConfig) and imports the hub's packages there, not the operator's.
 HUB_SIDE = "coursehub/hub/"
+# kopf imports kubernetes_asyncio's ~950 generated modules (~77 MB RSS, half the operator's
+# memory budget, issue 16) whenever it is installed: the operator must neither import nor
+# depend on it (kube.py loads kubeconfigs itself). The hub side uses it inside the hub image.
+HEAVY_DIST, HEAVY_MODULE = "kubernetes-asyncio", "kubernetes_asyncio"
 
 
 def _uv() -> str:
@@ -119,6 +123,22 @@ def test_wheel_code_imports_only_the_standard_library_and_its_declared_dependenc
     assert not problems, "\n".join(problems)
 
 
+def test_wheel_neither_depends_on_nor_imports_kubernetes_asyncio(wheel):
+    with zipfile.ZipFile(wheel) as z:
+        (meta,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
+        requires = email.message_from_bytes(z.read(meta)).get_all("Requires-Dist") or []
+        sources = {n: z.read(n).decode() for n in z.namelist() if n.endswith(".py")}
+    assert HEAVY_DIST not in _requirement_closure(requires), (
+        f"a runtime dependency pulls in {HEAVY_DIST}; kopf would import it (~77 MB): keep it in the dev group"
+    )
+    importers = [
+        n
+        for n, src in sources.items()
+        if not n.startswith(HUB_SIDE) and HEAVY_MODULE in _top_level_imports(src)
+    ]
+    assert not importers, f"{importers} import {HEAVY_MODULE}: load kubeconfigs with coursehub.kube instead"
+
+
 def test_image_venv_from_uv_sync_no_dev_holds_the_operator_alone(tmp_path):
     """The Dockerfile's python-build stage, on a copy of its build context (.dockerignore)."""
     ctx = tmp_path / "context"
@@ -144,7 +164,7 @@ def test_image_venv_from_uv_sync_no_dev_holds_the_operator_alone(tmp_path):
     (site,) = venv.glob("lib/python3*/site-packages")
     installed = {p.name for p in site.iterdir()}
     assert "coursehub" in installed
-    for dev_only in ("coursehub_dev", "requests", "cryptography", "pytest", "moto"):
+    for dev_only in ("coursehub_dev", "requests", "cryptography", "pytest", "moto", HEAVY_MODULE):
         assert dev_only not in installed, f"{dev_only} is in the image's venv"
     # Every operator module imports with the runtime dependencies alone (the hub module needs
     # the hub image's packages and is tested on them by `make test-hub`).
