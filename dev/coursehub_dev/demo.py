@@ -203,14 +203,19 @@ def real(state: Path | None = None, kubeconfig: Path | None = None, images: Path
     took = time.monotonic() - started
     flag = "" if state == default_state_dir() else f" --state-dir {state}"
     lines = "\n".join(f"  {slug:<32} {url}" for slug, url in links.items())
+    inspect = f"eval $(uv run coursehub-dev env{flag})"
+    stop = f"Stop it and restore the machine: make demo-down (uv run coursehub-dev down{flag})"
+    if kubeconfig:
+        inspect = f"export KUBECONFIG={kubeconfig.resolve()}"
+        stop = f"Take the demo and the operator back out: uv run coursehub-dev down{flag}"
     print(
         f"""
 coursehub demo ready in {took:.0f}s: JupyterHub {version} (z2jh 4.4.0) in namespace {ns}, the operator
 installed by its chart, {len(links)} courses published. Open a launch link in a browser on this machine:
 {lines}
 Each link was checked: JupyterHub {version} answered and accepted the course.
-  eval $(uv run coursehub-dev env{flag})   # then: kubectl get jhd,cimg,pods -n {ns} -o wide
-Stop it and restore the machine: make demo-down (uv run coursehub-dev down{flag})
+  {inspect}   # then: kubectl get jhd,cimg,pods -n {ns} -o wide
+{stop}
 """,
         flush=True,
     )
