@@ -249,6 +249,14 @@ def install_stack(stack_cls: type[S], cluster: ExistingCluster, images: dict[str
 def uninstall_stack(stack: Stack, namespaces: list[str]) -> None:
     """Leave the user's cluster as found: the namespaces made for it deleted while the operator
     still runs (its finalizers on hubs and courses need it), then the operator's release."""
+    for ns in namespaces:
+        # Hubs and courses first: deleting the namespace at once removes the RoleBinding that
+        # lets the operator's helm uninstall the hub's release, and the hub's finalizer then
+        # stays for ever (seen here; the namespace stays Terminating).
+        stack.cluster.kubectl(
+            "delete", "jupyterhubdeployments,courseimages", "--all", "-n", ns, "--wait", "--timeout=300s",
+            check=False,
+        )  # fmt: skip
     if namespaces:
         stack.cluster.kubectl("delete", "namespace", *namespaces, "--wait", "--timeout=300s", check=False)
     stack.helm("uninstall", OPERATOR_RELEASE, "--namespace", OPERATOR_NAMESPACE, "--wait")
