@@ -64,7 +64,7 @@ def test_launch_link_opens_jupyterlab_on_a_real_pod_that_pulled_nothing(real_clu
 
     pod = real_cluster.learner_pod(ns, user)
     assert pod is not None, f"no learner pod for {user}"
-    assert pod["spec"]["nodeName"] == "real-node-0"
+    assert pod["spec"]["nodeName"] in real_cluster.node_ips  # a real node (names differ on kind)
     name = pod["metadata"]["name"]
     installed = real_cluster.cluster.kubectl(
         "exec", "-n", ns, name, "-c", "notebook", "--",
