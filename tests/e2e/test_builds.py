@@ -278,3 +278,39 @@ def test_kubectl_shows_the_build_column(env):
     out = env.kubectl("get", "courseimages", "-n", NS).stdout
     assert "BUILD" in out.splitlines()[0]
     assert "Built" in out and "BuildFailed" in out
+
+
+def test_a_build_pod_refused_by_pod_security_fails_at_once_and_keeps_the_digest(env):
+    """Last: it leaves course1's Build column at BuildPodRefused."""
+    good = build_status(env.course("course1"))["digest"]
+    served = env.course("course1")["status"]["digest"]
+    env.kubectl("label", "namespace", NS, "pod-security.kubernetes.io/enforce=baseline", "--overwrite")
+    try:
+        env.kubectl(
+            "annotate", "courseimage", "course1", "-n", NS, f"coursehub.dev/rebuild={uuid.uuid4().hex}"
+        )
+
+        def refused():
+            o = env.course("course1")
+            last = build_status(o).get("last") or {}
+            return o if last.get("reason") == "BuildPodRefused" else None
+
+        # Well before the Job's deadline (1800 s): the Job's FailedCreate Event is read.
+        obj = wait_until(refused, timeout=120, interval=1, what="the refused build reported")
+    finally:
+        env.kubectl("label", "namespace", NS, "pod-security.kubernetes.io/enforce-")
+    built = cond(obj, "Built")
+    assert (built["status"], built["reason"]) == ("False", "BuildPodRefused")
+    assert 'violates PodSecurity "baseline' in built["message"]
+    assert "pod-security.kubernetes.io/enforce=privileged" in built["message"]
+    assert obj["status"]["digest"] == served and build_status(obj)["digest"] == good
+    assert cond(obj, "Ready")["status"] == "True"
+    job = build_status(obj)["last"]["job"]
+    assert env.kubectl("get", "job", job, "-n", NS, check=False).returncode != 0  # it would keep retrying
+    events = json.loads(env.kubectl("get", "events", "-n", NS, "-o", "json").stdout)["items"]
+    assert any(
+        e["reason"] == "BuildPodRefused"
+        and e["involvedObject"]["name"] == "course1"
+        and e["type"] == "Warning"
+        for e in events
+    )
