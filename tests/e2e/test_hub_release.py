@@ -385,11 +385,6 @@ def test_delete_hub_cleans_up(cluster, namespace, operator_factory, oci_registry
     assert get_yaml(cluster, "secret", "db", "-n", ns)["data"]  # the database secret is never touched
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="first run (11:21 UTC): binding held and honoured, but the namespace was not gone "
-    "within 120 s and the operator logged no deletion failure; not yet diagnosed",
-)
 def test_deleting_the_namespace_uninstalls_the_release_and_the_namespace_goes(
     cluster, namespace, operator_factory
 ):
