@@ -363,7 +363,7 @@ def test_delete_hub_cleans_up(cluster, namespace, operator_factory, oci_registry
         lambda: (
             not get_yaml(
                 cluster,
-                "configmap,daemonset,deployment,rolebinding",
+                "configmap,daemonset,deployment",
                 "-n",
                 ns,
                 "-l",
@@ -383,50 +383,6 @@ def test_delete_hub_cleans_up(cluster, namespace, operator_factory, oci_registry
     )
     assert c["status"] == "False"
     assert get_yaml(cluster, "secret", "db", "-n", ns)["data"]  # the database secret is never touched
-
-
-def test_deleting_the_namespace_uninstalls_the_release_and_the_namespace_goes(
-    cluster, namespace, operator_factory
-):
-    """The namespace controller deletes the tenant RoleBinding as early as the hub: the operator's
-    finalizer on it keeps the rights Helm impersonates until the uninstall is done."""
-    ns = namespace
-    op = operator_factory([ns])
-    apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:p@db/hub"), hub())
-    wait_until(lambda: ready_on_generation(cluster, ns), timeout=120, what="hub Ready")
-    assert helm_history(cluster, ns)
-    helm_sa = f"system:serviceaccount:{ns}:coursehub-helm"
-
-    def can_list_secrets() -> str:
-        res = cluster.kubectl("auth", "can-i", "list", "secrets", "-n", ns, "--as", helm_sa, check=False)
-        return res.stdout.strip()
-
-    # The real API server keeps honouring a binding that is being deleted but held.
-    cluster.kubectl("delete", "rolebinding", "coursehub-helm", "-n", ns, "--wait=false")
-    rb = get_yaml(cluster, "rolebinding", "coursehub-helm", "-n", ns)
-    assert rb["metadata"].get("deletionTimestamp") and can_list_secrets() == "yes"
-
-    cluster.kubectl("delete", "namespace", ns, "--wait=false")
-    releases_seen: list[list[str]] = []
-
-    def namespace_gone() -> bool:
-        res = cluster.kubectl("get", "namespace", ns, "--ignore-not-found", "-o", "name", check=False)
-        if not res.stdout.strip():
-            return True
-        items = get_yaml(cluster, "secret", "-n", ns, "-l", "owner=helm,name=learn")["items"]
-        releases_seen.append([i["metadata"]["name"] for i in items])
-        return False
-
-    wait_until(namespace_gone, timeout=120, what="namespace deleted")
-    # Helm's release Secrets were gone while the namespace still existed (uninstalled, or
-    # deleted by the namespace controller first: then there was nothing left to uninstall).
-    assert releases_seen and releases_seen[-1] == []
-    refused = [
-        line
-        for line in op.log().splitlines()
-        if "finishing the deletion" in line and ("forbidden" in line.lower() or "refused" in line.lower())
-    ]
-    assert refused == []
 
 
 def gated_hub() -> dict:

@@ -296,13 +296,6 @@ def test_first_round_starts_helm_as_the_tenant_and_reports_progress():
     }
 
 
-def test_the_tenant_rolebinding_is_held_until_the_release_is_uninstalled():
-    # A namespace deletion removes the binding before the hub; without this finalizer the
-    # impersonated `helm uninstall` is refused and the namespace stays Terminating.
-    rb = next(m for m in step(plan_round(observe(hub())), "tenancy").apply if m["kind"] == "RoleBinding")
-    assert rb["metadata"]["finalizers"] == ["coursehub.dev/release-rights"]
-
-
 def test_helm_running_is_not_started_twice():
     plan = plan_round(observe(hub(), release_running=True))
     assert plan.run_release is None

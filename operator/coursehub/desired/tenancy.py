@@ -24,12 +24,6 @@ from .courses import HubRecord
 DEFAULT_SERVICE_ACCOUNT = "coursehub-helm"
 DEFAULT_CLUSTER_ROLE = "coursehub-tenant"
 
-# Held by the operator on the tenant RoleBinding until the hub's release is uninstalled: when
-# a whole namespace is deleted, the namespace controller would otherwise delete the binding
-# before the operator's impersonated `helm uninstall` runs, which is then refused for ever
-# and the hub's own finalizer never clears. RBAC still honours a binding being deleted.
-RIGHTS_FINALIZER = "coursehub.dev/release-rights"
-
 _CRUD = ["get", "list", "watch", "create", "update", "patch", "delete"]
 
 # What Helm needs to install z2jh in one namespace. z2jh's hub Role grants the hub pods,
@@ -105,12 +99,7 @@ def tenant_objects(
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": {
-                "name": service_account,
-                "namespace": hub.namespace,
-                "labels": dict(labels),
-                "finalizers": [RIGHTS_FINALIZER],
-            },
+            "metadata": {"name": service_account, "namespace": hub.namespace, "labels": dict(labels)},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role},
             "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": hub.namespace}],
         },

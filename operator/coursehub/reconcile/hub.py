@@ -35,14 +35,12 @@ from ..desired.hub_round import (
     secret_versions,
     skipped_steps,
 )
-from ..desired.tenancy import RIGHTS_FINALIZER
 from ..helm import ReleaseFailed
 from ..kube import (
     BY_KIND,
     CONFIG_MAPS,
     DAEMON_SETS,
     HUBS,
-    ROLE_BINDINGS,
     SECRETS,
     TRANSIENT_API_ERRORS,
     Kube,
@@ -404,8 +402,6 @@ class HubReconciler:
             await self._apply(raw, manifest, live=known)
             mem.owned.add(ident)
         for kind, name in step.delete:
-            if kind == "RoleBinding":  # a tenant binding no longer wanted: let it go
-                await release_rights(self.kube, hub.namespace, name)
             await self.kube.delete(BY_KIND[kind], name, hub.namespace)
             mem.owned.discard((kind, name))
             mem.applied.pop((kind, name), None)
@@ -467,26 +463,6 @@ async def finish_deletion(
         return
     if owns_release:
         await helm.uninstall_release(key[1], key[0], as_user=as_user)
-    # Only now may the tenant's rights go (a refused uninstall raised above and is retried).
-    selector = f"app.kubernetes.io/managed-by=coursehub,coursehub.dev/hub={key[1]}"
-    for rb in await kube.list(ROLE_BINDINGS, key[0], label_selector=selector):
-        await release_rights(kube, key[0], rb["metadata"]["name"], rb)
     # Owned objects (allowlist, pullers, gateway, RBAC) go with the garbage collector.
     index.set_publications(f"{key[0]}/{key[1]}", {})
     await remove_finalizer(kube, HUBS, raw, FINALIZER)
-
-
-async def release_rights(kube: Kube, namespace: str, name: str, raw: dict | None = None) -> None:
-    """Drop tenancy.RIGHTS_FINALIZER from one RoleBinding; raise while it still holds it.
-
-    remove_finalizer leaves a conflict to the next watch event, but RoleBindings are not
-    watched: raising makes the caller's retry (spawn_deletion, the next round) do it again.
-    """
-    if raw is None:
-        raw = await kube.get_or_none(ROLE_BINDINGS, name, namespace)
-    if raw is None or RIGHTS_FINALIZER not in (raw["metadata"].get("finalizers") or []):
-        return
-    await remove_finalizer(kube, ROLE_BINDINGS, raw, RIGHTS_FINALIZER)
-    again = await kube.get_or_none(ROLE_BINDINGS, name, namespace)
-    if again is not None and RIGHTS_FINALIZER in (again["metadata"].get("finalizers") or []):
-        raise KubeError(409, f"RoleBinding {namespace}/{name} changed while its finalizer was removed")
