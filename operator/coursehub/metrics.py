@@ -35,7 +35,9 @@ ECR_POLICY_PUTS = Counter(
     "coursehub_ecr_lifecycle_puts_total", "put_lifecycle_policy calls by result.", ["result"]
 )
 LEADER = Gauge(
-    "coursehub_leader", "1 while this replica holds its shard's leader Lease (runs the reconcilers).", ["shard"]
+    "coursehub_leader",
+    "1 while this replica holds its shard's leader Lease (runs the reconcilers).",
+    ["shard"],
 )
 
 
