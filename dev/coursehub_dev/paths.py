@@ -12,13 +12,12 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO_ROOT / "crds"  # `coursehub crds --write crds` writes them here
-# The z2jh chart as published (../shared/z2jh-4.4.0/README.md), beside the checkout: the hub
-# chart every test, benchmark and demo installs (spec.chart.path takes the .tgz as it is).
-# COURSEHUB_Z2JH_CHART names another copy of the same file.
-Z2JH_CHART = Path(
-    os.environ.get("COURSEHUB_Z2JH_CHART")
-    or REPO_ROOT.parent / "shared" / "z2jh-4.4.0" / "jupyterhub-4.4.0.tgz"
-).resolve()
+# The z2jh chart as published, kept in the checkout byte for byte (charts/z2jh-4.4.0/README.md;
+# a unit test compares it with ../shared/z2jh-4.4.0 where that exists), so a clone anywhere has
+# it: the hub chart every test, benchmark and demo installs (spec.chart.path takes the .tgz as
+# it is). COURSEHUB_Z2JH_CHART names another copy of the same file.
+Z2JH_DIR = REPO_ROOT / "charts" / "z2jh-4.4.0"
+Z2JH_CHART = Path(os.environ.get("COURSEHUB_Z2JH_CHART") or Z2JH_DIR / "jupyterhub-4.4.0.tgz").resolve()
 DEMO_DIR = REPO_ROOT / "examples" / "demo"
 
 

@@ -20,6 +20,7 @@ import yaml
 from coursehub.desired import puller
 from coursehub_dev import images
 from coursehub_dev.build import HELM_VERSION
+from coursehub_dev.paths import Z2JH_DIR
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -238,7 +239,7 @@ def test_image_tag_covers_exactly_the_build_context():
 
 # -- the images under images/ and the example courses (built on the dev machine by images.py) ----
 
-Z2JH_TGZ = Path("/work/shared/z2jh-4.4.0/jupyterhub-4.4.0.tgz")
+Z2JH_TGZ = Z2JH_DIR / "jupyterhub-4.4.0.tgz"
 Z2JH_README = Z2JH_TGZ.parent / "README.md"
 IMAGE_DOCKERFILES = sorted(REPO.glob("images/*/Dockerfile")) + sorted(
     REPO.glob("examples/courses-src/*/Dockerfile")

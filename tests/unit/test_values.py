@@ -33,6 +33,8 @@ from coursehub_dev.paths import Z2JH_CHART
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "z2jh-4.4.0"
+# jupyterhub-4.4.0.tgz as published
+Z2JH_SHA256 = "947632ef7d445a24aa740ec5dd978e96f1e701787bb9917f1e25389b7acf550c"
 
 # The example hub of DESIGN.md, as a platform team would apply it.
 DESIGN_HUB = """
@@ -452,6 +454,19 @@ def test_package_carries_the_published_charts_schema_and_defaults():
     if SHARED.exists():  # next to the repository in development and CI
         assert json.loads((SHARED / "values.schema.json").read_text()) == pkg_schema
         assert json.loads((SHARED / "values.defaults.json").read_text()) == z2jh_defaults()
+
+
+def test_the_checkouts_z2jh_chart_is_the_published_file():
+    """charts/z2jh-4.4.0 is the published chart byte for byte (so a clone anywhere has it)."""
+    import hashlib
+
+    from coursehub_dev.paths import Z2JH_DIR
+
+    kept = (Z2JH_DIR / "jupyterhub-4.4.0.tgz").read_bytes()
+    assert hashlib.sha256(kept).hexdigest() == Z2JH_SHA256
+    if SHARED.exists():
+        for name in ("jupyterhub-4.4.0.tgz", "LICENSE"):
+            assert (Z2JH_DIR / name).read_bytes() == (SHARED / name).read_bytes(), name
 
 
 def test_defaults_alone_validate():
