@@ -410,7 +410,7 @@ def test_failed_helm_upgrade_keeps_previous_release(cluster, hub_env, unique_rep
     # The chart renders, but the API server refuses the hub Deployment it produces.
     bad_values = {
         "proxy": {"service": {"type": "ClusterIP"}},
-        "custom": {"coursehubTest": {"invalidHubReplicas": True}},
+        "hub": {"resources": {"requests": {"cpu": "-1"}}},  # passes the schema, refused by the API server
     }
     cluster.kubectl(
         "patch", "jhd", "learn", "-n", ns, "--type=merge", "-p", json.dumps({"spec": {"values": bad_values}})
@@ -427,7 +427,7 @@ def test_failed_helm_upgrade_keeps_previous_release(cluster, hub_env, unique_rep
         what="the failed upgrade is reported",
     )
     assert "previous release stays in place" in c["message"]
-    assert "replicas" in c["message"], c["message"]
+    assert "cpu" in c["message"], c["message"]
     assert hub_cond(cluster, ns, "Ready")["status"] == "False"
     events = cluster.kubectl(
         "get",
