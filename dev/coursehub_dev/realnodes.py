@@ -44,6 +44,7 @@ from .waiting import free_port, wait_until
 if TYPE_CHECKING:
     from .cluster import DevCluster
 
+LOCK_HOLDER_PREFIX = "the dev cluster in "
 LOCK_PATH = Path(os.environ.get("COURSEHUB_REAL_NODES_LOCK", "/tmp/coursehub-real-nodes.lock"))
 NODE_NET = ipaddress.ip_network("10.210.0.0/24")  # node IPs, one /32 per node bridge
 CLUSTER_CIDR = ipaddress.ip_network("10.244.0.0/16")  # pod CIDRs: 10.244.<i>.0/24
@@ -134,6 +135,7 @@ class RealNodes:
         self.images = ImageBuilder(log=log)
         self.image_refs: dict[str, str] = {}
         self.timings: dict[str, float] = {}
+        self._previous_holder = ""  # what the lock file said before this cluster took it
 
     # -- PKI -----------------------------------------------------------------
     @staticmethod
@@ -179,6 +181,7 @@ class RealNodes:
         a busy machine fails before the control plane starts)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
+        self._remove_leftovers()
         machine.Baseline.take().save(self.dir / "baseline.json")
         (self.dir / "nodes.json").write_text(json.dumps([n.__dict__ for n in self.nodes]))
         # Before the API server starts: it binds this address.
@@ -254,8 +257,10 @@ class RealNodes:
                 "only one real-node cluster fits one machine: stop it with `coursehub-dev down` "
                 "(in its state dir) first"
             ) from None
+        self._previous_holder = os.read(fd, 4096).decode(errors="replace").strip()
         os.ftruncate(fd, 0)
-        os.write(fd, f"the dev cluster in {self.cluster.state_dir}\n".encode())
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{LOCK_HOLDER_PREFIX}{self.cluster.state_dir}\n".encode())
         # A process of its own keeps the lock for as long as the nodes run (`up` exits).
         lock_holder = subprocess.Popen(
             ["sleep", "infinity"],
@@ -268,6 +273,23 @@ class RealNodes:
         )
         os.close(fd)
         self._record_pid(lock_holder.pid)
+
+    def _remove_leftovers(self) -> None:
+        """A cluster whose process died without `down` (a killed test run) leaves its nodes'
+        bridges and its machine changes behind, and the next `up` would fail on them. With the
+        lock held no other real-node cluster runs: bring the previous holder down if its state
+        is still on disk, then delete any bridge of ours that is left."""
+        from .cluster import DevCluster
+
+        previous = self._previous_holder.removeprefix(LOCK_HOLDER_PREFIX)
+        if previous and Path(previous) != self.cluster.state_dir and (Path(previous) / "pids").exists():
+            self.log(f"[realnodes] the previous real-node cluster ({previous}) is still up: down now")
+            DevCluster(state_dir=Path(previous), log=self.log).down()
+        ours = [b for node in plan(MAX_NODES) for b in (node.node_bridge, node.pod_bridge)] + [HOST_BRIDGE]
+        for br in ours:
+            if Path(f"/sys/class/net/{br}").exists():
+                self.log(f"[realnodes] removing the left-over bridge {br}")
+                _ip("link", "delete", br)
 
     @staticmethod
     def images_of(state_dir: Path) -> dict[str, str]:

@@ -448,6 +448,7 @@ class Kube:
         body: Any = None,
         params: dict | None = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
         kind: str = "",
     ) -> dict:
         if self._session is None:
@@ -457,7 +458,7 @@ class Kube:
         counter = self.reads if method == "GET" else self.writes
         for retry in (False, True):
             generation = self._generation
-            headers = {**self._headers, "Accept": "application/json"}
+            headers = {**self._headers, "Accept": accept}
             if data is not None:
                 headers["Content-Type"] = content_type
             counter[f"{method} {kind}"] += 1
@@ -510,6 +511,17 @@ class Kube:
     ) -> builtins.list[dict]:
         params = {"labelSelector": label_selector} if label_selector else None
         return (await self.request("GET", res.path(namespace), params=params, kind=res.kind)).get("items", [])
+
+    async def list_names(self, res: Resource, namespace: str | None = None) -> builtins.list[tuple[str, str]]:
+        """(namespace, name) of every object: metadata only (PartialObjectMetadataList), a small
+        answer even for 10,000 courses."""
+        payload = await self.request(
+            "GET",
+            res.path(namespace),
+            accept="application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json",
+            kind=res.kind,
+        )
+        return [(i["metadata"].get("namespace", ""), i["metadata"]["name"]) for i in payload.get("items", [])]
 
     async def apply(self, obj: dict, *, subresource: str | None = None, force: bool = True) -> dict:
         """Server-side apply under the operator's one field manager."""

@@ -42,7 +42,7 @@ def configure_logging(json_logs: bool) -> None:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
-def build_registry(watch_namespaces: bool) -> kopf.OperatorRegistry:
+def build_registry(watch_namespaces: bool, namespaces: tuple[str, ...] = ()) -> kopf.OperatorRegistry:
     """kopf's registry with our handlers; they share one Runtime through kopf's `memo`."""
     from .handlers import Runtime, register
     from .kube import Kube
@@ -68,7 +68,7 @@ def build_registry(watch_namespaces: bool) -> kopf.OperatorRegistry:
         # in the fault tests): re-open any watch that has been quiet for 15 s. An idle watch
         # costs one cheap re-open per resource then, never a write.
         settings.watching.inactivity_timeout = 15
-        memo.runtime = Runtime(await Kube.from_environment(), current_settings())
+        memo.runtime = Runtime(await Kube.from_environment(), current_settings(), namespaces)
         memo.runtime.start()
 
     @kopf.on.login(registry=registry)
@@ -118,7 +118,8 @@ def _run_kopf(
 ) -> bool:
     """Run kopf until a signal stops it, or (with an elector) until the served namespaces
     change; True in the latter case."""
-    registry = build_registry(watch_namespaces=clusterwide)
+    served = () if clusterwide else tuple(namespaces)
+    registry = build_registry(watch_namespaces=clusterwide, namespaces=served)
 
     async def main() -> bool:
         # An asyncio flag: kopf waits for a threading.Event in an executor thread, which would

@@ -54,6 +54,33 @@ class Index:
     held_for: dict[Key, set[Key]] = field(default_factory=dict)
     # hub key -> monotonic time of its latest wake-up (a wake during a round keeps it due)
     hubs_woken: dict[Key, float] = field(default_factory=dict)
+    # The start-up barrier. kopf delivers the watch's initial list one object at a time, and a
+    # hub's event may come before its courses': a first round then would write an allowlist
+    # missing courses published before the restart. Hub rounds wait for `listed`, set once every
+    # object the API server listed at start has been through its watch handler.
+    listed: asyncio.Event = field(default_factory=asyncio.Event)
+    seen_at_start: set[tuple[str, str, str]] | None = field(default_factory=set)
+    unseen_at_start: set[tuple[str, str, str]] | None = None
+
+    def saw(self, kind: str, key: Key) -> None:
+        """A watch event for (kind, key) went through its handler."""
+        if self.seen_at_start is not None:
+            self.seen_at_start.add((kind, *key))
+        elif self.unseen_at_start is not None:
+            self.unseen_at_start.discard((kind, *key))
+            if not self.unseen_at_start:
+                self.mark_listed()
+
+    def expect_at_start(self, listed: set[tuple[str, str, str]]) -> None:
+        """What the API server listed at start; `listed` is set once each has been seen."""
+        self.unseen_at_start = listed - (self.seen_at_start or set())
+        self.seen_at_start = None
+        if not self.unseen_at_start:
+            self.mark_listed()
+
+    def mark_listed(self) -> None:
+        self.seen_at_start = self.unseen_at_start = None
+        self.listed.set()
 
     def hub_starting_for(self, course_key: Key) -> float:
         """Seconds until the last hub that may publish this course and has not had its first

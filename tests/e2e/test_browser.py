@@ -134,9 +134,11 @@ def gate():
 
 @pytest.fixture(scope="module")
 def hub(jupyterhub_factory, cluster, browser_namespace, gate):
-    return jupyterhub_factory(
+    hub = jupyterhub_factory(
         z2jh_values(), namespace=browser_namespace, kubeconfig=cluster.kubeconfig, server_port=gate.port
     )
+    yield hub
+    hub.stop()  # the host hub binds :8081 as in its pod: the next module starts its own
 
 
 @pytest.fixture

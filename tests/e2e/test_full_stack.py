@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_launch_link_gets_the_digest_the_operator_published(
-    cluster, namespace, operator_factory, oci_registry, unique_repo, jupyterhub_factory
+    cluster, namespace, operator_factory, oci_registry, unique_repo, jupyterhub_factory, request
 ):
     ns = namespace
     digest = oci_registry.push_image(unique_repo, "uai_source-uai.0a", "full-stack")
@@ -67,6 +67,7 @@ def test_launch_link_gets_the_digest_the_operator_published(
         ).stdout
     )
     running = jupyterhub_factory(values, namespace=ns, kubeconfig=cluster.kubeconfig)
+    request.addfinalizer(running.stop)  # :8081 is free for the next module's hub
 
     user, pod = launched_pod(
         running, cluster, course="UAI_SOURCE-UAI.0A", tag="latest", image="evil.example/x:1"

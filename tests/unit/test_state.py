@@ -51,3 +51,38 @@ def test_a_hold_never_outlasts_its_bound():
     idx.wake_hub(HUB)
     idx.hubs_due[HUB] -= 10  # due for 10 s: that round is not coming soon
     assert idx.hold_for_due_hub(C1, [HUB], max_wait=5) == 0
+
+
+# -- the start-up barrier: hub rounds wait until the watches replayed the start-up list ------
+
+
+def test_listed_waits_for_every_object_listed_at_start():
+    idx = Index()
+    idx.saw("CourseImage", ("ns", "early"))  # a watch event before the list answered
+    idx.expect_at_start(
+        {("CourseImage", "ns", "early"), ("CourseImage", "ns", "late"), ("JupyterHubDeployment", "ns", "h")}
+    )
+    assert not idx.listed.is_set()
+    idx.saw("JupyterHubDeployment", ("ns", "h"))
+    assert not idx.listed.is_set(), "a course listed at start has not come through its watch yet"
+    idx.saw("CourseImage", ("ns", "late"))
+    assert idx.listed.is_set()
+    assert idx.seen_at_start is None and idx.unseen_at_start is None  # nothing kept afterwards
+
+
+def test_listed_at_once_when_the_watches_were_first():
+    idx = Index()
+    idx.saw("CourseImage", ("ns", "a"))
+    idx.expect_at_start({("CourseImage", "ns", "a")})
+    assert idx.listed.is_set()
+    idx.expect_at_start(set())  # an empty cluster
+    assert idx.listed.is_set()
+
+
+def test_a_kind_does_not_stand_in_for_another():
+    idx = Index()
+    idx.expect_at_start({("CourseImage", "ns", "x")})
+    idx.saw("JupyterHubDeployment", ("ns", "x"))
+    assert not idx.listed.is_set()
+    idx.mark_listed()  # the timeout's way out
+    assert idx.listed.is_set()

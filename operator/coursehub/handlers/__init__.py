@@ -18,7 +18,7 @@ from ..api.courseimage import CourseImageSpec
 from ..api.jupyterhubdeployment import JupyterHubDeploymentSpec
 from ..desired.courses import CourseRecord, HubRecord, namespace_owner
 from ..desired.tenancy import helm_user
-from ..kube import TRANSIENT_API_ERRORS, Kube
+from ..kube import COURSE_IMAGES, HUBS, NAMESPACES, TRANSIENT_API_ERRORS, Kube
 from ..reconcile import course_status
 from ..reconcile import hub as hub_io
 from ..reconcile.build import BuildController
@@ -32,14 +32,18 @@ from ..state import Index
 
 log = logging.getLogger(__name__)
 GROUP, VERSION = "coursehub.dev", "v1alpha1"
+# How long hub rounds wait at most for the watch to deliver what the API server listed at start
+# (an object deleted between that list and the watch's own never arrives).
+START_SYNC_TIMEOUT = 60.0
 
 
 class Runtime:
     """Everything the handlers share, created at operator start-up."""
 
-    def __init__(self, kube: Kube, settings: Settings):
+    def __init__(self, kube: Kube, settings: Settings, namespaces: tuple[str, ...] = ()):
         self.kube = kube
         self.settings = settings
+        self.namespaces = namespaces  # () = every namespace
         self.index = Index()
         self.resolver = Resolver(kube, self.index, settings)
         # A status waits at most for a hub's debounce and a little more for its round.
@@ -58,12 +62,47 @@ class Runtime:
         self.tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
+        self.tasks.append(asyncio.create_task(self._list_at_start(), name="start-up list"))
         self.tasks.append(asyncio.create_task(self.status_writer.run(), name="course-status"))
         self.tasks.append(asyncio.create_task(self.resolver.run(), name="resolver"))
         self.tasks.append(asyncio.create_task(self.retention.run(), name="ecr-retention"))
         self.tasks.append(asyncio.create_task(self.builds.run(), name="builds"))
         if self.settings.webhook_port:
             self.tasks.append(asyncio.create_task(self._serve_webhooks(), name="webhooks"))
+
+    async def _list_at_start(self) -> None:
+        """List both kinds once (metadata only) and tell the index what the watches will replay;
+        hub rounds start once it has all been seen (state.Index.listed)."""
+        idx, attempt = self.index, 0
+        deadline = asyncio.get_running_loop().time() + START_SYNC_TIMEOUT
+        while True:
+            try:
+                listed: set[tuple[str, str, str]] = set()
+                for res in (COURSE_IMAGES, HUBS):
+                    for ns in self.namespaces or (None,):
+                        listed.update((res.kind, *key) for key in await self.kube.list_names(res, ns))
+                if not self.namespaces:  # every namespace: their labels select courses too
+                    listed.update(("Namespace", *key) for key in await self.kube.list_names(NAMESPACES))
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                attempt += 1
+                log.warning("listing at start failed (%s: %s), retrying", type(e).__name__, e)
+                await backoff.sleep(attempt)
+        idx.expect_at_start(listed)
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            await asyncio.wait_for(idx.listed.wait(), timeout=max(remaining, 1.0))
+        except TimeoutError:
+            missing = sorted(idx.unseen_at_start or ())
+            log.warning(
+                "%d objects listed at start never came through the watch (deleted since?), e.g. %s: "
+                "hub rounds start anyway",
+                len(missing),
+                missing[:3],
+            )
+            idx.mark_listed()
 
     async def _serve_webhooks(self) -> None:
         path = self.settings.webhook_secret_file
@@ -191,6 +230,14 @@ def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None
         ns, name, m = _meta(body)
         key = (ns, name)
         idx = r.index
+        try:
+            await _course_event(r, type, body, ns, name, m)
+        finally:
+            idx.saw("CourseImage", key)
+
+    async def _course_event(r: Runtime, type: str, body: kopf.Body, ns: str, name: str, m: dict) -> None:
+        key = (ns, name)
+        idx = r.index
         if type == "DELETED":
             idx.courses.pop(key, None)
             idx.raw_courses.pop(key, None)
@@ -224,6 +271,12 @@ def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None
     async def hub_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
         r: Runtime = memo.runtime
         ns, name, m = _meta(body)
+        try:
+            await _hub_event(r, type, body, ns, name, m)
+        finally:
+            r.index.saw("JupyterHubDeployment", (ns, name))
+
+    async def _hub_event(r: Runtime, type: str, body: kopf.Body, ns: str, name: str, m: dict) -> None:
         key = (ns, name)
         idx = r.index
         if type == "DELETED":
@@ -266,6 +319,7 @@ def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None
         async def namespace_event(type, body, memo, **_):
             idx = memo.runtime.index
             name = body["metadata"]["name"]
+            idx.saw("Namespace", ("", name))
             labels = dict(body["metadata"].get("labels") or {})
             if type == "DELETED":
                 idx.namespace_labels.pop(name, None)

@@ -123,6 +123,9 @@ class HubReconciler:
 
     async def _loop(self) -> None:
         wake = self.index.hub_wakeups.setdefault(self.key, asyncio.Event())
+        # The first round waits until the watches replayed everything listed at start: a round
+        # over a half-filled index would unpublish the courses not seen yet (state.Index.listed).
+        await self.index.listed.wait()
         wake.set()  # first round right away
         attempt = 0
         busy = False  # changes arrived while the last round ran
