@@ -8,7 +8,8 @@
 # docs/real-nodes.md); elsewhere the defaults, public images, serve.
 #
 # Four stages; only the last one ships, and it holds no compiler, no Go toolchain, no uv
-# and no build cache: the Python runtime, the locked virtualenv, helm and the puller's no-op.
+# and no build cache: the Python runtime, the locked virtualenv, helm, the puller's no-op and
+# git with ssh (course builds poll repositories).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG GO_IMAGE=golang:1.25-bookworm
@@ -84,6 +85,11 @@ FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="coursehub-operator" \
       org.opencontainers.image.description="Kubernetes operator that runs JupyterHub for courses" \
       org.opencontainers.image.licenses="BSD-3-Clause"
+# Course builds (docs/builds.md): the operator polls each course repository with
+# `git ls-remote` (https, or ssh with a key Secret). Runtime tools only, no recommends.
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends git openssh-client >/dev/null \
+ && rm -rf /var/lib/apt/lists/*
 # A numeric, non-root user (65532, distroless' "nonroot"), so runAsNonRoot can verify it.
 RUN groupadd --system --gid 65532 coursehub \
  && useradd --system --uid 65532 --gid 65532 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin coursehub

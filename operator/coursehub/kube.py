@@ -521,7 +521,8 @@ class Kube:
             accept="application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json",
             kind=res.kind,
         )
-        return [(i["metadata"].get("namespace", ""), i["metadata"]["name"]) for i in payload.get("items", [])]
+        items = payload.get("items") or []  # null, not [], in an empty PartialObjectMetadataList
+        return [(i["metadata"].get("namespace", ""), i["metadata"]["name"]) for i in items]
 
     async def apply(self, obj: dict, *, subresource: str | None = None, force: bool = True) -> dict:
         """Server-side apply under the operator's one field manager."""

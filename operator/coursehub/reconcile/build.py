@@ -308,16 +308,27 @@ class BuildController:
                         f"spec.build.git.secretRef: Secret {g.secret} has neither key 'token' nor "
                         f"'ssh-privatekey'",
                     )
-            proc = await asyncio.create_subprocess_exec(
-                "git",
-                "ls-remote",
-                "--",
-                g.url,
-                g.ref,
-                env=env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    "git",
+                    "ls-remote",
+                    "--",
+                    g.url,
+                    g.ref,
+                    env=env,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+            except FileNotFoundError:
+                # The operator's own image lacks git: no course of any repository can be polled,
+                # which is the operator's to fix, not the course author's (once an OSError that
+                # blamed spec.build.git.secretRef).
+                raise GitProblem(
+                    "GitNotFound",
+                    f"the operator has no git executable on its PATH ({env['PATH']}) to poll "
+                    f"{g.url}: run an operator image with git and openssh-client (the project's "
+                    f"Dockerfile installs them)",
+                ) from None
             try:
                 out, err = await asyncio.wait_for(proc.communicate(), GIT_TIMEOUT)
             except TimeoutError:
