@@ -176,3 +176,19 @@ async def test_a_rebuild_asked_before_the_first_poll_builds_the_known_commit_aga
     (gkey,) = bc.groups
     await bc._poll(gkey)
     assert bc.queued[k].commit == head and bc.queued[k].why.startswith("rebuild")
+
+
+async def test_an_operator_without_git_says_so_and_blames_no_course_field(
+    git_server, repo, tmp_path, monkeypatch
+):
+    idx = Index()
+    bc = controller(idx, git_private_hosts=(git_server.host,))
+    k = add_course(idx, "n", git_server.url(repo))
+    bc.sync(k)
+    (gkey,) = bc.groups
+    monkeypatch.setenv("PATH", str(tmp_path))  # an operator image without git (the chart's was)
+    await bc._poll(gkey)
+    problem = idx.builds[k].problem
+    assert problem is not None and problem[0] == "GitNotFound"
+    assert "git and openssh-client" in problem[1] and "spec.build" not in problem[1]
+    assert not bc.queued

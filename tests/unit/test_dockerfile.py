@@ -84,7 +84,10 @@ def test_multi_stage_with_a_python_slim_runtime_last(dockerfile):
 
 def test_final_stage_has_no_build_tools(dockerfile):
     runtime = stages(dockerfile)["runtime"]
-    runs = " ".join(a for w, a in runtime if w == "RUN")
+    # The one package install is the runtime tools course builds poll with (test below).
+    runs = " ".join(a for w, a in runtime if w == "RUN").replace(
+        "apt-get install -y -qq --no-install-recommends git openssh-client", ""
+    )
     for tool in (
         "apt-get install",
         "apk add",
@@ -100,6 +103,16 @@ def test_final_stage_has_no_build_tools(dockerfile):
     # Only the venv, the helm binary and the puller's no-op come across; no source tree, no uv, no Go.
     assert all(a.startswith("--from=") for a in copies), copies
     assert {a.split()[0] for a in copies} == {"--from=python-build", "--from=helm", "--from=noop"}
+
+
+def test_runtime_has_git_and_ssh_for_polling_course_repositories(dockerfile):
+    # The operator runs `git ls-remote` for every CourseImage with spec.build (https, or ssh
+    # with a key Secret); without git in the image no in-cluster operator ever builds.
+    runs = [a for w, a in stages(dockerfile)["runtime"] if w == "RUN"]
+    install = next((a for a in runs if "apt-get install" in a), "")
+    assert "--no-install-recommends git openssh-client" in install
+    assert "rm -rf /var/lib/apt/lists/*" in install
+    assert runs.index(install) < next(i for i, a in enumerate(runs) if "useradd" in a)
 
 
 def test_noop_stage_builds_a_static_program_and_ships_it_where_pullers_look(dockerfile):
