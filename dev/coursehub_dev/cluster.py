@@ -402,12 +402,7 @@ class DevCluster:
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess:
-        res = subprocess.run(
-            [self.binaries["kubectl"], *args], input=input, capture_output=True, text=True, env=self.env()
-        )
-        if check and res.returncode != 0:
-            raise KubectlError(res.returncode, res.args, res.stdout, res.stderr)
-        return res
+        return run_kubectl(self.binaries["kubectl"], args, env=self.env(), input=input, check=check)
 
     def _write_kubeconfig(self) -> None:
         k = self.pki_dir
@@ -456,6 +451,17 @@ class DevCluster:
 class KubectlError(subprocess.CalledProcessError):
     def __str__(self) -> str:
         return f"kubectl {' '.join(self.cmd[1:])} failed ({self.returncode}): {self.stderr.strip()}"
+
+
+def run_kubectl(
+    kubectl: str, args: tuple[str, ...], *, env: dict[str, str], input: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """kubectl with ``args`` (``input`` on stdin); ``check``: a failure raises KubectlError with its
+    stderr. The one runner behind DevCluster.kubectl and ExistingCluster.kubectl."""
+    res = subprocess.run([kubectl, *args], input=input, capture_output=True, text=True, env=env)
+    if check and res.returncode != 0:
+        raise KubectlError(res.returncode, res.args, res.stdout, res.stderr)
+    return res
 
 
 def _alive(pid: int) -> bool:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, TypeVar, cast
 import yaml
 
 from . import build
-from .cluster import KWOK_NODE_ANNOTATION, DevCluster, KubectlError, node_manifest
+from .cluster import KWOK_NODE_ANNOTATION, DevCluster, node_manifest, run_kubectl
 from .paths import Z2JH_CHART
 from .stack import OPERATOR_NAMESPACE, OPERATOR_RELEASE, Stack
 from .waiting import wait_until
@@ -136,12 +136,7 @@ class ExistingCluster:
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess:
-        res = subprocess.run(
-            [self.binaries["kubectl"], *args], input=input, capture_output=True, text=True, env=self.env()
-        )
-        if check and res.returncode != 0:
-            raise KubectlError(res.returncode, res.args, res.stdout, res.stderr)
-        return res
+        return run_kubectl(self.binaries["kubectl"], args, env=self.env(), input=input, check=check)
 
     def get(self, path: str) -> dict:
         # Through kubectl: any credential a kubeconfig may hold (certificates, tokens, exec plugins).
