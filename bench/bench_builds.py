@@ -43,7 +43,7 @@ from coursehub_dev.paths import crd_files  # noqa: E402
 from coursehub_dev.realnodes import HOST_IP, RealNodes  # noqa: E402
 from coursehub_dev.waiting import free_port, wait_until  # noqa: E402
 from fixtures.git_server import GitServer  # noqa: E402
-from fixtures.operator import OperatorProcess  # noqa: E402
+from fixtures.operator import OperatorProcess, build_env  # noqa: E402
 from harness import fmt_s, log, percentile  # noqa: E402
 
 NS = "courses"
@@ -93,15 +93,13 @@ def main() -> int:
             cluster,
             [NS],
             root,
-            env={
-                "COURSEHUB_BUILD_IMAGE": buildah,
-                "COURSEHUB_BUILD_NODE_SELECTOR": "kubernetes.io/hostname=real-node-0",
-                "COURSEHUB_GIT_PRIVATE_HOSTS": git.host,
-                "COURSEHUB_GIT_CA_FILE": str(git.ca_file),
-                "COURSEHUB_INSECURE_REGISTRIES": f"127.0.0.1,{registry}",
-                "COURSEHUB_WEBHOOK_PORT": str(port),
-                "COURSEHUB_WEBHOOK_SECRET_FILE": str(root / "secret"),
-            },
+            env=build_env(
+                buildah=buildah,
+                git=git,
+                registry=registry,
+                webhook_port=port,
+                webhook_secret_file=root / "secret",
+            ),
         ).start()
         cluster.kubectl("apply", "-n", NS, "-f", "-", input=yaml.safe_dump(samples.hub_manifest()))
 

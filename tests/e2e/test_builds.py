@@ -28,7 +28,7 @@ from coursehub_dev.paths import crd_files
 from coursehub_dev.realnodes import HOST_IP, RealNodes
 from coursehub_dev.waiting import free_port, wait_until
 from fixtures.git_server import GitServer
-from fixtures.operator import OperatorProcess
+from fixtures.operator import OperatorProcess, build_env
 
 pytestmark = [
     pytest.mark.e2e,
@@ -121,15 +121,13 @@ def env(tmp_path_factory) -> Env:
             cluster,
             [NS],
             root,
-            env={
-                "COURSEHUB_BUILD_IMAGE": buildah,
-                "COURSEHUB_BUILD_NODE_SELECTOR": "kubernetes.io/hostname=real-node-0",
-                "COURSEHUB_GIT_PRIVATE_HOSTS": git.host,
-                "COURSEHUB_GIT_CA_FILE": str(git.ca_file),
-                "COURSEHUB_INSECURE_REGISTRIES": f"127.0.0.1,{registry}",
-                "COURSEHUB_WEBHOOK_PORT": str(port),
-                "COURSEHUB_WEBHOOK_SECRET_FILE": str(secret_file),
-            },
+            env=build_env(
+                buildah=buildah,
+                git=git,
+                registry=registry,
+                webhook_port=port,
+                webhook_secret_file=secret_file,
+            ),
         ).start()
         cluster.kubectl("apply", "-n", NS, "-f", "-", input=yaml.safe_dump(samples.hub_manifest()))
         yield Env(cluster, git, op, registry, base, port)
