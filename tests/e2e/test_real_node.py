@@ -60,10 +60,14 @@ def _apply_and_wait(cluster: DevCluster, pod: dict) -> dict:
 
 def test_real_nodes_run_local_images_and_down_restores_the_machine(tmp_path, capsys):
     before = machine.snapshot()
+    # What a killed run leaves behind (its state dir gone): up removes it instead of failing on
+    # "File exists" (a CI run once did, after an earlier run was stopped without `down`).
+    subprocess.run(["ip", "link", "add", "chnode1", "type", "bridge"], check=True)
     cluster = DevCluster(state_dir=tmp_path / "state", real_nodes=2)
     started = time.monotonic()
     try:
         cluster.up()
+        assert "removing the left-over bridge chnode1" in capsys.readouterr().out
         up_secs = time.monotonic() - started
         refs = json.loads((cluster.state_dir / "realnodes" / "images.json").read_text())
 
