@@ -20,7 +20,7 @@ from harness import (
     Env,
     SourceTree,
     add_base_args,
-    course_manifest,
+    bench_course,
     fmt_s,
     idle,
     log,
@@ -45,13 +45,7 @@ def run_mode(
     res: dict = {}
 
     def manifest(i: int) -> dict:
-        # Every 5th course needs a GPU, so both pullers (general and GPU) take part.
-        return course_manifest(
-            f"c{i:04d}",
-            slugs[i],
-            env.registry.ref(REPO_NAME, slugs[i]),
-            gpu="required" if i % 5 == 4 else "none",
-        )
+        return bench_course(i, env.registry.ref(REPO_NAME, slugs[i]))
 
     # Single applies, one at a time: each waits for its own Published=True.
     singles = []

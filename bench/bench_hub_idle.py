@@ -21,8 +21,8 @@ from collections import Counter
 from harness import (
     GROUP_PATH,
     Env,
+    bench_course,
     cond,
-    course_manifest,
     fmt_s,
     idle,
     log,
@@ -55,12 +55,7 @@ def main() -> None:
         op = env.operator([NS], "idle")
         env.install_hub(NS, HUB, courses={"default": slugs[0]})
         watch = env.watch([NS])
-        manifests = [
-            course_manifest(
-                f"c{i:04d}", s, env.registry.ref(REPO_NAME, s), gpu="required" if i % 5 == 4 else "none"
-            )
-            for i, s in enumerate(slugs)
-        ]
+        manifests = [bench_course(i, env.registry.ref(REPO_NAME, s)) for i, s in enumerate(slugs)]
         env.api.create_courses(NS, manifests)
         watch.wait_all([(NS, m["metadata"]["name"]) for m in manifests], "ready", timeout=600)
         settle(op)

@@ -22,21 +22,17 @@ import os
 import time
 
 from harness import (
-    GROUP_PATH,
     Env,
     SourceTree,
     add_base_args,
-    cond_true_now,
-    course_manifest,
+    deal_courses,
     fmt_s,
-    hub_manifest,
     idle,
     log,
     percentile,
     settle,
     slug,
     table,
-    wait_until,
 )
 
 REPO_NAME = "courses/scale"
@@ -59,29 +55,10 @@ def phase(
     # Imports and kopf, before any object: the floor under the figure at N courses.
     rss_start = op.peak_rss_mb("VmRSS")
     cpu_start = op.cpu_seconds()[0]
-    for ns in namespaces:
-        # Installs run concurrently in the operator; create all hubs before waiting on any.
-        env.api.create(
-            f"{GROUP_PATH}/namespaces/{ns}/jupyterhubdeployments",
-            hub_manifest("learn", domain=f"{ns}.example.edu"),
-        )
-    for ns in namespaces:
-        wait_until(
-            lambda ns=ns: cond_true_now(env.api.hub(ns, "learn"), "ReleaseDeployed"),
-            timeout=600,
-            what=f"hub {ns} ReleaseDeployed",
-            interval=0.2,
-        )
+    env.install_hubs(namespaces, timeout=600)
     watch = env.watch(namespaces)
     before = settle(op)
-    # Courses dealt round-robin over the namespaces; every 5th needs a GPU.
-    per_ns: dict[str, list[dict]] = {ns: [] for ns in namespaces}
-    for i, ref in enumerate(refs):
-        ns = namespaces[i % len(namespaces)]
-        per_ns[ns].append(
-            course_manifest(f"c{i:04d}", slug(i), ref, gpu="required" if i % 5 == 4 else "none")
-        )
-    keys = [(ns, m["metadata"]["name"]) for ns, ms in per_ns.items() for m in ms]
+    per_ns, keys = deal_courses(namespaces, refs, len(refs))
     cpu0 = op.cpu_seconds()[0]
     log(f"{name}: applying {len(keys)} CourseImages over {len(namespaces)} namespace(s)")
     stamps = {}

@@ -19,17 +19,13 @@ from pathlib import Path
 
 from harness import (
     CLK_TCK,
-    GROUP_PATH,
     Env,
-    cond_true_now,
-    course_manifest,
+    deal_courses,
     fmt_s,
-    hub_manifest,
     log,
     settle,
     slug,
     table,
-    wait_until,
 )
 
 REPO_NAME = "courses/shards"
@@ -67,29 +63,10 @@ def run(shards: int, args) -> dict:
             )
             for name, group in groups.items()
         }
-        for ns in namespaces:
-            env.api.create(
-                f"{GROUP_PATH}/namespaces/{ns}/jupyterhubdeployments",
-                hub_manifest("learn", domain=f"{ns}.example.edu"),
-            )
-        for ns in namespaces:
-            wait_until(
-                lambda ns=ns: cond_true_now(env.api.hub(ns, "learn"), "ReleaseDeployed"),
-                timeout=1800,
-                what=f"hub {ns} ReleaseDeployed",
-                interval=0.5,
-            )
+        env.install_hubs(namespaces, timeout=1800, interval=0.5)
         before = {name: settle(op) for name, op in ops.items()}
         watch = env.watch(namespaces)
-        per_ns: dict[str, list[dict]] = {ns: [] for ns in namespaces}
-        for i in range(args.courses):
-            ns = namespaces[i % len(namespaces)]
-            per_ns[ns].append(
-                course_manifest(
-                    f"c{i:05d}", slug(i), refs[i % len(refs)], gpu="required" if i % 5 == 4 else "none"
-                )
-            )
-        keys = [(ns, m["metadata"]["name"]) for ns, ms in per_ns.items() for m in ms]
+        per_ns, keys = deal_courses(namespaces, refs, args.courses, digits=5)
         log(f"{shards} shard(s): applying {len(keys)} CourseImages over {len(namespaces)} namespaces")
         cpu0 = proc_cpu(apiserver)
         t0 = time.monotonic()

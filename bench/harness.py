@@ -26,7 +26,7 @@ from coursehub_dev import samples
 from coursehub_dev.cluster import DevCluster
 from coursehub_dev.paths import crd_files
 from coursehub_dev.registry import OciRegistry
-from coursehub_dev.samples import course_manifest  # noqa: F401  (re-exported for the benchmarks)
+from coursehub_dev.samples import course_manifest
 from coursehub_dev.waiting import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +68,23 @@ STEMS = ["uai_source-uai.", "mitxt-6.", "mitxt-18.", "clustering_and_descriptive
 def slug(i: int) -> str:
     """Realistic slugs (dots, underscores, digits), unique per i."""
     return f"{STEMS[i % len(STEMS)]}{i}{'a' if i % 3 == 0 else ''}"
+
+
+def bench_course(i: int, ref: str, digits: int = 4) -> dict:
+    """Course number ``i`` of a benchmark: CourseImage ``c<i>`` with ``slug(i)`` and image ``ref``;
+    every 5th needs a GPU, so both pullers (general and GPU) take part."""
+    return course_manifest(f"c{i:0{digits}d}", slug(i), ref, gpu="required" if i % 5 == 4 else "none")
+
+
+def deal_courses(
+    namespaces: list[str], refs: list[str], n: int, digits: int = 4
+) -> tuple[dict[str, list[dict]], list[tuple[str, str]]]:
+    """``n`` bench courses dealt round-robin over the namespaces (the images reused in turn): the
+    manifests per namespace, and every course's (namespace, name)."""
+    per_ns: dict[str, list[dict]] = {ns: [] for ns in namespaces}
+    for i in range(n):
+        per_ns[namespaces[i % len(namespaces)]].append(bench_course(i, refs[i % len(refs)], digits))
+    return per_ns, [(ns, m["metadata"]["name"]) for ns, ms in per_ns.items() for m in ms]
 
 
 # -- API server client ------------------------------------------------------------
@@ -524,11 +541,27 @@ class Env:
     def install_hub(self, ns: str, name: str = "learn", timeout: float = 300, **spec) -> dict:
         """Create a namespace's hub and wait until its release is deployed."""
         self.api.create(f"{GROUP_PATH}/namespaces/{ns}/jupyterhubdeployments", hub_manifest(name, **spec))
+        return self.wait_hub(ns, name, timeout)
+
+    def install_hubs(
+        self, namespaces: list[str], name: str = "learn", timeout: float = 600, interval: float = 0.2
+    ) -> None:
+        """A hub in each namespace (domain <ns>.example.edu), all created before waiting on any
+        (the operator installs them concurrently), then each waited for until deployed."""
+        for ns in namespaces:
+            self.api.create(
+                f"{GROUP_PATH}/namespaces/{ns}/jupyterhubdeployments",
+                hub_manifest(name, domain=f"{ns}.example.edu"),
+            )
+        for ns in namespaces:
+            self.wait_hub(ns, name, timeout, interval)
+
+    def wait_hub(self, ns: str, name: str, timeout: float, interval: float = 0.2) -> dict:
         return wait_until(
             lambda: (h := self.api.hub(ns, name)) and cond_true_now(h, "ReleaseDeployed") and h,
             timeout=timeout,
             what=f"hub {ns}/{name} ReleaseDeployed",
-            interval=0.2,
+            interval=interval,
         )
 
     def push_images(self, repo: str, slugs: list[str], seed: str = "") -> dict[str, str]:
