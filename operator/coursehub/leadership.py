@@ -41,11 +41,13 @@ from typing import Any
 from . import metrics
 from .api.common import now_rfc3339
 from .conditions import find as find_condition
+from .desired.leader_endpoint import leader_endpoint_slice, slice_write
 from .kube import HUBS, Conflict, Kube, KubeError, Resource
 
 log = logging.getLogger(__name__)
 
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
+ENDPOINT_SLICES = Resource("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice")
 CLAIMS_ANNOTATION = "coursehub.dev/claims"
 CLAIM_PREFIX = "coursehub-namespace-"
 SHARD_CONFLICT = "ShardConflict"
@@ -301,6 +303,15 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+@dataclass(frozen=True)
+class LeaderEndpoint:
+    """The webhook Service (no selector) whose EndpointSlice the leader points at itself."""
+
+    service: str
+    address: str  # this pod's IP (COURSEHUB_POD_IP)
+    port: int  # the webhook port
+
+
 @dataclass
 class ElectionConfig:
     name: str  # the leader Lease
@@ -312,6 +323,7 @@ class ElectionConfig:
     retry: float
     shard: str | None = None
     namespaces: tuple[str, ...] = ()  # the shard's namespaces (claimed when shard is set)
+    endpoint: LeaderEndpoint | None = None  # written by the leader only (desired/leader_endpoint.py)
 
     # Namespace claims say which shard serves a namespace; they change only when shards are
     # reconfigured, so they are renewed once per lease duration (one PUT per namespace), another
@@ -328,6 +340,12 @@ class ElectionConfig:
     @property
     def claim_deadline(self) -> float:
         return 2 * self.duration
+
+    # The leader's EndpointSlice is written when it starts leading; after that it is read again
+    # this often (a GET, no write unless someone changed or deleted it), never on every renewal.
+    @property
+    def endpoint_check(self) -> float:
+        return 3 * self.duration
 
 
 @dataclass
@@ -363,6 +381,8 @@ class Elector:
         self._last_renewed = 0.0
         self._claimed_at: dict[str, float] = {}  # served namespace -> when its claim was last renewed
         self._next_claims = 0.0
+        self._endpoint_task: asyncio.Task | None = None
+        self._endpoint_next = 0.0  # when the leader's EndpointSlice is next read (0: at once)
         self._last_tick = time.monotonic()
         self._stop = threading.Event()
         self._released = threading.Event()
@@ -465,10 +485,59 @@ class Elector:
             self.leading = True
             metrics.LEADER.labels(**self._labels).set(1)
         self._last_renewed = started
+        self._point_endpoint(kube)
         if c.shard:
             await self._claim_all(kube)
         if not self.serving.is_set() and (c.shard is None or self.served is not None):
             self.serving.set()
+
+    def _point_endpoint(self, kube) -> None:
+        """Leader only, after a renewal: make the webhook Service's EndpointSlice name this pod
+        when it is due, in a task of its own so that it never delays a renewal."""
+        if self.config.endpoint is None or time.monotonic() < self._endpoint_next:
+            return
+        if self._endpoint_task is None or self._endpoint_task.done():
+            self._endpoint_task = asyncio.create_task(self._write_endpoint(kube), name="leader-endpoint")
+
+    async def _write_endpoint(self, kube) -> None:
+        c, ep = self.config, self.config.endpoint
+        assert ep is not None
+        desired = leader_endpoint_slice(
+            service=ep.service, namespace=c.namespace, address=ep.address, port=ep.port, identity=c.identity
+        )
+        name = desired["metadata"]["name"]
+        try:
+            current = await kube.get_or_none(ENDPOINT_SLICES, name, c.namespace)
+            step = slice_write(current, desired)
+            if step is not None:
+                verb, body = step
+                if verb == "create":
+                    await kube.request(
+                        "POST", ENDPOINT_SLICES.path(c.namespace), body=body, kind="EndpointSlice"
+                    )
+                else:
+                    # With the resourceVersion read: a late write of a former leader gets a 409.
+                    await kube.request(
+                        "PUT", ENDPOINT_SLICES.path(c.namespace, name), body=body, kind="EndpointSlice"
+                    )
+                log.info(
+                    "webhook Service %s/%s routes to this leader (%s:%d, EndpointSlice %s)",
+                    c.namespace,
+                    ep.service,
+                    ep.address,
+                    ep.port,
+                    name,
+                )
+            self._endpoint_next = time.monotonic() + c.endpoint_check
+        except (KubeError, OSError, TimeoutError, ValueError) as e:
+            # Webhooks miss this leader until a later round succeeds (polling still notices
+            # commits): the next renewal retries, unless a person must act first (a refusal by
+            # RBAC, a slice of the other address family), then it is tried less often.
+            needs_person = isinstance(e, ValueError) or (isinstance(e, KubeError) and e.status == 403)
+            log.warning(
+                "pointing EndpointSlice %s/%s at this leader: %s: %s", c.namespace, name, type(e).__name__, e
+            )
+            self._endpoint_next = time.monotonic() + (c.endpoint_check if needs_person else c.renew)
 
     async def _claim_all(self, kube) -> None:
         """Every `claim_period`: renew each claim of the shard and decide what it serves.
@@ -597,12 +666,14 @@ class Elector:
 __all__ = [
     "CLAIMS_ANNOTATION",
     "CLAIM_PREFIX",
+    "ENDPOINT_SLICES",
     "EXIT_LOST_LEASE",
     "LEASES",
     "SHARD_CONFLICT",
     "ClaimStep",
     "ElectionConfig",
     "Elector",
+    "LeaderEndpoint",
     "LeaderStep",
     "Seen",
     "claim_step",

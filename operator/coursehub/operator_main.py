@@ -170,7 +170,7 @@ def _run_elected(settings, *, namespaces: list[str], clusterwide: bool, liveness
     a Lease is what Kubernetes' own controllers use, with a clear rule for who may write when
     (docs/scaling.md). While waiting this process reads the Lease and nothing else.
     """
-    from .leadership import ElectionConfig, Elector, default_identity, lease_namespace
+    from .leadership import ElectionConfig, Elector, LeaderEndpoint, default_identity, lease_namespace
 
     try:
         lease_ns = lease_namespace(settings.lease_namespace)
@@ -187,6 +187,10 @@ def _run_elected(settings, *, namespaces: list[str], clusterwide: bool, liveness
         retry=settings.lease_retry,
         shard=settings.shard,
         namespaces=tuple(namespaces) if settings.shard else (),
+        # Pushes go to the leader only: its Service has no selector, the leader writes its slice.
+        endpoint=LeaderEndpoint(settings.webhook_service, settings.pod_ip, settings.webhook_port)
+        if settings.webhook_service and settings.pod_ip and settings.webhook_port
+        else None,
     )
     # The health endpoint is ours (a standby runs no kopf): it answers for leader and standby.
     elector = Elector(config, health=_health_address(liveness)).start()

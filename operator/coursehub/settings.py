@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .desired.leader_endpoint import address_type
 from .desired.policy import ChartPolicy
 
 __all__ = ["ENV_PREFIX", "Settings", "SettingsError", "current", "env_name", "load"]
@@ -283,11 +284,34 @@ class Settings(BaseSettings):
     identity: str | None = Field(
         None, description="This replica's name in the Lease. Unset: the host (pod) name and a random suffix."
     )
+    webhook_service: str | None = Field(
+        None,
+        description="The webhook Service (without a selector, in the Lease namespace) whose EndpointSlice "
+        "the leader writes with its own address (COURSEHUB_POD_IP) and COURSEHUB_WEBHOOK_PORT, so pushes "
+        "reach the leader only; with leader election on. Unset: no slice is written.",
+    )
+    pod_ip: str | None = Field(
+        None,
+        description="This pod's IP (the chart: the downward API's status.podIP): the address the leader "
+        "names in the webhook Service's EndpointSlice. Required with COURSEHUB_WEBHOOK_SERVICE.",
+    )
 
-    @field_validator("lease_namespace", "shard", "identity", mode="before")
+    @field_validator("lease_namespace", "shard", "identity", "webhook_service", "pod_ip", mode="before")
     @classmethod
     def _empty_means_unset(cls, v: Any) -> Any:
         return v or None
+
+    @model_validator(mode="after")
+    def _leader_endpoint(self) -> Settings:
+        if self.webhook_service and self.leader_election and self.webhook_port:
+            if not self.pod_ip:
+                raise ValueError(
+                    f"COURSEHUB_POD_IP is unset: the leader names its own address in the EndpointSlice of "
+                    f"COURSEHUB_WEBHOOK_SERVICE={self.webhook_service}; set it from the downward API "
+                    "(env valueFrom.fieldRef.fieldPath: status.podIP), as the chart does"
+                )
+            address_type(self.pod_ip)  # a ValueError naming COURSEHUB_POD_IP and the fix
+        return self
 
     @model_validator(mode="after")
     def _lease_timing(self) -> Settings:
