@@ -66,23 +66,6 @@ def map_ecr_error(exc: BaseException, ref: ImageReference, endpoint: str) -> Res
     return RegistryError(f"ECR lookup of {ref.name} failed: {exc}")
 
 
-def _describe(client: Any, account: str, ref: ImageReference) -> str:
-    image_id = {"imageDigest": ref.digest} if ref.digest else {"imageTag": ref.tag or "latest"}
-    response = client.describe_images(registryId=account, repositoryName=ref.repository, imageIds=[image_id])
-    details = response.get("imageDetails") or []
-    if not details:
-        raise botocore.exceptions.ClientError(
-            {
-                "Error": {
-                    "Code": "ImageNotFoundException",
-                    "Message": "no image details returned",
-                }
-            },
-            "DescribeImages",
-        )
-    return str(details[0]["imageDigest"])
-
-
 async def resolve_ecr(
     ref: ImageReference,
     *,
@@ -97,30 +80,17 @@ async def resolve_ecr(
     API endpoint; ``max_attempts`` counts every try of the call. A reference with a
     digest is checked to exist in ECR.
     """
-    parsed = parse_ecr_host(ref.registry)
-    if parsed is None:
-        raise InvalidImageReference(f"{ref.registry!r} is not an ECR registry host")
-    account, region = parsed
-    endpoint = _endpoint(endpoint_url)
-    shown = endpoint or f"ecr.{region} (AWS)"
-
-    def work() -> str:
-        client = ecr_client(
-            region,
-            endpoint,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            max_attempts=max_attempts,
-        )
-        return _describe(client, account, ref)
-
-    try:
-        digest = await asyncio.to_thread(work)
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise map_ecr_error(exc, ref, shown) from None
-    if ref.digest and digest != ref.digest:
-        raise RegistryError(f"ECR returned {digest} when asked for {ref.digest} in {ref.name}")
-    return digest
+    # One home for the call, its error messages and the digest check: a batch of one.
+    batch = await resolve_ecr_batch(
+        [ref],
+        endpoint_url=endpoint_url,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_attempts=max_attempts,
+    )
+    if ref in batch.errors:
+        raise batch.errors[ref]
+    return batch.digests[ref]
 
 
 # describe_images takes at most 100 image ids per call.
