@@ -18,38 +18,20 @@ direct p50. Nothing here asserts on time.
 from __future__ import annotations
 
 import argparse
-import http.server
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from coursehub.api.jupyterhubdeployment import JupyterHubDeploymentSpec  # noqa: E402
-from coursehub.desired.gateway import gateway_objects  # noqa: E402
 from fixtures.browser import Browser  # noqa: E402
-from fixtures.keycloak import ALLOWED_GROUPS, CLIENT_ID, USERS, Gate, Keycloak  # noqa: E402
+from fixtures.keycloak import CLIENT_ID, USERS, Gate, Keycloak, Upstream, gate_objects  # noqa: E402
 from harness import fmt_s, log, percentile  # noqa: E402
 
 LAUNCH = "/hub/tmplogin?course=clustering_and_descriptive_ai&notebook=intro.ipynb"
-TOKEN = "coursehub-bench-sso-upstream"
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = f'<html><body><h1 id="upstream">{TOKEN}</h1></body></html>'.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
 
 
 def wait_for(b: Browser, what, timeout: float = 60) -> None:
@@ -73,9 +55,9 @@ def main() -> None:
     ap.add_argument("--logins", type=int, default=10)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-sso-"))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    upstream = f"http://127.0.0.1:{server.server_address[1]}"
+    # answers at once: the numbers are the gate's alone
+    server = Upstream()
+    upstream = server.url
     kc = Keycloak(work / "keycloak")
     kc.workdir.mkdir(parents=True)
     gate: Gate | None = None
@@ -85,23 +67,12 @@ def main() -> None:
         kc.start()
         kc.wait_ready()
         log(f"Keycloak {kc.base_url} ready in {time.monotonic() - started:.1f} s (cold start, this run)")
-        spec = JupyterHubDeploymentSpec.model_validate(
-            {
-                "chart": {"repository": "https://hub.jupyter.org/helm-chart/", "name": "jupyterhub"},
-                "domain": "nb.learn.example.edu",
-                "gateway": {
-                    "oidc": {
-                        "issuerURL": kc.issuer,
-                        "secretRef": {"name": "learn-oidc"},
-                        "allowedGroups": list(ALLOWED_GROUPS),
-                    }
-                },
-                "database": {"type": "sqlite-memory"},
-            }
-        )
-        objects = gateway_objects("learn", "jupyter", spec, "nb.learn.example.edu")
         gate = Gate(
-            work / "gate", objects, client_id=CLIENT_ID, client_secret=kc.client_secret, upstream=upstream
+            work / "gate",
+            gate_objects(kc),
+            client_id=CLIENT_ID,
+            client_secret=kc.client_secret,
+            upstream=upstream,
         )
         gate.start()
         hosts = ("localhost", kc.host)
@@ -164,7 +135,7 @@ def main() -> None:
         if gate is not None:
             gate.stop()
         kc.stop()
-        server.shutdown()
+        server.close()
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -9,11 +9,7 @@ every assertion checks who answered. docs/sso.md describes the flow.
 
 from __future__ import annotations
 
-import html
-import http.server
 import json
-import secrets
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,71 +18,10 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from coursehub.api.jupyterhubdeployment import JupyterHubDeploymentSpec
-from coursehub.desired.gateway import SIGN_OUT_PATH, gateway_objects
-from fixtures.keycloak import ALLOWED_GROUPS, CLIENT_ID, USERS, Gate, Keycloak
+from coursehub.desired.gateway import SIGN_OUT_PATH
+from fixtures.keycloak import CLIENT_ID, USERS, Gate, Keycloak, Upstream, gate_objects
 
 LAUNCH = "/hub/tmplogin?course=clustering_and_descriptive_ai&notebook=intro.ipynb"
-
-
-class Upstream:
-    """A loopback stand-in for the hub's proxy: answers with a token of this run and what it got."""
-
-    def __init__(self) -> None:
-        self.token = f"coursehub-sso-upstream-{secrets.token_hex(6)}"
-        self.seen: list[dict] = []
-        upstream = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                headers = {k: v for k, v in self.headers.items() if k.lower().startswith("x-forwarded-")}
-                upstream.seen.append({"path": self.path, "headers": headers})
-                seen = html.escape(json.dumps({"path": self.path, "headers": headers}, indent=1))
-                body = (
-                    f'<html><body><h1 id="upstream">{upstream.token}</h1><pre id="seen">{seen}</pre>'
-                    "</body></html>"
-                ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def last_for(self, path: str) -> dict:
-        return [s for s in self.seen if s["path"] == path][-1]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def hub_spec(kc: Keycloak, **oidc) -> JupyterHubDeploymentSpec:
-    return JupyterHubDeploymentSpec.model_validate(
-        {
-            "chart": {
-                "repository": "https://hub.jupyter.org/helm-chart/",
-                "name": "jupyterhub",
-                "version": "4.4.0",
-            },
-            "domain": "nb.learn.example.edu",
-            "gateway": {
-                "oidc": {
-                    "issuerURL": kc.issuer,
-                    "secretRef": {"name": "learn-oidc"},
-                    "allowedGroups": list(ALLOWED_GROUPS),
-                    **oidc,
-                }
-            },
-            "database": {"type": "sqlite-memory"},
-        }
-    )
 
 
 @pytest.fixture
@@ -101,10 +36,9 @@ def gate_factory(keycloak: Keycloak, upstream: Upstream, tmp_path: Path):
     started: list[Gate] = []
 
     def make(*, extra_args: tuple[str, ...] = (), **oidc) -> Gate:
-        objects = gateway_objects("learn", "jupyter", hub_spec(keycloak, **oidc), "nb.learn.example.edu")
         g = Gate(
             tmp_path / f"gate-{len(started)}",
-            objects,
+            gate_objects(keycloak, **oidc),
             client_id=CLIENT_ID,
             client_secret=keycloak.client_secret,
             upstream=upstream.url,
