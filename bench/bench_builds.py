@@ -38,12 +38,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 
 from coursehub_dev import samples  # noqa: E402
-from coursehub_dev.cluster import DevCluster  # noqa: E402
-from coursehub_dev.paths import crd_files  # noqa: E402
-from coursehub_dev.realnodes import HOST_IP, RealNodes  # noqa: E402
-from coursehub_dev.waiting import free_port, wait_until  # noqa: E402
-from fixtures.git_server import GitServer  # noqa: E402
-from fixtures.operator import OperatorProcess, build_env  # noqa: E402
+from coursehub_dev.waiting import wait_until  # noqa: E402
+from fixtures.builds import build_stack  # noqa: E402
 from harness import fmt_s, log, percentile  # noqa: E402
 
 NS = "courses"
@@ -76,32 +72,16 @@ def main() -> int:
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-builds-"))
     secret = uuid.uuid4().hex
-    cluster = DevCluster(state_dir=root / "state", real_nodes=1)
-    git = op = None
-    try:
-        t0 = time.monotonic()
-        cluster.up(crds=crd_files())
-        images = RealNodes.image_builder(cluster.state_dir)
-        registry = RealNodes.images_of(cluster.state_dir)["registry"]
-        buildah, base = images.buildah(), images.base()
-        log(f"cluster and images in {time.monotonic() - t0:.1f} s")
-        git = GitServer(root / "git", address=HOST_IP, tls=True)
-        cluster.kubectl("create", "namespace", NS)
-        (root / "secret").write_text(secret)
-        port = free_port()
-        op = OperatorProcess(
-            cluster,
-            [NS],
-            root,
-            env=build_env(
-                buildah=buildah,
-                git=git,
-                registry=registry,
-                webhook_port=port,
-                webhook_secret_file=root / "secret",
-            ),
-        ).start()
-        cluster.kubectl("apply", "-n", NS, "-f", "-", input=yaml.safe_dump(samples.hub_manifest()))
+    t0 = time.monotonic()
+    with build_stack(root, NS, secret) as stack:
+        cluster, git, registry, base, port = (
+            stack.cluster,
+            stack.git,
+            stack.registry,
+            stack.base,
+            stack.webhook_port,
+        )
+        log(f"cluster, images, git server and operator in {time.monotonic() - t0:.1f} s")
 
         def get(name: str) -> dict:
             return json.loads(cluster.kubectl("get", "courseimage", name, "-n", NS, "-o", "json").stdout)
@@ -186,12 +166,6 @@ def main() -> int:
             f"max {fmt_s(max(waits))} over {len(waits)} commits (webhook)"
         )
         return 0
-    finally:
-        if op is not None:
-            op.stop()
-        if git is not None:
-            git.stop()
-        cluster.down()
 
 
 if __name__ == "__main__":

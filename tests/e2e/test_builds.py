@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -23,12 +24,8 @@ import requests
 import yaml
 
 from coursehub_dev import samples
-from coursehub_dev.cluster import DevCluster
-from coursehub_dev.paths import crd_files
-from coursehub_dev.realnodes import HOST_IP, RealNodes
-from coursehub_dev.waiting import free_port, wait_until
-from fixtures.git_server import GitServer
-from fixtures.operator import OperatorProcess, build_env
+from coursehub_dev.waiting import wait_until
+from fixtures.builds import BuildStack, build_stack
 
 pytestmark = [
     pytest.mark.e2e,
@@ -43,14 +40,7 @@ BUILD_TIMEOUT = 300
 
 
 @dataclass
-class Env:
-    cluster: DevCluster
-    git: GitServer
-    operator: OperatorProcess
-    registry: str
-    base: str
-    webhook_port: int
-
+class Env(BuildStack):
     def kubectl(self, *args: str, input: str | None = None, check: bool = True):
         return self.cluster.kubectl(*args, input=input, check=check)
 
@@ -102,42 +92,9 @@ def sign(body: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> Env:
-    root = tmp_path_factory.mktemp("builds")
-    cluster = DevCluster(state_dir=root / "state", real_nodes=1)
-    git = None
-    op = None
-    try:
-        cluster.up(crds=crd_files())
-        images = RealNodes.image_builder(cluster.state_dir)
-        registry = RealNodes.images_of(cluster.state_dir)["registry"]
-        buildah, base = images.buildah(), images.base()
-        git = GitServer(root / "git", address=HOST_IP, tls=True)
-        cluster.kubectl("create", "namespace", NS)
-        secret_file = root / "webhook-secret"
-        secret_file.write_text(WEBHOOK_SECRET)
-        port = free_port()
-        op = OperatorProcess(
-            cluster,
-            [NS],
-            root,
-            env=build_env(
-                buildah=buildah,
-                git=git,
-                registry=registry,
-                webhook_port=port,
-                webhook_secret_file=secret_file,
-            ),
-        ).start()
-        cluster.kubectl("apply", "-n", NS, "-f", "-", input=yaml.safe_dump(samples.hub_manifest()))
-        yield Env(cluster, git, op, registry, base, port)
-    finally:
-        if op is not None:
-            op.stop()
-            print("----- operator log (last 80 lines) -----\n" + "\n".join(op.log().splitlines()[-80:]))
-        if git is not None:
-            git.stop()
-        cluster.down()
+def env(tmp_path_factory) -> Iterator[Env]:
+    with build_stack(tmp_path_factory.mktemp("builds"), NS, WEBHOOK_SECRET) as stack:
+        yield Env(**vars(stack))
 
 
 def wait_built(env: Env, name: str, commit: str, samples_out: list | None = None) -> dict:
