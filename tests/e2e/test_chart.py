@@ -334,6 +334,9 @@ def test_chart_applies_and_operator_becomes_available(cluster, restricted_namesp
             ("create", "leases.coordination.k8s.io", None, None),
             ("delete", "leases.coordination.k8s.io", ns, None),
             ("list", "leases.coordination.k8s.io", ns, None),
+            # webhooks are off by default: no EndpointSlice rights at all (the leader's slice)
+            ("create", "endpointslices.discovery.k8s.io", ns, None),
+            ("update", "endpointslices.discovery.k8s.io", ns, None),
         ]
         wrong = [
             f"{v} {r} (ns={n}, sub={s})"
@@ -520,3 +523,149 @@ def test_chart_refuses_a_namespace_in_two_shards_and_naming_it(cluster):
     env = {e["name"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert "COURSEHUB_LEADER_ELECTION" not in env
     assert not [d for d in one if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leases")]
+
+
+WEBHOOK_ON = ["webhook.enabled=true", "webhook.secretName=hooks"]
+
+
+def _env(dep: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def _slice_rules(objs: list[dict]) -> list[tuple[str, str, dict]]:
+    """(kind, name, rule) of every rule of the render that mentions discovery.k8s.io."""
+    return [
+        (d["kind"], d["metadata"]["name"], r)
+        for d in objs
+        if d["kind"] in ("Role", "ClusterRole")
+        for r in d.get("rules") or []
+        if "discovery.k8s.io" in r.get("apiGroups", []) or "*" in r.get("apiGroups", [])
+    ]
+
+
+def test_webhook_service_has_no_selector_and_slice_rights_exist_only_with_webhooks(cluster):
+    """With leader election the webhook Service has no selector (a selector sends about half of
+    all pushes to a standby, which serves none): the leader writes its EndpointSlice, with a Role
+    for exactly that. Without webhooks no such right; without leader election a selector."""
+    off = docs_of(render(cluster, "rel", "ops", "watch.namespaces={j}"))
+    assert not [d for d in off if d["kind"] == "Service" and d["metadata"]["name"].endswith("-webhook")]
+    assert not _slice_rules(off)
+    (dep,) = [d for d in off if d["kind"] == "Deployment"]
+    assert not {"COURSEHUB_POD_IP", "COURSEHUB_WEBHOOK_SERVICE"} & set(_env(dep))
+
+    on = docs_of(render(cluster, "rel", "ops", "watch.namespaces={j}", *WEBHOOK_ON))
+    (svc,) = [
+        d for d in on if d["kind"] == "Service" and d["metadata"]["name"] == "rel-coursehub-operator-webhook"
+    ]
+    assert "selector" not in svc["spec"], svc["spec"]
+    assert svc["spec"]["ports"] == [{"name": "webhook", "port": 80, "targetPort": 9443, "protocol": "TCP"}]
+    # Exactly these rules, in the release namespace only: a wider one fails here.
+    assert _slice_rules(on) == [
+        (
+            "Role",
+            "rel-coursehub-operator-webhook-endpoints",
+            {
+                "apiGroups": ["discovery.k8s.io"],
+                "resources": ["endpointslices"],
+                "verbs": ["get", "update"],
+                "resourceNames": ["rel-coursehub-operator-webhook-leader"],
+            },
+        ),
+        (
+            "Role",
+            "rel-coursehub-operator-webhook-endpoints",
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["create"]},
+        ),
+    ]
+    (role,) = [d for d in on if d["kind"] == "Role" and d["metadata"]["name"].endswith("-webhook-endpoints")]
+    assert role["metadata"]["namespace"] == "ops"
+    (binding,) = [
+        d for d in on if d["kind"] == "RoleBinding" and d["metadata"]["name"].endswith("-webhook-endpoints")
+    ]
+    assert (
+        binding["metadata"]["namespace"] == "ops" and binding["roleRef"]["name"] == role["metadata"]["name"]
+    )
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "rel-coursehub-operator", "namespace": "ops"}
+    ]
+    (dep,) = [d for d in on if d["kind"] == "Deployment"]
+    env = _env(dep)
+    assert env["COURSEHUB_WEBHOOK_SERVICE"]["value"] == "rel-coursehub-operator-webhook"
+    assert env["COURSEHUB_POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    # The slice the operator writes is the one the Role names.
+    from coursehub.desired.leader_endpoint import slice_name
+
+    assert slice_name(svc["metadata"]["name"]) in _slice_rules(on)[0][2]["resourceNames"]
+
+    # One pod, no election: Kubernetes follows it by a selector; the operator writes no slice.
+    single = docs_of(
+        render(
+            cluster,
+            "rel",
+            "ops",
+            "watch.namespaces={j}",
+            "leaderElection.enabled=false",
+            "replicas=1",
+            *WEBHOOK_ON,
+        )
+    )
+    (svc,) = [d for d in single if d["kind"] == "Service" and d["metadata"]["name"].endswith("-webhook")]
+    assert svc["spec"]["selector"] == {
+        "app.kubernetes.io/name": "coursehub-operator",
+        "app.kubernetes.io/instance": "rel",
+    }
+    assert not _slice_rules(single)
+    (dep,) = [d for d in single if d["kind"] == "Deployment"]
+    assert not {"COURSEHUB_POD_IP", "COURSEHUB_WEBHOOK_SERVICE"} & set(_env(dep))
+
+    # Shards: each shard's leader serves its own courses' pushes, through its own Service.
+    sharded = docs_of(render(cluster, "rel", "ops", *SHARDS, *WEBHOOK_ON))
+    services = {
+        d["metadata"]["name"]: d
+        for d in sharded
+        if d["kind"] == "Service" and "webhook" in d["metadata"]["name"]
+    }
+    assert set(services) == {"rel-coursehub-operator-a-webhook", "rel-coursehub-operator-b-webhook"}
+    assert all("selector" not in s["spec"] for s in services.values())
+    for dep in (d for d in sharded if d["kind"] == "Deployment"):
+        shard = dep["metadata"]["labels"]["coursehub.dev/shard"]
+        assert _env(dep)["COURSEHUB_WEBHOOK_SERVICE"]["value"] == f"rel-coursehub-operator-{shard}-webhook"
+    assert _slice_rules(sharded)[0][2]["resourceNames"] == [
+        "rel-coursehub-operator-a-webhook-leader",
+        "rel-coursehub-operator-b-webhook-leader",
+    ]
+
+
+def test_webhook_slice_rights_are_one_slice_in_the_operators_namespace(cluster, restricted_namespace):
+    """As the chart's ServiceAccount (kubectl auth can-i): the leader's EndpointSlice only."""
+    ns = restricted_namespace
+    release = f"wh{uuid.uuid4().hex[:6]}"
+    args = ["template", release, str(CHART), "--namespace", ns, "--set", "watch.allNamespaces=true"]
+    for s in WEBHOOK_ON:
+        args += ["--set", s]
+    args += ["--show-only", "templates/serviceaccount.yaml", "--show-only", "templates/rbac.yaml"]
+    try:
+        cluster.kubectl("apply", "-n", ns, "-f", "-", input=helm(cluster, *args).stdout)
+        sa = f"system:serviceaccount:{ns}:{release}-coursehub-operator"
+        mine = f"endpointslices.discovery.k8s.io/{release}-coursehub-operator-webhook-leader"
+        other = "endpointslices.discovery.k8s.io/some-other-service-abcde"
+        must = [("get", mine, ns), ("update", mine, ns), ("create", "endpointslices.discovery.k8s.io", ns)]
+        must_not = [
+            ("update", other, ns),  # another Service's slice
+            ("get", other, ns),
+            ("patch", mine, ns),
+            ("delete", mine, ns),
+            ("list", "endpointslices.discovery.k8s.io", ns),
+            ("watch", "endpointslices.discovery.k8s.io", ns),
+            ("create", "endpointslices.discovery.k8s.io", "default"),  # only the operator's namespace
+            ("update", mine, "default"),
+            ("create", "endpointslices.discovery.k8s.io", None),
+            ("create", "endpoints", ns),
+            ("update", "services", ns),
+        ]
+        wrong = [f"{v} {r} (ns={n})" for v, r, n in must if not can_i(cluster, sa, v, r, namespace=n)]
+        assert not wrong, f"the operator's ServiceAccount lacks: {wrong}"
+        wrong = [f"{v} {r} (ns={n})" for v, r, n in must_not if can_i(cluster, sa, v, r, namespace=n)]
+        assert not wrong, f"the operator's ServiceAccount may do more than it needs: {wrong}"
+    finally:
+        _cleanup_cluster_scoped(cluster, release)

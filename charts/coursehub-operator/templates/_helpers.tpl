@@ -46,6 +46,19 @@ app.kubernetes.io/part-of: coursehub
 {{- end }}
 {{- end }}
 
+{{/*
+The webhook Service of one Deployment: (list $ shardName), shardName "" without shards. The
+leader of that Deployment writes its EndpointSlice "<this name>-leader" (docs/scaling.md).
+*/}}
+{{- define "coursehub-operator.webhookService" -}}
+{{- $root := index . 0 }}
+{{- $name := include "coursehub-operator.fullname" $root }}
+{{- with index . 1 }}
+{{- $name = printf "%s-%s" $name . | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- printf "%s-webhook" $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "coursehub-operator.tenantClusterRole" -}}
 {{- printf "%s-tenant" (include "coursehub-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
