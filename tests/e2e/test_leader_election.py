@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import json
+import os
 import signal
 import socket
 import struct
@@ -271,7 +272,7 @@ def webhook_answer(address: str, port: int) -> str:
     return "not refused"
 
 
-def test_the_webhook_service_routes_to_the_leader_and_follows_it_after_kill_9(
+def test_the_webhook_service_routes_to_the_leader_and_follows_it_after_kill_9_and_a_clean_stop(
     cluster, operator_factory, tmp_path
 ):
     cluster.kubectl(
@@ -293,9 +294,10 @@ def test_the_webhook_service_routes_to_the_leader_and_follows_it_after_kill_9(
     # Two "pods" on one machine share its address (an EndpointSlice may not name loopback
     # ones) and one network namespace: each its own webhook port, so the slice's address and
     # port say which process it routes to.
-    ports = {"a": free_port(), "b": free_port()}
-    while ports["b"] == ports["a"]:
-        ports["b"] = free_port()
+    ports: dict[str, int] = {}
+    for who in ("a", "b", "c"):
+        while who not in ports or list(ports.values()).count(ports[who]) > 1:
+            ports[who] = free_port()
     addresses = dict.fromkeys(ports, host_address())
 
     def start(who: str):
@@ -362,4 +364,27 @@ def test_the_webhook_service_routes_to_the_leader_and_follows_it_after_kill_9(
     assert leader_slice(cluster)["metadata"]["annotations"]["coursehub.dev/leader"] == "b"
     # Reported, never asserted (no timing assertions): how long pushes went to the dead leader.
     print(f"\nleader EndpointSlice stale after kill -9: {stale:.2f} s")
+
+    # A clean stop (a rolling update's SIGTERM): b releases the Lease, c takes it and the slice.
+    c = start("c")
+    wait_until(lambda: c.metric("coursehub_leader") == 0 and requests_by(c), timeout=60, what="c waits")
+    assert set(requests_by(c)) == {("GET", "Lease")}, requests_by(c)
+    os.killpg(b.proc.pid, signal.SIGTERM)
+    stopped = time.monotonic()
+    wait_until(
+        lambda: routes_to(leader_slice(cluster)) == (addresses["c"], ports["c"]),
+        timeout=60,
+        interval=0.1,
+        what="the slice names c after b's clean stop",
+    )
+    handover = time.monotonic() - stopped
+    assert b.proc.wait(timeout=30) == 0
+    assert holder(cluster, lease) == "c"
+    slice_writes = {k: v for k, v in requests_by(c).items() if k[1] == "EndpointSlice" and k[0] in WRITES}
+    assert slice_writes == {("PUT", "EndpointSlice"): 1}, slice_writes
+    answer = wait_until(
+        lambda: webhook_answer(*routes_to(leader_slice(cluster))), timeout=60, what="c's webhook server"
+    )
+    assert answer.startswith("401 no X-Hub-Signature-256"), answer
+    print(f"leader EndpointSlice stale after a clean stop (SIGTERM): {handover:.2f} s")
     cluster.kubectl("delete", "endpointslice", slice_name(WEBHOOK_SERVICE), "-n", CHART_NAMESPACE)
