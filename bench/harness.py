@@ -374,8 +374,32 @@ def parse_metrics(text: str) -> Metrics:
     return m
 
 
+def operator_python() -> str:
+    """The Python of a venv holding the operator as its image does (`uv sync --no-dev`, as the
+    Dockerfile): RSS is the image's, not the dev venv's, where kopf also loads the generated
+    kubernetes_asyncio client (tens of MB) only because the tests install it."""
+    venv = REPO / ".venv-operator"
+    stamp = venv / "uv.lock.synced"
+    lock = (REPO / "uv.lock").read_text()
+    if not stamp.exists() or stamp.read_text() != lock:
+        log(f"syncing {venv} (the operator's runtime dependencies only)")
+        subprocess.run(
+            ["uv", "sync", "--frozen", "--no-dev"],
+            cwd=REPO,
+            env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv)},
+            check=True,
+            capture_output=True,
+        )
+        stamp.write_text(lock)
+    return str(venv / "bin" / "python")
+
+
 class Operator:
-    """`python -m coursehub.cli run -n ...` with COURSEHUB_* settings; metrics and /proc readings."""
+    """`python -m coursehub.cli run -n ...` with COURSEHUB_* settings; metrics and /proc readings.
+
+    The working tree runs from `operator_python()` (the image's dependencies); a previous main
+    from this (dev) venv, with its own source first on PYTHONPATH, since its dependencies may
+    differ from today's lock."""
 
     def __init__(
         self,
@@ -407,7 +431,8 @@ class Operator:
         # name the exact source it ran, since the tree may differ from any commit.
         where = f"{self.source.commit} (worktree)" if self.source else source_fingerprint()
         log(f"operator {self.log_path.stem}: source {where}")
-        args = [sys.executable, "-m", "coursehub.cli", "run", "--liveness", ""]
+        python = sys.executable if self.source else operator_python()
+        args = [python, "-m", "coursehub.cli", "run", "--liveness", ""]
         for ns in self.namespaces:
             args += ["-n", ns]
         # The child keeps its own copy of the log's descriptor; ours closes with the block.
