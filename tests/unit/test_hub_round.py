@@ -517,3 +517,30 @@ def test_the_round_is_deterministic():
     a, b = plan_round(observe(h, courses)), plan_round(observe(h, list(reversed(courses))))
     assert [s.apply for s in a.steps] == [s.apply for s in b.steps]
     assert fingerprint(a.run_release[2]) == fingerprint(b.run_release[2])
+
+
+def test_a_course_not_resolved_since_a_restart_keeps_what_learners_get_now():
+    # The operator was killed after writing the allowlist and before the course's status:
+    # on restart the course is unresolved, and its live entry stays until it resolves again.
+    h = hub()
+    c = course("c1", resolved=False)
+    plan = plan_round(observe(h, [c], live_allowlist={"c1": pinned("c1")}))
+    assert allowlist_doc(plan)["courses"]["c1"]["image"] == pinned("c1")
+    pub = plan.publications[c.key]
+    assert (pub.state, pub.image) == ("Published", pinned("c1")) and "resolves again" in pub.message
+
+
+@pytest.mark.parametrize(
+    "live",
+    [
+        "other.example.edu/nb@sha256:" + "1" * 64,  # another registry
+        "r.example.edu/other@sha256:" + "1" * 64,  # another repository
+        "r.example.edu/nb:c1",  # a tag: what it names may move
+    ],
+)
+def test_a_live_entry_outside_the_course_s_repository_is_not_kept(live):
+    h = hub()
+    c = course("c1", resolved=False)
+    plan = plan_round(observe(h, [c], live_allowlist={"c1": live}))
+    assert "c1" not in allowlist_doc(plan)["courses"]
+    assert plan.publications[c.key].state == "NotResolved"

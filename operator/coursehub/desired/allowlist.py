@@ -6,6 +6,7 @@ import hashlib
 import json
 
 from ..api.jupyterhubdeployment import Limits
+from ..registry.reference import is_digest_of
 from .courses import CourseRecord, HubRecord, pull_secret_rule, unknown_course_policy
 
 ALLOWLIST_CONFIGMAP = "coursehub-allowlist"
@@ -42,11 +43,16 @@ def published_images(
 
     With publishAfterPull a new course, or a course's new digest, is offered only once the
     pre-puller has it on every node; meanwhile the previously published digest stays.
+    A course not resolved by this process yet keeps what learners get now, if that is a digest
+    of its own repository: an operator killed between writing the allowlist and the course's
+    status would otherwise unpublish the course on restart until it resolves again.
     """
     out: dict[str, str] = {}
     for slug, course in winners.items():
         target = course.resolved_image
         if target is None:
+            if is_digest_of(course.spec.image, previous.get(slug)):
+                out[slug] = previous[slug]
             continue
         waits_for_pull = publish_after_pull and course.spec.pre_pull
         if not waits_for_pull or target in pulled:

@@ -277,6 +277,8 @@ def _publications(
             )
         elif image is None:
             state, msg = "WaitingForPull", "publishAfterPull: offered once every node has pulled it"
+        elif course.resolved_image is None:
+            state, msg = "Published", "offering the digest published before, until the image resolves again"
         elif image != course.resolved_image:
             state, msg = "Published", "offering the previous digest until the new one is pulled"
         else:

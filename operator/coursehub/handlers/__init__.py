@@ -26,7 +26,7 @@ from ..reconcile.hub import HubReconciler
 from ..reconcile.resolver import Resolver
 from ..reconcile.retention import EcrRetention
 from ..reconcile.webhook import WebhookServer
-from ..registry.reference import parse_reference
+from ..registry.reference import is_digest_of
 from ..settings import Settings
 from ..state import Index
 
@@ -187,20 +187,8 @@ def status_image(image: str, resolved: object) -> str | None:
     repository: status is writable apart from spec, and must not pick what learners run."""
     if not isinstance(resolved, str):
         return None
-    try:
-        want, got = parse_reference(image), parse_reference(resolved)
-    except ValueError:
-        return None
-    if (
-        got.digest is None
-        or got.tag is not None
-        or (got.registry, got.repository)
-        != (
-            want.registry,
-            want.repository,
-        )
-    ):
-        log.warning("ignoring status.resolvedImage %r: it is not a digest of %s", resolved, want.name)
+    if not is_digest_of(image, resolved):
+        log.warning("ignoring status.resolvedImage %r: it is not a digest of %s", resolved, image)
         return None
     return resolved
 

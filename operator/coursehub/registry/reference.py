@@ -293,6 +293,23 @@ def parse_ecr_host(host: str) -> tuple[str, str] | None:
     return match.group("account"), match.group("region")
 
 
+def is_digest_of(image: str, candidate: object) -> bool:
+    """Whether `candidate` is a digest-pinned reference (no tag) into `image`'s own registry and
+    repository: the only kind of image a course may keep serving from state the operator reads
+    back (its status, its allowlist) before resolving `image` itself."""
+    if not isinstance(candidate, str):
+        return False
+    try:
+        want, got = parse_reference(image), parse_reference(candidate)
+    except ValueError:
+        return False
+    return (
+        got.digest is not None
+        and got.tag is None
+        and (got.registry, got.repository) == (want.registry, want.repository)
+    )
+
+
 def pinned(repo: str, digest: str) -> str:
     """``repo@digest`` after checking both parts; ``repo`` may not carry a tag."""
     reference = parse_reference(f"{repo}@{digest}")
