@@ -225,8 +225,10 @@ def scenario(rc, git: GitServer, ns: str) -> None:
     new_image = wait_until(
         published_new, timeout=BUILD_TIMEOUT, interval=1, what="the new digest offered", abort=failed
     )
-    d2 = built(second)
-    assert d2 and d2 != d1 and new_image.endswith("@" + d2)
+    # The allowlist and the course's status are separate writes: the build's record may land
+    # a moment after its digest is offered.
+    d2 = wait_until(lambda: built(second), timeout=120, interval=1, what="the second build recorded")
+    assert d2 != d1 and new_image.endswith("@" + d2)
     assert all(i.endswith("@" + d1) for i in seen[:-1])  # the old one, never nothing, until then
 
     user2, pod2 = learner(marker2)
