@@ -24,7 +24,7 @@ import requests
 import yaml
 
 from coursehub_dev import samples
-from coursehub_dev.waiting import wait_until
+from coursehub_dev.waiting import WaitTimeout, wait_until
 from fixtures.builds import BuildStack, build_stack
 
 pytestmark = [
@@ -111,8 +111,26 @@ def wait_built(env: Env, name: str, commit: str, samples_out: list | None = None
             return f"the build of {commit[:12]} failed: {last.get('message')}"
         return None
 
-    return wait_until(
-        done, timeout=BUILD_TIMEOUT, interval=1, what=f"{name} built at {commit[:12]}", abort=failed
+    try:
+        return wait_until(
+            done, timeout=BUILD_TIMEOUT, interval=1, what=f"{name} built at {commit[:12]}", abort=failed
+        )
+    except WaitTimeout as e:  # say where the build stood, so a one-off failure can be read afterwards
+        raise AssertionError(f"{e}\n{build_diagnostics(env, name)}") from None
+
+
+def build_diagnostics(env: Env, name: str) -> str:
+    status = env.course(name).get("status") or {}
+    workloads = env.kubectl("get", "jobs,pods", "-n", NS, "-o", "wide", check=False)
+    events = env.kubectl("get", "events", "-n", NS, "--sort-by=.lastTimestamp", check=False)
+    return "\n".join(
+        [
+            f"status.build: {json.dumps(status.get('build'))}",
+            f"conditions: {json.dumps(status.get('conditions'))}",
+            workloads.stdout + workloads.stderr,
+            "\n".join(events.stdout.splitlines()[-30:]),
+            "operator log (tail):\n" + "\n".join(env.operator.log().splitlines()[-40:]),
+        ]
     )
 
 

@@ -174,6 +174,8 @@ class BuildController:
         )
         if gone is not None:
             log.info("build of %s/%s: %s supersedes queued %s", *key, commit[:12], gone.commit[:12])
+        else:
+            log.info("build of %s/%s: %s queued (%s)", *key, commit[:12], why)
         state = self.index.builds.get(key)
         if state is not None and key not in self.running:
             self._set(key, replace(state, current=BuildRecordData(commit=commit, result="Queued")))
@@ -497,6 +499,7 @@ class BuildController:
                     raise
         self.jobs_started += 1
         self.running[key] = name
+        log.info("build of %s/%s: %s started in Job %s (%s)", *key, req.commit[:12], name, req.why)
         rec = BuildRecordData(
             commit=req.commit,
             result="Running",
@@ -668,6 +671,7 @@ class BuildController:
         state = self.index.builds.get(key)
         if state is None:
             return
+        log.info("build of %s/%s: %s %s (%s)", *key, rec.commit[:12], rec.result, rec.reason or "-")
         state = state.finished(rec)
         if state.current is not None and state.current.result == "Running":
             state = replace(state, current=None)
