@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -24,7 +25,7 @@ import requests.adapters
 
 from coursehub_dev import samples
 from coursehub_dev.cluster import DevCluster
-from coursehub_dev.paths import crd_files
+from coursehub_dev.paths import Z2JH_CHART, crd_files
 from coursehub_dev.registry import OciRegistry
 from coursehub_dev.samples import course_manifest
 from coursehub_dev.waiting import free_port, wait_until
@@ -268,12 +269,20 @@ class CourseWatch:
 # -- another commit's operator, side by side ----------------------------------------------
 class SourceTree:
     """The operator source of `rev` in a temporary git worktree (the working tree is never
-    touched); a process started with `env()` imports `coursehub` from there."""
+    touched); a process started with `env()` imports `coursehub` from there.
+
+    Its hubs install the working tree's hub chart (the same z2jh .tgz, byte for byte) unpacked
+    into a directory (`hub_spec()`): operators older than the packaged chart (b14f83b; e.g.
+    BASE_DEFAULT) read `<path>/Chart.yaml` only and refuse a .tgz with ChartNotFound ("no chart
+    at ...tgz: Not a directory"), so their hub never got ReleaseDeployed. Helm installs a chart
+    directory and its .tgz alike, so both trees deploy the same hub."""
 
     def __init__(self, rev: str):
         self.rev = rev
         self.parent = Path(tempfile.mkdtemp(prefix="coursehub-base-"))
         self.dir = self.parent / "tree"
+        self.charts = self.parent / "charts"
+        self.chart = self.charts
         self.commit = ""
 
     def __enter__(self) -> SourceTree:
@@ -286,7 +295,14 @@ class SourceTree:
         self.commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=self.dir, capture_output=True, text=True, check=True
         ).stdout.strip()
-        log(f"previous main: {self.commit} in {self.dir}")
+        with tarfile.open(Z2JH_CHART) as tar:
+            # A packaged chart holds one top directory, the chart's name (jupyterhub/).
+            top = {m.name.split("/")[0] for m in tar.getmembers()}
+            tar.extractall(self.charts, filter="data")
+        if len(top) != 1:
+            raise RuntimeError(f"{Z2JH_CHART}: expected one chart directory, found {sorted(top)}")
+        self.chart = self.charts / top.pop()
+        log(f"previous main: {self.commit} in {self.dir}, hub chart {self.chart}")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -296,8 +312,13 @@ class SourceTree:
         shutil.rmtree(self.parent, ignore_errors=True)
 
     def env(self) -> dict[str, str]:
-        # PYTHONPATH comes before the venv's editable install of the working tree.
-        return {"PYTHONPATH": str(self.dir / "operator")}
+        # PYTHONPATH comes before the venv's editable install of the working tree; the chart
+        # policy allows the unpacked hub chart (and no longer the .tgz it cannot read).
+        return {"PYTHONPATH": str(self.dir / "operator"), "COURSEHUB_CHART_PATHS": str(self.charts)}
+
+    def hub_spec(self) -> dict:
+        """What a hub manifest for this tree's operator sets: the unpacked hub chart."""
+        return {"chart": {"path": str(self.chart)}}
 
 
 def add_base_args(ap) -> None:
@@ -518,6 +539,9 @@ class Env:
         self.api: Api | None = None
         self.operators: list[Operator] = []
         self.watches: list[CourseWatch] = []
+        # namespace -> the other commit's tree whose operator watches it (install_hub/install_hubs
+        # give those hubs the chart that tree reads: SourceTree.hub_spec)
+        self.sources: dict[str, SourceTree] = {}
 
     def __enter__(self) -> Env:
         # SIGTERM (e.g. from `timeout`) unwinds through __exit__, so no process is left behind.
@@ -556,7 +580,14 @@ class Env:
     ) -> Operator:
         op = Operator(self.cluster, namespaces, self.workdir / f"operator-{name}.log", env, source)
         self.operators.append(op.start())
+        if source is not None:
+            self.sources.update(dict.fromkeys(namespaces, source))
         return op
+
+    def hub_manifest(self, ns: str, name: str, **spec) -> dict:
+        """`hub_manifest` for a hub in `ns`, with the chart of the tree whose operator watches it."""
+        source = self.sources.get(ns)
+        return hub_manifest(name, **{**(source.hub_spec() if source else {}), **spec})
 
     def watch(self, namespaces: list[str] | None = None) -> CourseWatch:
         w = CourseWatch(self.api, namespaces).start()
@@ -565,7 +596,9 @@ class Env:
 
     def install_hub(self, ns: str, name: str = "learn", timeout: float = 300, **spec) -> dict:
         """Create a namespace's hub and wait until its release is deployed."""
-        self.api.create(f"{GROUP_PATH}/namespaces/{ns}/jupyterhubdeployments", hub_manifest(name, **spec))
+        self.api.create(
+            f"{GROUP_PATH}/namespaces/{ns}/jupyterhubdeployments", self.hub_manifest(ns, name, **spec)
+        )
         return self.wait_hub(ns, name, timeout)
 
     def install_hubs(
@@ -576,14 +609,23 @@ class Env:
         for ns in namespaces:
             self.api.create(
                 f"{GROUP_PATH}/namespaces/{ns}/jupyterhubdeployments",
-                hub_manifest(name, domain=f"{ns}.example.edu"),
+                self.hub_manifest(ns, name, domain=f"{ns}.example.edu"),
             )
         for ns in namespaces:
             self.wait_hub(ns, name, timeout, interval)
 
     def wait_hub(self, ns: str, name: str, timeout: float, interval: float = 0.2) -> dict:
+        def deployed() -> dict:
+            h = self.api.hub(ns, name)
+            if cond_true_now(h, "ReleaseDeployed"):
+                return h
+            # Not yet: the condition as it stands goes into the timeout's message (a refused
+            # chart says ChartNotFound and why, instead of a bare timeout).
+            c = cond(h, "ReleaseDeployed")
+            raise RuntimeError(f"ReleaseDeployed={c.get('status')} {c.get('reason')}: {c.get('message')}")
+
         return wait_until(
-            lambda: (h := self.api.hub(ns, name)) and cond_true_now(h, "ReleaseDeployed") and h,
+            deployed,
             timeout=timeout,
             what=f"hub {ns}/{name} ReleaseDeployed",
             interval=interval,
