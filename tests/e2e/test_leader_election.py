@@ -79,6 +79,11 @@ def requests_by(op) -> dict[tuple[str, str], float]:
     return out
 
 
+def slice_writes(op) -> dict[tuple[str, str], float]:
+    """(method, "EndpointSlice") -> count of the operator's EndpointSlice writes."""
+    return {k: v for k, v in requests_by(op).items() if k[1] == "EndpointSlice" and k[0] in WRITES}
+
+
 def elected(operator_factory, namespaces: list[str], identity: str, lease: str, **env: str):
     return operator_factory(
         namespaces,
@@ -312,13 +317,27 @@ def test_the_webhook_service_routes_to_the_leader_and_follows_it_after_kill_9_an
             COURSEHUB_POD_IP=addresses[who],
         )
 
+    def wait_slice_names(who: str, after: str = "") -> None:
+        """Until the leader's EndpointSlice routes to `who` (its address and webhook port)."""
+        wait_until(
+            lambda: routes_to(leader_slice(cluster)) == (addresses[who], ports[who]),
+            timeout=60,
+            interval=0.1,
+            what=f"the slice names {who}{after}",
+        )
+
+    def slice_answers_as_coursehub(who: str) -> None:
+        """Whoever the slice names answers an unsigned push as coursehub's webhook server (401)."""
+        answer = wait_until(
+            lambda: webhook_answer(*routes_to(leader_slice(cluster))),
+            timeout=60,
+            what=f"{who}'s webhook server",
+        )
+        assert answer.startswith("401 no X-Hub-Signature-256"), answer
+
     a = start("a")
     wait_until(lambda: holder(cluster, lease) == "a", timeout=60, what="a leads")
-    wait_until(
-        lambda: routes_to(leader_slice(cluster)) == (addresses["a"], ports["a"]),
-        timeout=60,
-        what="the slice names a",
-    )
+    wait_slice_names("a")
     b = start("b")
     wait_until(lambda: b.metric("coursehub_leader") == 0 and requests_by(b), timeout=60, what="b waits")
     # The one slice of the Service (no selector: Kubernetes adds none of its own).
@@ -327,10 +346,7 @@ def test_the_webhook_service_routes_to_the_leader_and_follows_it_after_kill_9_an
     )
     assert [s["metadata"]["name"] for s in slices["items"]] == [slice_name(WEBHOOK_SERVICE)]
     # Whoever the slice names answers as coursehub's webhook server.
-    answer = wait_until(
-        lambda: webhook_answer(*routes_to(leader_slice(cluster))), timeout=60, what="a's webhook server"
-    )
-    assert answer.startswith("401 no X-Hub-Signature-256"), answer
+    slice_answers_as_coursehub("a")
 
     # Renewals write the Lease and nothing else: the slice is written once.
     renewals = requests_by(a).get(("PUT", "Lease"), 0)
@@ -339,28 +355,18 @@ def test_the_webhook_service_routes_to_the_leader_and_follows_it_after_kill_9_an
         lambda: requests_by(a).get(("PUT", "Lease"), 0) >= renewals + 3, timeout=60, what="a renews 3 times"
     )
     assert leader_slice(cluster)["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
-    slice_writes = {k: v for k, v in requests_by(a).items() if k[1] == "EndpointSlice" and k[0] in WRITES}
-    assert slice_writes == {("POST", "EndpointSlice"): 1}, slice_writes
+    assert (writes := slice_writes(a)) == {("POST", "EndpointSlice"): 1}, writes
     # The standby has only read its Lease: it never wrote (or even read) the slice.
     assert set(requests_by(b)) == {("GET", "Lease")}, requests_by(b)
 
     a.kill(signal.SIGKILL)
     killed = time.monotonic()
-    wait_until(
-        lambda: routes_to(leader_slice(cluster)) == (addresses["b"], ports["b"]),
-        timeout=60,
-        interval=0.1,
-        what="the slice names b after a's kill -9",
-    )
+    wait_slice_names("b", after=" after a's kill -9")
     stale = time.monotonic() - killed
     assert holder(cluster, lease) == "b" and b.metric("coursehub_leader") == 1
-    answer = wait_until(
-        lambda: webhook_answer(*routes_to(leader_slice(cluster))), timeout=60, what="b's webhook server"
-    )
-    assert answer.startswith("401 no X-Hub-Signature-256"), answer
+    slice_answers_as_coursehub("b")
     # b took the slice over with one update (the resourceVersion it read), no second create.
-    slice_writes = {k: v for k, v in requests_by(b).items() if k[1] == "EndpointSlice" and k[0] in WRITES}
-    assert slice_writes == {("PUT", "EndpointSlice"): 1}, slice_writes
+    assert (writes := slice_writes(b)) == {("PUT", "EndpointSlice"): 1}, writes
     assert leader_slice(cluster)["metadata"]["annotations"]["coursehub.dev/leader"] == "b"
     # Reported, never asserted (no timing assertions): how long pushes went to the dead leader.
     print(f"\nleader EndpointSlice stale after kill -9: {stale:.2f} s")
@@ -371,20 +377,11 @@ def test_the_webhook_service_routes_to_the_leader_and_follows_it_after_kill_9_an
     assert set(requests_by(c)) == {("GET", "Lease")}, requests_by(c)
     os.killpg(b.proc.pid, signal.SIGTERM)
     stopped = time.monotonic()
-    wait_until(
-        lambda: routes_to(leader_slice(cluster)) == (addresses["c"], ports["c"]),
-        timeout=60,
-        interval=0.1,
-        what="the slice names c after b's clean stop",
-    )
+    wait_slice_names("c", after=" after b's clean stop")
     handover = time.monotonic() - stopped
     assert b.proc.wait(timeout=30) == 0
     assert holder(cluster, lease) == "c"
-    slice_writes = {k: v for k, v in requests_by(c).items() if k[1] == "EndpointSlice" and k[0] in WRITES}
-    assert slice_writes == {("PUT", "EndpointSlice"): 1}, slice_writes
-    answer = wait_until(
-        lambda: webhook_answer(*routes_to(leader_slice(cluster))), timeout=60, what="c's webhook server"
-    )
-    assert answer.startswith("401 no X-Hub-Signature-256"), answer
+    assert (writes := slice_writes(c)) == {("PUT", "EndpointSlice"): 1}, writes
+    slice_answers_as_coursehub("c")
     print(f"leader EndpointSlice stale after a clean stop (SIGTERM): {handover:.2f} s")
     cluster.kubectl("delete", "endpointslice", slice_name(WEBHOOK_SERVICE), "-n", CHART_NAMESPACE)
