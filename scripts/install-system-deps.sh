@@ -10,6 +10,9 @@ PACKAGES=(docker-registry skopeo postgresql apache2-utils
 PACKAGES+=(python3-pip libpq-dev)
 # The learner in the browser tests (docs/testing.md): headless Chromium and its WebDriver.
 PACKAGES+=(chromium chromium-driver)
+# Private course repositories over ssh (docs/builds.md): the operator polls with ssh, the tests
+# serve git over their own sshd (tests/fixtures/git_ssh_server.py, its own config and port).
+PACKAGES+=(openssh-client openssh-server)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -20,4 +23,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
   # The Debian packages start system services; the tests run their own instances.
   $SUDO systemctl disable --now docker-registry postgresql containerd >/dev/null 2>&1 || true
+  # Only an sshd this script installed: never a machine's own ssh service (it may be how you got in).
+  if [[ " ${missing[*]} " == *" openssh-server "* ]]; then
+    $SUDO systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+  fi
 fi

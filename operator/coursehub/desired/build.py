@@ -108,6 +108,81 @@ def parse_ls_remote(output: str, ref: str) -> str | None:
     return None
 
 
+# git's closing advice after any remote failure: never the reason, so never the line shown.
+_GIT_BOILERPLATE = (
+    "fatal: Could not read from remote repository.",
+    "Please make sure you have the correct access rights",
+    "and the repository exists.",
+)
+_HOST_KEY_CHANGED = re.compile(r"Host key for (\S+) has changed")
+_HOST_KEY_UNKNOWN = re.compile(r"No (\S+) host key is known for (\S+)")
+_HOST_KEY_SENT = re.compile(
+    r"The fingerprint for the (\S+) key sent by the remote host is\s+(SHA256:\S+?)\.?$", re.M
+)
+
+
+def git_failure(stderr: str, url: str, secret: str | None) -> tuple[str, str]:
+    """(reason, message) for a failed `git ls-remote` of `url` from its (masked) stderr, naming
+    the field to fix. `secret`: the name in spec.build.git.secretRef, if any.
+
+    ssh host key verification failures say so (HostKeyVerificationFailed), naming the Secret's
+    `known_hosts`: with StrictHostKeyChecking=yes git only says it cannot read the repository."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    ref = f"Secret {secret} (spec.build.git.secretRef)" if secret else "spec.build.git.secretRef"
+    keyscan = "ssh-keyscan, checked against a fingerprint you trust"
+    if any("Host key verification failed" in ln for ln in lines):
+        if secret is None:
+            return (
+                "HostKeyVerificationFailed",
+                f"git ls-remote {url}: ssh host key verification failed: an ssh:// URL needs "
+                "spec.build.git.secretRef, a Secret with keys 'ssh-privatekey' and 'known_hosts'",
+            )
+        changed = _HOST_KEY_CHANGED.search(stderr)
+        if changed:
+            sent = _HOST_KEY_SENT.search(stderr)
+            offered = f" (it sent {sent.group(1)} {sent.group(2)})" if sent else ""
+            return (
+                "HostKeyVerificationFailed",
+                f"git ls-remote {url}: ssh host key verification failed: the host key of "
+                f"{changed.group(1)}{offered} is not the one key 'known_hosts' of {ref} names for it; "
+                f"nothing is fetched or built until key 'known_hosts' holds the server's public host "
+                f"key ({keyscan})",
+            )
+        unknown = _HOST_KEY_UNKNOWN.search(stderr)
+        what = f"no {unknown.group(1)} key for {unknown.group(2)}" if unknown else "no key for this server"
+        return (
+            "HostKeyVerificationFailed",
+            f"git ls-remote {url}: ssh host key verification failed: key 'known_hosts' of {ref} has "
+            f"{what}; add the server's public host key, a line '[host]:port ssh-ed25519 AAAA...' "
+            f"({keyscan})",
+        )
+    bad_key = next((ln for ln in lines if ln.startswith("Load key")), None)
+    if bad_key is not None:
+        return (
+            "SourceUnauthorized",
+            f"git ls-remote {url}: key 'ssh-privatekey' of {ref} is not a private key ssh can read "
+            f"({bad_key.split(': ', 2)[-1][:100]}): store the whole key file, its last newline included",
+        )
+    if any("Permission denied (publickey" in ln for ln in lines):
+        return (
+            "SourceUnauthorized",
+            f"git ls-remote {url}: the ssh server refused the key"
+            + (
+                f" in 'ssh-privatekey' of {ref}: add its public key to the repository (a deploy key)"
+                if secret
+                else ": set spec.build.git.secretRef to a Secret with 'ssh-privatekey' and 'known_hosts'"
+            ),
+        )
+    useful = [ln for ln in lines if not ln.startswith(_GIT_BOILERPLATE)] or lines
+    why = useful[-1][:300] if useful else "no message"
+    unauthorized = "Authentication" in why or "could not read Username" in why
+    return (
+        "SourceUnauthorized" if unauthorized else "SourceUnavailable",
+        f"git ls-remote {url} failed: {why}; check spec.build.git.url"
+        + (" and spec.build.git.secretRef" if unauthorized else ""),
+    )
+
+
 def rebuild_requested(annotations: Mapping[str, str] | None, acted_on: str | None) -> str | None:
     """The annotation value to act on, if `coursehub.dev/rebuild` holds one not acted on yet."""
     value = (annotations or {}).get(REBUILD_ANNOTATION)

@@ -295,6 +295,15 @@ class BuildController:
                         GIT_CONFIG_VALUE_2=f"Authorization: Basic {auth}",
                     )
                 elif data.get("ssh-privatekey"):
+                    if not data.get("known_hosts", "").strip():
+                        # StrictHostKeyChecking=yes: without it no server can be trusted.
+                        raise GitProblem(
+                            "HostKeyVerificationFailed",
+                            f"spec.build.git.secretRef: Secret {g.secret} has 'ssh-privatekey' but no "
+                            f"'known_hosts': add the server's public host key ('[host]:port ssh-ed25519 "
+                            f"AAAA...', from ssh-keyscan, checked against a fingerprint you trust)",
+                        )
+                    secrets.append(data["ssh-privatekey"])
                     key_path, hosts_path = os.path.join(tmp, "key"), os.path.join(tmp, "known_hosts")
                     with open(os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
                         f.write(data["ssh-privatekey"])
@@ -341,17 +350,7 @@ class BuildController:
                 ) from None
         if proc.returncode != 0:
             text = plan.mask(err.decode(errors="replace"), secrets).strip().splitlines()
-            why = text[-1][:300] if text else f"exit {proc.returncode}"
-            reason = (
-                "SourceUnauthorized"
-                if "Authentication" in why or "could not read Username" in why
-                else ("SourceUnavailable")
-            )
-            raise GitProblem(
-                reason,
-                f"git ls-remote {g.url} failed: {why}; check spec.build.git.url"
-                + (" and spec.build.git.secretRef" if reason == "SourceUnauthorized" else ""),
-            )
+            raise GitProblem(*plan.git_failure("\n".join(text) or f"exit {proc.returncode}", g.url, g.secret))
         commit = plan.parse_ls_remote(out.decode(errors="replace"), g.ref)
         if commit is None:
             raise GitProblem(
