@@ -8,12 +8,15 @@ chart (dev/coursehub_dev/stack.py) and a hub from the published z2jh 4.4.0 chart
 2. Launch link -> JupyterLab answering (its version from the page, so nothing else answered),
    over --learners learners one after another (each stopped before the next): first not
    pre-pulled (the hub's pre-pull off and the course image and network-tools removed from the
-   node's containerd before each launch: every learner pulls), then pre-pulled (pre-pull on with
-   publishAfterPull, waited for). p50 and p95 of each.
+   node's containerd before each launch, every record and unpacked layer of them: every learner
+   pulls), then pre-pulled (pre-pull on with publishAfterPull, waited for). p50 and p95 of each.
+   Each not-pre-pulled launch prints what was removed first (Stack.forget_images, which fails if
+   anything of the images is left) and kubelet's pull of each image; the run stops if the node
+   still lists an image before the launch, or if kubelet found one "already present".
 3. A course's new digest (a new build pushed under the same tag) -> present on every eligible
    real node (containerd lists it), with the operator's resolve interval at 5 s.
 
-Times only, printed; nothing asserted. Run it alone (2 cores), as root:
+Times, printed; asserted only that a not-pre-pulled launch pulled. Run it alone (2 cores), as root:
 
     flock /tmp/coursehub-e2e.lock uv run python bench/bench_real_nodes.py [--learners 10]
 """
@@ -38,6 +41,9 @@ from harness import percentile  # noqa: E402
 
 COURSE = "clustering"
 NODE = "real-node-0"
+# What a learner pod pulls on a node that has none of it (the pause image stays: the hub's pods
+# on the node use it).
+COLD_REPOS = ("coursehub/course-", "jupyterhub/k8s-network-tools")
 
 
 def first_node_ready(cluster: DevCluster, started_wall: float) -> float:
@@ -50,12 +56,37 @@ def first_node_ready(cluster: DevCluster, started_wall: float) -> float:
     )
 
 
-def one_learner(stack: Stack, ns: str) -> float:
+def pulls(stack: Stack, ns: str, pod: str) -> list[str]:
+    """kubelet's Pulled events of a pod: "Successfully pulled image ... in Xs" or "... already
+    present on machine", one per container."""
+    events = stack.cluster.get(f"/api/v1/namespaces/{ns}/events?fieldSelector=involvedObject.name%3D{pod}")
+    return [e["message"] for e in events["items"] if e["reason"] == "Pulled"]
+
+
+def forget(stack: Stack) -> None:
+    """The course image and network-tools gone from the node, or the run stops."""
+    print(f"  forgot {stack.forget_images(NODE, *COLD_REPOS)}", flush=True)
+    left = [n for n in stack.node_images(NODE) if any(r in n for r in COLD_REPOS)]
+    if left:
+        raise SystemExit(f"{NODE} still lists {left} after forgetting them: the launch would not pull")
+
+
+def one_learner(stack: Stack, ns: str, *, cold: bool = False) -> float:
     s = stack.browser()
     t = time.monotonic()
     user = stack.launch(ns, COURSE, s)
     wait_until(lambda: stack.lab_version(ns, user, s), timeout=300, what=f"JupyterLab of {user}")
     secs = time.monotonic() - t
+    pod = stack.learner_pod(ns, user)
+    if cold:
+        if pod is None:
+            raise SystemExit(f"no learner pod of {user} to read its pulls from")
+        messages = pulls(stack, ns, pod["metadata"]["name"])
+        for m in messages:
+            print(f"    {m}", flush=True)
+        present = [m for m in messages if "already present" in m]
+        if present or not messages:
+            raise SystemExit(f"a not-pre-pulled launch pulled nothing: {present or 'no Pulled events'}")
     api = stack.hub_api(ns)
     base = stack.hub_url(ns)
     api.delete(f"{base}/hub/api/users/{user}/server", timeout=30)
@@ -125,8 +156,8 @@ def main() -> None:
 
         cold: list[float] = []
         for _ in range(args.learners):
-            stack.forget_images(NODE, "coursehub/course-", "jupyterhub/k8s-network-tools")
-            cold.append(one_learner(stack, ns))
+            forget(stack)
+            cold.append(one_learner(stack, ns, cold=True))
             print(f"  not pre-pulled: {cold[-1]:.1f}s", flush=True)
         hub = stack.hub_manifest(ns, pre_pull={"enabled": True, "publishAfterPull": True})
         stack.apply(hub)

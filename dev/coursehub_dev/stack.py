@@ -30,6 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
+from coursehub.hub import DEFAULT_STAFF_GROUP
+
+from . import nodeimages
 from .images import ImageBuilder
 from .paths import REPO_ROOT, Z2JH_CHART
 from .realnodes import GPU_TAINT, SANDBOX_IMAGE, SOCKET_DIR, RealNodes, mirrored, plan
@@ -53,6 +56,20 @@ Z2JH_IMAGES = {
 }
 GROUP = "coursehub.dev"
 HUB_API_SERVICE = "coursehub-dev"
+# The service whose token makes hub users course staff (docs/hub-side.md, "Making someone staff").
+STAFF_SERVICE = "coursehub-staff-admin"
+
+
+def staff_values(group: str = DEFAULT_STAFF_GROUP) -> dict[str, Any]:
+    """z2jh `hub` values that let a platform engineer make a hub user course staff: the staff group
+    exists from the hub's start (`load_groups` only adds), and the hub service STAFF_SERVICE, whose
+    token (z2jh generates it into its `hub` Secret) may add and remove members of that one group
+    and do nothing else (no admin, no other group, no servers)."""
+    return {
+        "config": {"JupyterHub": {"load_groups": {group: {"users": []}}}},
+        "services": {STAFF_SERVICE: {}},
+        "loadRoles": {STAFF_SERVICE: {"services": [STAFF_SERVICE], "scopes": [f"groups!group={group}"]}},
+    }
 
 
 @dataclass
@@ -224,17 +241,21 @@ class Stack:
         courses: dict[str, Any] = {"namespaces": "Same", "onUnknown": "reject"}
         if default_course:
             courses = {"namespaces": "Same", "default": default_course, "onUnknown": "default"}
+        staff = staff_values()
         z2jh: dict[str, Any] = {
             "hub": {
                 "nodeSelector": REAL_NODE_SELECTOR,
                 # A token for tests, benchmarks and the demo to see and stop learners (z2jh
                 # generates it into its `hub` Secret): these hubs are this machine's only.
-                "services": {HUB_API_SERVICE: {}},
+                # And the staff group with the token that grants it (make_staff).
+                "config": staff["config"],
+                "services": {HUB_API_SERVICE: {}, **staff["services"]},
                 "loadRoles": {
                     HUB_API_SERVICE: {
                         "services": [HUB_API_SERVICE],
                         "scopes": ["admin:users", "admin:servers", "list:users"],
-                    }
+                    },
+                    **staff["loadRoles"],
                 },
             },
             "proxy": {"chp": {"nodeSelector": REAL_NODE_SELECTOR}, "service": {"type": "NodePort"}},
@@ -356,26 +377,39 @@ class Stack:
                 return p
         return None
 
-    def hub_api(self, namespace: str) -> requests.Session:
-        """The hub's REST API as the hub service HUB_API_SERVICE (admin:users, admin:servers), its
+    def hub_api(self, namespace: str, service: str = HUB_API_SERVICE) -> requests.Session:
+        """The hub's REST API as a hub service (HUB_API_SERVICE: admin:users, admin:servers), its
         token from the Secret z2jh's chart generates."""
         import base64
 
         secret = self.cluster.get(f"/api/v1/namespaces/{namespace}/secrets/hub")
-        token = base64.b64decode(secret["data"][f"hub.services.{HUB_API_SERVICE}.apiToken"]).decode()
+        token = base64.b64decode(secret["data"][f"hub.services.{service}.apiToken"]).decode()
         s = self.browser()
         s.headers["Authorization"] = f"token {token}"
         return s
+
+    def make_staff(self, namespace: str, user: str, group: str = DEFAULT_STAFF_GROUP) -> requests.Response:
+        """Add a hub user to the staff group, as a platform engineer does: POST to the hub's REST
+        API with STAFF_SERVICE's token (staff_values)."""
+        api = self.hub_api(namespace, STAFF_SERVICE)
+        return api.post(
+            f"{self.hub_url(namespace)}/hub/api/groups/{group}/users", json={"users": [user]}, timeout=30
+        )
 
     def node_images(self, node: str) -> list[str]:
         """Image names in a real node's containerd (what kubelet sees as present)."""
         return _ctr(node, "images", "ls", "-q").split()
 
-    def forget_images(self, node: str, *repos: str) -> None:
-        """Remove every image of these repositories from a node's containerd (a cold node)."""
-        names = [n for n in self.node_images(node) if any(r in n for r in repos)]
-        if names:
-            _ctr(node, "images", "rm", "--sync", *names)
+    def reads_node_images(self, node: str) -> bool:
+        """Whether this machine runs the node's containerd (not so on an existing cluster)."""
+        return (SOCKET_DIR / node / "containerd.sock").exists()
+
+    def forget_images(self, node: str, *repos: str) -> nodeimages.Forgotten:
+        """Remove every image one of whose names contains one of `repos` from a node's containerd,
+        completely (a cold node: the next launch pulls and unpacks it): every record of it, the
+        CRI plugin's ID record `sha256:<config>` too, after kubelet removed stopped containers
+        on it; raises nodeimages.StillPresent naming anything of its own that is left."""
+        return nodeimages.forget(nodeimages.Containerd(SOCKET_DIR / node / "containerd.sock", node), repos)
 
     def write_env(self, path: Path) -> None:
         """What other processes need (kubeconfig, node IPs, registry, images) as JSON."""
