@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from ..registry.reference import COURSE_IMAGE_PATTERN, NAME_LENGTH_RULE
 from .common import (
     COURSE_SLUG_PATTERN,
+    OBJECT_NAME_PATTERN,
     Condition,
     Model,
     Resources,
@@ -57,6 +58,24 @@ def _no_dotdot(field: str, example: str) -> dict:
     }
 
 
+# A key of a Secret's data (what the API server allows there).
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+
+
+class WebhookSecretRef(Model):
+    name: str = Field(
+        description="A Secret of this namespace (referenced, never copied).",
+        pattern=OBJECT_NAME_PATTERN,
+        max_length=253,
+    )
+    key: str = Field(
+        "webhook-secret",
+        description="The key holding the secret the repository's webhook is configured with.",
+        pattern=SECRET_KEY_PATTERN,
+        max_length=253,
+    )
+
+
 class GitSource(Model):
     model_config = Model.model_config | {
         "json_schema_extra": {
@@ -94,6 +113,14 @@ class GitSource(Model):
         description="For a private repository: a Secret of this namespace with key 'token' (https: sent "
         "as HTTP basic auth, user 'x-access-token' unless key 'username' is set) or keys "
         "'ssh-privatekey' and 'known_hosts' (ssh). Build pods reference it; it is never copied.",
+    )
+    webhook_secret_ref: WebhookSecretRef | None = Field(
+        None,
+        description="This repository's own push webhook secret (GitHub's HMAC secret, GitLab's token), in "
+        "a Secret of this namespace. Set: pushes for this repository URL are verified only against the "
+        "secrets of the CourseImages building it, no longer against the operator-wide secret, so no other "
+        "course author can forge them. A missing Secret refuses this repository's pushes (polling still "
+        "builds) and Built says so.",
     )
 
     @model_validator(mode="after")

@@ -663,6 +663,9 @@ class BuildState:
     current: BuildRecordData | None = None  # queued or running
     history: tuple[BuildRecordData, ...] = field(default_factory=tuple)  # finished, newest first
     rebuild: str | None = None  # annotation value acted on
+    # (reason, message): the course's own webhook secret cannot be used, so its pushes are
+    # refused (spec.build.git.webhookSecretRef; reconcile/webhook.CourseWebhookSecrets)
+    webhook_problem: tuple[str, str] | None = None
 
     @property
     def last(self) -> BuildRecordData | None:
@@ -714,7 +717,8 @@ def build_status(state: BuildState) -> dict:
 
 def built_condition(state: BuildState) -> Cond:
     """Built: True once the newest commit is built and pushed; False while one is queued or
-    running (transient reasons) or when the newest build failed (BuildFailed, naming the step)."""
+    running (transient reasons), when the newest build failed (BuildFailed, naming the step), or
+    when the course's own webhook secret is unusable (WebhookSecret*: its pushes are refused)."""
     cur, last, good = state.current, state.last, state.good
     serving = f"; learners get {good.commit[:SHORT]} ({good.digest})" if good and good.digest else ""
     if cur is not None and cur.result == "Running":
@@ -730,6 +734,11 @@ def built_condition(state: BuildState) -> Cond:
             last.reason or "BuildFailed",
             f"the build of {last.commit[:SHORT]} (Job {last.job}) {last.message or 'failed'}{serving}",
         )
+    if state.webhook_problem is not None and (good is not None or state.problem is None):
+        # Builds go on by polling, but a push webhook the course author configured is refused:
+        # a configuration to fix, not a state that settles (Warning Event, Argo CD Degraded).
+        reason, message = state.webhook_problem
+        return Cond("Built", False, reason, message + serving)
     if good is not None:
         return Cond("Built", True, "Built", f"{good.commit[:SHORT]} built as {good.tag} ({good.digest})")
     if state.problem is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 import kopf
 from pydantic import ValidationError
@@ -108,8 +109,17 @@ class Runtime:
         path = self.settings.webhook_secret_file
         secret = open(path, "rb").read().strip() if path else b""  # noqa: SIM115 (read once at start)
         if not secret:
-            log.warning("webhooks: no secret (COURSEHUB_WEBHOOK_SECRET_FILE): every webhook is refused")
-        self.webhook = WebhookServer(secret, self.builds.on_push, self.settings.webhook_port)
+            log.warning(
+                "webhooks: no secret (COURSEHUB_WEBHOOK_SECRET_FILE): only repositories with a "
+                "spec.build.git.webhookSecretRef of their own take pushes"
+            )
+        self.webhook = WebhookServer(
+            secret,
+            self.builds.on_push,
+            self.settings.webhook_port,
+            own_secrets=self.builds.webhook_secrets.for_repositories,
+            identity=self.settings.identity or socket.gethostname(),
+        )
         await self.webhook.start()
 
     async def stop(self) -> None:

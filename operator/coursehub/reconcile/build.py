@@ -34,7 +34,7 @@ from ..registry.policy import host_matches, is_global_address
 from ..registry.reference import parse_ecr_host
 from ..settings import Settings
 from ..state import Index, Key
-from .webhook import Push, ref_matches, repo_key
+from .webhook import CourseWebhookSecrets, Push, ref_matches, repo_key
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,10 @@ class BuildController:
         self.seq = 0
         self.wakeup = asyncio.Event()
         self.jobs_started = 0
+        # The courses' own push webhook secrets (read when a push names their repository, and
+        # at each poll so Built says when one is unusable); which ref each course was checked for.
+        self.webhook_secrets = CourseWebhookSecrets(kube, index, self._webhook_problem)
+        self.webhook_ref_of: dict[Key, tuple[str, str]] = {}
 
     # -- courses come and go -------------------------------------------------------------------
     def sync(self, key: Key) -> None:
@@ -133,6 +137,13 @@ class BuildController:
             for k in self.groups[gkey].members
             if k in self.index.courses and self.index.courses[k].spec.build is not None
         )
+        own = b.git.webhook_secret_ref
+        if own is None or not self.settings.webhook_port:
+            self.webhook_ref_of.pop(key, None)
+            state = replace(state, webhook_problem=None)
+        elif self.webhook_ref_of.get(key) != (own.name, own.key):
+            self.webhook_ref_of[key] = (own.name, own.key)
+            self.groups[gkey].due = 0.0  # the next poll, now, reads the newly named Secret
         rebuild = plan.rebuild_requested((raw.get("metadata") or {}).get("annotations"), state.rebuild)
         if rebuild is not None:
             state = replace(state, rebuild=rebuild)
@@ -159,6 +170,7 @@ class BuildController:
             self._leave(key, gkey)
         self.queued.pop(key, None)
         self.pending_rebuild.pop(key, None)
+        self.webhook_ref_of.pop(key, None)
         if key in self.index.builds and key not in self.running:
             del self.index.builds[key]
 
@@ -182,6 +194,14 @@ class BuildController:
         self.wakeup.set()
 
     # -- webhooks ------------------------------------------------------------------------------------
+    def _webhook_problem(self, key: Key, problem: tuple[str, str] | None) -> None:
+        """What reading a course's own webhook secret found (None: usable)."""
+        state = self.index.builds.get(key)
+        if state is not None and key in self.webhook_ref_of and state.webhook_problem != problem:
+            if problem is not None:
+                log.warning("push webhooks of %s/%s are refused: %s", *key, problem[1])
+            self._set(key, replace(state, webhook_problem=problem))
+
     def on_push(self, push: Push) -> int:
         """A verified push: the groups of that repository and ref poll now. Returns their courses."""
         names = {repo_key(u) for u in push.repositories}
@@ -258,6 +278,9 @@ class BuildController:
                 self._enqueue(key, commit, "poll")
             elif rebuild is not None:
                 self._enqueue(key, commit, "rebuild", rebuild)
+        for key in list(g.members):  # Built says when a course's own webhook secret is unusable
+            if key in self.webhook_ref_of:
+                await self.webhook_secrets.check_course(key)
 
     async def ls_remote(self, g: Group) -> str:
         """The commit of `g.ref` (git ls-remote), after checking where the URL leads."""

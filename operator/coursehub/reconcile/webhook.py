@@ -11,27 +11,35 @@ never the body.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import base64
+import binascii
+import contextlib
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import urlsplit
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 
 from aiohttp import web
+
+from ..desired.webhook_auth import (
+    OwnSecretRef,
+    Refused,
+    authorize,
+    own_secret,
+    own_secret_refs,
+    payload_repositories,
+    provider_of,
+    repo_key,
+    repository_urls,
+)
+from ..kube import SECRETS, Kube, KubeError, NotFound
+from ..state import Index, Key
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 5 * 1024 * 1024  # GitHub caps payloads at 25 MB; pushes are far smaller
 PATH = "/hooks/git"
-
-
-class Refused(Exception):
-    def __init__(self, status: int, why: str) -> None:
-        super().__init__(why)
-        self.status = status
-        self.why = why
 
 
 @dataclass(frozen=True)
@@ -43,22 +51,9 @@ class Push:
 
 
 def verify(headers: dict[str, str], body: bytes, secret: bytes) -> str:
-    """The provider whose signature `body` carries, or Refused (401 none, 403 wrong)."""
-    h = {k.lower(): v for k, v in headers.items()}
-    if not secret:
-        raise Refused(403, "no webhook secret configured: webhooks are off")
-    sig = h.get("x-hub-signature-256")
-    if sig is not None:
-        want = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(sig.strip().encode(), want.encode()):
-            raise Refused(403, "X-Hub-Signature-256 does not match the body")
-        return "github"
-    token = h.get("x-gitlab-token")
-    if token is not None:
-        if not hmac.compare_digest(token.encode(), secret):
-            raise Refused(403, "X-Gitlab-Token is wrong")
-        return "gitlab"
-    raise Refused(401, "no X-Hub-Signature-256 (GitHub) or X-Gitlab-Token (GitLab) header")
+    """The provider whose signature with the operator-wide `secret` `body` carries, or Refused
+    (401 none, 403 wrong). Pushes go through `authorize`, which adds the courses' own secrets."""
+    return authorize(headers, body, (), {}, secret).provider
 
 
 def parse(provider: str, headers: dict[str, str], body: bytes) -> Push | None:
@@ -75,32 +70,11 @@ def parse(provider: str, headers: dict[str, str], body: bytes) -> Push | None:
         raise Refused(400, "the body is not JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("ref"), str):
         raise Refused(400, "a push payload needs 'ref'")
-    if provider == "github":
-        repo = doc.get("repository") or {}
-        urls = [repo.get(k) for k in ("clone_url", "ssh_url", "git_url", "html_url", "url")]
-    else:
-        repo = doc.get("project") or doc.get("repository") or {}
-        urls = [repo.get(k) for k in ("git_http_url", "git_ssh_url", "web_url", "http_url", "url")]
-    found = tuple(u for u in urls if isinstance(u, str) and u)
+    found = repository_urls(doc, provider)
     if not found:
         raise Refused(400, "a push payload needs the repository's URL")
     after = doc.get("after") if isinstance(doc.get("after"), str) else None
     return Push(provider, found, doc["ref"], after)
-
-
-def repo_key(url: str) -> str:
-    """One name for a repository however it is written: host (lower case) and path, without
-    scheme, user, port, '.git' and trailing '/' (https://Git.x/a/b.git = ssh://git@git.x/a/b)."""
-    if "://" not in url and ":" in url and "@" in url.split(":", 1)[0]:  # scp-like git@host:a/b
-        user_host, _, path = url.partition(":")
-        host = user_host.split("@", 1)[1]
-    else:
-        parts = urlsplit(url)
-        host, path = (parts.hostname or ""), parts.path
-    path = path.strip("/")
-    if path.endswith(".git"):
-        path = path[:-4]
-    return f"{host.lower()}/{path}"
 
 
 def ref_matches(pushed: str, followed: str) -> bool:
@@ -110,14 +84,102 @@ def ref_matches(pushed: str, followed: str) -> bool:
     return pushed in (f"refs/heads/{followed}", f"refs/tags/{followed}")
 
 
-class WebhookServer:
-    """aiohttp app on settings.webhook_port; `on_push(push)` returns how many courses it woke."""
+class CourseWebhookSecrets:
+    """I/O: the CourseImages' own webhook secrets (spec.build.git.webhookSecretRef), read one by
+    one with `get` (the right the operator already has for git.secretRef), kept in memory only,
+    for TTL seconds: anyone can send requests naming a repository, and each must not cost an API
+    read; a rotated secret is used within TTL seconds. Every read reports the course's problem
+    (or its absence) to `report`, which Built shows (reconcile/build.py)."""
 
-    def __init__(self, secret: bytes, on_push: Callable[[Push], int], port: int, host: str = "0.0.0.0"):
+    TTL = 10.0
+
+    def __init__(
+        self,
+        kube: Kube,
+        index: Index,
+        report: Callable[[Key, tuple[str, str] | None], None],
+        ttl: float = TTL,
+    ):
+        self.kube = kube
+        self.index = index
+        self.report = report
+        self.ttl = ttl
+        # (namespace, Secret, key) -> (read at, {key: value} or None when not found, read error)
+        self.cache: dict[tuple[str, str, str], tuple[float, dict[str, bytes] | None, str | None]] = {}
+
+    async def _read(self, namespace: str, name: str, key: str) -> tuple[dict[str, bytes] | None, str | None]:
+        now = time.monotonic()
+        hit = self.cache.get((namespace, name, key))
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1], hit[2]
+        data: dict[str, bytes] | None = None
+        error = None
+        try:
+            raw = (await self.kube.get(SECRETS, name, namespace)).get("data") or {}
+            data = {}
+            if key in raw:  # only the referenced value is kept
+                with contextlib.suppress(binascii.Error, ValueError):  # not base64: as if absent
+                    data[key] = base64.b64decode(raw[key])
+        except NotFound:
+            data = None
+        except (KubeError, OSError) as e:
+            error = f"HTTP {e.status}" if isinstance(e, KubeError) else type(e).__name__
+        self.cache[(namespace, name, key)] = (now, data, error)
+        if len(self.cache) > 4096:  # Secrets of courses long gone
+            self.cache = {k: v for k, v in self.cache.items() if now - v[0] < self.ttl}
+        return data, error
+
+    async def check(self, ref: OwnSecretRef) -> bytes | None:
+        """The course's own secret, or None (its problem reported)."""
+        data, error = await self._read(ref.course[0], ref.name, ref.key)
+        value, problem = own_secret(ref, ref.course[0], data, error)
+        self.report(ref.course, problem)
+        return value
+
+    async def check_course(self, key: Key) -> None:
+        """Read (or re-read after TTL) one course's own secret, for its Built condition."""
+        course = self.index.courses.get(key)
+        for ref in own_secret_refs([course] if course is not None else []):
+            await self.check(ref)
+
+    async def for_repositories(self, repositories: Iterable[str]) -> dict[str, tuple[bytes, ...]]:
+        """Per repository some CourseImage with its own secret builds: the readable own secrets
+        (an empty tuple: it has some, none readable, so its pushes are refused)."""
+        out: dict[str, list[bytes]] = {}
+        for ref in own_secret_refs(list(self.index.courses.values()), repositories):
+            value = await self.check(ref)
+            out.setdefault(ref.repository, [])
+            if value is not None:
+                out[ref.repository].append(value)
+        return {repo: tuple(values) for repo, values in out.items()}
+
+
+# The own secrets of the CourseImages building the repositories a request names.
+OwnSecrets = Callable[[frozenset[str]], Awaitable[Mapping[str, tuple[bytes, ...]]]]
+# Accepted requests say who answered (the leader's identity): only our server sends it.
+ANSWERED_BY = "X-Coursehub-Operator"
+
+
+class WebhookServer:
+    """aiohttp app on settings.webhook_port; `on_push(push)` returns how many courses it woke.
+    `own_secrets(repositories)` (I/O: CourseWebhookSecrets.for_repositories) gives, per
+    repository with CourseImages that have their own secret, those secrets (desired/webhook_auth)."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        on_push: Callable[[Push], int],
+        port: int,
+        host: str = "0.0.0.0",
+        own_secrets: OwnSecrets | None = None,
+        identity: str = "",
+    ):
         self.secret = secret
         self.on_push = on_push
         self.port = port
         self.host = host
+        self.own_secrets = own_secrets
+        self.identity = identity
         self.runner: web.AppRunner | None = None
         self.refused = 0
 
@@ -136,24 +198,33 @@ class WebhookServer:
             return web.Response(status=413, text="payload too large\n")
         headers = dict(request.headers)
         try:
-            provider = verify(headers, body, self.secret)
-            push = parse(provider, headers, body)
+            provider_of(headers)  # 401 before the body is even parsed
+            # Unverified: only to choose the secrets it must be signed with (bounded by MAX_BODY).
+            repos = payload_repositories(headers, body)
+            own = await self.own_secrets(repos) if self.own_secrets is not None and repos else {}
+            verdict = authorize(headers, body, repos, own, self.secret)
+            push = parse(verdict.provider, headers, body)
         except Refused as e:
             self.refused += 1
             # Never the body: it is whatever anyone sent.
             log.warning("webhook from %s refused (%d): %s (%d bytes)", peer, e.status, e.why, len(body))
             return web.Response(status=e.status, text=e.why + "\n")
+        answered = {ANSWERED_BY: self.identity} if self.identity else {}
         if push is None:
-            return web.Response(status=204)
-        woken = self.on_push(push)
+            return web.Response(status=204, headers=answered)
+        # Only the repositories the signature speaks for (a payload may name others).
+        push = replace(
+            push, repositories=tuple(u for u in push.repositories if repo_key(u) in verdict.repositories)
+        )
+        woken = self.on_push(push) if push.repositories else 0
         log.info(
             "webhook (%s) push to %s of %s: %d course(s) poll now",
-            provider,
+            verdict.provider,
             push.ref,
-            push.repositories[0],
+            push.repositories[0] if push.repositories else "-",
             woken,
         )
-        return web.json_response({"courses": woken}, status=202)
+        return web.json_response({"courses": woken}, status=202, headers=answered)
 
     async def start(self) -> None:
         self.runner = web.AppRunner(self.app(), access_log=None)
