@@ -89,8 +89,8 @@ Kept off on purpose: `escalate`, nodes, cluster-scoped writes, Secrets list/watc
   resources: ["courseimages/finalizers", "jupyterhubdeployments/finalizers"]
   verbs: ["update"]
 # Secrets: read one by one, only those a hub or course references (database URL, OIDC
-# client, shared password, image pull secret). No list or watch: the operator never sees
-# a namespace's other Secrets.
+# client, shared password, image pull secret, a build's git credential and push webhook
+# secret). No list or watch: the operator never sees a namespace's other Secrets.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
