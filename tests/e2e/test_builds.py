@@ -247,6 +247,91 @@ def test_a_private_repository_with_a_token_secret(env):
     assert "course3-git" in jobs
 
 
+def test_a_repository_with_its_own_webhook_secret_takes_pushes_signed_with_it_only(env):
+    """spec.build.git.webhookSecretRef: a push signed with the course's own secret builds the new
+    commit (pollSeconds 3600: no poll would in this test's time); the operator-wide secret no
+    longer suffices for that repository. While the Secret is missing, polling still builds,
+    pushes are refused and Built (with a Warning Event) names the field and the fix."""
+    own = "own-" + uuid.uuid4().hex
+    first = env.git.create("course-hook", {"Dockerfile": DOCKERFILE, "version.txt": "h1\n"})
+    git = {"url": env.git.url("course-hook"), "webhookSecretRef": {"name": "course-hook-webhook"}}
+    env.apply(env.course_manifest("course-hook", "course-hook", git=git, pollSeconds=3600))
+
+    def push(commit: str, secret: str) -> requests.Response:
+        body = json.dumps(
+            {
+                "ref": "refs/heads/main",
+                "after": commit,
+                "repository": {"clone_url": env.git.url("course-hook")},
+            }
+        ).encode()
+        return env.webhook(body, "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest())
+
+    def refused_for_the_missing_secret():
+        o = env.course("course-hook")
+        built = cond(o, "Built")
+        done = build_status(o).get("commit") == first and built.get("reason") == "WebhookSecretNotFound"
+        return o if done else None
+
+    obj = wait_until(
+        refused_for_the_missing_secret,
+        timeout=BUILD_TIMEOUT,
+        interval=1,
+        what="built by polling, Secret missing",
+    )
+    built = cond(obj, "Built")
+    assert built["status"] == "False"
+    assert (
+        "spec.build.git.webhookSecretRef: Secret course-hook-webhook not found in courses" in built["message"]
+    )
+    assert "Create it with key 'webhook-secret'" in built["message"]
+
+    def warned() -> bool:  # posted as the status is written
+        events = json.loads(env.kubectl("get", "events", "-n", NS, "-o", "json").stdout)["items"]
+        return any(
+            e["reason"] == "WebhookSecretNotFound"
+            and e["involvedObject"]["name"] == "course-hook"
+            and e["type"] == "Warning"
+            for e in events
+        )
+
+    wait_until(warned, timeout=30, interval=1, what="a Warning Event WebhookSecretNotFound")
+    for secret in (WEBHOOK_SECRET, own):  # fail closed: not even the operator-wide secret
+        r = push(first, secret)
+        assert r.status_code == 403 and "no webhook secret for this repository" in r.text  # our server
+
+    env.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "course-hook-webhook"},
+            "stringData": {"webhook-secret": own + "\n"},
+        }
+    )
+    second = env.git.commit("course-hook", {"version.txt": "h2\n"})
+
+    # Signed with its own secret: accepted once the operator reads the new Secret (it keeps a
+    # read for 10 s), and the new commit is built.
+    def accepted():
+        r = push(second, own)
+        return r if r.status_code == 202 else None
+
+    r = wait_until(
+        accepted, timeout=60, interval=1, what="a push signed with the course's own secret accepted"
+    )
+    assert r.json() == {"courses": 1} and r.headers.get("X-Coursehub-Operator")
+    # The operator-wide secret does not sign for this repository (its own is readable now).
+    forged = push(second, WEBHOOK_SECRET)
+    assert forged.status_code == 403 and "X-Hub-Signature-256 does not match" in forged.text
+    obj = wait_built(env, "course-hook", second)
+    assert cond(obj, "Built")["reason"] == "Built"
+    assert [h["commit"] for h in build_status(obj)["history"]][:2] == [second, first]
+    # Read, never copied: not in status, Events or the operator's log.
+    assert own not in json.dumps(obj)
+    assert own not in env.kubectl("get", "events", "-n", NS, "-o", "json").stdout
+    assert own not in env.operator.log()
+
+
 def test_kubectl_shows_the_build_column(env):
     out = env.kubectl("get", "courseimages", "-n", NS).stdout
     assert "BUILD" in out.splitlines()[0]
@@ -287,3 +372,90 @@ def test_a_build_pod_refused_by_pod_security_fails_at_once_and_keeps_the_digest(
         and e["type"] == "Warning"
         for e in events
     )
+
+
+def test_a_private_repository_over_ssh_with_a_deploy_key_and_known_hosts(env):
+    """ssh:// (docs/builds.md, Credentials): the operator polls with the Secret's key and known_hosts
+    (StrictHostKeyChecking=yes), the build pod clones with them from Debian's sshd on the host
+    bridge; a Secret whose known_hosts names another host key fails host key verification, naming
+    the field, and builds nothing. The private key is referenced, never copied."""
+    env.git.create("course-ssh", {"Dockerfile": DOCKERFILE, "version.txt": "ssh\n"})
+    env.git.token_for("course-ssh", uuid.uuid4().hex)  # private over HTTPS too: only the deploy key reads it
+    key = env.ssh.deploy_key("course-ssh")
+
+    def secret(name: str, known_hosts: str) -> dict:
+        data = {"ssh-privatekey": key, "known_hosts": known_hosts}
+        return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": data}
+
+    def ssh_course(name: str, secret_name: str, **build) -> dict:
+        git = {"url": env.ssh.url("course-ssh"), "secretRef": {"name": secret_name}}
+        return env.course_manifest(name, "course-ssh", git=git, **build)
+
+    # Polled once (then only by webhook): its fetches are counted below.
+    env.apply(
+        secret("course-ssh-git", env.ssh.known_hosts()),
+        ssh_course("course-ssh", "course-ssh-git", pollSeconds=3600),
+    )
+    head = env.git.head("course-ssh")
+    obj = wait_built(env, "course-ssh", head)
+    digest = build_status(obj)["digest"]
+    obj = wait_until(
+        lambda: with_digest(env, "course-ssh", digest), timeout=60, what="the built digest resolved"
+    )
+    assert obj["status"]["resolvedImage"] == f"{env.registry}/courses/course-ssh@{digest}"
+    r = requests.head(
+        f"http://{env.registry}/v2/courses/course-ssh/manifests/course-ssh-{head[:12]}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+        timeout=10,
+    )
+    assert r.headers.get("Docker-Content-Digest") == digest
+    # Over ssh indeed: the deploy key read the repository (the operator's poll, the pod's clone);
+    # the HTTPS server was never asked for it.
+    assert env.ssh.fetches("course-ssh") >= 2
+    assert env.git.requests["course-ssh"] == 0
+    job = build_status(obj)["last"]["job"]
+
+    # A known_hosts naming another host key for the server's address (a server that is not the one
+    # trusted, or a changed key): refused at the poll, before any Job.
+    fetched = env.ssh.fetches("course-ssh")
+    env.apply(secret("course-ssh-other-host", env.ssh.other_known_hosts()))
+    env.apply(ssh_course("course-ssh-mitm", "course-ssh-other-host"))
+
+    def refused():
+        o = env.course("course-ssh-mitm")
+        return o if cond(o, "Built").get("reason") == "HostKeyVerificationFailed" else None
+
+    bad = wait_until(refused, timeout=120, interval=1, what="host key verification failed")
+    built = cond(bad, "Built")
+    assert built["status"] == "False"
+    assert "key 'known_hosts' of Secret course-ssh-other-host (spec.build.git.secretRef)" in built["message"]
+    assert f"[{env.ssh.address}]:{env.ssh.port}" in built["message"]
+    assert cond(bad, "Ready")["status"] == "False"
+    uid = bad["metadata"]["uid"]
+    own_jobs = env.kubectl("get", "jobs", "-n", NS, "-l", f"coursehub.dev/build-for={uid}", "-o", "name")
+    assert own_jobs.stdout.strip() == ""  # nothing built
+    assert not build_status(bad).get("digest") and not (bad.get("status") or {}).get("digest")
+    assert env.ssh.fetches("course-ssh") == fetched  # the session ended at the host key
+    events = json.loads(env.kubectl("get", "events", "-n", NS, "-o", "json").stdout)["items"]
+    assert any(
+        e["reason"] == "HostKeyVerificationFailed"
+        and e["involvedObject"]["name"] == "course-ssh-mitm"
+        and e["type"] == "Warning"
+        and "known_hosts" in e["message"]
+        for e in events
+    )
+
+    # The private key is referenced, never copied: not in status, Events, the Job, its pod's log or
+    # the operator's log (whole, any line of it, or base64).
+    body = [ln for ln in key.splitlines() if ln and not ln.startswith("-----")]
+    needles = [key.strip(), base64.b64encode(key.encode()).decode()[:60], *body]
+    seen = {
+        "status": json.dumps([env.course("course-ssh"), env.course("course-ssh-mitm")]),
+        "events": env.kubectl("get", "events", "-n", NS, "-o", "json").stdout,
+        "job": env.kubectl("get", "job", job, "-n", NS, "-o", "json").stdout,
+        "pod log": env.kubectl("logs", f"job/{job}", "-n", NS, check=False).stdout,
+        "operator log": env.operator.log(),
+    }
+    for where, text in seen.items():
+        assert not any(n in text for n in needles), f"the private key is in the {where}"
+    assert "course-ssh-git" in seen["job"]
