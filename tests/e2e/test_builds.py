@@ -360,15 +360,36 @@ def test_a_private_repository_over_ssh_with_a_deploy_key_and_known_hosts(env):
         for e in events
     )
 
-    # The private key is referenced, never copied: not in status, Events, the Job, its pod's log or
-    # the operator's log (whole, any line of it, or base64).
+    # The build pod checks the host key too, on its own: the Secret's known_hosts now names another
+    # key (after the operator's poll), and a rebuild's clone is refused; learners keep the digest.
+    env.apply(secret("course-ssh-git", env.ssh.other_known_hosts()))
+    again = f"coursehub.dev/rebuild={uuid.uuid4().hex}"
+    env.kubectl("annotate", "courseimage", "course-ssh", "-n", NS, again)
+
+    def clone_refused():
+        o = env.course("course-ssh")
+        last = build_status(o).get("last") or {}
+        return o if last.get("job") != job and last.get("result") == "Failed" else None
+
+    obj = wait_until(clone_refused, timeout=BUILD_TIMEOUT, interval=1, what="the pod's clone refused")
+    last = build_status(obj)["last"]
+    assert last["commit"] == head and "STEP clone" in last["message"]
+    assert "Host key verification failed" in last["message"]
+    assert obj["status"]["digest"] == digest and build_status(obj)["digest"] == digest
+    assert env.ssh.fetches("course-ssh") == fetched  # it never got past the host key either
+    refused_job = last["job"]
+
+    # The private key is referenced, never copied: not in status, Events, the Jobs, their pods'
+    # logs or the operator's log (whole, in base64, or any line of its private part).
     body = [ln for ln in key.splitlines() if ln and not ln.startswith("-----")]
-    needles = [key.strip(), base64.b64encode(key.encode()).decode()[:60], *body]
+    needles = [key.strip(), base64.b64encode(key.encode()).decode(), *body[2:]]
+    assert needles[2:]
     seen = {
         "status": json.dumps([env.course("course-ssh"), env.course("course-ssh-mitm")]),
         "events": env.kubectl("get", "events", "-n", NS, "-o", "json").stdout,
-        "job": env.kubectl("get", "job", job, "-n", NS, "-o", "json").stdout,
+        "job": env.kubectl("get", "job", job, refused_job, "-n", NS, "-o", "json").stdout,
         "pod log": env.kubectl("logs", f"job/{job}", "-n", NS, check=False).stdout,
+        "refused pod log": env.kubectl("logs", f"job/{refused_job}", "-n", NS, check=False).stdout,
         "operator log": env.operator.log(),
     }
     for where, text in seen.items():
