@@ -529,6 +529,9 @@ class BuildController:
             started=now_rfc3339(),
             tag=plan.build_tag(course.spec.course, req.commit),
         )
+        # The state as it is now: a poll may have changed it while the Job was created (e.g.
+        # found the course's webhook secret missing), and that must not be overwritten.
+        state = self.index.builds.get(key) or state
         self._set(key, replace(state, current=rec))
         await self.kube.event(
             raw,
