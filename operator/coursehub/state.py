@@ -54,6 +54,9 @@ class Index:
     held_for: dict[Key, set[Key]] = field(default_factory=dict)
     # hub key -> monotonic time of its latest wake-up (a wake during a round keeps it due)
     hubs_woken: dict[Key, float] = field(default_factory=dict)
+    # hub key -> monotonic start of its round in progress: courses held for it wait until it
+    # ends however long it takes (a 1,000-course round may outlast the hold; its end marks them)
+    hubs_running: dict[Key, float] = field(default_factory=dict)
     # The start-up barrier. kopf delivers the watch's initial list one object at a time, and a
     # hub's event may come before its courses': a first round then would write an allowlist
     # missing courses published before the restart. Hub rounds wait for `listed`, set once every
@@ -126,9 +129,17 @@ class Index:
         self.hubs_woken[key] = now
         self.hub_wakeups.setdefault(key, asyncio.Event()).set()
 
+    def hub_round_started(self, key: Key, started: float) -> None:
+        self.hubs_running[key] = started
+
+    def hub_round_ended(self, key: Key) -> None:
+        """The round stopped, done or failed: holds count from the round's due time again."""
+        self.hubs_running.pop(key, None)
+
     def hub_round_done(self, key: Key, started: float) -> None:
         """A round that started at `started` ran to its end: courses held for it are looked at
         again (the writer holds those this round did not cover yet for the next one)."""
+        self.hub_round_ended(key)
         woken = self.hubs_woken.get(key)
         if woken is not None and woken > started:
             # Woken again while it ran (a burst): the next round is due from then.
@@ -139,12 +150,21 @@ class Index:
 
     def hold_for_due_hub(self, course_key: Key, hubs: list[Key], max_wait: float) -> float:
         """Hold a course's status for the due rounds of `hubs` (the hubs that select it), at most
-        `max_wait` seconds after a round became due; returns how long at most (0: not held)."""
+        `max_wait` seconds after a round became due, or for as long as one of them runs a round
+        (its end marks the course again); returns when to look again (0: not held)."""
         now = time.monotonic()
         wait = 0.0
         for key in hubs:
             due = self.hubs_due.get(key)
-            if due is not None and now - due < max_wait:
+            if due is None:
+                continue
+            if key in self.hubs_running:
+                # A round in progress ends (API calls time out) and marks what it held; the
+                # timer only re-checks. Without this, a round longer than max_wait released
+                # its courses first without their publication: one more write each.
+                self.held_for.setdefault(key, set()).add(course_key)
+                wait = max(wait, max_wait)
+            elif now - due < max_wait:
                 self.held_for.setdefault(key, set()).add(course_key)
                 wait = max(wait, max_wait - (now - due))
         return wait

@@ -154,6 +154,49 @@ def test_publish_after_pull_keeps_the_previous_digest_until_the_new_one_is_pulle
     assert plan.pulling
 
 
+def rolling_again(ds: dict, nodes: int = 2) -> dict:
+    """`ds` as the API server shows it right after a write: a new generation not rolled out yet."""
+    ds = rolled_out_copy(ds)
+    ds["metadata"]["generation"] = 2
+    ds["status"]["desiredNumberScheduled"] = nodes
+    return ds
+
+
+def test_a_pulled_course_stays_pre_pulled_while_the_puller_rolls_out_to_add_another():
+    # bench_scale, 1,000 courses: 87 courses went Ready -> Pulling -> Ready (two more writes
+    # each) because every later puller rollout made all its images "Pulling" again.
+    h = hub()
+    c1, c2 = course("c1"), course("c2")
+    (ds1,) = [m for m in step(plan_round(observe(h, [c1])), "pullers").apply if m["kind"] == "DaemonSet"]
+    first = plan_round(observe(h, [c1, c2], live_pullers={puller_mod.GENERAL: rolled_out_copy(ds1)}))
+    assert first.publications[c1.key].prepull == "PrePulled"
+    (ds2,) = [m for m in step(first, "pullers").apply if m["kind"] == "DaemonSet"]
+    second = plan_round(
+        observe(
+            h, [c1, c2], live_pullers={puller_mod.GENERAL: rolling_again(ds2)}, pulled_before=first.pulled_on
+        )
+    )
+    assert second.publications[c1.key].prepull == "PrePulled"
+    assert second.publications[c2.key].prepull == "Pulling" and second.pulling
+    # Without the memory (an operator restart) it is only known once the rollout is done.
+    fresh = plan_round(observe(h, [c1, c2], live_pullers={puller_mod.GENERAL: rolling_again(ds2)}))
+    assert fresh.publications[c1.key].prepull == "Pulling"
+    # A node more: it has pulled nothing yet, so nothing is known pre-pulled until it has.
+    grown = plan_round(
+        observe(
+            h,
+            [c1, c2],
+            live_pullers={puller_mod.GENERAL: rolling_again(ds2, nodes=3)},
+            pulled_before=first.pulled_on,
+        )
+    )
+    assert grown.publications[c1.key].prepull == "Pulling"
+    # An image taken out of the puller is not remembered as pulled.
+    (ds_c2,) = [m for m in step(plan_round(observe(h, [c2])), "pullers").apply if m["kind"] == "DaemonSet"]
+    dropped = puller_mod.known_pulled(first.pulled_on, {puller_mod.GENERAL: rolling_again(ds_c2)})
+    assert c1.resolved_image not in dropped[puller_mod.GENERAL][1]
+
+
 def test_pullers_hold_the_courses_and_are_pruned_when_pre_pulling_is_turned_off():
     h = hub()
     plan = plan_round(observe(h, [course("c1")]))

@@ -75,6 +75,8 @@ class Observed:
     live_allowlist: Mapping[str, str] = field(default_factory=dict)  # slug -> image learners get now
     live_index: dict | None = None  # the live coursehub-allowlist ConfigMap
     live_pullers: Mapping[str, dict | None] = field(default_factory=dict)
+    # what the pullers were known to have pulled at the last round (Plan.pulled_on)
+    pulled_before: puller_mod.PulledOn = field(default_factory=dict)
     secrets: Mapping[str, dict | None] = field(default_factory=dict)  # referenced Secret objects
     owned: frozenset[Ident] = frozenset()  # objects of this hub known to exist (pruned if unwanted)
     deployed_fingerprint: str | None = None  # values+chart this process knows to be deployed
@@ -109,6 +111,8 @@ class Plan:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     pulling: bool = False  # pullers still rolling out: look again soon
     published: dict[str, str] = field(default_factory=dict)  # slug -> image in the allowlist
+    # what the live pullers are known to have pulled (the next round's Observed.pulled_before)
+    pulled_on: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
 
 
 def plan_round(o: Observed) -> Plan:
@@ -181,7 +185,8 @@ def _plan_courses(o: Observed, plan: Plan) -> None:
     extra = {"operator_image": o.operator_image} if o.operator_image else {}
     pullers = puller_mod.desired_pullers(hub, winners, **extra)
     unpulled = puller_mod.unpulled_reasons(hub, winners)
-    pulled = puller_mod.pulled_images(pullers, dict(o.live_pullers))
+    plan.pulled_on = puller_mod.known_pulled(o.pulled_before, o.live_pullers)
+    pulled = puller_mod.pulled_images(pullers, o.live_pullers, o.pulled_before)
     publish_after_pull = bool(hub.spec.pre_pull and hub.spec.pre_pull.publish_after_pull)
     published = allowlist_mod.published_images(
         winners, publish_after_pull=publish_after_pull, pulled=pulled, previous=dict(o.live_allowlist)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -433,9 +434,35 @@ def images_of(ds: dict | None) -> set[str]:
     }
 
 
-def pulled_images(desired: dict[str, dict | None], live: dict[str, dict | None]) -> set[str]:
-    """Images on every node they belong on: each DaemonSet meant to hold the image holds it
-    in its live spec and is fully rolled out (an optional-GPU course needs both pullers)."""
+# puller name -> (its desiredNumberScheduled, the images known to be on each of those nodes)
+PulledOn = Mapping[str, tuple[int, frozenset[str]]]
+
+
+def known_pulled(earlier: PulledOn, live: Mapping[str, dict | None]) -> dict[str, tuple[int, frozenset[str]]]:
+    """What each live puller is known to have pulled: every image of its live spec once it is
+    fully rolled out; while it rolls out again, the images known before that it still holds,
+    as long as it runs on as many nodes (a rollout that adds images does not take the old
+    ones off the nodes, so their courses stay PrePulled instead of flapping to Pulling; a new
+    node has pulled nothing yet, so a changed node count forgets them)."""
+    out: dict[str, tuple[int, frozenset[str]]] = {}
+    for name, ds in live.items():
+        if not ds:
+            continue
+        nodes = (ds.get("status") or {}).get("desiredNumberScheduled", 0)
+        held = frozenset(images_of(ds))
+        if rolled_out(ds):
+            out[name] = (nodes, held)
+        elif name in earlier and earlier[name][0] == nodes:
+            out[name] = (nodes, earlier[name][1] & held)
+    return out
+
+
+def pulled_images(
+    desired: Mapping[str, dict | None], live: Mapping[str, dict | None], earlier: PulledOn | None = None
+) -> set[str]:
+    """Images on every node they belong on: each DaemonSet meant to hold the image has it
+    pulled (`known_pulled`: rolled out with it; an optional-GPU course needs both pullers)."""
+    known = known_pulled(earlier or {}, live)
     wanted: dict[str, set[str]] = {}
     for name, ds in desired.items():
         for image in images_of(ds):
@@ -443,5 +470,5 @@ def pulled_images(desired: dict[str, dict | None], live: dict[str, dict | None])
     return {
         image
         for image, names in wanted.items()
-        if all(rolled_out(live.get(n)) and image in images_of(live.get(n)) for n in names)
+        if all(image in known.get(n, (0, frozenset()))[1] for n in names)
     }

@@ -82,6 +82,9 @@ class HubMemory:
     release: tuple[str, object, float] | None = None  # (fingerprint, ReleaseOutcome | ReleaseFailed, when)
     shard_images: dict[str, dict[str, str]] = field(default_factory=dict)  # shard name -> slug -> image
     pulling: bool = False
+    # puller -> (nodes, images known pulled there): keeps pulled courses PrePulled while a
+    # puller rolls out again to add others (desired.puller.known_pulled)
+    pulled_on: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
     rounds: int = 0
     # name -> resourceVersion of the referenced Secrets the last round read; None: none read
     secret_versions: dict[str, str | None] | None = None
@@ -139,6 +142,7 @@ class HubReconciler:
             # Cleared before the round: whatever sets it from here on arrived during the round.
             wake.clear()
             started = last_start = time.monotonic()
+            self.index.hub_round_started(self.key, started)
             try:
                 await self.reconcile()
                 attempt = 0
@@ -165,6 +169,7 @@ class HubReconciler:
                     await asyncio.wait_for(wake.wait(), timeout=backoff.delay(attempt))
                 wake.set()
             finally:
+                self.index.hub_round_ended(self.key)
                 metrics.RECONCILE_SECONDS.labels(kind="JupyterHubDeployment").observe(
                     time.monotonic() - started
                 )
@@ -233,6 +238,7 @@ class HubReconciler:
 
         self.memory.deployed_fingerprint = plan.deployed_fingerprint
         self.memory.pulling = plan.pulling
+        self.memory.pulled_on = plan.pulled_on
         metrics.PREPULL_READY.labels(namespace=hub.namespace, hub=hub.name).set(0 if plan.pulling else 1)
         metrics.COURSES_PER_HUB.labels(namespace=hub.namespace, hub=hub.name).set(plan.courses)
         if pubs is not None:
@@ -327,6 +333,7 @@ class HubReconciler:
             live_allowlist=live_allowlist,
             live_index=index_cm,
             live_pullers=pullers,
+            pulled_before=dict(mem.pulled_on),
             secrets=secrets,
             owned=frozenset(mem.owned),
             deployed_fingerprint=mem.deployed_fingerprint,
