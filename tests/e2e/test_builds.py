@@ -247,6 +247,91 @@ def test_a_private_repository_with_a_token_secret(env):
     assert "course3-git" in jobs
 
 
+def test_a_repository_with_its_own_webhook_secret_takes_pushes_signed_with_it_only(env):
+    """spec.build.git.webhookSecretRef: a push signed with the course's own secret builds the new
+    commit (pollSeconds 3600: no poll would in this test's time); the operator-wide secret no
+    longer suffices for that repository. While the Secret is missing, polling still builds,
+    pushes are refused and Built (with a Warning Event) names the field and the fix."""
+    own = "own-" + uuid.uuid4().hex
+    first = env.git.create("course-hook", {"Dockerfile": DOCKERFILE, "version.txt": "h1\n"})
+    git = {"url": env.git.url("course-hook"), "webhookSecretRef": {"name": "course-hook-webhook"}}
+    env.apply(env.course_manifest("course-hook", "course-hook", git=git, pollSeconds=3600))
+
+    def push(commit: str, secret: str) -> requests.Response:
+        body = json.dumps(
+            {
+                "ref": "refs/heads/main",
+                "after": commit,
+                "repository": {"clone_url": env.git.url("course-hook")},
+            }
+        ).encode()
+        return env.webhook(body, "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest())
+
+    def refused_for_the_missing_secret():
+        o = env.course("course-hook")
+        built = cond(o, "Built")
+        done = build_status(o).get("commit") == first and built.get("reason") == "WebhookSecretNotFound"
+        return o if done else None
+
+    obj = wait_until(
+        refused_for_the_missing_secret,
+        timeout=BUILD_TIMEOUT,
+        interval=1,
+        what="built by polling, Secret missing",
+    )
+    built = cond(obj, "Built")
+    assert built["status"] == "False"
+    assert (
+        "spec.build.git.webhookSecretRef: Secret course-hook-webhook not found in courses" in built["message"]
+    )
+    assert "Create it with key 'webhook-secret'" in built["message"]
+
+    def warned() -> bool:  # posted as the status is written
+        events = json.loads(env.kubectl("get", "events", "-n", NS, "-o", "json").stdout)["items"]
+        return any(
+            e["reason"] == "WebhookSecretNotFound"
+            and e["involvedObject"]["name"] == "course-hook"
+            and e["type"] == "Warning"
+            for e in events
+        )
+
+    wait_until(warned, timeout=30, interval=1, what="a Warning Event WebhookSecretNotFound")
+    for secret in (WEBHOOK_SECRET, own):  # fail closed: not even the operator-wide secret
+        r = push(first, secret)
+        assert r.status_code == 403 and "no webhook secret for this repository" in r.text  # our server
+
+    env.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "course-hook-webhook"},
+            "stringData": {"webhook-secret": own + "\n"},
+        }
+    )
+    second = env.git.commit("course-hook", {"version.txt": "h2\n"})
+
+    # Signed with its own secret: accepted once the operator reads the new Secret (it keeps a
+    # read for 10 s), and the new commit is built.
+    def accepted():
+        r = push(second, own)
+        return r if r.status_code == 202 else None
+
+    r = wait_until(
+        accepted, timeout=60, interval=1, what="a push signed with the course's own secret accepted"
+    )
+    assert r.json() == {"courses": 1} and r.headers.get("X-Coursehub-Operator")
+    # The operator-wide secret does not sign for this repository (its own is readable now).
+    forged = push(second, WEBHOOK_SECRET)
+    assert forged.status_code == 403 and "X-Hub-Signature-256 does not match" in forged.text
+    obj = wait_built(env, "course-hook", second)
+    assert cond(obj, "Built")["reason"] == "Built"
+    assert [h["commit"] for h in build_status(obj)["history"]][:2] == [second, first]
+    # Read, never copied: not in status, Events or the operator's log.
+    assert own not in json.dumps(obj)
+    assert own not in env.kubectl("get", "events", "-n", NS, "-o", "json").stdout
+    assert own not in env.operator.log()
+
+
 def test_kubectl_shows_the_build_column(env):
     out = env.kubectl("get", "courseimages", "-n", NS).stdout
     assert "BUILD" in out.splitlines()[0]
