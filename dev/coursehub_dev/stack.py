@@ -19,6 +19,7 @@ operator's setting for in-cluster registries: its default still refuses private 
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import subprocess
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin
 
 import requests
 
@@ -348,8 +350,13 @@ class Stack:
         return s
 
     def launch(self, namespace: str, course: str, session: requests.Session) -> str:
-        """Open a learner's launch link; the temporary user's name (from where it led)."""
+        """Open a learner's launch link (and for a GPU course press "Start the GPU server" on the
+        confirmation page: a GPU server starts only from a POST); the temporary user's name (from
+        where it led)."""
         r = session.get(self.launch_url(namespace, course), timeout=60)
+        if 'id="coursehub-gpu-confirm"' in r.text:
+            action, fields = _confirmation_form(r.text)
+            r = session.post(urljoin(r.url, action), data=fields, timeout=60)
         urls = [h.url for h in r.history] + [r.url]
         for u in urls:
             m = re.search(r"/(?:user|spawn-pending)/([^/?#]+)", u)
@@ -424,6 +431,16 @@ class Stack:
                 indent=1,
             )
         )
+
+
+def _confirmation_form(page: str) -> tuple[str, dict[str, str]]:
+    """The GPU confirmation page's form (coursehub.hub.course_spawner.CONFIRM_TEMPLATE): its
+    action and hidden fields (the launch keys and JupyterHub's _xsrf token)."""
+    m = re.search(r'<form method="post" action="([^"]*)"', page)
+    if m is None:
+        raise RuntimeError(f"the GPU confirmation page has no form: {page[:2000]}")
+    fields = re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)"', page)
+    return html.unescape(m.group(1)), {html.unescape(k): html.unescape(v) for k, v in fields}
 
 
 def _object_name(slug: str) -> str:
