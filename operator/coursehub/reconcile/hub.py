@@ -204,7 +204,9 @@ class HubReconciler:
     async def _coalesce(self, wake: asyncio.Event, busy: bool, first_change: float) -> None:
         """Wait as long as desired.hub_round.round_delay says: not at all for a change that found
         the hub at rest, a short quiet window for changes that came during the last round."""
-        last_change = time.monotonic()
+        # The quiet window counts from the last wake-up itself, not from now: after a long round
+        # (a 1,000-course burst) whose changes stopped early, the next round starts at once.
+        last_change = min(self.index.hubs_woken.get(self.key, time.monotonic()), time.monotonic())
         while True:
             delay = round_delay(
                 now=time.monotonic(),
