@@ -10,6 +10,14 @@ API) and the learner pod's image digest, which must be the built one. A new comm
 digest is served until the new one is published, then a NEW learner gets the new image while
 the first learner's pod keeps the old one.
 
+The second commit reaches the operator by a push webhook through a real kube-proxy: the chart's
+webhook Service (no selector with leader election; the leader writes its EndpointSlice) is
+called on its ClusterIP from this machine, where kube-proxy (iptables mode) programs the OUTPUT
+chains. The course polls once an hour and has a webhook secret of its own
+(spec.build.git.webhookSecretRef): the push signed with the operator-wide secret is refused for
+its repository, the one signed with its own is answered by the Lease holder (the response names
+it, which no egress proxy could) and builds the commit.
+
 Until this test, no in-cluster operator had ever built: the chart's operator image had no git,
 so its `git ls-remote` polls failed (now GitNotFound, aborting the wait at once) and
 status.build never appeared. On failure the course, the build Jobs' pods and logs and the
@@ -18,10 +26,13 @@ operator's log are printed.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import uuid
 
 import pytest
+import requests
 import yaml
 
 from coursehub_dev.existing import target_kubeconfig
@@ -40,7 +51,21 @@ DOCKERFILE = (
 )
 BUILD_TIMEOUT = 600
 # Built=False for these is the operator's or the course's configuration: waiting cannot help.
-CONFIG_PROBLEMS = {"GitNotFound", "SourceForbidden", "SourceUnauthorized", "RefNotFound", "BuildsDisabled"}
+CONFIG_PROBLEMS = {
+    "GitNotFound",
+    "SourceForbidden",
+    "SourceUnauthorized",
+    "RefNotFound",
+    "BuildsDisabled",
+    "WebhookSecretNotFound",
+    "WebhookSecretInvalid",
+    "WebhookSecretUnreadable",
+}
+# The operator-wide push webhook secret (a Secret of the operator's namespace, as the chart takes
+# it) and the course's own one (a Secret of its namespace, spec.build.git.webhookSecretRef).
+OPERATOR_WEBHOOK_SECRET = "operator-" + uuid.uuid4().hex
+COURSE_WEBHOOK_SECRET = "course-" + uuid.uuid4().hex
+WEBHOOK_SECRET_NAME = "coursehub-webhook"
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +81,12 @@ def built_hub(real_cluster, tmp_path_factory):
         "nodeSelector": ["kubernetes.io/hostname=real-node-0"],
         "gitPrivateHosts": [git.host],
     }
+    # Push webhooks on: the Service <fullname>-webhook, routed to the leader by its EndpointSlice.
+    real_cluster.cluster.kubectl(
+        "create", "secret", "generic", WEBHOOK_SECRET_NAME, "-n", OPERATOR_NAMESPACE,
+        f"--from-literal=secret={OPERATOR_WEBHOOK_SECRET}",
+    )  # fmt: skip
+    values["webhook"] = {"enabled": True, "secretName": WEBHOOK_SECRET_NAME}
     path = real_cluster.cluster.state_dir / "operator-values-builds.json"
     path.write_text(json.dumps(values))
     upgrade = ("upgrade", OPERATOR_RELEASE, str(OPERATOR_CHART), "--namespace", OPERATOR_NAMESPACE)
@@ -69,7 +100,10 @@ def built_hub(real_cluster, tmp_path_factory):
     finally:
         real_cluster.cluster.kubectl("delete", "jupyterhubdeployment", "hub", "-n", ns, check=False)
         real_cluster.cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-        real_cluster.install_operator()  # builds off again, as the other tests expect
+        real_cluster.install_operator()  # builds and webhooks off again, as the other tests expect
+        real_cluster.cluster.kubectl(
+            "delete", "secret", WEBHOOK_SECRET_NAME, "-n", OPERATOR_NAMESPACE, check=False
+        )
         git.stop()
 
 
@@ -98,6 +132,47 @@ def builds_on_leads(rc) -> bool:
     return holder in {p["metadata"]["name"] for p in pods}
 
 
+def lease_holder(rc) -> str | None:
+    lease = rc.cluster.kubectl(
+        "get", "lease", f"{OPERATOR_RELEASE}-coursehub-operator", "-n", OPERATOR_NAMESPACE, "-o", "json",
+        check=False,
+    )  # fmt: skip
+    return json.loads(lease.stdout)["spec"].get("holderIdentity") if lease.returncode == 0 else None
+
+
+def webhook_service_ip(rc) -> str:
+    """The ClusterIP of the chart's webhook Service (found by its component label)."""
+    items = json.loads(
+        rc.cluster.kubectl(
+            "get", "services", "-n", OPERATOR_NAMESPACE, "-l", "app.kubernetes.io/component=webhook",
+            "-o", "json",
+        ).stdout
+    )["items"]  # fmt: skip
+    assert len(items) == 1, [i["metadata"]["name"] for i in items]
+    assert not items[0]["spec"].get("selector")  # leader election: the leader's slice routes it
+    return items[0]["spec"]["clusterIP"]
+
+
+def push_through_service(ip: str, git: GitServer, commit: str, secret: str) -> requests.Response | None:
+    """A GitHub push for the course's repository, to the webhook Service's ClusterIP port 80, from
+    this machine: kube-proxy's DNAT in the OUTPUT chain sends it to the leader's pod. A new
+    connection each time, never through a proxy; None when nothing answers (no endpoint yet)."""
+    body = json.dumps(
+        {"ref": "refs/heads/main", "after": commit, "repository": {"clone_url": git.url(SLUG)}}
+    ).encode()
+    headers = {
+        "X-GitHub-Event": "push",
+        "X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+        "Content-Type": "application/json",
+    }
+    http = requests.Session()
+    http.trust_env = False
+    try:
+        return http.post(f"http://{ip}/hooks/git", data=body, headers=headers, timeout=5)
+    except requests.RequestException:
+        return None
+
+
 def course_manifest(real_cluster, git: GitServer, base: str) -> dict:
     return {
         "apiVersion": "coursehub.dev/v1alpha1",
@@ -109,9 +184,10 @@ def course_manifest(real_cluster, git: GitServer, base: str) -> dict:
             "image": f"{real_cluster.registry}/courses/{SLUG}:{SLUG}",
             "prePull": False,
             "build": {
-                "git": {"url": git.url(SLUG)},
+                "git": {"url": git.url(SLUG), "webhookSecretRef": {"name": f"{SLUG}-webhook"}},
                 "buildArgs": [{"name": "BASE_IMAGE", "value": base}],
-                "pollSeconds": 10,
+                # Polled when declared, then an hour later: the second commit comes by webhook.
+                "pollSeconds": 3600,
             },
         },
     }
@@ -132,6 +208,9 @@ def diagnostics(rc, ns: str) -> str:
     parts = [
         kubectl("get", "courseimage", SLUG, "-n", ns, "-o", "yaml", check=False).stdout,
         kubectl("get", "jobs,pods", "-n", ns, "-o", "wide", check=False).stdout,
+        kubectl(
+            "get", "services,endpointslices,leases", "-n", OPERATOR_NAMESPACE, "-o", "wide", check=False
+        ).stdout,
     ]
     pods = kubectl(
         "get", "pods", "-n", ns, "-l", "app.kubernetes.io/name=coursehub-build", "-o", "name", check=False
@@ -190,6 +269,13 @@ def scenario(rc, git: GitServer, ns: str) -> None:
 
     marker1 = "one " + uuid.uuid4().hex
     first = git.create(SLUG, {"Dockerfile": DOCKERFILE, "marker.txt": marker1 + "\n"})
+    own_secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"{SLUG}-webhook"},
+        "stringData": {"webhook-secret": COURSE_WEBHOOK_SECRET},
+    }
+    kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(own_secret))
     kubectl(
         "apply",
         "-n",
@@ -215,6 +301,22 @@ def scenario(rc, git: GitServer, ns: str) -> None:
     # A new commit: until it is published, the old digest is what the hub offers.
     marker2 = "two " + uuid.uuid4().hex
     second = git.commit(SLUG, {"marker.txt": marker2 + "\n"})
+    # The push, through kube-proxy to the leader. Who answered: the response names the Lease
+    # holder (X-Coursehub-Operator) and the courses it woke; an egress proxy answers neither.
+    ip = webhook_service_ip(rc)
+
+    def answered() -> requests.Response | None:
+        r = push_through_service(ip, git, second, COURSE_WEBHOOK_SECRET)
+        return r if r is not None and r.status_code == 202 else None
+
+    r = wait_until(answered, timeout=120, interval=1, what=f"the push answered through Service IP {ip}")
+    assert r.json() == {"courses": 1}
+    leader = lease_holder(rc)
+    assert leader and r.headers.get("X-Coursehub-Operator") == leader
+    # The operator-wide secret no longer signs for a repository that has its own.
+    forged = push_through_service(ip, git, second, OPERATOR_WEBHOOK_SECRET)
+    assert forged is not None and forged.status_code == 403
+    assert "X-Hub-Signature-256 does not match the body" in forged.text
     seen: list[str] = []
 
     def published_new() -> str | None:
