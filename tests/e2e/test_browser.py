@@ -7,7 +7,10 @@ switches on (``UserServerGate``): until then the learner's browser shows the spa
 page; after, the hub sends it on to the server, which answers with a token of this run.
 The last test runs the learner's path on real nodes (``real_cluster``: the operator in the
 cluster, the z2jh chart's hub and proxy as pods, JupyterLab from the course image built here)
-and asserts on JupyterLab's DOM: the notebook's tab is current and its cells are drawn.
+and asserts on JupyterLab's DOM: the notebook's tab is current and its cells are drawn. There
+the learner is then made course staff as a platform engineer does (the hub's REST API with the
+staff service's token, docs/hub-side.md) and sees the staff page list the courses, whose launch
+link opens JupyterLab for a new learner.
 A PNG per step lands in the test's artifacts directory (printed; see docs/testing.md).
 """
 
@@ -315,10 +318,15 @@ def test_launch_link_opens_jupyterlab_with_the_course_notebook_on_a_real_node(
     """The whole learner path on real parts: the operator publishes a course image built here,
     the z2jh chart's hub (a pod) takes the launch link, and a real node runs JupyterLab,
     which opens the course's notebook."""
+    from coursehub_dev.stack import STAFF_SERVICE
+
     rc, ns = real_cluster, real_namespace
     rc.create_course(ns, "clustering")
+    # Listed on the staff page only (not pre-pulled, not launched here: test_real_hub does that)
+    rc.create_course(ns, "uai-1", gpu="required", pre_pull=False)
     rc.create_hub(ns)
     rc.wait_course_published(ns, "clustering")
+    rc.wait_course_published(ns, "uai-1")
     rc.wait_hub_ready(ns)
     hub_url = rc.hub_url(ns)
     b = browser_factory(allow_hosts=(urlparse(hub_url).hostname, *("localhost", "127.0.0.1")))
@@ -353,3 +361,37 @@ def test_launch_link_opens_jupyterlab_with_the_course_notebook_on_a_real_node(
     # and a learner gets its readable refusal.
     b.open(hub_url + "/hub/courses")
     b.step("staff page refuses a learner", lambda b: "This page is for course staff" in b.text())
+    assert "403" in b.text() and f"'{STAFF_GROUP}'" in b.text()
+
+    # The learner made staff as a platform engineer does: the user's name from the hub's Home
+    # page (the 403 page links it; its navigation bar names the user), added to the staff group
+    # with the staff service's token, which can do nothing else.
+    b.open(hub_url + "/hub/home")
+    b.step("home page names the user", lambda b: b.find("#login_widget span"))
+    learner = b.find("#login_widget span")[0].get_attribute("textContent").strip()
+    users = rc.hub_api(ns).get(f"{hub_url}/hub/api/users", timeout=10).json()
+    assert [u["name"] for u in users] == [learner]  # the hub answered: the one learner of this hub
+    staff_token = rc.hub_api(ns, STAFF_SERVICE)
+    made_admin = staff_token.patch(f"{hub_url}/hub/api/users/{learner}", json={"admin": True}, timeout=10)
+    assert made_admin.status_code == 403, made_admin.text
+    r = rc.make_staff(ns, learner)
+    assert r.status_code == 200 and r.json()["users"] == [learner], r.text
+    b.open(hub_url + "/hub/courses")
+    b.step("staff page on a real node", lambda b: len(b.find("tr.coursehub-course")) == 2)
+    rows = {r.get_attribute("data-course"): r for r in b.find("tr.coursehub-course")}
+    assert set(rows) == {"clustering", "uai-1"}
+    assert "required" in rows["uai-1"].text and "intro.ipynb" in rows["clustering"].text
+    link = rows["clustering"].find_element("css selector", "a.coursehub-launch")
+    assert link.get_attribute("href") == rc.launch_url(ns, "clustering")
+
+    # Its launch link works: a new learner, JupyterLab on a real node with the notebook open.
+    link.click()
+    b.step(
+        "jupyterlab from the staff page",
+        lambda b: (
+            (user_in(b.url, "user") not in (None, learner))
+            and (s := lab_state(b))["current"] == "intro.ipynb"
+            and "k-means by hand" in s["notebook"]
+        ),
+        timeout=240,
+    )
