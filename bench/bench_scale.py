@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 from harness import (
+    CLK_TCK,
     Env,
     SourceTree,
     add_base_args,
@@ -37,6 +39,22 @@ from harness import (
 
 REPO_NAME = "courses/scale"
 DEFAULT_RESOLVE_INTERVAL = 300.0
+
+
+def proc_cpu(pid: int) -> float:
+    """utime+stime of a process, in seconds (/proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def control_plane_cpu(env: Env) -> dict[str, float]:
+    """CPU seconds so far of each control-plane process (API server, etcd, controller-manager,
+    kwok...) and of this benchmark (its POST threads and watch): whether a burst's time is
+    theirs or the operator's, on a machine of os.cpu_count() cores."""
+    out = {name: proc_cpu(proc.pid) for name, proc in env.cluster._procs.items()}
+    t = os.times()
+    out["bench"] = t.user + t.system
+    return out
 
 
 def phase(
@@ -55,20 +73,28 @@ def phase(
     # Imports and kopf, before any object: the floor under the figure at N courses.
     rss_start = op.peak_rss_mb("VmRSS")
     cpu_start = op.cpu_seconds()[0]
-    env.install_hubs(namespaces, timeout=600)
+    # --no-prepull: the hub without pullers, to tell their cost (DaemonSets of N init containers
+    # and their pods' rollouts) from the courses' own writes.
+    env.install_hubs(namespaces, timeout=600, **({"prePull": {"enabled": False}} if args.no_prepull else {}))
     watch = env.watch(namespaces)
     before = settle(op)
     per_ns, keys = deal_courses(namespaces, refs, len(refs))
     cpu0 = op.cpu_seconds()[0]
+    cp0 = {**control_plane_cpu(env), "operator": cpu0}
     log(f"{name}: applying {len(keys)} CourseImages over {len(namespaces)} namespace(s)")
     stamps = {}
     for ns, ms in per_ns.items():
         stamps.update({(ns, k): v for k, v in env.api.create_courses(ns, ms).items()})
     t0 = min(stamps.values())
+    applied = time.monotonic() - t0
+    log(f"{name}: all {len(keys)} applied after {applied:.1f} s")
     watch.wait_all(keys, "published", timeout=1800)
     log(f"{name}: all Published after {time.monotonic() - t0:.1f} s")
     watch.wait_all(keys, "ready", timeout=1800)
+    cp1 = {**control_plane_cpu(env), "operator": op.cpu_seconds()[0]}
     res = {
+        "applied": applied,
+        "control_plane_cpu": {k: cp1[k] - cp0[k] for k in cp1},
         "n": len(keys),
         "hubs": len(namespaces),
         "all_published": max(watch.published[k] for k in keys) - t0,
@@ -80,6 +106,10 @@ def phase(
     res["burst"] = after - before
     res["burst_cpu"] = op.cpu_seconds()[0] - cpu0
     log(f"{name}: all Ready after {res['all_ready']:.1f} s; burst writes {res['burst'].writes_by_kind()}")
+    log(
+        f"{name}: apply -> all Ready: CPU seconds "
+        + ", ".join(f"{k} {v:.1f}" for k, v in res["control_plane_cpu"].items())
+    )
     if steady and args.steady_seconds > 0:
         cpu1 = op.cpu_seconds()[0]
         res["steady"] = idle(op, args.steady_seconds, f"{name} steady")
@@ -125,6 +155,9 @@ def main() -> None:
     ap.add_argument("--naive", action="store_true", help="also run the one-hub burst with debouncing off")
     add_base_args(ap)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument(
+        "--no-prepull", action="store_true", help="hubs with spec.prePull.enabled false (no pullers)"
+    )
     args = ap.parse_args()
     op_env = {"COURSEHUB_RESOLVE_INTERVAL": str(args.resolve_interval)}
     naive_env = {**op_env, "COURSEHUB_DEBOUNCE_SECONDS": "0", "COURSEHUB_DEBOUNCE_MAX_SECONDS": "0"}
@@ -165,7 +198,9 @@ def main() -> None:
         fresh, old = per_hour_at_defaults(r, r["n"])
         course_writes = b.writes(("CourseImage", "CourseImage/status")) / r["n"]
         events = b.writes("Event") / r["n"]
+        cp = r["control_plane_cpu"]
         return [
+            fmt_s(r["applied"]),
             fmt_s(r["all_published"]),
             fmt_s(r["all_ready"]),
             f"{fmt_s(r['published_p50'])} / {fmt_s(r['published_p95'])}",
@@ -176,6 +211,16 @@ def main() -> None:
             b.helm_mutations(),
             f"{r['rss']:.0f} MB (at start {r['rss_start']:.0f} MB)",
             f"{r['burst_cpu']:.1f}",
+            " / ".join(
+                f"{v:.1f}"
+                for v in (
+                    cp.get("kube-apiserver", 0),
+                    cp.get("etcd", 0),
+                    sum(v for k, v in cp.items() if k not in ("kube-apiserver", "etcd", "bench", "operator")),
+                    cp.get("bench", 0),
+                    cp.get("operator", 0),
+                )
+            ),
             f"{r['cpu_total']:.1f} (+{r['helm_children_cpu']:.1f} helm)",
             s.writes() if s else "-",
             s.helm_calls() if s else "-",
@@ -187,6 +232,7 @@ def main() -> None:
         ]
 
     labels = [
+        ("time until all applied (the bench's 8 POST threads)", ""),
         ("time until all Published", ""),
         ("time until all Ready", "<= 10 s"),
         ("apply->Published p50 / p95", ""),
@@ -197,6 +243,7 @@ def main() -> None:
         ("burst: Helm install/upgrade", "0"),
         ("operator peak RSS (VmHWM)", "<= 150 MB"),
         ("operator CPU seconds, burst", ""),
+        ("CPU s, apply -> all Ready: apiserver / etcd / rest of control plane / bench / operator", ""),
         ("operator CPU seconds, whole phase", ""),
         (f"steady {mins:g} min: API writes", "0"),
         (f"steady {mins:g} min: Helm calls of any kind", "0"),

@@ -602,14 +602,14 @@ class Env:
         return self.wait_hub(ns, name, timeout)
 
     def install_hubs(
-        self, namespaces: list[str], name: str = "learn", timeout: float = 600, interval: float = 0.2
+        self, namespaces: list[str], name: str = "learn", timeout: float = 600, interval: float = 0.2, **spec
     ) -> None:
-        """A hub in each namespace (domain <ns>.example.edu), all created before waiting on any
-        (the operator installs them concurrently), then each waited for until deployed."""
+        """A hub in each namespace (domain <ns>.example.edu, `spec` on top), all created before
+        waiting on any (the operator installs them concurrently), then each waited for until deployed."""
         for ns in namespaces:
             self.api.create(
                 f"{GROUP_PATH}/namespaces/{ns}/jupyterhubdeployments",
-                self.hub_manifest(ns, name, domain=f"{ns}.example.edu"),
+                self.hub_manifest(ns, name, **{"domain": f"{ns}.example.edu", **spec}),
             )
         for ns in namespaces:
             self.wait_hub(ns, name, timeout, interval)
