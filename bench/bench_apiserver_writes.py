@@ -3,8 +3,10 @@
 On the local control plane, the writes a burst of N CourseImages costs at the least, each kind
 on its own: the N POSTs (as bench_scale sends them: 8 threads), one finalizer merge patch per
 course, and 2 status server-side applies per course (the shape the operator writes), then the
-same status once more as a merge patch for comparison; two watches on CourseImages are open
-throughout (the operator's and the benchmark's). Per kind: wall time,
+same status once more as a merge patch for comparison; then the general puller DaemonSet
+growing to N init containers in 4 writes (on no node, so no pods), applied, then updated (PUT).
+Two watches on CourseImages are open throughout (the operator's and the benchmark's). Per kind:
+wall time,
 writes per second, and CPU seconds of kube-apiserver, etcd and this process (/proc). This is the
 floor under bench_scale's "time until all Ready" on the same machine: if the API server alone
 needs more CPU than the machine has in 10 s, no operator reaches 10 s there.
