@@ -6,9 +6,8 @@ course, and 2 status server-side applies per course (the shape the operator writ
 same status once more as a merge patch for comparison; then the general puller DaemonSet
 growing to N init containers in 4 writes (on no node, so no pods), applied, then updated (PUT).
 Two watches on CourseImages are open throughout (the operator's and the benchmark's). Per kind:
-wall time,
-writes per second, and CPU seconds of kube-apiserver, etcd and this process (/proc). This is the
-floor under bench_scale's "time until all Ready" on the same machine: if the API server alone
+wall time, writes per second, and CPU seconds of kube-apiserver, etcd and this process (/proc).
+This is the floor under bench_scale's "time until all Ready" on the same machine: if the API server alone
 needs more CPU than the machine has in 10 s, no operator reaches 10 s there.
 
     uv run python bench/bench_apiserver_writes.py [--courses 1000] [--concurrency 16]
