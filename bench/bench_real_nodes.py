@@ -100,7 +100,9 @@ def wait_prepulled(stack: Stack, ns: str, name: str, digest: str | None = None) 
         obj = stack.cluster.get(f"/apis/coursehub.dev/v1alpha1/namespaces/{ns}/courseimages/{name}")
         if digest and obj.get("status", {}).get("digest") != digest:
             return False
-        return stack.condition("courseimages", ns, name, "PrePulled").get("status") == "True"
+        c = stack.condition("courseimages", ns, name, "PrePulled")
+        # reason too: with the hub's pre-pull off it is True as "PrePullDisabled"
+        return c.get("status") == "True" and c.get("reason") == "PrePulled"
 
     wait_until(done, timeout=300, what=f"{name} pre-pulled")
 
