@@ -176,10 +176,23 @@ def main() -> int:
             "-",
             input=yaml.safe_dump(course("slow", registry, base, git.url("slow"))),
         )
-        cold = built("slow", first)["status"]["build"]["last"]["durationSeconds"]
+
+        def expensive_step(record: dict) -> str:
+            """What the build log says of the expensive RUN step: a cache hit or a run."""
+            out = cluster.kubectl("logs", f"job/{record['last']['job']}", "-n", NS, check=False).stdout
+            after = out.split("RUN python3 -m venv", 1)[-1].split("\nSTEP ", 1)[0]
+            said = [ln.strip() for ln in after.splitlines() if "cache" in ln.lower()]
+            return "; ".join(said) or "ran (no cache line)"
+
+        record = built("slow", first)["status"]["build"]
+        cold = record["last"]["durationSeconds"]
+        log(f"cold build {cold} s; its expensive step: {expensive_step(record)}")
         second = git.commit("slow", {"version.txt": "1\n"})
         webhook("slow", second)
-        warm = built("slow", second)["status"]["build"]["last"]["durationSeconds"]
+        record = built("slow", second)["status"]["build"]
+        warm = record["last"]["durationSeconds"]
+        warm_step = expensive_step(record)
+        log(f"rebuild {warm} s; its expensive step: {warm_step}")
 
         # 2. commit -> a new learner gets the new image (webhook right after the push)
         waits: list[float] = []
@@ -192,6 +205,7 @@ def main() -> int:
             record = built("slow", commit)["status"]["build"]
             digest = record["digest"]
             builds.append(record["last"]["durationSeconds"])
+            log(f"build {builds[-1]} s; its expensive step: {expensive_step(record)}")
             wait_until(
                 lambda d=digest: (offered("slow") or "").endswith(d),
                 timeout=300,
@@ -204,6 +218,7 @@ def main() -> int:
         print(f"\n== course builds (one real node, 2 cores; coursehub {revision()}) ==")
         print(f"build time, empty layer cache:              {cold} s")
         print(f"build time, late file changed, layer cache: {warm} s  (ratio {cold / max(warm, 1):.1f}x)")
+        print(f"  the expensive step in that rebuild: {warm_step}")
         print(
             f"commit -> new learner gets the image: p50 {fmt_s(percentile(waits, 50))}, "
             f"max {fmt_s(max(waits))} over {len(waits)} commits (webhook); their builds p50 "
