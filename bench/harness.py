@@ -395,18 +395,19 @@ def parse_metrics(text: str) -> Metrics:
     return m
 
 
-def operator_python() -> str:
+def operator_python(project: Path = REPO, venv: Path | None = None) -> str:
     """The Python of a venv holding the operator as its image does (`uv sync --no-dev`, as the
     Dockerfile): RSS is the image's, not the dev venv's, where kopf also loads the generated
-    kubernetes_asyncio client (tens of MB) only because the tests install it."""
-    venv = REPO / ".venv-operator"
+    kubernetes_asyncio client (tens of MB) only because the tests install it. `project`: the
+    checkout whose uv.lock it follows (a previous main's worktree has its own)."""
+    venv = venv or REPO / ".venv-operator"
     stamp = venv / "uv.lock.synced"
-    lock = (REPO / "uv.lock").read_text()
+    lock = (project / "uv.lock").read_text()
     if not stamp.exists() or stamp.read_text() != lock:
         log(f"syncing {venv} (the operator's runtime dependencies only)")
         subprocess.run(
             ["uv", "sync", "--frozen", "--no-dev"],
-            cwd=REPO,
+            cwd=project,
             env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(venv)},
             check=True,
             capture_output=True,
@@ -418,9 +419,9 @@ def operator_python() -> str:
 class Operator:
     """`python -m coursehub.cli run -n ...` with COURSEHUB_* settings; metrics and /proc readings.
 
-    The working tree runs from `operator_python()` (the image's dependencies); a previous main
-    from this (dev) venv, with its own source first on PYTHONPATH, since its dependencies may
-    differ from today's lock."""
+    Each tree runs from `operator_python()`, a venv of its image's dependencies from its own
+    uv.lock (a previous main's may differ from today's: cd0627f still had kubernetes-asyncio as a
+    runtime dependency), so peak RSS compares image with image."""
 
     def __init__(
         self,
@@ -452,7 +453,11 @@ class Operator:
         # name the exact source it ran, since the tree may differ from any commit.
         where = f"{self.source.commit} (worktree)" if self.source else source_fingerprint()
         log(f"operator {self.log_path.stem}: source {where}")
-        python = sys.executable if self.source else operator_python()
+        python = (
+            operator_python(self.source.dir, self.source.parent / "venv")
+            if self.source
+            else operator_python()
+        )
         args = [python, "-m", "coursehub.cli", "run", "--liveness", ""]
         for ns in self.namespaces:
             args += ["-n", ns]
