@@ -165,8 +165,11 @@ def main() -> int:
             r.raise_for_status()
 
         # 1. cold vs cached
+        # A course name of this run: the registry outlives runs, and an earlier run's cache
+        # repository (bench/<name>-buildcache) would make the "cold" build a cache hit.
+        slow = f"slow-{uuid.uuid4().hex[:8]}"
         first = git.create(
-            "slow", {"Dockerfile": DOCKERFILE, "precompute.py": PRECOMPUTE, "version.txt": "0\n"}
+            slow, {"Dockerfile": DOCKERFILE, "precompute.py": PRECOMPUTE, "version.txt": "0\n"}
         )
         cluster.kubectl(
             "apply",
@@ -174,7 +177,7 @@ def main() -> int:
             NS,
             "-f",
             "-",
-            input=yaml.safe_dump(course("slow", registry, base, git.url("slow"))),
+            input=yaml.safe_dump(course(slow, registry, base, git.url(slow))),
         )
 
         def expensive_step(record: dict) -> str:
@@ -184,12 +187,12 @@ def main() -> int:
             said = [ln.strip() for ln in after.splitlines() if "cache" in ln.lower()]
             return "; ".join(said) or "ran (no cache line)"
 
-        record = built("slow", first)["status"]["build"]
+        record = built(slow, first)["status"]["build"]
         cold = record["last"]["durationSeconds"]
         log(f"cold build {cold} s; its expensive step: {expensive_step(record)}")
-        second = git.commit("slow", {"version.txt": "1\n"})
-        webhook("slow", second)
-        record = built("slow", second)["status"]["build"]
+        second = git.commit(slow, {"version.txt": "1\n"})
+        webhook(slow, second)
+        record = built(slow, second)["status"]["build"]
         warm = record["last"]["durationSeconds"]
         warm_step = expensive_step(record)
         log(f"rebuild {warm} s; its expensive step: {warm_step}")
@@ -197,17 +200,17 @@ def main() -> int:
         # 2. commit -> a new learner gets the new image (webhook right after the push)
         waits: list[float] = []
         builds: list[int] = []
-        wait_until(lambda: offered("slow"), timeout=300, what="the course offered")
+        wait_until(lambda: offered(slow), timeout=300, what="the course offered")
         for i in range(args.commits):
             pushed = time.monotonic()
-            commit = git.commit("slow", {"version.txt": f"{i + 2}\n"})
-            webhook("slow", commit)
-            record = built("slow", commit)["status"]["build"]
+            commit = git.commit(slow, {"version.txt": f"{i + 2}\n"})
+            webhook(slow, commit)
+            record = built(slow, commit)["status"]["build"]
             digest = record["digest"]
             builds.append(record["last"]["durationSeconds"])
             log(f"build {builds[-1]} s; its expensive step: {expensive_step(record)}")
             wait_until(
-                lambda d=digest: (offered("slow") or "").endswith(d),
+                lambda d=digest: (offered(slow) or "").endswith(d),
                 timeout=300,
                 interval=0.2,
                 what="offered",
