@@ -38,7 +38,9 @@ def ls_remote(tmp: Path, url: str, key: str | None, known_hosts: str) -> subproc
         path = tmp / "key"
         path.write_text(key)
         path.chmod(0o600)
-        ssh = f"ssh -o BatchMode=yes -o IdentitiesOnly=yes -i {path} " + ssh.removeprefix("ssh -o BatchMode=yes ")
+        ssh = f"ssh -o BatchMode=yes -o IdentitiesOnly=yes -i {path} " + ssh.removeprefix(
+            "ssh -o BatchMode=yes "
+        )
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "GIT_SSH_COMMAND": ssh, "GIT_TERMINAL_PROMPT": "0"}
     return subprocess.run(
         ["git", "ls-remote", "--", url, "main"], env=env, capture_output=True, text=True, timeout=30
@@ -82,7 +84,9 @@ def test_an_ssh_url_without_a_secret_names_the_field(ssh, tmp_path):
 
 
 def test_a_key_the_server_does_not_know_is_unauthorized(ssh, tmp_path):
-    subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "stranger")], check=True)
+    subprocess.run(
+        [SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "stranger")], check=True
+    )
     stranger = (tmp_path / "stranger").read_text()
     res = ls_remote(tmp_path, ssh.url("ssh-course"), stranger, ssh.known_hosts())
     reason, message = git_failure(res.stderr, ssh.url("ssh-course"), SECRET)
