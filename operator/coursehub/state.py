@@ -54,9 +54,9 @@ class Index:
     held_for: dict[Key, set[Key]] = field(default_factory=dict)
     # hub key -> monotonic time of its latest wake-up (a wake during a round keeps it due)
     hubs_woken: dict[Key, float] = field(default_factory=dict)
-    # hub key -> monotonic start of its round in progress: courses held for it wait until it
+    # hubs running a round now: courses held for one wait until that round
     # ends however long it takes (a 1,000-course round may outlast the hold; its end marks them)
-    hubs_running: dict[Key, float] = field(default_factory=dict)
+    hubs_running: set[Key] = field(default_factory=set)
     # The start-up barrier. kopf delivers the watch's initial list one object at a time, and a
     # hub's event may come before its courses': a first round then would write an allowlist
     # missing courses published before the restart. Hub rounds wait for `listed`, set once every
@@ -129,12 +129,12 @@ class Index:
         self.hubs_woken[key] = now
         self.hub_wakeups.setdefault(key, asyncio.Event()).set()
 
-    def hub_round_started(self, key: Key, started: float) -> None:
-        self.hubs_running[key] = started
+    def hub_round_started(self, key: Key) -> None:
+        self.hubs_running.add(key)
 
     def hub_round_ended(self, key: Key) -> None:
         """The round stopped, done or failed: holds count from the round's due time again."""
-        self.hubs_running.pop(key, None)
+        self.hubs_running.discard(key)
 
     def hub_round_done(self, key: Key, started: float) -> None:
         """A round that started at `started` ran to its end: courses held for it are looked at

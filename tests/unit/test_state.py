@@ -60,7 +60,7 @@ def test_a_round_in_progress_holds_past_the_bound_and_its_end_marks_the_course()
     idx.wake_hub(HUB)
     idx.hubs_due[HUB] -= 10
     started = time.monotonic()
-    idx.hub_round_started(HUB, started)
+    idx.hub_round_started(HUB)
     assert idx.hold_for_due_hub(C1, [HUB], max_wait=5) == 5  # a re-check, not a release
     idx.status_dirty.clear()
     idx.hub_round_done(HUB, started)
@@ -71,7 +71,7 @@ def test_a_failed_round_stops_holding_beyond_the_bound():
     idx = Index()
     idx.wake_hub(HUB)
     idx.hubs_due[HUB] -= 10
-    idx.hub_round_started(HUB, time.monotonic())
+    idx.hub_round_started(HUB)
     idx.hub_round_ended(HUB)  # it raised: no hub_round_done
     assert idx.hold_for_due_hub(C1, [HUB], max_wait=5) == 0
 

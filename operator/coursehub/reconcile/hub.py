@@ -142,7 +142,7 @@ class HubReconciler:
             # Cleared before the round: whatever sets it from here on arrived during the round.
             wake.clear()
             started = last_start = time.monotonic()
-            self.index.hub_round_started(self.key, started)
+            self.index.hub_round_started(self.key)
             try:
                 await self.reconcile()
                 attempt = 0

@@ -50,12 +50,6 @@ class Push:
     after: str | None  # the pushed commit (informational: the poll decides)
 
 
-def verify(headers: dict[str, str], body: bytes, secret: bytes) -> str:
-    """The provider whose signature with the operator-wide `secret` `body` carries, or Refused
-    (401 none, 403 wrong). Pushes go through `authorize`, which adds the courses' own secrets."""
-    return authorize(headers, body, (), {}, secret).provider
-
-
 def parse(provider: str, headers: dict[str, str], body: bytes) -> Push | None:
     """The push a verified request reports (None: another event, e.g. GitHub's ping)."""
     h = {k.lower(): v for k, v in headers.items()}
