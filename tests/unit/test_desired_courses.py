@@ -196,9 +196,9 @@ def test_pulled_images_needs_every_puller_rolled_out():
         puller.GENERAL: _rolled(desired[puller.GENERAL]),
         puller.GPU: _rolled(desired[puller.GPU], ready=False),
     }
-    assert puller.pulled_images(desired, live) == set()
+    assert puller.pulled_images(desired, puller.known_pulled({}, live)) == set()
     live[puller.GPU] = _rolled(desired[puller.GPU])
-    assert puller.pulled_images(desired, live) == {opt.resolved_image}
+    assert puller.pulled_images(desired, puller.known_pulled({}, live)) == {opt.resolved_image}
 
 
 def test_condition_transition_time_moves_only_on_flip():

@@ -186,7 +186,7 @@ def _plan_courses(o: Observed, plan: Plan) -> None:
     pullers = puller_mod.desired_pullers(hub, winners, **extra)
     unpulled = puller_mod.unpulled_reasons(hub, winners)
     plan.pulled_on = puller_mod.known_pulled(o.pulled_before, o.live_pullers)
-    pulled = puller_mod.pulled_images(pullers, o.live_pullers, o.pulled_before)
+    pulled = puller_mod.pulled_images(pullers, plan.pulled_on)
     publish_after_pull = bool(hub.spec.pre_pull and hub.spec.pre_pull.publish_after_pull)
     published = allowlist_mod.published_images(
         winners, publish_after_pull=publish_after_pull, pulled=pulled, previous=dict(o.live_allowlist)

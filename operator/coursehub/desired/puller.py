@@ -457,12 +457,9 @@ def known_pulled(earlier: PulledOn, live: Mapping[str, dict | None]) -> dict[str
     return out
 
 
-def pulled_images(
-    desired: Mapping[str, dict | None], live: Mapping[str, dict | None], earlier: PulledOn | None = None
-) -> set[str]:
+def pulled_images(desired: Mapping[str, dict | None], known: PulledOn) -> set[str]:
     """Images on every node they belong on: each DaemonSet meant to hold the image has it
-    pulled (`known_pulled`: rolled out with it; an optional-GPU course needs both pullers)."""
-    known = known_pulled(earlier or {}, live)
+    pulled (`known`, from `known_pulled`; an optional-GPU course needs both pullers)."""
     wanted: dict[str, set[str]] = {}
     for name, ds in desired.items():
         for image in images_of(ds):
