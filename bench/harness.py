@@ -647,14 +647,16 @@ class Env:
 
 def settle(op: Operator, *, quiet_for: float = 5.0, timeout: float = 120.0) -> Metrics:
     """Wait until the operator made no API writes for `quiet_for` seconds (trailing status/rollout
-    writes after the last course went Ready belong to the burst, not to the idle window)."""
+    writes after the last course went Ready belong to the burst, not to the idle window).
+    Lease writes do not count: with leader election on they never stop (one PUT every 2 s, and
+    a shard's namespace claims), so counting them made every settle run to its timeout."""
     deadline = time.monotonic() + timeout
     last = op.metrics()
     last_change = time.monotonic()
     while time.monotonic() < deadline:
         time.sleep(0.5)
         cur = op.metrics()
-        if cur.writes() != last.writes():
+        if cur.writes() - cur.writes("Lease") != last.writes() - last.writes("Lease"):
             last_change = time.monotonic()
         last = cur
         if time.monotonic() - last_change >= quiet_for:
