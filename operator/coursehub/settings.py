@@ -75,6 +75,16 @@ class Settings(BaseSettings):
             "Longest a hub defers its writes while changes keep coming during its rounds, in seconds."
         ),
     )
+    puller_hold_max: float = Field(
+        10,
+        ge=0,
+        validation_alias=ENV_PREFIX + "PULLER_HOLD_SECONDS",
+        description=(
+            "While changes keep coming (a burst), an existing pre-puller keeps its images and is "
+            "rewritten once the burst is over, but never held longer than this, in seconds: each "
+            "rewrite rolls a pod with every course image onto every node (0: never hold)."
+        ),
+    )
     resync_interval: float = Field(
         600,
         gt=0,

@@ -197,6 +197,67 @@ def test_a_pulled_course_stays_pre_pulled_while_the_puller_rolls_out_to_add_anot
     assert c1.resolved_image not in dropped[puller_mod.GENERAL][1]
 
 
+def general_puller(plan) -> dict | None:
+    return next((m for m in step(plan, "pullers").apply if m["kind"] == "DaemonSet"), None)
+
+
+def test_during_a_burst_a_live_puller_keeps_its_images_until_the_burst_is_over():
+    # bench_scale, 1,000 courses: the general puller was written 7 times in one burst, each a
+    # 1,000-container pod rolled onto every node again: most of the API server's work.
+    h = hub()
+    c1, c2 = course("c1"), course("c2")
+    live = rolled_out_copy(general_puller(plan_round(observe(h, [c1]))))
+    owned = frozenset({("DaemonSet", puller_mod.GENERAL)})
+    seen = dict(h=h, courses=[c1, c2], live_pullers={puller_mod.GENERAL: live}, owned=owned)
+
+    held = plan_round(observe(seen["h"], seen["courses"], **seen_kw(seen), burst=True))
+    assert general_puller(held) is None and held.pullers_held == {puller_mod.GENERAL}
+    assert ("DaemonSet", puller_mod.GENERAL) not in (
+        step(held, "prune").delete if step(held, "prune") else ()
+    )
+    # the new course is published at once and says it is still being pulled; the old stays pulled
+    assert held.publications[c2.key].state == "Published"
+    assert held.publications[c2.key].prepull == "Pulling" and held.pulling
+    assert held.publications[c1.key].prepull == "PrePulled"
+
+    # the first round after the burst writes every image at once
+    after = plan_round(observe(seen["h"], seen["courses"], **seen_kw(seen), burst=False))
+    assert puller_mod.images_of(general_puller(after)) == {c1.resolved_image, c2.resolved_image}
+    assert after.pullers_held == frozenset()
+    # a stream of changes still reaches the nodes every puller_hold_max seconds
+    capped = plan_round(
+        observe(
+            seen["h"], seen["courses"], **seen_kw(seen), burst=True, puller_held_for=10.0, puller_hold_max=10
+        )
+    )
+    assert general_puller(capped) is not None and capped.pullers_held == frozenset()
+    still = plan_round(
+        observe(
+            seen["h"], seen["courses"], **seen_kw(seen), burst=True, puller_held_for=9.9, puller_hold_max=10
+        )
+    )
+    assert general_puller(still) is None
+    # 0: never hold
+    never = plan_round(observe(seen["h"], seen["courses"], **seen_kw(seen), burst=True, puller_hold_max=0))
+    assert general_puller(never) is not None
+
+
+def seen_kw(seen: dict) -> dict:
+    return {k: v for k, v in seen.items() if k not in ("h", "courses")}
+
+
+def test_a_burst_never_holds_a_puller_to_create_or_one_whose_images_are_unchanged():
+    h = hub()
+    c1 = course("c1")
+    # nothing live yet: the puller is created in the burst's first round like any other
+    created = plan_round(observe(h, [c1], burst=True))
+    assert general_puller(created) is not None and created.pullers_held == frozenset()
+    # the same images live: no hold (a change of placement is written at once)
+    live = rolled_out_copy(general_puller(created))
+    same = plan_round(observe(h, [c1], live_pullers={puller_mod.GENERAL: live}, burst=True))
+    assert general_puller(same) is not None and same.pullers_held == frozenset()
+
+
 def test_pullers_hold_the_courses_and_are_pruned_when_pre_pulling_is_turned_off():
     h = hub()
     plan = plan_round(observe(h, [course("c1")]))

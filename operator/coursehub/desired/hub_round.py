@@ -77,6 +77,10 @@ class Observed:
     live_pullers: Mapping[str, dict | None] = field(default_factory=dict)
     # what the pullers were known to have pulled at the last round (Plan.pulled_on)
     pulled_before: puller_mod.PulledOn = field(default_factory=dict)
+    # changes came in during the previous round (a burst): pullers that exist wait for its end
+    burst: bool = False
+    puller_held_for: float | None = None  # seconds since a puller was first held back (None: none is)
+    puller_hold_max: float = 10.0  # never hold one longer (Settings.puller_hold_max)
     secrets: Mapping[str, dict | None] = field(default_factory=dict)  # referenced Secret objects
     owned: frozenset[Ident] = frozenset()  # objects of this hub known to exist (pruned if unwanted)
     deployed_fingerprint: str | None = None  # values+chart this process knows to be deployed
@@ -113,6 +117,8 @@ class Plan:
     published: dict[str, str] = field(default_factory=dict)  # slug -> image in the allowlist
     # what the live pullers are known to have pulled (the next round's Observed.pulled_before)
     pulled_on: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
+    # pullers whose new images wait for the end of a burst (desired.puller.held_pullers)
+    pullers_held: frozenset[str] = frozenset()
 
 
 def plan_round(o: Observed) -> Plan:
@@ -232,7 +238,12 @@ def _plan_courses(o: Observed, plan: Plan) -> None:
     plan.conditions.append(cond)
 
     policies = puller_mod.puller_network_policies(hub) if any(pullers.values()) else []
-    plan.steps.append(Step("pullers", (*[m for m in pullers.values() if m], *policies)))
+    held = puller_mod.held_pullers(
+        pullers, o.live_pullers, burst=o.burst, held_for=o.puller_held_for, hold_max=o.puller_hold_max
+    )
+    plan.pullers_held = frozenset(held)
+    written = [m for name, m in pullers.items() if m and name not in held]
+    plan.steps.append(Step("pullers", (*written, *policies)))
     wanted = set().union(*(puller_mod.images_of(m) for m in pullers.values() if m))
     plan.pulling = bool(wanted - pulled) or (
         publish_after_pull
@@ -453,6 +464,7 @@ def _plan_release(o: Observed, plan: Plan, secrets_ok: bool) -> Cond:
 def _plan_prune(o: Observed, plan: Plan, keep: set[Ident]) -> None:
     """Owned objects no step wants any more go, after the steps (shards after their index)."""
     wanted = {(m["kind"], m["metadata"]["name"]) for s in plan.steps for m in s.apply}
+    wanted |= {("DaemonSet", name) for name in plan.pullers_held}  # held, not unwanted
     allowlist_step = next((s for s in plan.steps if s.name == "allowlist"), None)
     if allowlist_step is None:
         # The allowlist is left as it is (over capacity): so are the shards its index lists.

@@ -469,3 +469,31 @@ def pulled_images(desired: Mapping[str, dict | None], known: PulledOn) -> set[st
         for image, names in wanted.items()
         if all(image in known.get(n, (0, frozenset()))[1] for n in names)
     }
+
+
+def held_pullers(
+    desired: Mapping[str, dict | None],
+    live: Mapping[str, dict | None],
+    *,
+    burst: bool,
+    held_for: float | None,
+    hold_max: float,
+) -> set[str]:
+    """Pullers whose new image list waits for the end of a burst (their live spec stays).
+
+    Each write of a puller with N course images costs the API server about 1.2 ms per image
+    and rolls an N-container pod onto every node again (bench_apiserver_writes.py: ~1.2 s of
+    CPU at 1,000 images), so rewriting it on every round of a burst (7 times for 1,000 courses)
+    made the pullers most of the burst's cost. While changes keep coming (`burst`: they came
+    during the previous round), a puller that exists keeps its live images; the first round
+    after the burst writes every image at once. `held_for` (seconds since a puller was first
+    held, None: none is) bounds it: a stream of changes still reaches the nodes every
+    `hold_max` seconds. A puller to create or to remove, or one whose images are unchanged,
+    is never held."""
+    if not burst or hold_max <= 0 or (held_for is not None and held_for >= hold_max):
+        return set()
+    return {
+        name
+        for name, ds in desired.items()
+        if ds is not None and live.get(name) is not None and images_of(ds) != images_of(live[name])
+    }

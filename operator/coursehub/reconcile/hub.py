@@ -2,7 +2,8 @@
 
 It wakes on any change that may concern the hub and runs a round at once; changes that
 arrive while a round runs wait for a short quiet window (desired.hub_round.round_delay), so
-a lone change is written at once and a burst becomes a handful of writes. A round: observe (every read),
+a lone change is written at once and a burst becomes a handful of writes (and an existing puller
+waits for the burst's end: desired.puller.held_pullers). A round: observe (every read),
 decide (desired.hub_round.plan_round, pure), write (each step on its own, applying only
 what differs from the live objects), record the courses' publications for the course
 status writer, and write the hub's status.
@@ -82,6 +83,7 @@ class HubMemory:
     release: tuple[str, object, float] | None = None  # (fingerprint, ReleaseOutcome | ReleaseFailed, when)
     shard_images: dict[str, dict[str, str]] = field(default_factory=dict)  # shard name -> slug -> image
     pulling: bool = False
+    puller_held_since: float | None = None  # when a round first held a puller back (None: none is)
     # puller -> (nodes, images known pulled there): keeps pulled courses PrePulled while a
     # puller rolls out again to add others (desired.puller.known_pulled)
     pulled_on: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
@@ -134,17 +136,26 @@ class HubReconciler:
         busy = False  # changes arrived while the last round ran
         last_start = time.monotonic()
         while True:
-            timeout = self.settings.rollout_poll if self.memory.pulling else self.settings.resync_interval
+            if self.memory.puller_held_since is not None:
+                # A puller waits for the end of the burst: once no change came for the quiet
+                # window, a round that is no burst writes it.
+                timeout = self.settings.debounce
+            elif self.memory.pulling:
+                timeout = self.settings.rollout_poll
+            else:
+                timeout = self.settings.resync_interval
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=timeout)
-            if wake.is_set():
+            woken = wake.is_set()
+            if woken:
                 await self._coalesce(wake, busy, first_change=last_start if busy else time.monotonic())
+            burst = woken and busy and self.settings.debounce > 0
             # Cleared before the round: whatever sets it from here on arrived during the round.
             wake.clear()
             started = last_start = time.monotonic()
             self.index.hub_round_started(self.key)
             try:
-                await self.reconcile()
+                await self.reconcile(burst=burst)
                 attempt = 0
                 busy = wake.is_set()
                 metrics.RECONCILES.labels(kind="JupyterHubDeployment", result="ok").inc()
@@ -226,14 +237,15 @@ class HubReconciler:
             last_change = time.monotonic()
 
     # -- one round ---------------------------------------------------------
-    async def reconcile(self) -> None:
+    async def reconcile(self, *, burst: bool = False) -> None:
+        """One round; `burst`: changes came in during the previous one (they keep coming)."""
         hub = self.index.hubs.get(self.key)
         raw = self.index.raw_hubs.get(self.key)
         if hub is None or raw is None or hub.deleting:
             return
         self.memory.rounds += 1
         started = time.monotonic()
-        observed, live = await self.observe(hub, raw)
+        observed, live = await self.observe(hub, raw, burst=burst)
         plan = plan_round(observed)
         failures = await self.write(hub, raw, plan, live)
         conds, pubs = fold_failures(plan, failures)
@@ -241,6 +253,10 @@ class HubReconciler:
         self.memory.deployed_fingerprint = plan.deployed_fingerprint
         self.memory.pulling = plan.pulling
         self.memory.pulled_on = plan.pulled_on
+        if not plan.pullers_held:
+            self.memory.puller_held_since = None
+        elif self.memory.puller_held_since is None:
+            self.memory.puller_held_since = started
         metrics.PREPULL_READY.labels(namespace=hub.namespace, hub=hub.name).set(0 if plan.pulling else 1)
         metrics.COURSES_PER_HUB.labels(namespace=hub.namespace, hub=hub.name).set(plan.courses)
         if pubs is not None:
@@ -264,7 +280,9 @@ class HubReconciler:
             self.index.raw_hubs[self.key] = {**self.index.raw_hubs[self.key], "status": stored}
 
     # -- observe -------------------------------------------------------------
-    async def observe(self, hub: HubRecord, raw: dict) -> tuple[Observed, dict[Ident, dict | None]]:
+    async def observe(
+        self, hub: HubRecord, raw: dict, *, burst: bool = False
+    ) -> tuple[Observed, dict[Ident, dict | None]]:
         """Every read of the round; returns what was read and the live objects seen (by ident)."""
         idx = self.index
         base = dict(
@@ -336,6 +354,11 @@ class HubReconciler:
             live_index=index_cm,
             live_pullers=pullers,
             pulled_before=dict(mem.pulled_on),
+            burst=burst,
+            puller_held_for=None
+            if mem.puller_held_since is None
+            else time.monotonic() - mem.puller_held_since,
+            puller_hold_max=self.settings.puller_hold_max,
             secrets=secrets,
             owned=frozenset(mem.owned),
             deployed_fingerprint=mem.deployed_fingerprint,
