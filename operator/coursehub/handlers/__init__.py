@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from .. import backoff
 from ..api.courseimage import CourseImageSpec
 from ..api.jupyterhubdeployment import JupyterHubDeploymentSpec
+from ..desired import puller as puller_mod
 from ..desired.courses import CourseRecord, HubRecord, namespace_owner
 from ..desired.tenancy import helm_user
 from ..kube import COURSE_IMAGES, HUBS, NAMESPACES, TRANSIENT_API_ERRORS, Kube
@@ -310,6 +311,25 @@ def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None
             rec.start()
         elif prev is None or prev.generation != record.generation:
             idx.wake_hub(key)
+
+    @kopf.on.event(
+        "apps", "v1", "daemonsets", labels={"app.kubernetes.io/managed-by": "coursehub"}, registry=registry
+    )
+    async def puller_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
+        """A pre-puller that finished its rollout wakes its hub at once, so its courses turn
+        PrePulled now instead of at the hub's next look (Settings.rollout_poll)."""
+        r: Runtime = memo.runtime
+        ns, name, m = _meta(body)
+        hub = (m.get("labels") or {}).get("coursehub.dev/hub")
+        rec = r.reconcilers.get((ns, hub)) if hub else None
+        if (
+            rec is not None
+            and rec.memory.pulling
+            and type != "DELETED"
+            and name in (puller_mod.GENERAL, puller_mod.GPU)
+            and puller_mod.rolled_out(dict(body))
+        ):
+            r.index.wake_hub(rec.key)
 
     if watch_namespaces:
 
