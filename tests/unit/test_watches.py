@@ -23,6 +23,8 @@ def test_no_watch_on_secrets():
         ("coursehub.dev", "courseimages"),
         ("coursehub.dev", "jupyterhubdeployments"),
         ("", "namespaces"),
+        # the pre-pullers: a finished rollout wakes its hub (the chart grants watch on them)
+        ("apps", "daemonsets"),
     }
 
 
