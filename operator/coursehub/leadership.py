@@ -506,6 +506,11 @@ class Elector:
         its own. Inside the renewal round they delayed the Lease: a 10,000-course burst slowed
         50 claim PUTs past the renew deadline and the leader exited (bench_shards); a claim has
         its own deadline (claim_deadline, checked by the loop)."""
+        last = self._claims_task
+        if last is not None and last.done() and not last.cancelled() and last.exception() is not None:
+            e = last.exception()
+            # What the round would have done when the claims ran inside it: stop, saying why.
+            die(f"renewing the namespace claims failed ({type(e).__name__}: {e})")
         if time.monotonic() < self._next_claims:
             return
         if self._claims_task is None or self._claims_task.done():
