@@ -145,3 +145,20 @@ def test_a_course_waits_only_for_hubs_that_have_not_published_what_is_known():
     assert publication_current(h, replace(new, resolved_image=None), waiting)
     after_pull = hub(prePull={"publishAfterPull": True})
     assert publication_current(after_pull, moved, pub)  # offers the old digest until pulled
+
+
+def test_a_new_course_s_status_waits_for_its_first_resolution_but_not_for_ever():
+    # test_write_counts under load: a hub round that ran before a new course resolved reported
+    # it "NotResolved", and writing that first cost the course a third status write.
+    from coursehub.reconcile.course_status import CourseStatusWriter
+    from coursehub.state import Index
+
+    writer = CourseStatusWriter(kube=None, index=Index(), hold_max=5.0)  # type: ignore[arg-type]
+    key = ("jupyter", "c1")
+    assert writer.first_resolution_wait(key, resolved=False, now=100.0) == pytest.approx(5.0)
+    assert writer.first_resolution_wait(key, resolved=False, now=103.0) == pytest.approx(2.0)
+    # a slow registry: "Resolving" is written once the hold is over
+    assert writer.first_resolution_wait(key, resolved=False, now=105.0) == 0.0
+    # resolved: written at once, and forgotten
+    assert writer.first_resolution_wait(key, resolved=True, now=106.0) == 0.0
+    assert key not in writer.unresolved_since

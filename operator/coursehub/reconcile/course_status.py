@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from .. import metrics
 from ..desired.build import build_status, built_condition, with_build
@@ -31,8 +32,10 @@ class CourseStatusWriter:
     def __init__(self, kube: Kube, index: Index, hold_max: float = 5.0):
         self.kube = kube
         self.index = index
-        # How long a status may wait for the due round of a hub that selects the course.
+        # How long a status may wait for the due round of a hub that selects the course, and for
+        # a new course's first resolution.
         self.hold_max = hold_max
+        self.unresolved_since: dict[Key, float] = {}  # course -> when first seen without a resolution
 
     async def run(self) -> None:
         idx = self.index
@@ -70,6 +73,14 @@ class CourseStatusWriter:
         course = idx.courses.get(key)
         raw = idx.raw_courses.get(key)
         if course is None or raw is None or course.deleting:
+            self.unresolved_since.pop(key, None)
+            return
+        held = self.first_resolution_wait(key, resolved=key in idx.resolutions)
+        if held:
+            # The resolver marks it again when done: one write then carries the resolution and
+            # the publication. A hub round that ran meanwhile reports the course "NotResolved",
+            # and writing that first cost a new course in a burst a third status write.
+            asyncio.get_running_loop().call_later(held + 0.1, idx.course_changed, key)
             return
         held = idx.hub_starting_for(key)
         if held:
@@ -102,6 +113,17 @@ class CourseStatusWriter:
         )
         if stored is not None and key in idx.raw_courses:
             idx.raw_courses[key] = {**idx.raw_courses[key], "status": stored}
+
+    def first_resolution_wait(self, key: Key, *, resolved: bool, now: float | None = None) -> float:
+        """Seconds the status of a course with no resolution yet waits for its first one (0: write
+        now), at most `hold_max` after the writer first saw it so; a slow registry still shows
+        "Resolving" then."""
+        if resolved:
+            self.unresolved_since.pop(key, None)
+            return 0.0
+        now = time.monotonic() if now is None else now
+        since = self.unresolved_since.setdefault(key, now)
+        return max(0.0, self.hold_max - (now - since))
 
 
 # -- finalizer -----------------------------------------------------------------
