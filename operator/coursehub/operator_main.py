@@ -68,6 +68,11 @@ def build_registry(watch_namespaces: bool, namespaces: tuple[str, ...] = ()) -> 
         # in the fault tests): re-open any watch that has been quiet for 15 s. An idle watch
         # costs one cheap re-open per resource then, never a write.
         settings.watching.inactivity_timeout = 15
+        # kopf keeps a worker (a task, a queue and the object's last body) per object that had an
+        # event in the last `idle_timeout` seconds (5 by default): in a 10,000-course burst that
+        # is thousands at once. Our handlers only update the index, so a worker that exits
+        # sooner loses nothing; a later event starts a new one.
+        settings.batching.idle_timeout = 1.0
         memo.runtime = Runtime(await Kube.from_environment(), current_settings(), namespaces)
         memo.runtime.start()
 
