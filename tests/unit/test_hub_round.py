@@ -208,9 +208,11 @@ def test_during_a_burst_a_live_puller_keeps_its_images_until_the_burst_is_over()
     c1, c2 = course("c1"), course("c2")
     live = rolled_out_copy(general_puller(plan_round(observe(h, [c1]))))
     owned = frozenset({("DaemonSet", puller_mod.GENERAL)})
-    seen = dict(h=h, courses=[c1, c2], live_pullers={puller_mod.GENERAL: live}, owned=owned)
 
-    held = plan_round(observe(seen["h"], seen["courses"], **seen_kw(seen), burst=True))
+    def round_with(**kw):
+        return plan_round(observe(h, [c1, c2], live_pullers={puller_mod.GENERAL: live}, owned=owned, **kw))
+
+    held = round_with(burst=True)
     assert general_puller(held) is None and held.pullers_held == {puller_mod.GENERAL}
     assert ("DaemonSet", puller_mod.GENERAL) not in (
         step(held, "prune").delete if step(held, "prune") else ()
@@ -221,29 +223,17 @@ def test_during_a_burst_a_live_puller_keeps_its_images_until_the_burst_is_over()
     assert held.publications[c1.key].prepull == "PrePulled"
 
     # the first round after the burst writes every image at once
-    after = plan_round(observe(seen["h"], seen["courses"], **seen_kw(seen), burst=False))
+    after = round_with(burst=False)
     assert puller_mod.images_of(general_puller(after)) == {c1.resolved_image, c2.resolved_image}
     assert after.pullers_held == frozenset()
     # a stream of changes still reaches the nodes every puller_hold_max seconds
-    capped = plan_round(
-        observe(
-            seen["h"], seen["courses"], **seen_kw(seen), burst=True, puller_held_for=10.0, puller_hold_max=10
-        )
-    )
+    capped = round_with(burst=True, puller_held_for=10.0, puller_hold_max=10)
     assert general_puller(capped) is not None and capped.pullers_held == frozenset()
-    still = plan_round(
-        observe(
-            seen["h"], seen["courses"], **seen_kw(seen), burst=True, puller_held_for=9.9, puller_hold_max=10
-        )
-    )
+    still = round_with(burst=True, puller_held_for=9.9, puller_hold_max=10)
     assert general_puller(still) is None
     # 0: never hold
-    never = plan_round(observe(seen["h"], seen["courses"], **seen_kw(seen), burst=True, puller_hold_max=0))
+    never = round_with(burst=True, puller_hold_max=0)
     assert general_puller(never) is not None
-
-
-def seen_kw(seen: dict) -> dict:
-    return {k: v for k, v in seen.items() if k not in ("h", "courses")}
 
 
 def test_a_burst_never_holds_a_puller_to_create_or_one_whose_images_are_unchanged():
