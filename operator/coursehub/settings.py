@@ -334,6 +334,13 @@ class Settings(BaseSettings):
             )
         return self
 
+    @property
+    def status_hold_max(self) -> float:
+        """Longest a course's status waits for more news to carry in the same write (a hub's due
+        round, a first resolution, a burst's rollout): a hub defers a burst's writes at most
+        debounce_max, plus a round's own time."""
+        return self.debounce_max + 3.0
+
     def chart_policy(self) -> ChartPolicy:
         """Where hub charts may come from (desired/policy.py)."""
         return ChartPolicy(self.chart_repositories, self.chart_names, self.chart_oci, self.chart_paths)

@@ -57,6 +57,10 @@ class Index:
     # hubs running a round now: courses held for one wait until that round
     # ends however long it takes (a 1,000-course round may outlast the hold; its end marks them)
     hubs_running: set[Key] = field(default_factory=set)
+    # hub key -> monotonic deadline: a burst's pre-pull in progress. The statuses of courses
+    # that hub publishes and still pulls wait for the pull until then (desired.hub_round.
+    # burst_pull_deadline): one write instead of "Published", then "PrePulled".
+    burst_pulls: dict[Key, float] = field(default_factory=dict)
     # The start-up barrier. kopf delivers the watch's initial list one object at a time, and a
     # hub's event may come before its courses': a first round then would write an allowlist
     # missing courses published before the restart. Hub rounds wait for `listed`, set once every
@@ -168,6 +172,23 @@ class Index:
                 self.held_for.setdefault(key, set()).add(course_key)
                 wait = max(wait, max_wait - (now - due))
         return wait
+
+    def set_burst_pull(self, hub: Key, deadline: float | None) -> None:
+        """Record until when hub's burst pull holds course statuses (None: it does not). The
+        courses are marked by their publications changing (Pulling -> PrePulled) or by the
+        writer's own timer at the deadline."""
+        if deadline is None:
+            self.burst_pulls.pop(hub, None)
+        else:
+            self.burst_pulls[hub] = deadline
+
+    def hold_for_burst_pull(self, hubs: list[Key], now: float | None = None) -> float:
+        """Seconds a course's status waits for the burst pulls of `hubs` (the hubs that publish
+        it and still pull it; 0: not held)."""
+        now = time.monotonic() if now is None else now
+        return max(
+            (d - now for h in hubs if (d := self.burst_pulls.get(h)) is not None and d > now), default=0.0
+        )
 
     def wake_all_hubs(self) -> None:
         for key in self.hubs:

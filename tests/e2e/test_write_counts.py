@@ -1,6 +1,7 @@
 """API writes per course, counted (never timed): a small burst of CourseImages costs at most 3
-writes each (the finalizer, and one status write per state a learner can tell apart:
-published, then pre-pulled), and no Event for a course that simply became Ready.
+writes each (the finalizer, and at most one status write per state a learner can tell apart:
+published, then pre-pulled; a course that came during a burst waits for the burst's pull and
+has one), and no Event for a course that simply became Ready.
 
 A regression to one write per condition step, or to one Event per course, fails here.
 """

@@ -162,3 +162,44 @@ def test_a_new_course_s_status_waits_for_its_first_resolution_but_not_for_ever()
     # resolved: written at once, and forgotten
     assert writer.first_resolution_wait(key, resolved=True, now=106.0) == 0.0
     assert key not in writer.unresolved_since
+
+
+def test_a_course_in_a_burst_s_pull_is_written_once_pulled_not_published_then_pulled():
+    import asyncio
+    import time
+
+    from test_hub_round import RESOLVED, course, hub
+
+    from coursehub.desired.status import Publication
+    from coursehub.reconcile.course_status import CourseStatusWriter
+    from coursehub.state import Index
+
+    def write_with(c, prepull: str, burst_pull: bool) -> None:
+        h = hub()
+        idx = Index()
+        idx.hubs[h.key] = h
+        idx.courses[c.key] = c
+        idx.raw_courses[c.key] = {
+            "kind": "CourseImage",
+            "metadata": {"name": c.name, "namespace": c.namespace},
+        }
+        idx.resolutions[c.key] = RESOLVED
+        idx.set_publications(
+            h.ref,
+            {c.key: Publication(h.ref, h.spec.domain, "Published", "published", c.resolved_image, prepull)},
+        )
+        if burst_pull:
+            idx.set_burst_pull(h.key, time.monotonic() + 10)
+        # kube=None: a status write would fail on it, so returning quietly means it was held.
+        writer = CourseStatusWriter(kube=None, index=idx, hold_max=6.0)  # type: ignore[arg-type]
+        asyncio.run(writer.write(c.key))
+
+    write_with(course("c1"), "Pulling", burst_pull=True)  # held for the pull
+    # the controls: each of these is written at once
+    for c, prepull, burst_pull in [
+        (course("c1"), "Pulling", False),  # a lone change: "Published" first
+        (course("c1"), "PrePulled", True),  # already pulled
+        (course("c1", prePull=False), "Pulling", True),  # not pre-pulled at all
+    ]:
+        with pytest.raises(AttributeError):
+            write_with(c, prepull, burst_pull)

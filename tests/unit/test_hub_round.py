@@ -15,6 +15,7 @@ from coursehub.desired.courses import CourseRecord, HubRecord
 from coursehub.desired.hub_round import (
     Observed,
     ReleaseResult,
+    burst_pull_deadline,
     fingerprint,
     fold_failures,
     plan_round,
@@ -234,6 +235,31 @@ def test_during_a_burst_a_live_puller_keeps_its_images_until_the_burst_is_over()
     # 0: never hold
     never = round_with(burst=True, puller_hold_max=0)
     assert general_puller(never) is not None
+
+
+def test_course_statuses_wait_for_a_burst_s_pull_but_a_lone_change_s_do_not():
+    def deadline(now, previous=None, *, burst=False, held=False, pulling=True):
+        return burst_pull_deadline(
+            now=now,
+            previous=previous,
+            burst=burst,
+            pullers_held=held,
+            pulling=pulling,
+            puller_hold_max=10.0,
+            rollout_wait=6.0,
+        )
+
+    # a lone change: "Published" is written at once, "PrePulled" once pulled
+    assert deadline(100.0) is None
+    # a burst: at most the puller's hold plus the rollout, counted from the burst's first round
+    assert deadline(100.0, burst=True, held=True) == 116.0
+    assert deadline(104.0, 116.0, burst=True, held=True) == 116.0
+    # the round after the burst writes the puller: the rollout gets rollout_wait from then
+    assert deadline(105.0, 116.0) == 111.0
+    assert deadline(107.0, 111.0) == 111.0  # later rounds while it rolls out do not extend it
+    assert deadline(115.0, 116.0) == 116.0  # nor past the burst's own bound
+    # pulled: nothing waits any more
+    assert deadline(108.0, 111.0, pulling=False) is None
 
 
 def test_a_burst_never_holds_a_puller_to_create_or_one_whose_images_are_unchanged():

@@ -109,3 +109,15 @@ def test_a_kind_does_not_stand_in_for_another():
     assert not idx.listed.is_set()
     idx.mark_listed()  # the timeout's way out
     assert idx.listed.is_set()
+
+
+def test_a_burst_pull_holds_statuses_until_its_deadline_and_no_longer():
+    # bench_scale, 1,000 courses: each course's status was written twice, "Published" and then
+    # "PrePulled" a few seconds later, about a third of the API server's work in the burst.
+    idx = Index()
+    idx.set_burst_pull(HUB, 110.0)
+    assert idx.hold_for_burst_pull([HUB], now=100.0) == 10.0
+    assert idx.hold_for_burst_pull([OTHER], now=100.0) == 0.0  # that hub is not pulling a burst
+    assert idx.hold_for_burst_pull([HUB], now=110.0) == 0.0  # bounded: written as it is then
+    idx.set_burst_pull(HUB, None)  # pulled: the publications turning PrePulled mark the courses
+    assert idx.hold_for_burst_pull([HUB], now=100.0) == 0.0 and HUB not in idx.burst_pulls

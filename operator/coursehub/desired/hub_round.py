@@ -494,6 +494,36 @@ def round_delay(
     return max(0.0, min(quiet_at, cap_at) - now)
 
 
+def burst_pull_deadline(
+    *,
+    now: float,
+    previous: float | None,
+    burst: bool,
+    pullers_held: bool,
+    pulling: bool,
+    puller_hold_max: float,
+    rollout_wait: float,
+) -> float | None:
+    """Until when (monotonic) the statuses of the courses a hub publishes and still pulls wait
+    for the pull to finish, so that one write carries both "Published" and "PrePulled" (None:
+    they do not wait).
+
+    Only in a burst: a lone change's status is written at once and again once pulled. During a
+    burst the puller waits for its end (desired.puller.held_pullers), at most
+    `puller_hold_max`; the first round after it writes the puller, and from then on the
+    statuses wait at most `rollout_wait` more for the rollout: on real nodes a large image may
+    take minutes, and "Published" is worth writing first then. Each status write of a
+    1,000-course burst costs the API server about as much as the course's create.
+    """
+    if not pulling:
+        return None
+    if burst or pullers_held:
+        return previous if previous is not None else now + puller_hold_max + rollout_wait
+    if previous is None:
+        return None
+    return min(previous, now + rollout_wait)
+
+
 def publication_current(hub: HubRecord, course: CourseRecord, pub: Publication | None) -> bool:
     """Whether `hub`'s last round already reflects what is known of `course` (its resolved
     image): if not, the course's status waits for that hub's due round, so one write carries

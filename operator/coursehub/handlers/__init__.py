@@ -48,9 +48,8 @@ class Runtime:
         self.namespaces = namespaces  # () = every namespace
         self.index = Index()
         self.resolver = Resolver(kube, self.index, settings)
-        # A status waits at most for a hub's debounce and a little more for its round.
         self.status_writer = course_status.CourseStatusWriter(
-            kube, self.index, hold_max=settings.debounce_max + 3.0
+            kube, self.index, hold_max=settings.status_hold_max
         )
         self.retention = EcrRetention(self.index, settings)
         # Course builds (spec.build): a good build makes the resolver look at the moved tag now.

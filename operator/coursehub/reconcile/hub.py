@@ -28,6 +28,7 @@ from ..desired.hub_round import (
     Plan,
     ReleaseResult,
     Step,
+    burst_pull_deadline,
     fingerprint,
     fold_failures,
     plan_round,
@@ -114,6 +115,7 @@ class HubReconciler:
 
     async def stop(self) -> None:
         self.index.hubs_starting.pop(self.key, None)
+        self.index.set_burst_pull(self.key, None)
         if self.release_task and not self.release_task.done():
             # Give a running helm a moment to finish; one cut short leaves the release pending,
             # which the next start repairs (HelmReleases._make_proceedable). Waiting longer
@@ -257,6 +259,18 @@ class HubReconciler:
             self.memory.puller_held_since = None
         elif self.memory.puller_held_since is None:
             self.memory.puller_held_since = started
+        self.index.set_burst_pull(
+            self.key,
+            burst_pull_deadline(
+                now=time.monotonic(),
+                previous=self.index.burst_pulls.get(self.key),
+                burst=burst,
+                pullers_held=bool(plan.pullers_held),
+                pulling=plan.pulling,
+                puller_hold_max=self.settings.puller_hold_max,
+                rollout_wait=self.settings.status_hold_max,
+            ),
+        )
         metrics.PREPULL_READY.labels(namespace=hub.namespace, hub=hub.name).set(0 if plan.pulling else 1)
         metrics.COURSES_PER_HUB.labels(namespace=hub.namespace, hub=hub.name).set(plan.courses)
         if pubs is not None:
