@@ -154,7 +154,7 @@ def test_running_pullers_are_locked_down_and_only_where_learners_go(
             for c in spec["initContainers"] + spec["containers"]:
                 mounts = [m["mountPath"] for m in c.get("volumeMounts", [])]
                 assert not any("serviceaccount" in m for m in mounts), (c["name"], mounts)
-                sc = c["securityContext"]
+                sc = {**spec["securityContext"], **c["securityContext"]}  # the container's over the pod's
                 assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 65534, c["name"]
                 assert sc["allowPrivilegeEscalation"] is False, c["name"]
                 assert sc["capabilities"]["drop"] == ["ALL"] and not sc["capabilities"].get("add"), c["name"]

@@ -104,7 +104,8 @@ def test_every_container_runs_as_nobody_without_privileges(name):
     ds = both()[name]
     cs = containers(ds)
     for c in cs:
-        sc = c["securityContext"]
+        # What the container runs with: its own securityContext over the pod's.
+        sc = {**pod(ds)["securityContext"], **c["securityContext"]}
         assert sc["runAsNonRoot"] is True, c["name"]
         assert sc["runAsUser"] == 65534 and sc["runAsGroup"] == 65534, c["name"]
         assert sc["allowPrivilegeEscalation"] is False, c["name"]
