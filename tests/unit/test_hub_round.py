@@ -18,12 +18,13 @@ from coursehub.desired.hub_round import (
     burst_pull_deadline,
     fingerprint,
     fold_failures,
+    newly_pulling,
     plan_round,
     required_secret_names,
     skipped_steps,
 )
 from coursehub.desired.policy import ChartPolicy
-from coursehub.desired.status import Resolution, course_status
+from coursehub.desired.status import Publication, Resolution, course_status
 
 CHART = {"repository": "https://hub.jupyter.org/helm-chart/", "name": "jupyterhub", "version": "4.4.1"}
 NS = "jupyter"
@@ -238,28 +239,46 @@ def test_during_a_burst_a_live_puller_keeps_its_images_until_the_burst_is_over()
 
 
 def test_course_statuses_wait_for_a_burst_s_pull_but_a_lone_change_s_do_not():
-    def deadline(now, previous=None, *, burst=False, held=False, pulling=True):
+    def deadline(now, previous=None, *, burst=False, held=False, pulling=True, new=5):
         return burst_pull_deadline(
             now=now,
             previous=previous,
             burst=burst,
             pullers_held=held,
             pulling=pulling,
+            new_pulling=new,
             puller_hold_max=10.0,
             rollout_wait=6.0,
         )
 
     # a lone change: "Published" is written at once, "PrePulled" once pulled
     assert deadline(100.0) is None
+    # even one that came while a round ran (one the previous change's rollout woke)
+    assert deadline(100.0, burst=True, held=True, new=1) is None
     # a burst: at most the puller's hold plus the rollout, counted from the burst's first round
     assert deadline(100.0, burst=True, held=True) == 116.0
-    assert deadline(104.0, 116.0, burst=True, held=True) == 116.0
+    assert deadline(104.0, 116.0, burst=True, held=True, new=0) == 116.0
     # the round after the burst writes the puller: the rollout gets rollout_wait from then
-    assert deadline(105.0, 116.0) == 111.0
-    assert deadline(107.0, 111.0) == 111.0  # later rounds while it rolls out do not extend it
-    assert deadline(115.0, 116.0) == 116.0  # nor past the burst's own bound
+    assert deadline(105.0, 116.0, new=0) == 111.0
+    assert deadline(107.0, 111.0, new=0) == 111.0  # later rounds while it rolls out do not extend it
+    assert deadline(115.0, 116.0, new=0) == 116.0  # nor past the burst's own bound
     # pulled: nothing waits any more
     assert deadline(108.0, 111.0, pulling=False) is None
+
+
+def test_a_round_starts_pulling_the_courses_published_with_a_new_image():
+    h = hub()
+    a, b, c = course("a"), course("b"), course("c")
+
+    def pub(crs, prepull="Pulling", state="Published"):
+        return Publication(h.ref, h.spec.domain, state, "", crs.resolved_image, prepull)
+
+    before = {a.key: pub(a), b.key: pub(b, "PrePulled"), c.key: None}
+    after = {a.key: pub(a), b.key: pub(b, "PrePulled"), c.key: pub(c)}
+    assert newly_pulling(before, after) == 1  # c; a was already pulling that image
+    moved = Publication(h.ref, h.spec.domain, "Published", "", pinned("a", 1), "Pulling")
+    assert newly_pulling(before, {**after, a.key: moved}) == 2  # a's digest moved
+    assert newly_pulling(before, {c.key: pub(c, state="WaitingForPull")}) == 0
 
 
 def test_a_burst_never_holds_a_puller_to_create_or_one_whose_images_are_unchanged():

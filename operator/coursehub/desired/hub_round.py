@@ -494,6 +494,29 @@ def round_delay(
     return max(0.0, min(quiet_at, cap_at) - now)
 
 
+# A burst is more than one course: a lone change that happened to arrive while a round ran
+# (one the rollout of the previous change woke) is still written at once.
+BURST_PULL_MIN_COURSES = 2
+
+
+def published_pulling(pub: Publication | None) -> bool:
+    """Offered by the hub, its image still being pre-pulled."""
+    return pub is not None and pub.state == "Published" and pub.prepull == "Pulling"
+
+
+def newly_pulling(
+    before: Mapping[tuple[str, str], Publication | None], after: Mapping[tuple[str, str], Publication]
+) -> int:
+    """How many courses a round's publications (`after`, by course) start pulling: published
+    and pulling now, and not with the same image before."""
+    return sum(
+        1
+        for key, pub in after.items()
+        if published_pulling(pub)
+        and not (published_pulling(old := before.get(key)) and old is not None and old.image == pub.image)
+    )
+
+
 def burst_pull_deadline(
     *,
     now: float,
@@ -501,6 +524,7 @@ def burst_pull_deadline(
     burst: bool,
     pullers_held: bool,
     pulling: bool,
+    new_pulling: int,
     puller_hold_max: float,
     rollout_wait: float,
 ) -> float | None:
@@ -508,19 +532,22 @@ def burst_pull_deadline(
     for the pull to finish, so that one write carries both "Published" and "PrePulled" (None:
     they do not wait).
 
-    Only in a burst: a lone change's status is written at once and again once pulled. During a
-    burst the puller waits for its end (desired.puller.held_pullers), at most
-    `puller_hold_max`; the first round after it writes the puller, and from then on the
+    Only in a burst (changes came during the previous round, and this round starts pulling
+    more than one course: `new_pulling`): a lone change's status is written at once and again
+    once pulled. During a burst the puller waits for its end (desired.puller.held_pullers), at
+    most `puller_hold_max`; the first round after it writes the puller, and from then on the
     statuses wait at most `rollout_wait` more for the rollout: on real nodes a large image may
     take minutes, and "Published" is worth writing first then. Each status write of a
     1,000-course burst costs the API server about as much as the course's create.
     """
     if not pulling:
         return None
-    if burst or pullers_held:
-        return previous if previous is not None else now + puller_hold_max + rollout_wait
     if previous is None:
+        if (burst or pullers_held) and new_pulling >= BURST_PULL_MIN_COURSES:
+            return now + puller_hold_max + rollout_wait
         return None
+    if burst or pullers_held:
+        return previous
     return min(previous, now + rollout_wait)
 
 

@@ -14,8 +14,8 @@ import time
 from .. import metrics
 from ..desired.build import build_status, built_condition, with_build
 from ..desired.courses import selects
-from ..desired.hub_round import publication_current
-from ..desired.status import Publication, course_status
+from ..desired.hub_round import publication_current, published_pulling
+from ..desired.status import course_status
 from ..kube import COURSE_IMAGES, TRANSIENT_API_ERRORS, Kube
 from ..state import Index, Key
 from . import status_io
@@ -100,7 +100,7 @@ class CourseStatusWriter:
             asyncio.get_running_loop().call_later(held + 0.1, idx.course_changed, key)
             return
         if course.spec.pre_pull:
-            pulling = [h.key for h in hubs if _published_pulling(pubs_by_hub.get(h.ref))]
+            pulling = [h.key for h in hubs if published_pulling(pubs_by_hub.get(h.ref))]
             held = idx.hold_for_burst_pull(pulling)
             if held:
                 # A burst's pull: the round that sees it done marks the course again (its
@@ -134,10 +134,6 @@ class CourseStatusWriter:
         now = time.monotonic() if now is None else now
         since = self.unresolved_since.setdefault(key, now)
         return max(0.0, self.hold_max - (now - since))
-
-
-def _published_pulling(pub: Publication | None) -> bool:
-    return pub is not None and pub.state == "Published" and pub.prepull == "Pulling"
 
 
 # -- finalizer -----------------------------------------------------------------

@@ -31,6 +31,7 @@ from ..desired.hub_round import (
     burst_pull_deadline,
     fingerprint,
     fold_failures,
+    newly_pulling,
     plan_round,
     required_secret_names,
     round_delay,
@@ -267,6 +268,9 @@ class HubReconciler:
                 burst=burst,
                 pullers_held=bool(plan.pullers_held),
                 pulling=plan.pulling,
+                new_pulling=newly_pulling(
+                    {k: self.index.publications.get(k, {}).get(hub.ref) for k in pubs or {}}, pubs or {}
+                ),
                 puller_hold_max=self.settings.puller_hold_max,
                 rollout_wait=self.settings.status_hold_max,
             ),
