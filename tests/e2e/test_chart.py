@@ -8,6 +8,8 @@ nothing more (kubectl auth can-i as the ServiceAccount); the chart's CRDs are cr
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import tarfile
 import uuid
@@ -84,10 +86,25 @@ def restricted_namespace(cluster):
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
+def priority_level_uid(cluster, name: str) -> str:
+    obj = cluster.kubectl("get", "prioritylevelconfiguration", name, "-o", "json").stdout
+    return json.loads(obj)["metadata"]["uid"]
+
+
+def served_in(cluster, user: str, path: str) -> str:
+    """The UID of the API server's priority level that served a GET of `path` as `user`: its
+    X-Kubernetes-PF-PriorityLevel-UID response header, which kubectl shows at -v=8 (refused
+    requests carry it too)."""
+    out = cluster.kubectl("get", "--raw", path, f"--as={user}", "-v=8", check=False)
+    m = re.search(r"X-Kubernetes-Pf-Prioritylevel-Uid:\s*([0-9a-f-]{36})", out.stderr, re.IGNORECASE)
+    assert m, out.stderr[-2000:]
+    return m.group(1)
+
+
 def _cleanup_cluster_scoped(cluster, release: str) -> None:
     cluster.kubectl(
         "delete",
-        "clusterrole,clusterrolebinding",
+        "clusterrole,clusterrolebinding,flowschema",
         "-l",
         f"app.kubernetes.io/instance={release}",
         "--wait=false",
@@ -351,6 +368,15 @@ def test_chart_applies_and_operator_becomes_available(cluster, restricted_namesp
         ]
         assert not wrong, f"the operator's ServiceAccount may do more than it needs: {wrong}"
 
+        # Its Lease requests are served in the API server's leader-election priority level
+        # (the chart's FlowSchema), its other requests where any ServiceAccount's are.
+        leader_level = priority_level_uid(cluster, "leader-election")
+        lease = f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{fullname}"
+        assert served_in(cluster, sa, lease) == leader_level
+        assert served_in(cluster, sa, f"/api/v1/namespaces/{ns}/configmaps") != leader_level
+        other_sa = f"system:serviceaccount:{ns}:default"  # control: the FlowSchema is what does it
+        assert served_in(cluster, other_sa, lease) != leader_level
+
         # As the operator: the tenant objects of a hub in `namespace`, applied with its own
         # rights (`bind` on the tenant ClusterRole, no escalation), then what Helm may do there.
         from coursehub.api.jupyterhubdeployment import JupyterHubDeploymentSpec
@@ -457,6 +483,30 @@ def test_namespace_scoped_install_with_helm(cluster, restricted_namespace, names
 
 
 SHARDS = ["shards[0].name=a", "shards[0].namespaces={n1,n2}", "shards[1].name=b", "shards[1].namespaces={n3}"]
+
+
+def test_the_flowschema_covers_only_the_operator_s_own_leases(cluster):
+    docs = docs_of(render(cluster, "r1", "ops", "watch.allNamespaces=true"))
+    (fs,) = [d for d in docs if d["kind"] == "FlowSchema"]
+    assert fs["metadata"]["name"] == "r1-coursehub-operator-leases"
+    assert fs["spec"]["priorityLevelConfiguration"] == {"name": "leader-election"}
+    assert fs["spec"]["matchingPrecedence"] < 9000  # before the "service-accounts" schema
+    (rule,) = fs["spec"]["rules"]
+    assert rule["subjects"] == [
+        {"kind": "ServiceAccount", "serviceAccount": {"name": "r1-coursehub-operator", "namespace": "ops"}}
+    ]
+    assert rule["resourceRules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "create", "update"],
+            "namespaces": ["ops"],
+        }
+    ]
+    assert "nonResourceRules" not in rule
+    for off in ("leaderElection.flowSchema=false", "leaderElection.enabled=false"):
+        docs = docs_of(render(cluster, "r1", "ops", "watch.allNamespaces=true", off, "replicas=1"))
+        assert not [d for d in docs if d["kind"] == "FlowSchema"], off
 
 
 def test_shards_render_one_deployment_each_with_its_namespaces_and_lease(cluster):
