@@ -61,6 +61,7 @@ class Index:
     # that hub publishes and still pulls wait for the pull until then (desired.hub_round.
     # burst_pull_deadline): one write instead of "Published", then "PrePulled".
     burst_pulls: dict[Key, float] = field(default_factory=dict)
+    burst_held: dict[Key, set[Key]] = field(default_factory=dict)  # hub -> the courses it holds
     # The start-up barrier. kopf delivers the watch's initial list one object at a time, and a
     # hub's event may come before its courses': a first round then would write an allowlist
     # missing courses published before the restart. Hub rounds wait for `listed`, set once every
@@ -174,21 +175,29 @@ class Index:
         return wait
 
     def set_burst_pull(self, hub: Key, deadline: float | None) -> None:
-        """Record until when hub's burst pull holds course statuses (None: it does not). The
-        courses are marked by their publications changing (Pulling -> PrePulled) or by the
-        writer's own timer at the deadline."""
+        """Record until when hub's burst pull holds course statuses (None: it does not). A held
+        course is marked when its publication changes (Pulling -> PrePulled) or by the writer's
+        timer at the deadline it was held for; a deadline that comes sooner (the puller was
+        written) or goes away marks the courses held for it now, so the writer looks again."""
+        previous = self.burst_pulls.get(hub)
         if deadline is None:
             self.burst_pulls.pop(hub, None)
         else:
             self.burst_pulls[hub] = deadline
+        if previous is not None and (deadline is None or deadline < previous):
+            self.course_changed(*self.burst_held.pop(hub, ()))
 
-    def hold_for_burst_pull(self, hubs: list[Key], now: float | None = None) -> float:
+    def hold_for_burst_pull(self, course_key: Key, hubs: list[Key], now: float | None = None) -> float:
         """Seconds a course's status waits for the burst pulls of `hubs` (the hubs that publish
         it and still pull it; 0: not held)."""
         now = time.monotonic() if now is None else now
-        return max(
-            (d - now for h in hubs if (d := self.burst_pulls.get(h)) is not None and d > now), default=0.0
-        )
+        wait = 0.0
+        for h in hubs:
+            deadline = self.burst_pulls.get(h)
+            if deadline is not None and deadline > now:
+                self.burst_held.setdefault(h, set()).add(course_key)
+                wait = max(wait, deadline - now)
+        return wait
 
     def wake_all_hubs(self) -> None:
         for key in self.hubs:

@@ -264,6 +264,10 @@ def test_course_statuses_wait_for_a_burst_s_pull_but_a_lone_change_s_do_not():
     assert deadline(115.0, 116.0, new=0) == 116.0  # nor past the burst's own bound
     # pulled: nothing waits any more
     assert deadline(108.0, 111.0, pulling=False) is None
+    # a deadline that passed while the hub still pulls (a node that cannot pull) is over: a
+    # later burst holds anew, a round that is no burst holds nothing
+    assert deadline(120.0, 116.0, burst=True, held=True) == 136.0
+    assert deadline(120.0, 116.0, new=0) is None
 
 
 def test_a_round_starts_pulling_the_courses_published_with_a_new_image():
@@ -279,6 +283,13 @@ def test_a_round_starts_pulling_the_courses_published_with_a_new_image():
     moved = Publication(h.ref, h.spec.domain, "Published", "", pinned("a", 1), "Pulling")
     assert newly_pulling(before, {**after, a.key: moved}) == 2  # a's digest moved
     assert newly_pulling(before, {c.key: pub(c, state="WaitingForPull")}) == 0
+
+
+def test_a_course_that_asks_not_to_be_pre_pulled_is_never_pulling():
+    # It is in no puller, so "Pulling" would be forever (and count towards a burst's pull).
+    plan = plan_round(observe(hub(), [course("a"), course("b", prePull=False)]))
+    assert plan.publications[course("a").key].prepull == "Pulling"
+    assert plan.publications[course("b").key].prepull == "PrePullDisabled"
 
 
 def test_a_burst_never_holds_a_puller_to_create_or_one_whose_images_are_unchanged():

@@ -116,8 +116,26 @@ def test_a_burst_pull_holds_statuses_until_its_deadline_and_no_longer():
     # "PrePulled" a few seconds later, about a third of the API server's work in the burst.
     idx = Index()
     idx.set_burst_pull(HUB, 110.0)
-    assert idx.hold_for_burst_pull([HUB], now=100.0) == 10.0
-    assert idx.hold_for_burst_pull([OTHER], now=100.0) == 0.0  # that hub is not pulling a burst
-    assert idx.hold_for_burst_pull([HUB], now=110.0) == 0.0  # bounded: written as it is then
-    idx.set_burst_pull(HUB, None)  # pulled: the publications turning PrePulled mark the courses
-    assert idx.hold_for_burst_pull([HUB], now=100.0) == 0.0 and HUB not in idx.burst_pulls
+    assert idx.hold_for_burst_pull(C1, [HUB], now=100.0) == 10.0
+    assert idx.hold_for_burst_pull(C2, [OTHER], now=100.0) == 0.0  # that hub is not pulling a burst
+    assert idx.hold_for_burst_pull(C2, [HUB], now=110.0) == 0.0  # bounded: written as it is then
+    idx.set_burst_pull(HUB, None)  # pulled
+    assert HUB not in idx.burst_pulls
+    assert idx.hold_for_burst_pull(C1, [HUB], now=100.0) == 0.0
+
+
+def test_a_sooner_deadline_or_none_marks_the_courses_held_for_the_later_one():
+    # The puller is written: its rollout gets rollout_wait from then, sooner than the burst's
+    # own bound the courses were held for; without a mark they would wait for their old timers.
+    idx = Index()
+    idx.set_burst_pull(HUB, 116.0)
+    assert idx.hold_for_burst_pull(C1, [HUB], now=101.0) == 15.0
+    idx.status_dirty.clear()
+    idx.set_burst_pull(HUB, 116.0)  # the same deadline: nothing to look at again
+    assert idx.status_dirty == set()
+    idx.set_burst_pull(HUB, 111.0)
+    assert idx.status_dirty == {C1}
+    assert idx.hold_for_burst_pull(C1, [HUB], now=105.0) == 6.0  # held again, for the new deadline
+    idx.status_dirty.clear()
+    idx.set_burst_pull(HUB, None)  # the hub stopped (or pulled): the course is looked at now
+    assert idx.status_dirty == {C1}

@@ -299,7 +299,7 @@ def _publications(
             state, msg = "Published", "offering the previous digest until the new one is pulled"
         else:
             state, msg = "Published", "published"
-        if not prepull_enabled:
+        if not prepull_enabled or not course.spec.pre_pull:
             pre, pre_msg = "PrePullDisabled", ""
         elif slug in unpulled:
             # In no puller, so never "rolling out": the course says why in its own reason.
@@ -542,6 +542,8 @@ def burst_pull_deadline(
     """
     if not pulling:
         return None
+    if previous is not None and previous <= now:
+        previous = None  # over: a later burst on a hub still pulling (a node that cannot) holds anew
     if previous is None:
         if (burst or pullers_held) and new_pulling >= BURST_PULL_MIN_COURSES:
             return now + puller_hold_max + rollout_wait

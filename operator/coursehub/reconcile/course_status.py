@@ -101,7 +101,7 @@ class CourseStatusWriter:
             return
         if course.spec.pre_pull:
             pulling = [h.key for h in hubs if published_pulling(pubs_by_hub.get(h.ref))]
-            held = idx.hold_for_burst_pull(pulling)
+            held = idx.hold_for_burst_pull(key, pulling)
             if held:
                 # A burst's pull: the round that sees it done marks the course again (its
                 # publication turns PrePulled), and one write carries both.

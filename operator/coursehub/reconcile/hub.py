@@ -116,7 +116,6 @@ class HubReconciler:
 
     async def stop(self) -> None:
         self.index.hubs_starting.pop(self.key, None)
-        self.index.set_burst_pull(self.key, None)
         if self.release_task and not self.release_task.done():
             # Give a running helm a moment to finish; one cut short leaves the release pending,
             # which the next start repairs (HelmReleases._make_proceedable). Waiting longer
@@ -128,6 +127,7 @@ class HubReconciler:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+        self.index.set_burst_pull(self.key, None)  # after the loop: a round in flight may set it
 
     async def _loop(self) -> None:
         wake = self.index.hub_wakeups.setdefault(self.key, asyncio.Event())
