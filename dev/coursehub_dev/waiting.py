@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -14,10 +16,48 @@ class WaitTimeout(AssertionError, TimeoutError):
     """A wait ran out: an AssertionError for pytest's report, a TimeoutError for scripts."""
 
 
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on at the moment of the call."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+# Free ports are looked for from here up to the ephemeral range, but below Kubernetes'
+# NodePort range (30000-32767), which a real node's kube-proxy may claim.
+_LOWEST_PORT = 10000
+_NODE_PORTS = 30000
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local end of outbound connections (Linux; the usual default
+    elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on `host` that nothing listens on at the moment of the call, outside the
+    kernel's ephemeral range.
+
+    A port the kernel picks (bind to 0) comes from the ephemeral range, so between this call and
+    the server's own bind any outbound connection on the machine may take it as its local end:
+    a bench's etcd once failed with "bind: address already in use" that way. Outside the range
+    only another listener can take it.
+    """
+    low, high = ephemeral_ports()
+    ranges = [
+        r for r in (range(_LOWEST_PORT, min(low, _NODE_PORTS)), range(high + 1, 65536)) if len(r) >= 1000
+    ]
+    rng = random.SystemRandom()
+    for _ in range(200):
+        if not ranges:
+            break
+        port = rng.choice(rng.choice(ranges))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # no room outside: any port
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
