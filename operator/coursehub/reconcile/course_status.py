@@ -82,13 +82,13 @@ class CourseStatusWriter:
             # The resolver marks it again when done: one write then carries the resolution and
             # the publication. A hub round that ran meanwhile reports the course "NotResolved",
             # and writing that first cost a new course in a burst a third status write.
-            asyncio.get_running_loop().call_later(held + 0.1, idx.course_changed, key)
+            self._look_again(key, held)
             return
         held = idx.hub_starting_for(key)
         if held:
             # That hub's first round marks this course again, with its publication in it; if
             # the round does not come, the status is written without it after the grace period.
-            asyncio.get_running_loop().call_later(held + 0.1, idx.course_changed, key)
+            self._look_again(key, held)
             return
         hubs = [h for h in idx.hubs.values() if not h.deleting and selects(h, course, idx.namespace_labels)]
         pubs_by_hub = idx.publications.get(key, {})
@@ -97,7 +97,7 @@ class CourseStatusWriter:
         held = idx.hold_for_due_hub(key, behind, self.hold_max)
         if held:
             # That round marks it again (and so does this timer, should the round fail).
-            asyncio.get_running_loop().call_later(held + 0.1, idx.course_changed, key)
+            self._look_again(key, held)
             return
         if course.spec.pre_pull:
             pulling = [h.key for h in hubs if published_pulling(pubs_by_hub.get(h.ref))]
@@ -105,7 +105,7 @@ class CourseStatusWriter:
             if held:
                 # A burst's pull: the round that sees it done marks the course again (its
                 # publication turns PrePulled), and one write carries both.
-                asyncio.get_running_loop().call_later(held + 0.1, idx.course_changed, key)
+                self._look_again(key, held)
                 return
         pubs = idx.publications_for(key)
         selecting = () if pubs else tuple(h.ref for h in hubs)
@@ -123,6 +123,11 @@ class CourseStatusWriter:
         )
         if stored is not None and key in idx.raw_courses:
             idx.raw_courses[key] = {**idx.raw_courses[key], "status": stored}
+
+    def _look_again(self, key: Key, seconds: float) -> None:
+        """A held status: look at it again once its hold is over (whatever it waits for may
+        also mark it sooner)."""
+        asyncio.get_running_loop().call_later(seconds + 0.1, self.index.course_changed, key)
 
     def first_resolution_wait(self, key: Key, *, resolved: bool, now: float | None = None) -> float:
         """Seconds the status of a course with no resolution yet waits for its first one (0: write
