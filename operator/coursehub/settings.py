@@ -85,6 +85,17 @@ class Settings(BaseSettings):
             "rewrite rolls a pod with every course image onto every node (0: never hold)."
         ),
     )
+    puller_images_max: int = Field(
+        250,
+        ge=1,
+        validation_alias=ENV_PREFIX + "PULLER_IMAGES_MAX",
+        description=(
+            "Course images per pre-puller DaemonSet: a hub with more courses gets more DaemonSets "
+            "(coursehub-puller, coursehub-puller-1, ...). Smaller ones roll out sooner and a course "
+            "change rolls only its own; each is one more pod on every learner node. etcd refuses an "
+            "object over 1.5 MiB, a pod of roughly 2,000 images."
+        ),
+    )
     resync_interval: float = Field(
         600,
         gt=0,

@@ -4,6 +4,7 @@ where learner pods go, and pull secrets come only from the hub's namespace."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -377,3 +378,171 @@ def test_operator_image_setting_defaults_to_the_pullers_default():
     from coursehub.settings import Settings
 
     assert Settings.model_fields["operator_image"].default == puller.DEFAULT_OPERATOR_IMAGE
+
+
+# --- chunks: one DaemonSet per few hundred images ------------------------------------------
+
+
+def rolled(out: dict[str, dict | None]) -> dict[str, dict | None]:
+    """The pullers as they would be read back (the live state of the next round)."""
+    return {n: json.loads(json.dumps(ds)) for n, ds in out.items() if ds is not None}
+
+
+def chunks_of(out: dict[str, dict | None], kind: str = puller.GENERAL) -> dict[str, set[str]]:
+    return {
+        n: puller.images_of(ds)
+        for n, ds in out.items()
+        if ds is not None and (puller.chunk_of(n) or ("", 0))[0] == kind
+    }
+
+
+def many(n: int, prefix: str = "c", **kw) -> list[CourseRecord]:
+    return [course(f"{prefix}{i:04d}", **kw) for i in range(n)]
+
+
+def test_a_hub_with_many_courses_gets_one_daemonset_per_chunk_and_each_course_in_exactly_one():
+    cs = many(7)
+    out = puller.desired_pullers(hub(), winners(*cs), images_max=3)
+    general = chunks_of(out)
+    assert sorted(general) == ["coursehub-puller", "coursehub-puller-1", "coursehub-puller-2"]
+    assert [len(general[n]) for n in sorted(general)] == [3, 3, 1]
+    assert set().union(*general.values()) == {c.resolved_image for c in cs}
+    assert out[puller.GPU] is None
+    # each chunk is a DaemonSet of its own: its own selector, all of them under the deny-all policy
+    for name in general:
+        ds = out[name]
+        assert ds is not None
+        assert ds["spec"]["selector"]["matchLabels"]["coursehub.dev/puller"] == name
+        assert ds["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "coursehub-puller"
+        assert containers(ds)[0]["name"] == puller.INSTALL_CONTAINER
+
+
+def test_chunk_names_are_parsed_only_in_their_own_spelling():
+    assert puller.chunk_of("coursehub-puller") == (puller.GENERAL, 0)
+    assert puller.chunk_of("coursehub-puller-12") == (puller.GENERAL, 12)
+    assert puller.chunk_of("coursehub-puller-gpu") == (puller.GPU, 0)
+    assert puller.chunk_of("coursehub-puller-gpu-3") == (puller.GPU, 3)
+    for other in (
+        "coursehub-puller-0",
+        "coursehub-puller-01",
+        "coursehub-puller-x",
+        "hub",
+        "coursehub-pullers",
+    ):
+        assert puller.chunk_of(other) is None, other
+    for kind in (puller.GENERAL, puller.GPU):
+        for i in (0, 1, 250):
+            assert puller.chunk_of(puller.chunk_name(kind, i)) == (kind, i)
+
+
+def test_a_course_change_rewrites_only_its_own_chunk():
+    cs = many(7)
+    first = puller.desired_pullers(hub(), winners(*cs), images_max=3)
+    live = rolled(first)
+    # one more course: the partial last chunk takes it, the full ones are the same objects
+    more = puller.desired_pullers(hub(), winners(*cs, course("a-new")), images_max=3, live=live)
+    assert more["coursehub-puller"] == first["coursehub-puller"]
+    assert more["coursehub-puller-1"] == first["coursehub-puller-1"]
+    assert chunks_of(more)["coursehub-puller-2"] == {cs[6].resolved_image, course("a-new").resolved_image}
+    # a course goes: only its chunk loses it (no shuffle of the others), and the hole is
+    # filled by the next new course
+    gone = [c for c in cs if c.slug != "c0001"]
+    fewer = puller.desired_pullers(hub(), winners(*gone), images_max=3, live=live)
+    assert fewer["coursehub-puller-1"] == first["coursehub-puller-1"]
+    assert fewer["coursehub-puller-2"] == first["coursehub-puller-2"]
+    assert chunks_of(fewer)["coursehub-puller"] == {cs[0].resolved_image, cs[2].resolved_image}
+    refill = puller.desired_pullers(hub(), winners(*gone, course("zz")), images_max=3, live=rolled(fewer))
+    assert course("zz").resolved_image in chunks_of(refill)["coursehub-puller"]
+    # a new digest for a course stays in its chunk
+    moved = dataclasses.replace(cs[4], resolved_image="r.example.edu/nb@sha256:" + "e" * 64)
+    changed = puller.desired_pullers(hub(), winners(*cs[:4], moved, *cs[5:]), images_max=3, live=live)
+    assert changed["coursehub-puller"] == first["coursehub-puller"]
+    assert changed["coursehub-puller-2"] == first["coursehub-puller-2"]
+    assert moved.resolved_image in chunks_of(changed)["coursehub-puller-1"]
+
+
+def test_chunks_no_course_needs_any_more_are_removed():
+    cs = many(7)
+    live = rolled(puller.desired_pullers(hub(), winners(*cs), images_max=3))
+    out = puller.desired_pullers(hub(), winners(*cs[:2]), images_max=3, live=live)
+    assert out["coursehub-puller-1"] is None and out["coursehub-puller-2"] is None
+    assert chunks_of(out) == {"coursehub-puller": {cs[0].resolved_image, cs[1].resolved_image}}
+    off = puller.desired_pullers(hub(prePull={"enabled": False}), winners(*cs), images_max=3, live=live)
+    assert set(off) == {puller.GENERAL, puller.GPU, "coursehub-puller-1", "coursehub-puller-2"}
+    assert all(ds is None for ds in off.values())
+
+
+def test_chunks_are_packed_afresh_when_one_is_too_big_or_deletions_left_too_many():
+    cs = many(7)
+    # a hub from the version with one DaemonSet per kind (or a lowered setting)
+    one = rolled(puller.desired_pullers(hub(), winners(*cs), images_max=250))
+    assert list(one) == [puller.GENERAL]
+    split = puller.desired_pullers(hub(), winners(*cs), images_max=3, live=one)
+    assert [len(v) for _, v in sorted(chunks_of(split).items())] == [3, 3, 1]
+    # 4 courses in 4 chunks where 2 would do: left alone up to twice as many
+    live = rolled(puller.desired_pullers(hub(), winners(*many(12)), images_max=3))
+    keep = [c for c in many(12) if c.slug in {"c0000", "c0003", "c0006", "c0009"}]
+    sparse = puller.desired_pullers(hub(), winners(*keep), images_max=3, live=live)
+    assert [len(v) for _, v in sorted(chunks_of(sparse).items())] == [1, 1, 1, 1]
+    keep = keep[:3]  # 3 courses in 3 chunks where 1 would do: packed afresh
+    repacked = puller.desired_pullers(hub(), winners(*keep), images_max=3, live=live)
+    assert [len(v) for _, v in sorted(chunks_of(repacked).items())] == [3]
+    assert repacked["coursehub-puller-3"] is None
+
+
+def test_gpu_courses_get_chunks_of_their_own_and_optional_ones_are_in_both_kinds():
+    cs = many(4, "g", gpu="required") + many(2, "o", gpu="optional") + many(3, "n")
+    out = puller.desired_pullers(hub(), winners(*cs), images_max=2)
+    gpu, general = chunks_of(out, puller.GPU), chunks_of(out, puller.GENERAL)
+    assert sorted(gpu) == ["coursehub-puller-gpu", "coursehub-puller-gpu-1", "coursehub-puller-gpu-2"]
+    assert sorted(general) == ["coursehub-puller", "coursehub-puller-1", "coursehub-puller-2"]
+    optional = {c.resolved_image for c in cs if c.spec.gpu == "optional"}
+    assert optional <= set().union(*gpu.values()) and optional <= set().union(*general.values())
+    for name in gpu:
+        assert GPU_TOLERATION in pod(out[name])["tolerations"]
+
+
+def test_each_chunk_names_only_its_own_courses_pull_secrets():
+    cs = [course("a", secret="creds-a"), course("b", secret="creds-b"), course("c")]
+    out = puller.desired_pullers(hub(), winners(*cs), images_max=1)
+    secrets = {n: pod(ds).get("imagePullSecrets") for n, ds in out.items() if ds}
+    assert secrets == {
+        "coursehub-puller": [{"name": "creds-a"}],
+        "coursehub-puller-1": [{"name": "creds-b"}],
+        "coursehub-puller-2": None,
+    }
+
+
+def test_a_burst_holds_the_partial_last_chunk_but_writes_a_full_one_at_once():
+    def held(before: int, after: int) -> set[str]:
+        live = rolled(puller.desired_pullers(hub(), winners(*many(before)), images_max=3))
+        desired = puller.desired_pullers(hub(), winners(*many(after)), images_max=3, live=live)
+        return puller.held_pullers(desired, live, burst=True, held_for=None, hold_max=10, images_max=3)
+
+    # 4 -> 8: coursehub-puller-1 fills up (1 -> 3 images: written now), -2 is new (never held)
+    assert held(4, 8) == set()
+    # 7 -> 8: coursehub-puller-2 goes from 1 to 2 images, still room for more: it waits
+    assert held(7, 8) == {"coursehub-puller-2"}
+    # 1 -> 2: one partial chunk, as before chunks (a live puller waits for the burst's end)
+    assert held(1, 2) == {puller.GENERAL}
+
+
+@given(st.lists(st.sets(st.integers(0, 40), max_size=40), min_size=1, max_size=6), st.integers(1, 9))
+def test_any_sequence_of_course_sets_keeps_every_course_in_exactly_one_chunk_of_at_most_the_max(seq, m):
+    live: dict[str, dict | None] = {}
+    where: dict[str, str] = {}
+    for ids in seq:
+        cs = [course(f"s{i}") for i in sorted(ids)]
+        out = puller.desired_pullers(hub(), winners(*cs), images_max=m, live=live)
+        general = chunks_of(out)
+        images = [img for v in general.values() for img in v]
+        assert sorted(images) == sorted(c.resolved_image for c in cs)
+        assert all(len(v) <= m for v in general.values())
+        assert not any(v == set() for v in general.values())
+        now = {img: n for n, v in general.items() for img in v}
+        needed = -(-len(cs) // m)
+        if len(live) <= 2 * needed and all(len(puller.course_containers(d)) <= m for d in live.values() if d):
+            # not packed afresh: a course that stays, stays in its chunk
+            assert all(now[img] == where[img] for img in now if img in where)
+        where = now
+        live = rolled(out)

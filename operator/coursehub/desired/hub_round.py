@@ -81,6 +81,7 @@ class Observed:
     burst: bool = False
     puller_held_for: float | None = None  # seconds since a puller was first held back (None: none is)
     puller_hold_max: float = 10.0  # never hold one longer (Settings.puller_hold_max)
+    puller_images_max: int = puller_mod.PULLER_IMAGES_MAX  # course images per puller DaemonSet
     secrets: Mapping[str, dict | None] = field(default_factory=dict)  # referenced Secret objects
     owned: frozenset[Ident] = frozenset()  # objects of this hub known to exist (pruned if unwanted)
     deployed_fingerprint: str | None = None  # values+chart this process knows to be deployed
@@ -189,7 +190,9 @@ def _plan_courses(o: Observed, plan: Plan) -> None:
     selection = select_courses(hub, list(o.courses), {k: dict(v) for k, v in o.namespace_labels.items()})
     winners = selection.winners
     extra = {"operator_image": o.operator_image} if o.operator_image else {}
-    pullers = puller_mod.desired_pullers(hub, winners, **extra)
+    pullers = puller_mod.desired_pullers(
+        hub, winners, live=o.live_pullers, images_max=o.puller_images_max, **extra
+    )
     unpulled = puller_mod.unpulled_reasons(hub, winners)
     plan.pulled_on = puller_mod.known_pulled(o.pulled_before, o.live_pullers)
     pulled = puller_mod.pulled_images(pullers, plan.pulled_on)
@@ -239,7 +242,12 @@ def _plan_courses(o: Observed, plan: Plan) -> None:
 
     policies = puller_mod.puller_network_policies(hub) if any(pullers.values()) else []
     held = puller_mod.held_pullers(
-        pullers, o.live_pullers, burst=o.burst, held_for=o.puller_held_for, hold_max=o.puller_hold_max
+        pullers,
+        o.live_pullers,
+        burst=o.burst,
+        held_for=o.puller_held_for,
+        hold_max=o.puller_hold_max,
+        images_max=o.puller_images_max,
     )
     plan.pullers_held = frozenset(held)
     written = [m for name, m in pullers.items() if m and name not in held]

@@ -35,8 +35,14 @@ from .allowlist import gpu_settings, hub_labels
 from .courses import CourseRecord, HubRecord, pull_secret_rule
 from .values import Z2JH_VERSION, helm_coalesce, z2jh_defaults
 
+# Each kind of puller is one DaemonSet per chunk of at most `images_max` course images: the
+# first chunk keeps the kind's own name, the next ones add "-1", "-2"... (chunk_name).
 GENERAL = "coursehub-puller"
 GPU = "coursehub-puller-gpu"
+# Settings.puller_images_max's default. A puller pod carries ~0.6 KB of spec and a status entry
+# per image, every write of it costs the API server ~1.2 ms per image, and etcd refuses an
+# object over 1.5 MiB: one DaemonSet for every course of a 2,000-course hub would be refused.
+PULLER_IMAGES_MAX = 250
 NETWORK_POLICY = "coursehub-puller-deny-all"
 APP_LABEL = {"app.kubernetes.io/name": "coursehub-puller"}
 
@@ -231,17 +237,15 @@ def network_tools_image(hub: HubRecord) -> str | None:
 
 @dataclass
 class PullerPlan:
-    """puller name -> {slug: image}; puller name -> pull secret names; slug -> why it is in no puller."""
+    """kind of puller -> {slug: image}; slug -> why it is in no puller; kind -> where it goes."""
 
     images: dict[str, dict[str, str]]
-    secrets: dict[str, set[str]]
     left_out: dict[str, str]
     placements: dict[str, Placement]
 
 
 def plan_pullers(hub: HubRecord, winners: dict[str, CourseRecord]) -> PullerPlan:
     images: dict[str, dict[str, str]] = {GENERAL: {}, GPU: {}}
-    secrets: dict[str, set[str]] = {GENERAL: set(), GPU: set()}
     left_out: dict[str, str] = {}
     placements: dict[str, Placement] = {}
     unplaceable: dict[str, str] = {}
@@ -266,14 +270,81 @@ def plan_pullers(hub: HubRecord, winners: dict[str, CourseRecord]) -> PullerPlan
             continue
         for n in targets:
             images[n][slug] = c.resolved_image
-            if c.spec.image_pull_secret_ref:
-                secrets[n].add(c.spec.image_pull_secret_ref.name)
-    return PullerPlan(images, secrets, left_out, placements)
+    return PullerPlan(images, left_out, placements)
 
 
 def puller_images(winners: dict[str, CourseRecord], hub: HubRecord) -> dict[str, dict[str, str]]:
-    """DaemonSet name -> {slug: image}: GPU-only courses on GPU nodes, others where user pods go."""
+    """Kind of puller (GENERAL, GPU) -> {slug: image}: GPU-only courses on GPU nodes, others
+    where user pods go."""
     return plan_pullers(hub, winners).images
+
+
+# --- chunks: one DaemonSet per few hundred images ----------------------------------------
+
+_CHUNK_NAME = re.compile(rf"^({re.escape(GENERAL)}|{re.escape(GPU)})(?:-([1-9][0-9]*))?$")
+
+
+def chunk_name(kind: str, index: int) -> str:
+    return kind if index == 0 else f"{kind}-{index}"
+
+
+def chunk_of(name: str) -> tuple[str, int] | None:
+    """(kind, index) of a puller DaemonSet's name; None for any other name."""
+    m = _CHUNK_NAME.match(name)
+    return (m.group(1), int(m.group(2) or 0)) if m else None
+
+
+def puller_selector(hub: HubRecord) -> str:
+    """The label selector of every puller DaemonSet of a hub (all chunks of both kinds)."""
+    return ",".join(f"{k}={v}" for k, v in sorted({**hub_labels(hub), **APP_LABEL}.items()))
+
+
+def course_containers(ds: dict | None) -> list[str]:
+    """Names of a puller's course init containers (not install-noop, not network-tools)."""
+    if not ds:
+        return []
+    return [
+        c["name"]
+        for c in ds["spec"]["template"]["spec"].get("initContainers", [])
+        if c["name"].startswith(COURSE_CONTAINER_PREFIX)
+    ]
+
+
+def assign_chunks(
+    kind: str, images: Mapping[str, str], live: Mapping[str, dict | None], images_max: int
+) -> dict[str, dict[str, str]]:
+    """Chunk name -> {slug: image} for one kind of puller.
+
+    Stable, so that a change rolls out one chunk, not all of them: a course stays in the live
+    chunk that holds it (its image may change there); new courses fill the lowest chunks with
+    room, then open the next one. In a burst, a chunk that fills up is written at once while
+    the last, partial one waits for the burst's end (held_pullers). Chunks are packed afresh
+    only when one holds more than `images_max` (the setting was lowered, or the hub comes from
+    a version with one DaemonSet per kind) or deletions left more than twice as many chunks as
+    the courses need.
+    """
+    if not images:
+        return {}
+    slug_of = {container_name(s): s for s in images}
+    chunks: dict[int, dict[str, str]] = {}
+    for name, ds in sorted(live.items()):
+        parsed = chunk_of(name)
+        if ds is None or parsed is None or parsed[0] != kind:
+            continue
+        for container in course_containers(ds):
+            slug = slug_of.get(container)
+            if slug is not None and all(slug not in c for c in chunks.values()):
+                chunks.setdefault(parsed[1], {})[slug] = images[slug]
+    needed = -(-len(images) // images_max)
+    if any(len(c) > images_max for c in chunks.values()) or len(chunks) > 2 * needed:
+        chunks = {}
+    placed = {s for c in chunks.values() for s in c}
+    index = 0
+    for slug in sorted(s for s in images if s not in placed):
+        while len(chunks.get(index, ())) >= images_max:
+            index += 1
+        chunks.setdefault(index, {})[slug] = images[slug]
+    return {chunk_name(kind, i): chunk for i, chunk in sorted(chunks.items())}
 
 
 def unpulled_reasons(hub: HubRecord, winners: dict[str, CourseRecord]) -> dict[str, str]:
@@ -361,27 +432,40 @@ def puller_daemonset(
 
 
 def desired_pullers(
-    hub: HubRecord, winners: dict[str, CourseRecord], *, operator_image: str = DEFAULT_OPERATOR_IMAGE
+    hub: HubRecord,
+    winners: dict[str, CourseRecord],
+    *,
+    operator_image: str = DEFAULT_OPERATOR_IMAGE,
+    live: Mapping[str, dict | None] | None = None,
+    images_max: int = PULLER_IMAGES_MAX,
 ) -> dict[str, dict | None]:
-    """DaemonSet name -> manifest, or None when it should not exist.
+    """DaemonSet name -> manifest, or None when it should not exist (each kind's first chunk
+    and every live chunk are named, so that unwanted ones are pruned).
 
     `operator_image` is the operator's own image (settings.operator_image): the source of
-    the trusted no-op.
+    the trusted no-op. `live`: the pullers as they are (name -> DaemonSet or None), so that
+    courses stay in their chunks (assign_chunks).
     """
+    live = live or {}
     enabled = hub.spec.pre_pull.enabled if hub.spec.pre_pull else True
     out: dict[str, dict | None] = {GENERAL: None, GPU: None}
+    out.update({name: None for name in live if chunk_of(name)})
     if not enabled:
         return out
     plan = plan_pullers(hub, winners)
     tools = network_tools_image(hub)
-    for name, images in plan.images.items():
-        if images and name in plan.placements:
+    for kind, images in plan.images.items():
+        if not images or kind not in plan.placements:
+            continue
+        for name, chunk in assign_chunks(kind, images, live, images_max).items():
+            refs = (winners[slug].spec.image_pull_secret_ref for slug in chunk)
             out[name] = puller_daemonset(
                 hub,
                 name,
-                images,
-                pull_secrets=plan.secrets[name],
-                placement=plan.placements[name],
+                chunk,
+                # only the secrets of this chunk's courses (pull_secret_rule vetted them)
+                pull_secrets={r.name for r in refs if r is not None},
+                placement=plan.placements[kind],
                 operator_image=operator_image,
                 network_tools=tools,
             )
@@ -478,6 +562,7 @@ def held_pullers(
     burst: bool,
     held_for: float | None,
     hold_max: float,
+    images_max: int = PULLER_IMAGES_MAX,
 ) -> set[str]:
     """Pullers whose new image list waits for the end of a burst (their live spec stays).
 
@@ -489,11 +574,15 @@ def held_pullers(
     after the burst writes every image at once. `held_for` (seconds since a puller was first
     held, None: none is) bounds it: a stream of changes still reaches the nodes every
     `hold_max` seconds. A puller to create or to remove, or one whose images are unchanged,
-    is never held."""
+    is never held; nor is a full chunk (`images_max` courses): the burst adds nothing more to
+    it (assign_chunks), so it rolls out while the burst goes on and only the last chunk waits."""
     if not burst or hold_max <= 0 or (held_for is not None and held_for >= hold_max):
         return set()
     return {
         name
         for name, ds in desired.items()
-        if ds is not None and live.get(name) is not None and images_of(ds) != images_of(live[name])
+        if ds is not None
+        and live.get(name) is not None
+        and len(course_containers(ds)) < images_max
+        and images_of(ds) != images_of(live[name])
     }

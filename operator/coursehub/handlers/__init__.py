@@ -325,7 +325,7 @@ def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None
             rec is not None
             and rec.memory.pulling
             and type != "DELETED"
-            and name in (puller_mod.GENERAL, puller_mod.GPU)
+            and puller_mod.chunk_of(name) is not None
             and puller_mod.rolled_out(dict(body))
         ):
             r.index.wake_hub(rec.key)

@@ -336,10 +336,20 @@ class HubReconciler:
         for name in shards:
             live_allowlist.update(mem.shard_images.get(name, {}))
 
-        pullers = {}
-        for name in (puller_mod.GENERAL, puller_mod.GPU):
-            pullers[name] = await self.kube.get_or_none(DAEMON_SETS, name, ns)
-            live[("DaemonSet", name)] = pullers[name]
+        # Every chunk of both kinds in one list (a hub with many courses has several each).
+        pullers: dict[str, dict | None] = {puller_mod.GENERAL: None, puller_mod.GPU: None}
+        pullers.update(
+            {
+                ident[1]: None
+                for ident in mem.owned
+                if ident[0] == "DaemonSet" and puller_mod.chunk_of(ident[1])
+            }
+        )
+        for found in await self.kube.list(DAEMON_SETS, ns, label_selector=puller_mod.puller_selector(hub)):
+            if puller_mod.chunk_of(found["metadata"]["name"]):
+                pullers[found["metadata"]["name"]] = found
+        for name, ds in pullers.items():
+            live[("DaemonSet", name)] = ds
         for ident, obj in live.items():
             if obj is None:
                 mem.owned.discard(ident)
@@ -377,6 +387,7 @@ class HubReconciler:
             if mem.puller_held_since is None
             else time.monotonic() - mem.puller_held_since,
             puller_hold_max=self.settings.puller_hold_max,
+            puller_images_max=self.settings.puller_images_max,
             secrets=secrets,
             owned=frozenset(mem.owned),
             deployed_fingerprint=mem.deployed_fingerprint,
