@@ -519,12 +519,16 @@ def test_a_burst_holds_the_partial_last_chunk_but_writes_a_full_one_at_once():
         desired = puller.desired_pullers(hub(), winners(*many(after)), images_max=3, live=live)
         return puller.held_pullers(desired, live, burst=True, held_for=None, hold_max=10, images_max=3)
 
-    # 4 -> 8: coursehub-puller-1 fills up (1 -> 3 images: written now), -2 is new (never held)
-    assert held(4, 8) == set()
+    # 4 -> 8: coursehub-puller-1 fills up (1 -> 3 images: written now); -2 is new and part
+    # full: created once the burst is over (or full), not now and again then
+    assert held(4, 8) == {"coursehub-puller-2"}
+    assert held(4, 9) == set()
     # 7 -> 8: coursehub-puller-2 goes from 1 to 2 images, still room for more: it waits
     assert held(7, 8) == {"coursehub-puller-2"}
     # 1 -> 2: one partial chunk, as before chunks (a live puller waits for the burst's end)
     assert held(1, 2) == {puller.GENERAL}
+    # 0 -> 5: nothing of the kind is live: the hub's first pull is never held
+    assert held(0, 5) == set()
 
 
 @given(st.lists(st.sets(st.integers(0, 40), max_size=40), min_size=1, max_size=6), st.integers(1, 9))

@@ -573,16 +573,20 @@ def held_pullers(
     during the previous round), a puller that exists keeps its live images; the first round
     after the burst writes every image at once. `held_for` (seconds since a puller was first
     held, None: none is) bounds it: a stream of changes still reaches the nodes every
-    `hold_max` seconds. A puller to create or to remove, or one whose images are unchanged,
-    is never held; nor is a full chunk (`images_max` courses): the burst adds nothing more to
-    it (assign_chunks), so it rolls out while the burst goes on and only the last chunk waits."""
+    `hold_max` seconds. A puller to remove, or one whose images are unchanged, is never held;
+    nor is a full chunk (`images_max` courses): the burst adds nothing more to it
+    (assign_chunks), so it rolls out while the burst goes on and only the last chunk waits.
+    A chunk to create waits too when a chunk of its kind is live (else the hub's first
+    pull would wait for the burst's end); without that, each chunk of a 1,000-course burst
+    was created part full, then written again full: two rollouts."""
     if not burst or hold_max <= 0 or (held_for is not None and held_for >= hold_max):
         return set()
+    live_kinds = {parsed[0] for name, ds in live.items() if ds and (parsed := chunk_of(name))}
     return {
         name
         for name, ds in desired.items()
         if ds is not None
-        and live.get(name) is not None
         and len(course_containers(ds)) < images_max
-        and images_of(ds) != images_of(live[name])
+        and images_of(ds) != images_of(live.get(name))
+        and (live.get(name) is not None or (chunk_of(name) or ("", 0))[0] in live_kinds)
     }
