@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import subprocess
 import time
+import uuid
 
 import pytest
 import yaml
@@ -383,6 +386,40 @@ def test_delete_hub_cleans_up(cluster, namespace, operator_factory, oci_registry
     )
     assert c["status"] == "False"
     assert get_yaml(cluster, "secret", "db", "-n", ns)["data"]  # the database secret is never touched
+
+
+def test_deleting_the_namespace_of_a_deployed_hub_finishes(cluster, operator_factory):
+    """`kubectl delete namespace` with a deployed hub in it: the namespace's deletion removes the
+    tenant RoleBinding Helm impersonates, so an uninstall is refused and the hub's finalizer
+    would hold the namespace for ever; the release goes with the namespace instead. The operator
+    is paused (SIGSTOP: its watches stay open) while the namespace controller deletes the rest,
+    so the RoleBinding is surely gone when it handles the hub's deletion (running, the uninstall
+    usually won the race; restarted, it would not see the terminating namespace at all: kopf
+    watches no namespace that is already terminating)."""
+    ns = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", ns)
+    try:
+        op = operator_factory([ns])
+        apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:p@db/hub"), hub())
+        wait_until(lambda: ready_on_generation(cluster, ns), timeout=120, what="hub Ready")
+        assert [r["status"] for r in helm_history(cluster, ns)] == ["deployed"]
+        os.killpg(op.proc.pid, signal.SIGSTOP)
+        try:
+            cluster.kubectl("delete", "namespace", ns, "--wait=false")
+            wait_until(
+                lambda: not get_yaml(cluster, "rolebindings", "-n", ns)["items"],
+                timeout=60,
+                what="the namespace's RoleBindings deleted (the hub's finalizer holds the namespace)",
+            )
+        finally:
+            os.killpg(op.proc.pid, signal.SIGCONT)
+        gone = lambda: cluster.kubectl("get", "namespace", ns, check=False).returncode != 0  # noqa: E731
+        try:
+            wait_until(gone, timeout=120, what="namespace gone")
+        except Exception as e:
+            raise AssertionError(f"{e}\noperator log:\n{op.log()[-4000:]}") from None
+    finally:
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 
 
 def gated_hub() -> dict:

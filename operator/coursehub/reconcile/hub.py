@@ -44,6 +44,7 @@ from ..kube import (
     CONFIG_MAPS,
     DAEMON_SETS,
     HUBS,
+    NAMESPACES,
     SECRETS,
     TRANSIENT_API_ERRORS,
     Kube,
@@ -515,17 +516,36 @@ async def ensure_finalizer(kube: Kube, raw: dict) -> None:
     await add_finalizer(kube, HUBS, raw, FINALIZER)
 
 
+async def namespace_terminating(kube: Kube, namespace: str) -> bool:
+    """The hub's namespace is being deleted (or is gone).
+
+    Then the namespace takes the release with it: Helm's release Secrets and every object the
+    release made, which are all in that namespace (the tenant identity Helm impersonates may
+    create nothing else: policy.check_chart, Forbidden). An uninstall would only be refused,
+    since the namespace's deletion removes the tenant RoleBinding too, and the hub's finalizer
+    would hold the namespace for ever. Unknown (no right to read namespaces): not terminating.
+    """
+    try:
+        ns = await kube.get_or_none(NAMESPACES, namespace)
+    except KubeError as e:
+        if e.status == 403:
+            return False
+        raise
+    return ns is None or bool(ns["metadata"].get("deletionTimestamp"))
+
+
 async def finish_deletion(
     kube: Kube, index: Index, key: Key, raw: dict | None, owns_release: bool, helm, as_user: str | None
 ) -> None:
-    """Uninstall the release (the database is never touched), forget the hub's courses, let it go.
+    """Uninstall the release (the database is never touched; not when the namespace itself is
+    being deleted: namespace_terminating), forget the hub's courses, let it go.
 
     `as_user`: the identity Helm impersonates for this hub (its RoleBinding stays until the
     hub is gone, so the uninstall has the same rights as the install).
     """
     if raw is None:  # already gone
         return
-    if owns_release:
+    if owns_release and not await namespace_terminating(kube, key[0]):
         await helm.uninstall_release(key[1], key[0], as_user=as_user)
     # Owned objects (allowlist, pullers, gateway, RBAC) go with the garbage collector.
     index.set_publications(f"{key[0]}/{key[1]}", {})
