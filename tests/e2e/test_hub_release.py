@@ -388,14 +388,18 @@ def test_delete_hub_cleans_up(cluster, namespace, operator_factory, oci_registry
     assert get_yaml(cluster, "secret", "db", "-n", ns)["data"]  # the database secret is never touched
 
 
-def test_deleting_the_namespace_of_a_deployed_hub_finishes(cluster, operator_factory):
+@pytest.mark.parametrize("operator_during_deletion", ["paused", "stopped"])
+def test_deleting_the_namespace_of_a_deployed_hub_finishes(
+    cluster, operator_factory, operator_during_deletion
+):
     """`kubectl delete namespace` with a deployed hub in it: the namespace's deletion removes the
     tenant RoleBinding Helm impersonates, so an uninstall is refused and the hub's finalizer
-    would hold the namespace for ever; the release goes with the namespace instead. The operator
-    is paused (SIGSTOP: its watches stay open) while the namespace controller deletes the rest,
-    so the RoleBinding is surely gone when it handles the hub's deletion (running, the uninstall
-    usually won the race; restarted, it would not see the terminating namespace at all: kopf
-    watches no namespace that is already terminating)."""
+    would hold the namespace for ever; the release goes with the namespace instead.
+
+    The RoleBinding is surely gone before the operator handles the hub's deletion: "paused"
+    (SIGSTOP, its watches stay open; running, the uninstall usually won the race) and
+    "stopped", then started again (kopf watches no namespace that is already terminating when
+    it starts: the hub comes from the listing at start, after START_SYNC_TIMEOUT)."""
     ns = f"t-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", ns)
     try:
@@ -403,7 +407,10 @@ def test_deleting_the_namespace_of_a_deployed_hub_finishes(cluster, operator_fac
         apply(cluster, ns, secret("db", DATABASE_URL="postgresql://u:p@db/hub"), hub())
         wait_until(lambda: ready_on_generation(cluster, ns), timeout=120, what="hub Ready")
         assert [r["status"] for r in helm_history(cluster, ns)] == ["deployed"]
-        os.killpg(op.proc.pid, signal.SIGSTOP)
+        if operator_during_deletion == "paused":
+            os.killpg(op.proc.pid, signal.SIGSTOP)
+        else:
+            op.stop()
         try:
             cluster.kubectl("delete", "namespace", ns, "--wait=false")
             wait_until(
@@ -412,10 +419,13 @@ def test_deleting_the_namespace_of_a_deployed_hub_finishes(cluster, operator_fac
                 what="the namespace's RoleBindings deleted (the hub's finalizer holds the namespace)",
             )
         finally:
-            os.killpg(op.proc.pid, signal.SIGCONT)
+            if operator_during_deletion == "paused":
+                os.killpg(op.proc.pid, signal.SIGCONT)
+            else:
+                op.start()
         gone = lambda: cluster.kubectl("get", "namespace", ns, check=False).returncode != 0  # noqa: E731
         try:
-            wait_until(gone, timeout=120, what="namespace gone")
+            wait_until(gone, timeout=180, what="namespace gone")
         except Exception as e:
             raise AssertionError(f"{e}\noperator log:\n{op.log()[-4000:]}") from None
     finally:

@@ -104,6 +104,28 @@ class Runtime:
                 missing[:3],
             )
             idx.mark_listed()
+            for kind, ns, name in missing:
+                if kind == HUBS.kind:
+                    await self._release_unwatched_hub(ns, name)
+
+    async def _release_unwatched_hub(self, namespace: str, name: str) -> None:
+        """A hub listed at start that the watch never delivered: kopf watches no namespace that
+        is already terminating when it starts, so a hub there would keep its finalizer, and the
+        namespace, for ever. Its release goes with the namespace (hub_io.namespace_terminating)."""
+        try:
+            raw = await self.kube.get_or_none(HUBS, name, namespace)
+            if (
+                raw is None
+                or not raw["metadata"].get("deletionTimestamp")
+                or not await hub_io.namespace_terminating(self.kube, namespace)
+            ):
+                return
+            await hub_io.finish_deletion(
+                self.kube, self.index, (namespace, name), raw, False, self.helm, None
+            )
+            log.info("hub %s/%s: its namespace is terminating; its release goes with it", namespace, name)
+        except Exception as e:  # the namespace may finish meanwhile; nothing else depends on this
+            log.warning("hub %s/%s in a terminating namespace: %s: %s", namespace, name, type(e).__name__, e)
 
     async def _serve_webhooks(self) -> None:
         path = self.settings.webhook_secret_file
