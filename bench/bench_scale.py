@@ -27,6 +27,7 @@ from harness import (
     Env,
     SourceTree,
     add_base_args,
+    bench_course,
     deal_courses,
     fmt_s,
     idle,
@@ -66,6 +67,7 @@ def phase(
     op_env: dict,
     steady: bool,
     source: SourceTree | None = None,
+    extra: list[str] = (),  # type: ignore[assignment]
 ) -> dict:
     for ns in namespaces:
         env.api.create_namespace(ns)
@@ -110,6 +112,25 @@ def phase(
         f"{name}: apply -> all Ready: CPU seconds "
         + ", ".join(f"{k} {v:.1f}" for k, v in res["control_plane_cpu"].items())
     )
+    if extra:
+        # One more course at a time on the full hub (a course team's everyday change): apply ->
+        # Ready, and what it cost the API server; distinct images, so none is pulled already.
+        times, cp_a, m0 = [], control_plane_cpu(env)["kube-apiserver"], op.metrics()
+        for j, ref in enumerate(extra):
+            m = bench_course(len(refs) + j, ref)
+            ns = namespaces[0]
+            key = (ns, m["metadata"]["name"])
+            t = env.api.create_courses(ns, [m])[key[1]]
+            watch.wait_all([key], "ready", timeout=300)
+            times.append(watch.ready[key] - t)
+            settle(op, quiet_for=2, timeout=60)
+        res["singles"] = times
+        res["singles_apiserver_cpu"] = (control_plane_cpu(env)["kube-apiserver"] - cp_a) / len(extra)
+        res["singles_writes"] = op.metrics() - m0
+        log(
+            f"{name}: {len(extra)} more courses, one at a time: apply -> Ready "
+            + ", ".join(f"{x:.2f}" for x in times)
+        )
     if steady and args.steady_seconds > 0:
         cpu1 = op.cpu_seconds()[0]
         res["steady"] = idle(op, args.steady_seconds, f"{name} steady")
@@ -154,6 +175,9 @@ def main() -> None:
     ap.add_argument("--spread", action="store_true", help="also run N courses over --hubs hubs")
     ap.add_argument("--naive", action="store_true", help="also run the one-hub burst with debouncing off")
     add_base_args(ap)
+    ap.add_argument(
+        "--more", type=int, default=5, help="then this many more courses, one at a time, on the full hub"
+    )
     ap.add_argument("--keep", action="store_true")
     ap.add_argument(
         "--no-prepull", action="store_true", help="hubs with spec.prePull.enabled false (no pullers)"
@@ -168,11 +192,17 @@ def main() -> None:
         log(f"pushing {len(slugs)} images")
         env.push_images(REPO_NAME, slugs)
         refs = [env.registry.ref(REPO_NAME, s) for s in slugs]
-        runs["1 hub, this tree"] = phase(env, "one-hub", ["scale-one"], refs, args, op_env, steady=True)
+        more = [slug(args.courses + j) for j in range(args.more)]
+        extra = list(env.push_images(REPO_NAME, more).values())
+        runs["1 hub, this tree"] = phase(
+            env, "one-hub", ["scale-one"], refs, args, op_env, steady=True, extra=extra
+        )
         runs["1 hub, this tree"]["adaptive"] = True
         if not args.no_base:
             with SourceTree(args.base) as tree:
-                r = phase(env, "base", ["scale-base"], refs, args, op_env, steady=True, source=tree)
+                r = phase(
+                    env, "base", ["scale-base"], refs, args, op_env, steady=True, source=tree, extra=extra
+                )
                 r["adaptive"] = False
                 runs[f"1 hub, previous main {tree.commit}"] = r
         if args.spread:
@@ -229,6 +259,13 @@ def main() -> None:
             fresh,
             old,
             f"{r['steady_cpu']:.1f}" if s else "-",
+            (
+                f"{fmt_s(percentile(r['singles'], 50))} / {fmt_s(max(r['singles']))}"
+                if r.get("singles")
+                else "-"
+            ),
+            f"{r['singles_apiserver_cpu']:.2f} s" if r.get("singles") else "-",
+            f"{r['singles_writes'].writes(ds) / len(r['singles']):.1f}" if r.get("singles") else "-",
         ]
 
     labels = [
@@ -252,6 +289,9 @@ def main() -> None:
         (f"registry calls per hour, {n} courses, defaults, digests just moved", ""),
         (f"registry calls per hour, {n} courses, defaults, digests a day old", ""),
         (f"steady {mins:g} min: operator CPU seconds", ""),
+        (f"then {args.more} more courses one at a time: apply -> Ready p50 / max", ""),
+        ("  kube-apiserver CPU per course", ""),
+        ("  puller DaemonSet writes per course", ""),
     ]
     cols = [col(r) for r in runs.values()]
     rows = [(lab, *(c[i] for c in cols), tgt) for i, (lab, tgt) in enumerate(labels)]
