@@ -7,7 +7,7 @@ import bisect
 import pytest
 
 from coursehub.conditions import events_for
-from coursehub.desired.hub_round import round_delay
+from coursehub.desired.hub_round import changes_still_coming, round_delay
 
 D, MAX = 0.5, 3.0
 
@@ -39,6 +39,18 @@ def test_a_stream_of_changes_is_still_written_every_debounce_max():
 
 def test_debounce_off_never_waits():
     assert delay(10.2, busy=True, first=10.0, last=10.2, debounce=0, debounce_max=0) == 0.0
+
+
+def test_a_round_after_the_quiet_window_ends_the_burst_but_one_at_the_cap_does_not():
+    # changes stopped at 10.5; the quiet window passed at 11.0: the burst is over, pullers are
+    # written in this round (not held for one more window)
+    assert delay(11.0, busy=True, first=10.0, last=10.5) == 0.0
+    assert not changes_still_coming(now=11.0, last_change=10.5, debounce=D)
+    # a stream of changes hit the cap at 13.0 with the last change at 12.9: still a burst
+    assert delay(13.0, busy=True, first=10.0, last=12.9) == 0.0
+    assert changes_still_coming(now=13.0, last_change=12.9, debounce=D)
+    # debounce off: never a burst
+    assert not changes_still_coming(now=13.0, last_change=13.0, debounce=0)
 
 
 def rounds_for(changes: list[float], round_time: float) -> int:

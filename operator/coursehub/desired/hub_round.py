@@ -502,6 +502,15 @@ def round_delay(
     return max(0.0, min(quiet_at, cap_at) - now)
 
 
+def changes_still_coming(*, now: float, last_change: float, debounce: float) -> bool:
+    """After round_delay's wait: whether it ended at its cap while changes kept coming (the
+    round is inside a burst: pullers that would grow wait) rather than after a quiet window
+    (the burst is over: this round writes them). Before this, the first round after a burst's
+    quiet window still held the pullers, and they waited one more window (or a rollout's
+    wake-up) for the round after it."""
+    return debounce > 0 and now < last_change + debounce
+
+
 # A burst is more than one course: a lone change that happened to arrive while a round ran
 # (one the rollout of the previous change woke) is still written at once.
 BURST_PULL_MIN_COURSES = 2

@@ -29,6 +29,7 @@ from ..desired.hub_round import (
     ReleaseResult,
     Step,
     burst_pull_deadline,
+    changes_still_coming,
     fingerprint,
     fold_failures,
     newly_pulling,
@@ -151,15 +152,18 @@ class HubReconciler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=timeout)
             woken = wake.is_set()
+            coming = False
             if woken:
-                await self._coalesce(wake, busy, first_change=last_start if busy else time.monotonic())
+                coming = await self._coalesce(
+                    wake, busy, first_change=last_start if busy else time.monotonic()
+                )
             burst = woken and busy and self.settings.debounce > 0
             # Cleared before the round: whatever sets it from here on arrived during the round.
             wake.clear()
             started = last_start = time.monotonic()
             self.index.hub_round_started(self.key)
             try:
-                await self.reconcile(burst=burst)
+                await self.reconcile(burst=burst, pullers_wait=burst and coming)
                 attempt = 0
                 busy = wake.is_set()
                 metrics.RECONCILES.labels(kind="JupyterHubDeployment", result="ok").inc()
@@ -216,9 +220,11 @@ class HubReconciler:
             if secret_versions(now) != seen:
                 self.index.wake_hub(self.key)
 
-    async def _coalesce(self, wake: asyncio.Event, busy: bool, first_change: float) -> None:
+    async def _coalesce(self, wake: asyncio.Event, busy: bool, first_change: float) -> bool:
         """Wait as long as desired.hub_round.round_delay says: not at all for a change that found
-        the hub at rest, a short quiet window for changes that came during the last round."""
+        the hub at rest, a short quiet window for changes that came during the last round.
+        Returns whether changes are still coming (the wait ended at its cap, not in a quiet
+        window: desired.hub_round.changes_still_coming)."""
         # The quiet window counts from the last wake-up itself, not from now: after a long round
         # (a 1,000-course burst) whose changes stopped early, the next round starts at once.
         last_change = min(self.index.hubs_woken.get(self.key, time.monotonic()), time.monotonic())
@@ -232,24 +238,29 @@ class HubReconciler:
                 debounce_max=self.settings.debounce_max,
             )
             if delay <= 0:
-                return
+                break
             wake.clear()
             try:
                 await asyncio.wait_for(wake.wait(), timeout=delay)
             except TimeoutError:
-                return
+                break
             last_change = time.monotonic()
+        return changes_still_coming(
+            now=time.monotonic(), last_change=last_change, debounce=self.settings.debounce
+        )
 
     # -- one round ---------------------------------------------------------
-    async def reconcile(self, *, burst: bool = False) -> None:
-        """One round; `burst`: changes came in during the previous one (they keep coming)."""
+    async def reconcile(self, *, burst: bool = False, pullers_wait: bool = False) -> None:
+        """One round; `burst`: changes came in during the previous one (its courses' statuses
+        may wait for their pull); `pullers_wait`: and they still come (no quiet window passed),
+        so pullers that would grow wait for the burst's end."""
         hub = self.index.hubs.get(self.key)
         raw = self.index.raw_hubs.get(self.key)
         if hub is None or raw is None or hub.deleting:
             return
         self.memory.rounds += 1
         started = time.monotonic()
-        observed, live = await self.observe(hub, raw, burst=burst)
+        observed, live = await self.observe(hub, raw, burst=pullers_wait)
         plan = plan_round(observed)
         failures = await self.write(hub, raw, plan, live)
         conds, pubs = fold_failures(plan, failures)
