@@ -112,3 +112,11 @@ def test_pullers_are_split_into_chunks_and_a_change_rolls_out_only_its_own(clust
         == after["coursehub-puller-2"]["metadata"]["generation"]
     )
     assert set(prepulled(cluster, ns).values()) == {"True/PrePulled"}
+
+    # a chunk deleted by hand comes back as it was, without any course change
+    cluster.kubectl("delete", "daemonset", "coursehub-puller", "-n", ns)
+    wait_until(
+        lambda: puller.images_of(pullers(cluster, ns).get("coursehub-puller")) == held["coursehub-puller"],
+        timeout=60,
+        what="the deleted chunk written again",
+    )

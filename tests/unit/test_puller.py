@@ -531,6 +531,22 @@ def test_a_burst_holds_the_partial_last_chunk_but_writes_a_full_one_at_once():
     assert held(0, 5) == set()
 
 
+def test_a_burst_never_holds_the_chunk_that_takes_over_from_one_it_deletes():
+    # 12 courses in 3 chunks of 4; 3 stay, one in each: packed afresh into one part-full chunk,
+    # and the other two are deleted in the same round, so that one must be written now or the
+    # courses it takes over are in no puller until the burst ends
+    live = rolled(puller.desired_pullers(hub(), winners(*many(12)), images_max=4))
+    stay = [c for c in many(12) if c.slug in {"c0001", "c0005", "c0009"}]
+    desired = puller.desired_pullers(hub(), winners(*stay), images_max=4, live=live)
+    assert chunks_of(desired) == {puller.GENERAL: {c.resolved_image for c in stay}}
+    assert sorted(n for n, ds in desired.items() if ds is None and n in live) == [
+        "coursehub-puller-1",
+        "coursehub-puller-2",
+    ]
+    held = puller.held_pullers(desired, live, burst=True, held_for=None, hold_max=10, images_max=4)
+    assert held == set()
+
+
 @given(st.lists(st.sets(st.integers(0, 40), max_size=40), min_size=1, max_size=6), st.integers(1, 9))
 def test_any_sequence_of_course_sets_keeps_every_course_in_exactly_one_chunk_of_at_most_the_max(seq, m):
     live: dict[str, dict | None] = {}

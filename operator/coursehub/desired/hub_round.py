@@ -596,13 +596,18 @@ STEP_CONDITION = {
 
 
 def skipped_steps(failed: Iterable[str]) -> set[str]:
-    """Steps that must not run after `failed` ones: Helm needs its tenancy objects, and shards
-    are deleted only once the index that stopped listing them is written."""
+    """Steps that must not run after `failed` ones: Helm needs its tenancy objects, shards are
+    deleted only once the index that stopped listing them is written, and puller chunks only
+    once the chunks that took over their courses are."""
     failed = set(failed)
     out = set()
     if "tenancy" in failed:
         out.add("release")
     if "allowlist" in failed:
+        out.add("prune")
+    if "pullers" in failed:
+        # A chunk that failed to write may be taking over courses from chunks the prune would
+        # delete: keep those until the pullers are written.
         out.add("prune")
     return out
 

@@ -582,6 +582,13 @@ def held_pullers(
     if not burst or hold_max <= 0 or (held_for is not None and held_for >= hold_max):
         return set()
     live_kinds = {parsed[0] for name, ds in live.items() if ds and (parsed := chunk_of(name))}
+    # A kind that loses a chunk (packed afresh) holds nothing: the chunks taking over its
+    # courses must be written in the round that deletes it, or those courses are in no puller.
+    shrinking = {
+        parsed[0]
+        for name, ds in desired.items()
+        if ds is None and live.get(name) is not None and (parsed := chunk_of(name))
+    }
     return {
         name
         for name, ds in desired.items()
@@ -589,4 +596,5 @@ def held_pullers(
         and len(course_containers(ds)) < images_max
         and images_of(ds) != images_of(live.get(name))
         and (live.get(name) is not None or (chunk_of(name) or ("", 0))[0] in live_kinds)
+        and (chunk_of(name) or ("", 0))[0] not in shrinking
     }

@@ -106,13 +106,16 @@ class Runtime:
             idx.mark_listed()
             for kind, ns, name in missing:
                 if kind == HUBS.kind:
-                    await self._release_unwatched_hub(ns, name)
+                    self._release_unwatched_hub(ns, name)
 
-    async def _release_unwatched_hub(self, namespace: str, name: str) -> None:
+    def _release_unwatched_hub(self, namespace: str, name: str) -> None:
         """A hub listed at start that the watch never delivered: kopf watches no namespace that
         is already terminating when it starts, so a hub there would keep its finalizer, and the
-        namespace, for ever. Its release goes with the namespace (hub_io.namespace_terminating)."""
-        try:
+        namespace, for ever. Its release goes with the namespace (hub_io.namespace_terminating).
+        Retried until the finalizer is gone: no watch event will come to retry it."""
+        key = (namespace, name)
+
+        async def release() -> None:
             raw = await self.kube.get_or_none(HUBS, name, namespace)
             if (
                 raw is None
@@ -120,12 +123,13 @@ class Runtime:
                 or not await hub_io.namespace_terminating(self.kube, namespace)
             ):
                 return
-            await hub_io.finish_deletion(
-                self.kube, self.index, (namespace, name), raw, False, self.helm, None
-            )
+            await hub_io.finish_deletion(self.kube, self.index, key, raw, False, self.helm, None)
+            after = await self.kube.get_or_none(HUBS, name, namespace)
+            if after is not None and hub_io.FINALIZER in (after["metadata"].get("finalizers") or []):
+                raise RuntimeError("its finalizer is still there")
             log.info("hub %s/%s: its namespace is terminating; its release goes with it", namespace, name)
-        except Exception as e:  # the namespace may finish meanwhile; nothing else depends on this
-            log.warning("hub %s/%s in a terminating namespace: %s: %s", namespace, name, type(e).__name__, e)
+
+        self.spawn_deletion(key, release)
 
     async def _serve_webhooks(self) -> None:
         path = self.settings.webhook_secret_file
@@ -338,18 +342,17 @@ def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None
     )
     async def puller_event(type: str, body: kopf.Body, memo: kopf.Memo, **_: object) -> None:
         """A pre-puller that finished its rollout wakes its hub at once, so its courses turn
-        PrePulled now instead of at the hub's next look (Settings.rollout_poll)."""
+        PrePulled now instead of at the hub's next look (Settings.rollout_poll); one deleted
+        by someone else (the hub still counts it as its own) wakes it to write it again."""
         r: Runtime = memo.runtime
         ns, name, m = _meta(body)
         hub = (m.get("labels") or {}).get("coursehub.dev/hub")
         rec = r.reconcilers.get((ns, hub)) if hub else None
-        if (
-            rec is not None
-            and rec.memory.pulling
-            and type != "DELETED"
-            and puller_mod.chunk_of(name) is not None
-            and puller_mod.rolled_out(dict(body))
-        ):
+        if rec is None or puller_mod.chunk_of(name) is None:
+            return
+        deleted_by_someone_else = type == "DELETED" and ("DaemonSet", name) in (rec.memory.owned or ())
+        rolled_out = type != "DELETED" and rec.memory.pulling and puller_mod.rolled_out(dict(body))
+        if deleted_by_someone_else or rolled_out:
             r.index.wake_hub(rec.key)
 
     if watch_namespaces:

@@ -365,6 +365,8 @@ class HubReconciler:
         for ident, obj in live.items():
             if obj is None:
                 mem.owned.discard(ident)
+                # Deleted behind our back (kubectl delete): the same manifest is applied again.
+                mem.applied.pop(ident, None)
             else:
                 mem.owned.add(ident)
 
