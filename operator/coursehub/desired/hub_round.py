@@ -77,7 +77,8 @@ class Observed:
     live_pullers: Mapping[str, dict | None] = field(default_factory=dict)
     # what the pullers were known to have pulled at the last round (Plan.pulled_on)
     pulled_before: puller_mod.PulledOn = field(default_factory=dict)
-    # changes came in during the previous round (a burst): pullers that exist wait for its end
+    # changes came in during the previous round and still come (a burst, changes_still_coming):
+    # pullers that exist wait for its end
     burst: bool = False
     puller_held_for: float | None = None  # seconds since a puller was first held back (None: none is)
     puller_hold_max: float = 10.0  # never hold one longer (Settings.puller_hold_max)

@@ -570,8 +570,9 @@ def held_pullers(
     and rolls an N-container pod onto every node again (bench_apiserver_writes.py: ~1.2 s of
     CPU at 1,000 images), so rewriting it on every round of a burst (7 times for 1,000 courses)
     made the pullers most of the burst's cost. While changes keep coming (`burst`: they came
-    during the previous round), a puller that exists keeps its live images; the first round
-    after the burst writes every image at once. `held_for` (seconds since a puller was first
+    during the previous round and still came when the round's wait ended,
+    hub_round.changes_still_coming), a puller that exists keeps its live images; the first
+    round after the burst writes every image at once. `held_for` (seconds since a puller was first
     held, None: none is) bounds it: a stream of changes still reaches the nodes every
     `hold_max` seconds. A puller to remove, or one whose images are unchanged, is never held;
     nor is a full chunk (`images_max` courses): the burst adds nothing more to it
