@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .desired.leader_endpoint import address_type
 from .desired.policy import ChartPolicy
+from .desired.puller import PULLER_IMAGES_MAX
 
 __all__ = ["ENV_PREFIX", "Settings", "SettingsError", "current", "env_name", "load"]
 
@@ -86,7 +87,7 @@ class Settings(BaseSettings):
         ),
     )
     puller_images_max: int = Field(
-        250,
+        PULLER_IMAGES_MAX,
         ge=1,
         validation_alias=ENV_PREFIX + "PULLER_IMAGES_MAX",
         description=(

@@ -389,11 +389,7 @@ def rolled(out: dict[str, dict | None]) -> dict[str, dict | None]:
 
 
 def chunks_of(out: dict[str, dict | None], kind: str = puller.GENERAL) -> dict[str, set[str]]:
-    return {
-        n: puller.images_of(ds)
-        for n, ds in out.items()
-        if ds is not None and (puller.chunk_of(n) or ("", 0))[0] == kind
-    }
+    return {n: puller.images_of(ds) for n, ds in out.items() if ds is not None and puller.kind_of(n) == kind}
 
 
 def many(n: int, prefix: str = "c", **kw) -> list[CourseRecord]:

@@ -294,20 +294,31 @@ def chunk_of(name: str) -> tuple[str, int] | None:
     return (m.group(1), int(m.group(2) or 0)) if m else None
 
 
+def kind_of(name: str) -> str | None:
+    """GENERAL or GPU for a puller DaemonSet's name; None for any other name."""
+    parsed = chunk_of(name)
+    return parsed[0] if parsed else None
+
+
 def puller_selector(hub: HubRecord) -> str:
     """The label selector of every puller DaemonSet of a hub (all chunks of both kinds)."""
     return ",".join(f"{k}={v}" for k, v in sorted({**hub_labels(hub), **APP_LABEL}.items()))
 
 
-def course_containers(ds: dict | None) -> list[str]:
-    """Names of a puller's course init containers (not install-noop, not network-tools)."""
+def _course_init_containers(ds: dict | None) -> list[dict]:
+    """A puller's course init containers (its own install-noop and network-tools are not courses)."""
     if not ds:
         return []
     return [
-        c["name"]
+        c
         for c in ds["spec"]["template"]["spec"].get("initContainers", [])
         if c["name"].startswith(COURSE_CONTAINER_PREFIX)
     ]
+
+
+def course_containers(ds: dict | None) -> list[str]:
+    """Names of a puller's course init containers."""
+    return [c["name"] for c in _course_init_containers(ds)]
 
 
 def assign_chunks(
@@ -508,14 +519,8 @@ def rolled_out(ds: dict | None) -> bool:
 
 
 def images_of(ds: dict | None) -> set[str]:
-    """The course images a puller holds (its own install-noop and network-tools are not courses)."""
-    if not ds:
-        return set()
-    return {
-        c["image"]
-        for c in ds["spec"]["template"]["spec"].get("initContainers", [])
-        if c["name"].startswith(COURSE_CONTAINER_PREFIX)
-    }
+    """The course images a puller holds."""
+    return {c["image"] for c in _course_init_containers(ds)}
 
 
 # puller name -> (its desiredNumberScheduled, the images known to be on each of those nodes)
@@ -582,20 +587,16 @@ def held_pullers(
     was created part full, then written again full: two rollouts."""
     if not burst or hold_max <= 0 or (held_for is not None and held_for >= hold_max):
         return set()
-    live_kinds = {parsed[0] for name, ds in live.items() if ds and (parsed := chunk_of(name))}
+    live_kinds = {kind_of(name) for name, ds in live.items() if ds} - {None}
     # A kind that loses a chunk (packed afresh) holds nothing: the chunks taking over its
     # courses must be written in the round that deletes it, or those courses are in no puller.
-    shrinking = {
-        parsed[0]
-        for name, ds in desired.items()
-        if ds is None and live.get(name) is not None and (parsed := chunk_of(name))
-    }
+    shrinking = {kind_of(name) for name, ds in desired.items() if ds is None and live.get(name)} - {None}
     return {
         name
         for name, ds in desired.items()
         if ds is not None
         and len(course_containers(ds)) < images_max
         and images_of(ds) != images_of(live.get(name))
-        and (live.get(name) is not None or (chunk_of(name) or ("", 0))[0] in live_kinds)
-        and (chunk_of(name) or ("", 0))[0] not in shrinking
+        and (live.get(name) is not None or kind_of(name) in live_kinds)
+        and kind_of(name) not in shrinking
     }
