@@ -222,6 +222,9 @@ class TokenService:
         service = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as token services are (the operator reuses its connections).
+            protocol_version = "HTTP/1.1"
+
             def log_message(self, *args) -> None:  # keep test output clean
                 pass
 
@@ -234,10 +237,12 @@ class TokenService:
                     user, _, password = b64decode(header[6:]).decode().partition(":")
                     if service.users.get(user) != password:
                         service.requests.append((user, ",".join(scopes)))
+                        refusal = b'{"details":"incorrect username or password"}'
                         self.send_response(401)
                         self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(refusal)))
                         self.end_headers()
-                        self.wfile.write(b'{"details":"incorrect username or password"}')
+                        self.wfile.write(refusal)
                         return
                 service.requests.append((user, ",".join(scopes)))
                 access = service.access_for(scopes) if user else []

@@ -21,8 +21,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from coursehub.registry import RegistryPolicy, ResolveError, resolve_image
+from coursehub.reconcile.resolver import Resolver
+from coursehub.registry import OciClient, RegistryPolicy, ResolveError, resolve_image
 from coursehub.registry.oci import _slot
+from coursehub.settings import Settings
+from coursehub.state import Index
 
 DIGEST = "sha256:" + "ab" * 32
 SECRET = "INTERNAL-SECRET-4f1c"  # what an internal endpoint would hold
@@ -419,3 +422,110 @@ async def test_one_registry_gets_at_most_the_concurrency_limit(serve):
     release.set()
     assert [r.digest for r in await asyncio.gather(*tasks)] == [DIGEST] * 3
     assert most[0] == 2
+
+
+# --- one session for many resolutions (OciClient) ---------------------------------
+
+
+def remembering(seen: list[dict[str, str]]) -> Handler:
+    """A registry that wants Basic credentials, sets a cookie on every answer, and remembers
+    each request's connection (the client's port), credentials and cookies."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        seen.append(
+            {
+                "port": str(peer[1] if peer else ""),
+                "auth": request.headers.get("Authorization", ""),
+                "cookie": request.headers.get("Cookie", ""),
+            }
+        )
+        cookie = {"Set-Cookie": "registry-session=for-whoever-came-first; Path=/"}
+        if request.method == "HEAD":
+            # As a registry answers HEAD: the length of the body GET would have (aiohttp's
+            # client closes a connection whose HEAD answer has none).
+            cookie["Content-Length"] = "120"
+        if not request.headers.get("Authorization", "").startswith("Basic "):
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="r"', **cookie})
+        return web.Response(status=200, headers={"Docker-Content-Digest": DIGEST, **cookie})
+
+    return handle
+
+
+async def test_a_shared_client_reuses_its_connection_and_one_off_resolutions_do_not(serve):
+    seen: list[dict[str, str]] = []
+    registry = await serve("127.0.0.2", remembering(seen))
+    policy = RegistryPolicy(insecure_registries=("127.0.0.2",))
+    ref = f"{registry.host}/x:1"
+    async with OciClient(policy) as client:
+        for _ in range(5):
+            resolved = await resolve_image(ref, docker_config=pull_secret(ref), oci=client)
+            assert resolved.digest == DIGEST
+    assert len(seen) == 10  # each: a 401, then the answer with credentials
+    assert len({r["port"] for r in seen}) == 1
+    seen.clear()
+    for _ in range(5):
+        await resolve_image(ref, docker_config=pull_secret(ref), policy=policy)
+    assert len({r["port"] for r in seen}) == 5
+
+
+async def test_a_shared_client_carries_no_credentials_or_cookies_from_one_course_to_another(serve):
+    """Two courses on one registry through one kept-alive connection: the second (no pull
+    secret) sends neither the first one's credentials nor the cookie the registry set for it."""
+    seen: list[dict[str, str]] = []
+    registry = await serve("127.0.0.2", remembering(seen))
+    ref = f"{registry.host}/x:1"
+    async with OciClient(RegistryPolicy(insecure_registries=("127.0.0.2",))) as client:
+        assert (await resolve_image(ref, docker_config=pull_secret(ref), oci=client)).digest == DIGEST
+        first = len(seen)
+        with pytest.raises(ResolveError) as caught:
+            await resolve_image(ref, oci=client)
+    assert caught.value.reason == "RegistryUnauthorized"
+    assert "requires credentials" in caught.value.message
+    second = seen[first:]
+    assert second and all(r["auth"] == "" and r["cookie"] == "" for r in second)
+    assert len({r["port"] for r in seen}) == 1  # the same connection: only the headers differ
+    assert all(r["cookie"] == "" for r in seen)
+
+
+async def test_a_shared_client_still_guards_every_new_destination(serve, pki):
+    """After resolving an allowed registry, the shared client still refuses a loopback name and
+    an address literal the policy does not name (its guard is per connection, not per client)."""
+    registry = await serve("127.0.0.2", answer_manifest)
+    elsewhere = await serve("127.0.0.3", internal_secret)
+    local = await serve("127.0.0.1", internal_secret, tls=pki.server)
+    policy = RegistryPolicy(insecure_registries=("127.0.0.2",), ssl_context=pki.client)
+    async with OciClient(policy) as client:
+        assert (await resolve_image(f"{registry.host}/x:1", oci=client)).digest == DIGEST
+        for ref in (f"{elsewhere.host}/x:1", f"localhost:{local.port}/x:1"):
+            with pytest.raises(ResolveError) as caught:
+                await resolve_image(ref, oci=client)
+            assert caught.value.reason == "RegistryNotAllowed"
+            assert SECRET not in caught.value.message
+    assert elsewhere.requests == [] and local.requests == []
+
+
+async def answer_manifest(request: web.Request) -> web.Response:
+    return manifest_ok(request)
+
+
+def test_a_client_refuses_a_policy_beside_it():
+    with pytest.raises(TypeError):
+        asyncio.run(resolve_image("r.example.edu/x:1", policy=RegistryPolicy(), oci=OciClient()))
+
+
+async def test_the_resolver_closes_its_shared_client_when_it_stops(serve):
+    registry = await serve("127.0.0.2", answer_manifest)
+    resolver = Resolver(None, Index(), Settings(insecure_registries=["127.0.0.2"]))  # type: ignore[arg-type]
+    running = asyncio.create_task(resolver.run())
+    while resolver.oci is None:
+        await asyncio.sleep(0.01)
+    client = resolver.oci
+    assert client.policy.insecure_registries == ("127.0.0.2",)
+    assert (await resolve_image(f"{registry.host}/x:1", oci=client)).digest == DIGEST
+    session = client._session
+    assert session is not None and not session.closed
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert session.closed and resolver.oci is None

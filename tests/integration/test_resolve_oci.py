@@ -4,7 +4,14 @@ import socket
 
 import pytest
 
-from coursehub.registry import RegistryPolicy, ResolvedImage, ResolveError, parse_reference, resolve_image
+from coursehub.registry import (
+    OciClient,
+    RegistryPolicy,
+    ResolvedImage,
+    ResolveError,
+    parse_reference,
+    resolve_image,
+)
 from coursehub.registry.oci import resolve_oci
 
 # The test registries are plain HTTP on loopback: named explicitly, as the e2e operator and
@@ -213,3 +220,22 @@ async def test_silent_registry_times_out():
             await resolve_oci(parse_reference(f"{host}/courses/hung:v1"), policy=LOOPBACK, timeout=0.5)
     assert caught.value.reason == "RegistryUnreachable"
     assert "did not finish within 0.5s" in caught.value.message
+
+
+@pytest.mark.parametrize("auth", [None, "htpasswd", "token"])
+async def test_a_shared_client_keeps_one_connection_to_a_real_registry(
+    oci_registry, oci_registry_auth, oci_registry_token, unique_repo, auth
+):
+    """The resolver's OciClient: every resolution of a round reuses the connection the first
+    opened (the registry's 401 and manifest answers keep it alive), anonymous or not."""
+    registry = {None: oci_registry, "htpasswd": oci_registry_auth, "token": oci_registry_token}[auth]
+    digests = [registry.push_image(unique_repo, f"v{i}", f"build {i}") for i in range(5)]
+    docker_config = registry.docker_config if auth else None
+    async with OciClient(LOOPBACK) as client:
+        for i, digest in enumerate(digests * 2):
+            resolved = await resolve_image(
+                registry.ref(unique_repo, f"v{i % 5}"), docker_config=docker_config, oci=client
+            )
+            assert resolved.digest == digest
+        # The token service is a second origin: its own kept-alive connection.
+        assert client.connections_opened == (2 if auth == "token" else 1)

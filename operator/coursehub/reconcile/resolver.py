@@ -26,7 +26,15 @@ from ..desired.courses import CourseRecord
 from ..desired.recheck import recheck_interval, seconds_since
 from ..desired.status import Resolution
 from ..kube import SECRETS, TRANSIENT_API_ERRORS, Kube, NotFound
-from ..registry import ImageReference, ResolveError, pinned, resolve_ecr_batch, resolve_image
+from ..registry import (
+    ImageReference,
+    OciClient,
+    RegistryPolicy,
+    ResolveError,
+    pinned,
+    resolve_ecr_batch,
+    resolve_image,
+)
 from ..registry.reference import parse_ecr_host, parse_reference
 from ..settings import Settings
 from ..state import Index, Key
@@ -56,6 +64,9 @@ class Resolver:
         # ECR courses waiting for the batcher: course key -> (the course, its reference)
         self.ecr_waiting: dict[Key, tuple[CourseRecord, ImageReference]] = {}
         self.ecr_wakeup = asyncio.Event()
+        # While run() runs: one HTTP session for every OCI resolution, so connections to a
+        # registry are kept alive across courses and rounds (registry/oci.py, OciClient).
+        self.oci: OciClient | None = None
 
     def schedule(self, key: Key) -> None:
         # Until its resolution says otherwise, a course is due again at the shortest interval
@@ -79,6 +90,7 @@ class Resolver:
         return len(due)
 
     async def run(self) -> None:
+        self.oci = OciClient(RegistryPolicy.from_settings(self.settings))
         workers = [asyncio.create_task(self._worker()) for _ in range(self.settings.resolve_concurrency)]
         workers.append(asyncio.create_task(self._ecr_batcher()))
         try:
@@ -88,6 +100,8 @@ class Resolver:
         finally:
             for w in workers:
                 w.cancel()
+            oci, self.oci = self.oci, None
+            await oci.close()
 
     async def _worker(self) -> None:
         while True:
@@ -147,8 +161,9 @@ class Resolver:
                 ref,
                 docker_config=docker_config,
                 ecr_endpoint_url=self.settings.aws_endpoint_url,
-                insecure_registries=self.settings.insecure_registries or None,
+                policy=None if self.oci else RegistryPolicy.from_settings(self.settings),
                 known_digest=self._known_digest(key, course),
+                oci=self.oci,
             )
             resolution = self._resolved(key, course, resolved.digest, resolved.pinned)
             metrics.REGISTRY_CALLS.labels(registry=registry_kind, result="ok").inc()

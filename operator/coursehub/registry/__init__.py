@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ from .errors import (
     RegistryUnreachable,
     ResolveError,
 )
-from .oci import resolve_oci
+from .oci import OciClient, resolve_oci
 from .policy import RegistryPolicy
 from .reference import (
     COURSE_IMAGE_PATTERN,
@@ -44,6 +45,7 @@ __all__ = [
     "ImageNotFound",
     "ImageReference",
     "InvalidImageReference",
+    "OciClient",
     "RegistryError",
     "RegistryNotAllowed",
     "RegistryPolicy",
@@ -85,6 +87,7 @@ async def resolve_image(
     insecure_registries: Iterable[str] | None = None,
     policy: RegistryPolicy | None = None,
     known_digest: str | None = None,
+    oci: OciClient | None = None,
 ) -> ResolvedImage:
     """Resolve ``ref`` (``repo:tag``, ``repo@sha256:...`` or both) to a digest.
 
@@ -93,10 +96,16 @@ async def resolve_image(
     ECR endpoint. ``policy`` bounds where the OCI resolver goes (default: from the operator
     settings, ``RegistryPolicy.from_settings(settings.current())``); ``insecure_registries``,
     when given, replaces its plain-HTTP hosts. ``known_digest``: the digest the tag named last
-    time (an OCI registry may then answer 304 Not Modified). Raises ``ResolveError`` with one of ``REASONS``.
+    time (an OCI registry may then answer 304 Not Modified). ``oci``: a client whose kept-alive
+    connections this resolution may reuse; its policy is then the policy (the other two are
+    refused with it). Raises ``ResolveError`` with one of ``REASONS``.
     """
     # spec.image's grammar (the CRD's): a tag or a digest is required.
     reference = parse_reference(ref, require_tag_or_digest=True)
+    if oci is not None:
+        if policy is not None or insecure_registries is not None:
+            raise TypeError("resolve_image: pass the policy in the OciClient, not beside it")
+        policy = oci.policy
     if policy is None:
         from ..settings import current
 
@@ -115,7 +124,7 @@ async def resolve_image(
                 "it will be retried"
             ) from None
     else:
-        digest = await resolve_oci(
-            reference, docker_config=docker_config, policy=policy, known_digest=known_digest
-        )
+        # One resolution's own session, or the caller's shared one (OciClient).
+        resolve = oci.resolve if oci is not None else functools.partial(resolve_oci, policy=policy)
+        digest = await resolve(reference, docker_config=docker_config, known_digest=known_digest)
     return ResolvedImage(reference=reference, digest=digest)
