@@ -54,6 +54,9 @@ class Index:
     held_for: dict[Key, set[Key]] = field(default_factory=dict)
     # hub key -> monotonic time of its latest wake-up (a wake during a round keeps it due)
     hubs_woken: dict[Key, float] = field(default_factory=dict)
+    # hub key -> monotonic time of its latest wake-up by a change (what the quiet window of a
+    # burst counts from; a puller's rollout or a finished Helm release is news, not a change)
+    hubs_changed: dict[Key, float] = field(default_factory=dict)
     # hubs running a round now: courses held for one wait until that round
     # ends however long it takes (a 1,000-course round may outlast the hold; its end marks them)
     hubs_running: set[Key] = field(default_factory=set)
@@ -128,10 +131,15 @@ class Index:
         self.course_changed(*changed)
         return changed
 
-    def wake_hub(self, key: Key) -> None:
+    def wake_hub(self, key: Key, *, change: bool = True) -> None:
+        """Wake a hub's loop. `change=False`: news of work the hub started (a puller rolled
+        out, a Helm release finished), which its next round reports at once: it never waits
+        out the quiet window of a burst (HubReconciler._coalesce)."""
         now = time.monotonic()
         self.hubs_due.setdefault(key, now)
         self.hubs_woken[key] = now
+        if change:
+            self.hubs_changed[key] = now
         self.hub_wakeups.setdefault(key, asyncio.Event()).set()
 
     def hub_round_started(self, key: Key) -> None:

@@ -215,3 +215,34 @@ def test_a_course_in_a_burst_s_pull_is_written_once_pulled_not_published_then_pu
     ]:
         with pytest.raises(AttributeError):
             write_with(c, prepull, burst_pull)
+
+
+@pytest.mark.parametrize("news", [True, False])
+def test_news_during_a_round_starts_the_next_at_once_but_a_change_waits_for_the_quiet_window(news):
+    """A puller that rolled out (or a Helm release that finished) while a round ran is reported
+    by the next round at once; a course change then waits for the burst's quiet window."""
+    import asyncio
+    import time
+
+    from coursehub.reconcile.hub import HubReconciler
+    from coursehub.settings import Settings
+    from coursehub.state import Index
+
+    async def coalesce() -> tuple[bool, bool]:
+        idx = Index()
+        hub = ("jupyter", "learn")
+        reconciler = HubReconciler.__new__(HubReconciler)  # only what _coalesce reads
+        reconciler.index, reconciler.key = idx, hub
+        reconciler.settings = Settings(debounce=30, debounce_max=60)
+        wake = idx.hub_wakeups.setdefault(hub, asyncio.Event())
+        idx.hubs_changed[hub] = time.monotonic() - 60  # the burst's last change, a minute ago
+        idx.wake_hub(hub, change=not news)  # arrives while a round runs
+        task = asyncio.ensure_future(reconciler._coalesce(wake, True, first_change=time.monotonic() - 1))
+        done, _ = await asyncio.wait([task], timeout=2)
+        task.cancel()
+        return bool(done), task.result() if done else True
+
+    finished, coming = asyncio.run(coalesce())
+    # news: no wait at all (not a bound on speed: the window it skips is 30 s); a change: waits
+    assert finished is news
+    assert coming is not news

@@ -353,7 +353,7 @@ def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None
         deleted_by_someone_else = type == "DELETED" and ("DaemonSet", name) in (rec.memory.owned or ())
         rolled_out = type != "DELETED" and rec.memory.pulling and puller_mod.rolled_out(dict(body))
         if deleted_by_someone_else or rolled_out:
-            r.index.wake_hub(rec.key)
+            r.index.wake_hub(rec.key, change=deleted_by_someone_else)
 
     if watch_namespaces:
 

@@ -225,9 +225,14 @@ class HubReconciler:
         the hub at rest, a short quiet window for changes that came during the last round.
         Returns whether changes are still coming (the wait ended at its cap, not in a quiet
         window: desired.hub_round.changes_still_coming)."""
-        # The quiet window counts from the last wake-up itself, not from now: after a long round
-        # (a 1,000-course burst) whose changes stopped early, the next round starts at once.
-        last_change = min(self.index.hubs_woken.get(self.key, time.monotonic()), time.monotonic())
+
+        # The quiet window counts from the last change itself, not from now: after a long round
+        # (a 1,000-course burst) whose changes stopped early, the next round starts at once; so
+        # does a round woken only by news (a puller rolled out: Index.wake_hub(change=False)).
+        def latest_change() -> float:
+            return min(self.index.hubs_changed.get(self.key, 0.0), time.monotonic())
+
+        last_change = latest_change()
         while True:
             delay = round_delay(
                 now=time.monotonic(),
@@ -244,7 +249,7 @@ class HubReconciler:
                 await asyncio.wait_for(wake.wait(), timeout=delay)
             except TimeoutError:
                 break
-            last_change = time.monotonic()
+            last_change = latest_change()
         return changes_still_coming(
             now=time.monotonic(), last_change=last_change, debounce=self.settings.debounce
         )
@@ -521,7 +526,7 @@ class HubReconciler:
         except Exception as e:  # helm missing, cluster unreachable...
             result = ReleaseFailed("ReleaseFailed", f"{type(e).__name__}: {e}")
         self.memory.release = (want, result, time.monotonic())
-        self.index.wake_hub(self.key)
+        self.index.wake_hub(self.key, change=False)
 
 
 # -- finalizer ----------------------------------------------------------------
