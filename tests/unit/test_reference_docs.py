@@ -42,4 +42,4 @@ def test_every_operator_setting_is_documented():
         assert f"| `{env_name(name)}` |" in text
         assert info.description, f"setting {name} has no description"
     assert "| `COURSEHUB_RESOLVE_INTERVAL` | number | `300` | > 0 |" in text
-    assert "| `COURSEHUB_DEBOUNCE_SECONDS` | number | `0.5` | ≥ 0 |" in text
+    assert "| `COURSEHUB_DEBOUNCE_SECONDS` | number | `0.3` | ≥ 0 |" in text

@@ -18,7 +18,7 @@ from coursehub.settings import Settings, SettingsError, env_name, load
 # settings need no entry here; the reference drift test documents every field.)
 VARIABLES = {
     "resolve_interval": ("COURSEHUB_RESOLVE_INTERVAL", 300),
-    "debounce": ("COURSEHUB_DEBOUNCE_SECONDS", 0.5),
+    "debounce": ("COURSEHUB_DEBOUNCE_SECONDS", 0.3),
     "debounce_max": ("COURSEHUB_DEBOUNCE_MAX_SECONDS", 3),
     "resync_interval": ("COURSEHUB_RESYNC_SECONDS", 600),
     "rollout_poll": ("COURSEHUB_ROLLOUT_POLL_SECONDS", 2),
