@@ -208,10 +208,7 @@ class HubReconciler:
             if hub is None or hub.deleting or seen is None:
                 continue  # no round has read them yet (or this hub does not own its namespace)
             try:
-                now = {
-                    name: await self.kube.get_or_none(SECRETS, name, hub.namespace)
-                    for name in required_secret_names(hub)
-                }
+                now = await self._read_secrets(hub)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # the next poll or round tries again
@@ -338,7 +335,14 @@ class HubReconciler:
             mem.owned = set(discovered)
             live.update(discovered)
 
-        index_cm = await self.kube.get_or_none(CONFIG_MAPS, allowlist_mod.ALLOWLIST_CONFIGMAP, ns)
+        # The round's reads go out together: under a burst's status writes each answer waits its
+        # turn at the API server (~0.1 s), and one after another they made a round's observation
+        # 0.4-0.5 s of the time between a puller's rollout and its courses turning Ready.
+        index_cm, listed_pullers, secrets = await asyncio.gather(
+            self.kube.get_or_none(CONFIG_MAPS, allowlist_mod.ALLOWLIST_CONFIGMAP, ns),
+            self.kube.list(DAEMON_SETS, ns, label_selector=puller_mod.puller_selector(hub)),
+            self._read_secrets(hub),
+        )
         live[("ConfigMap", allowlist_mod.ALLOWLIST_CONFIGMAP)] = index_cm
         shards = allowlist_mod.index_shards(index_cm)
         for name in shards:
@@ -362,7 +366,7 @@ class HubReconciler:
                 if ident[0] == "DaemonSet" and puller_mod.chunk_of(ident[1])
             }
         )
-        for found in await self.kube.list(DAEMON_SETS, ns, label_selector=puller_mod.puller_selector(hub)):
+        for found in listed_pullers:
             if puller_mod.chunk_of(found["metadata"]["name"]):
                 pullers[found["metadata"]["name"]] = found
         for name, ds in pullers.items():
@@ -374,10 +378,6 @@ class HubReconciler:
                 mem.applied.pop(ident, None)
             else:
                 mem.owned.add(ident)
-
-        secrets = {
-            name: await self.kube.get_or_none(SECRETS, name, ns) for name in required_secret_names(hub)
-        }
         mem.secret_versions = secret_versions(secrets)
 
         release = None
@@ -418,6 +418,12 @@ class HubReconciler:
             tenant_cluster_role=self.settings.tenant_cluster_role,
         )
         return observed, live
+
+    async def _read_secrets(self, hub: HubRecord) -> dict[str, dict | None]:
+        """The Secrets the hub references, by name (never listed: the chart's RBAC)."""
+        names = required_secret_names(hub)
+        found = await asyncio.gather(*(self.kube.get_or_none(SECRETS, name, hub.namespace) for name in names))
+        return dict(zip(names, found, strict=True))
 
     async def _discover_owned(self, hub: HubRecord) -> dict[Ident, dict]:
         selector = f"app.kubernetes.io/managed-by=coursehub,coursehub.dev/hub={hub.name}"
