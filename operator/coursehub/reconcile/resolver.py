@@ -64,6 +64,7 @@ class Resolver:
         # ECR courses waiting for the batcher: course key -> (the course, its reference)
         self.ecr_waiting: dict[Key, tuple[CourseRecord, ImageReference]] = {}
         self.ecr_wakeup = asyncio.Event()
+        self.policy = RegistryPolicy.from_settings(settings)
         # While run() runs: one HTTP session for every OCI resolution, so connections to a
         # registry are kept alive across courses and rounds (registry/oci.py, OciClient).
         self.oci: OciClient | None = None
@@ -90,7 +91,7 @@ class Resolver:
         return len(due)
 
     async def run(self) -> None:
-        self.oci = OciClient(RegistryPolicy.from_settings(self.settings))
+        self.oci = OciClient(self.policy)
         workers = [asyncio.create_task(self._worker()) for _ in range(self.settings.resolve_concurrency)]
         workers.append(asyncio.create_task(self._ecr_batcher()))
         try:
@@ -161,7 +162,7 @@ class Resolver:
                 ref,
                 docker_config=docker_config,
                 ecr_endpoint_url=self.settings.aws_endpoint_url,
-                policy=None if self.oci else RegistryPolicy.from_settings(self.settings),
+                policy=None if self.oci else self.policy,
                 known_digest=self._known_digest(key, course),
                 oci=self.oci,
             )

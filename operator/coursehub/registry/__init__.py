@@ -7,9 +7,7 @@ and every other registry to the OCI distribution API. See docs/registries.md.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,7 +82,6 @@ async def resolve_image(
     *,
     docker_config: Mapping[str, Any] | None = None,
     ecr_endpoint_url: str | None = None,
-    insecure_registries: Iterable[str] | None = None,
     policy: RegistryPolicy | None = None,
     known_digest: str | None = None,
     oci: OciClient | None = None,
@@ -94,24 +91,21 @@ async def resolve_image(
     ``docker_config`` is a dockerconfigjson document (the decoded
     ``.dockerconfigjson`` of a pull Secret); ``ecr_endpoint_url`` overrides the
     ECR endpoint. ``policy`` bounds where the OCI resolver goes (default: from the operator
-    settings, ``RegistryPolicy.from_settings(settings.current())``); ``insecure_registries``,
-    when given, replaces its plain-HTTP hosts. ``known_digest``: the digest the tag named last
-    time (an OCI registry may then answer 304 Not Modified). ``oci``: a client whose kept-alive
-    connections this resolution may reuse; its policy is then the policy (the other two are
-    refused with it). Raises ``ResolveError`` with one of ``REASONS``.
+    settings, ``RegistryPolicy.from_settings(settings.current())``). ``known_digest``: the
+    digest the tag named last time (an OCI registry may then answer 304 Not Modified). ``oci``:
+    a client whose kept-alive connections this resolution may reuse; its policy is then the
+    policy (a ``policy`` beside it is refused). Raises ``ResolveError`` with one of ``REASONS``.
     """
     # spec.image's grammar (the CRD's): a tag or a digest is required.
     reference = parse_reference(ref, require_tag_or_digest=True)
     if oci is not None:
-        if policy is not None or insecure_registries is not None:
+        if policy is not None:
             raise TypeError("resolve_image: pass the policy in the OciClient, not beside it")
         policy = oci.policy
     if policy is None:
         from ..settings import current
 
         policy = RegistryPolicy.from_settings(current())
-    if insecure_registries is not None:
-        policy = dataclasses.replace(policy, insecure_registries=tuple(insecure_registries))
     if parse_ecr_host(reference.registry) is not None:
         try:
             # The ECR API is AWS's (or the operator's endpoint override), not the author's: the
@@ -124,7 +118,10 @@ async def resolve_image(
                 "it will be retried"
             ) from None
     else:
-        # One resolution's own session, or the caller's shared one (OciClient).
-        resolve = oci.resolve if oci is not None else functools.partial(resolve_oci, policy=policy)
-        digest = await resolve(reference, docker_config=docker_config, known_digest=known_digest)
+        if oci is not None:  # the caller's shared session
+            digest = await oci.resolve(reference, docker_config=docker_config, known_digest=known_digest)
+        else:  # this resolution's own
+            digest = await resolve_oci(
+                reference, docker_config=docker_config, policy=policy, known_digest=known_digest
+            )
     return ResolvedImage(reference=reference, digest=digest)
