@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import metrics
+from . import aio, metrics
 from .api.common import now_rfc3339
 from .conditions import find as find_condition
 from .desired.leader_endpoint import leader_endpoint_slice, slice_write
@@ -427,7 +427,7 @@ class Elector:
             while not self._stop.is_set():
                 self._last_tick = time.monotonic()
                 try:
-                    await asyncio.wait_for(self._round(kube), timeout=self.config.renew_deadline)
+                    await aio.within(self._round(kube), self.config.renew_deadline)
                 except (KubeError, OSError, TimeoutError) as e:
                     log.warning("leader election: %s: %s", type(e).__name__, e)
                 now = time.monotonic()

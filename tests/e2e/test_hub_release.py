@@ -427,7 +427,22 @@ def test_deleting_the_namespace_of_a_deployed_hub_finishes(
         try:
             wait_until(gone, timeout=180, what="namespace gone")
         except Exception as e:
-            raise AssertionError(f"{e}\noperator log:\n{op.log()[-4000:]}") from None
+            # What holds the namespace (its conditions name it) and the hub's finalizers.
+            held = cluster.kubectl("get", "namespace", ns, "-o", "jsonpath={.status.conditions}", check=False)
+            hubs = cluster.kubectl(
+                "get",
+                "jhd",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name} {.metadata.deletionTimestamp} "
+                "{.metadata.finalizers}{'\\n'}{end}",
+                check=False,
+            )
+            raise AssertionError(
+                f"{e}\nnamespace conditions: {held.stdout}\nhubs: {hubs.stdout}\n"
+                f"operator log:\n{op.log()[-4000:]}"
+            ) from None
     finally:
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
 

@@ -14,7 +14,7 @@ import socket
 import kopf
 from pydantic import ValidationError
 
-from .. import backoff
+from .. import aio, backoff
 from ..api.courseimage import CourseImageSpec
 from ..api.jupyterhubdeployment import JupyterHubDeploymentSpec
 from ..desired import puller as puller_mod
@@ -94,7 +94,7 @@ class Runtime:
         idx.expect_at_start(listed)
         remaining = deadline - asyncio.get_running_loop().time()
         try:
-            await asyncio.wait_for(idx.listed.wait(), timeout=max(remaining, 1.0))
+            await aio.within(idx.listed.wait(), max(remaining, 1.0))
         except TimeoutError:
             missing = sorted(idx.unseen_at_start or ())
             log.warning(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import os
 import socket
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
+from .. import aio
 from ..api.common import now_rfc3339
 from ..desired import build as plan
 from ..desired.build import BuildRecordData, BuildRequest, BuildState
@@ -243,8 +243,7 @@ class BuildController:
                 await self._watch()
             next_due = min((g.due for g in self.groups.values()), default=now + 60)
             wait = max(0.05, min(next_due - time.monotonic(), WATCH_SECONDS if self.running else 60))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wakeup.wait(), timeout=wait)
+            await aio.wait_event(self.wakeup, wait)
             self.wakeup.clear()
 
     # -- polling -----------------------------------------------------------------------------------------
@@ -364,7 +363,7 @@ class BuildController:
                     f"Dockerfile installs them)",
                 ) from None
             try:
-                out, err = await asyncio.wait_for(proc.communicate(), GIT_TIMEOUT)
+                out, err = await aio.within(proc.communicate(), GIT_TIMEOUT)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()

@@ -12,13 +12,12 @@ status writer, and write the hub's status.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 
-from .. import backoff, metrics
+from .. import aio, backoff, metrics
 from ..desired import allowlist as allowlist_mod
 from ..desired import puller as puller_mod
 from ..desired.courses import HubRecord, namespace_owner
@@ -124,11 +123,13 @@ class HubReconciler:
             # would outlast the pod's termination grace period anyway.
             await asyncio.wait([self.release_task], timeout=10)
             self.release_task.cancel()
-        for task in (self.poll_task, self.task):
-            if task:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        tasks = [t for t in (self.poll_task, self.task) if t]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # asyncio.wait, not `await task` under suppress(CancelledError): a cancellation of
+            # stop() itself (a handler cut short) must not be swallowed.
+            await asyncio.wait(tasks)
         self.index.set_burst_pull(self.key, None)  # after the loop: a round in flight may set it
 
     async def _loop(self) -> None:
@@ -149,9 +150,7 @@ class HubReconciler:
                 timeout = self.settings.rollout_poll
             else:
                 timeout = self.settings.resync_interval
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=timeout)
-            woken = wake.is_set()
+            woken = await aio.wait_event(wake, timeout)
             coming = False
             if woken:
                 coming = await self._coalesce(
@@ -184,8 +183,7 @@ class HubReconciler:
                 )
                 # A watch event means the API server answers again: retry then, not after the backoff.
                 wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=backoff.delay(attempt))
+                await aio.wait_event(wake, backoff.delay(attempt))
                 wake.set()
             finally:
                 self.index.hub_round_ended(self.key)
@@ -242,9 +240,7 @@ class HubReconciler:
             if delay <= 0:
                 break
             wake.clear()
-            try:
-                await asyncio.wait_for(wake.wait(), timeout=delay)
-            except TimeoutError:
+            if not await aio.wait_event(wake, delay):
                 break
             last_change = latest_change()
         return changes_still_coming(

@@ -9,12 +9,11 @@ that in its RetentionApplied condition; the loop itself never stops.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import defaultdict
 
-from .. import backoff, metrics
+from .. import aio, backoff, metrics
 from ..desired.courses import CourseRecord
 from ..desired.lifecycle import CourseUsage, RepositoryPolicy, build_lifecycle_policies
 from ..desired.status import RetentionResult
@@ -50,8 +49,7 @@ class EcrRetention:
             return
         idx = self.index
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(idx.courses_changed.wait(), timeout=self.settings.resync_interval)
+            await aio.wait_event(idx.courses_changed, self.settings.resync_interval)
             idx.courses_changed.clear()
             await asyncio.sleep(self.settings.debounce)
             try:
