@@ -90,7 +90,7 @@ def build_registry(watch_namespaces: bool, namespaces: tuple[str, ...] = ()) -> 
         # event in the last `idle_timeout` seconds (5 by default): in a 10,000-course burst that
         # is thousands at once. Our handlers only update the index, so a worker that exits
         # sooner loses nothing; a later event starts a new one.
-        settings.batching.idle_timeout = 1.0
+        settings.queueing.idle_timeout = 1.0
         memo.runtime = Runtime(await Kube.from_environment(), current_settings(), namespaces)
         memo.runtime.start()
 

@@ -39,3 +39,23 @@ def test_a_poll_wakes_a_hub_only_on_another_resource_version():
     assert secret_versions({"db": secret("8"), "pw": None}) != seen  # rotated
     assert secret_versions({"db": secret("7"), "pw": secret("1")}) != seen  # appeared
     assert secret_versions({"db": None, "pw": None}) != seen  # deleted
+
+
+def test_the_index_keeps_a_copy_of_a_watched_body_without_managed_fields():
+    raw = {
+        "apiVersion": "coursehub.dev/v1alpha1",
+        "kind": "CourseImage",
+        "metadata": {"name": "c1", "finalizers": ["a"], "managedFields": [{"manager": "kubectl"}]},
+        "spec": {"course": "c1", "tags": [{"k": "v"}]},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    plain = handlers._plain(kopf.Body(raw))
+    assert plain == {**raw, "metadata": {"name": "c1", "finalizers": ["a"]}}
+    # a copy: kopf's body is a live view that later events change
+    raw["metadata"]["finalizers"].append("b")
+    raw["spec"]["tags"][0]["k"] = "changed"
+    raw["status"]["conditions"].clear()
+    assert plain["metadata"]["finalizers"] == ["a"]
+    assert plain["spec"]["tags"] == [{"k": "v"}]
+    assert plain["status"]["conditions"] == [{"type": "Ready", "status": "True"}]
+    assert "managedFields" in raw["metadata"]

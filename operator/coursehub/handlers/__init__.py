@@ -377,12 +377,22 @@ def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None
 def _plain(body) -> dict:
     """A plain-dict copy of a kopf body (it is a live view that changes under us), without
     metadata.managedFields: nothing here reads them, and they are most of a small object's
-    size (kept for 1,000s of courses)."""
-    import copy
-
-    plain = copy.deepcopy(dict(body))
-    plain.get("metadata", {}).pop("managedFields", None)
+    size (kept for 1,000s of courses). Not copied first and dropped after, and not by
+    copy.deepcopy: a JSON body has no shared or cyclic parts, and deepcopy's bookkeeping was
+    ~3% of the operator's CPU in a 1,000-course burst."""
+    plain = {k: _json_copy(v) for k, v in body.items() if k != "metadata"}
+    meta = body.get("metadata")
+    if meta is not None:
+        plain["metadata"] = {k: _json_copy(v) for k, v in meta.items() if k != "managedFields"}
     return plain
+
+
+def _json_copy(value):
+    if isinstance(value, dict):
+        return {k: _json_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(v) for v in value]
+    return value  # str, int, float, bool, None: immutable
 
 
 __all__ = ["Runtime", "course_record", "hub_record", "register", "status_image"]
