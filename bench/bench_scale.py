@@ -147,8 +147,9 @@ def phase(
 
 def per_hour_at_defaults(r: dict, n: int) -> tuple[str, str]:
     """Registry calls per hour for n courses at the default intervals: (digests just moved,
-    digests unchanged for a day). The previous main re-resolved every course every 300 s
-    whatever its age; this tree's interval grows from 300 s to 3,600 s over a day."""
+    digests unchanged for a day). Trees before desired/recheck.py re-resolved every course
+    every 300 s whatever its age; since, the interval grows from 300 s to 3,600 s over a day
+    (computed with this tree's defaults)."""
     if r["adaptive"]:
         from coursehub.desired.recheck import DAY, recheck_interval
         from coursehub.settings import Settings
@@ -203,7 +204,9 @@ def main() -> None:
                 r = phase(
                     env, "base", ["scale-base"], refs, args, op_env, steady=True, source=tree, extra=extra
                 )
-                r["adaptive"] = False
+                # Trees since the adaptive re-check interval (desired/recheck.py) have it; older
+                # ones re-resolved every course every 300 s.
+                r["adaptive"] = (tree.dir / "operator/coursehub/desired/recheck.py").exists()
                 runs[f"1 hub, previous main {tree.commit}"] = r
         if args.spread:
             namespaces = [f"scale-{i}" for i in range(args.hubs)]
