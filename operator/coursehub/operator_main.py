@@ -59,6 +59,40 @@ class NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
+def configure_kopf(settings: kopf.OperatorSettings, *, listed_namespaces: bool) -> None:
+    """kopf's settings for our handlers; `listed_namespaces`: run with -n NS, not cluster-wide."""
+    # Kopf stores nothing on our objects: we use only event handlers.
+    settings.persistence.finalizer = "coursehub.dev/kopf-unused"
+    settings.persistence.diffbase_storage = NoDiffBase()
+    settings.posting.level = logging.WARNING
+    # A watch that goes silent (API server restarted, a proxy dropped it) is re-opened.
+    settings.watching.server_timeout = 120
+    settings.watching.client_timeout = 150
+    settings.watching.connect_timeout = 10
+    settings.watching.reconnect_backoff = 1.0
+    settings.networking.request_timeout = 30
+    # kopf retries a refused request with growing pauses (1, 1, 2, 3, 5, 8, 13, 21 s by default),
+    # so after an API server restart a watch could stay away for 20 s more; a short, flat
+    # schedule reconnects within seconds, and the watch loop itself never gives up.
+    settings.networking.error_backoffs = [0.5, 1, 1, 2, 2, 2, 2, 2, 2, 2]
+    # A watch opened while a restarted API server is still starting can stay silent (seen
+    # in the fault tests): re-open any watch that has been quiet for 15 s. An idle watch
+    # costs one cheap re-open per resource then, never a write.
+    settings.watching.inactivity_timeout = 15
+    # kopf keeps a worker (a task, a queue and the object's last body) per object that had an
+    # event in the last `idle_timeout` seconds (5 by default): in a 10,000-course burst that
+    # is thousands at once. Our handlers only update the index, so a worker that exits
+    # sooner loses nothing; a later event starts a new one.
+    settings.queueing.idle_timeout = 1.0
+    if listed_namespaces:
+        # Watch exactly the listed namespaces. kopf's namespace scanning drops a namespace
+        # whose deletion has begun but whose conditions are not (yet) True, never takes it
+        # back, and never adds one that is terminating when it starts: a hub there would
+        # keep its finalizer, and the namespace, for ever (docs/install.md). The cost: CRDs
+        # installed after start are noticed at the next start.
+        settings.scanning.disabled = True
+
+
 def build_registry(watch_namespaces: bool, namespaces: tuple[str, ...] = ()) -> kopf.OperatorRegistry:
     """kopf's registry with our handlers; they share one Runtime through kopf's `memo`."""
     from .handlers import Runtime, register
@@ -68,29 +102,7 @@ def build_registry(watch_namespaces: bool, namespaces: tuple[str, ...] = ()) -> 
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_):
-        # Kopf stores nothing on our objects: we use only event handlers.
-        settings.persistence.finalizer = "coursehub.dev/kopf-unused"
-        settings.persistence.diffbase_storage = NoDiffBase()
-        settings.posting.level = logging.WARNING
-        # A watch that goes silent (API server restarted, a proxy dropped it) is re-opened.
-        settings.watching.server_timeout = 120
-        settings.watching.client_timeout = 150
-        settings.watching.connect_timeout = 10
-        settings.watching.reconnect_backoff = 1.0
-        settings.networking.request_timeout = 30
-        # kopf retries a refused request with growing pauses (1, 1, 2, 3, 5, 8, 13, 21 s by default),
-        # so after an API server restart a watch could stay away for 20 s more; a short, flat
-        # schedule reconnects within seconds, and the watch loop itself never gives up.
-        settings.networking.error_backoffs = [0.5, 1, 1, 2, 2, 2, 2, 2, 2, 2]
-        # A watch opened while a restarted API server is still starting can stay silent (seen
-        # in the fault tests): re-open any watch that has been quiet for 15 s. An idle watch
-        # costs one cheap re-open per resource then, never a write.
-        settings.watching.inactivity_timeout = 15
-        # kopf keeps a worker (a task, a queue and the object's last body) per object that had an
-        # event in the last `idle_timeout` seconds (5 by default): in a 10,000-course burst that
-        # is thousands at once. Our handlers only update the index, so a worker that exits
-        # sooner loses nothing; a later event starts a new one.
-        settings.queueing.idle_timeout = 1.0
+        configure_kopf(settings, listed_namespaces=bool(namespaces))
         memo.runtime = Runtime(await Kube.from_environment(), current_settings(), namespaces)
         memo.runtime.start()
 

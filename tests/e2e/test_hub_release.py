@@ -398,8 +398,10 @@ def test_deleting_the_namespace_of_a_deployed_hub_finishes(
 
     The RoleBinding is surely gone before the operator handles the hub's deletion: "paused"
     (SIGSTOP, its watches stay open; running, the uninstall usually won the race) and
-    "stopped", then started again (kopf watches no namespace that is already terminating when
-    it starts: the hub comes from the listing at start, after START_SYNC_TIMEOUT)."""
+    "stopped", then started again. The second also catches kopf's namespace scanning coming
+    back: it adds no namespace that is already terminating when it starts, and drops one whose
+    deletion's first conditions are all False, so the hub's deletion would never arrive
+    (operator_main.build_registry: settings.scanning.disabled)."""
     ns = f"t-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", ns)
     try:

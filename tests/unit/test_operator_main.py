@@ -6,7 +6,7 @@ import gc
 
 import kopf
 
-from coursehub.operator_main import GC_YOUNG_THRESHOLD, NoDiffBase, build_registry, tune_gc
+from coursehub.operator_main import GC_YOUNG_THRESHOLD, NoDiffBase, build_registry, configure_kopf, tune_gc
 
 
 def test_no_handler_needs_kopf_s_change_detection():
@@ -17,6 +17,18 @@ def test_no_handler_needs_kopf_s_change_detection():
         assert registry._changing.get_all_handlers() == []
         assert registry._spawning.get_all_handlers() == []
         assert registry._watching.get_all_handlers()  # the event handlers are all there is
+
+
+def test_listed_namespaces_are_watched_without_kopf_s_namespace_scanning():
+    # With scanning, kopf drops a listed namespace whose deletion has begun and whose
+    # conditions are all False, and adds none that is terminating at start: a hub's deletion
+    # there would never arrive, and its finalizer would hold the namespace for ever.
+    listed, everywhere = kopf.OperatorSettings(), kopf.OperatorSettings()
+    configure_kopf(listed, listed_namespaces=True)
+    configure_kopf(everywhere, listed_namespaces=False)
+    assert listed.scanning.disabled is True
+    assert everywhere.scanning.disabled is False  # one cluster-wide watch; CRDs still noticed
+    assert isinstance(listed.persistence.diffbase_storage, NoDiffBase)
 
 
 def test_the_diff_base_is_empty_and_never_stored():

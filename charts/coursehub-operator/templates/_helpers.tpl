@@ -214,8 +214,8 @@ Services and Events; RBAC lets Helm create that Role only because it holds them.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["get", "list", "watch"]
-# Namespace labels, for hubs with spec.courses.namespaces: Selector; kopf's namespace
-# observer when watching a list of namespaces.
+# Namespace labels, for hubs with spec.courses.namespaces: Selector; whether a deleted
+# hub's namespace is terminating (its release then goes with the namespace).
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["get", "list", "watch"]

@@ -104,32 +104,6 @@ class Runtime:
                 missing[:3],
             )
             idx.mark_listed()
-            for kind, ns, name in missing:
-                if kind == HUBS.kind:
-                    self._release_unwatched_hub(ns, name)
-
-    def _release_unwatched_hub(self, namespace: str, name: str) -> None:
-        """A hub listed at start that the watch never delivered: kopf watches no namespace that
-        is already terminating when it starts, so a hub there would keep its finalizer, and the
-        namespace, for ever. Its release goes with the namespace (hub_io.namespace_terminating).
-        Retried until the finalizer is gone: no watch event will come to retry it."""
-        key = (namespace, name)
-
-        async def release() -> None:
-            raw = await self.kube.get_or_none(HUBS, name, namespace)
-            if (
-                raw is None
-                or not raw["metadata"].get("deletionTimestamp")
-                or not await hub_io.namespace_terminating(self.kube, namespace)
-            ):
-                return
-            await hub_io.finish_deletion(self.kube, self.index, key, raw, False, self.helm, None)
-            after = await self.kube.get_or_none(HUBS, name, namespace)
-            if after is not None and hub_io.FINALIZER in (after["metadata"].get("finalizers") or []):
-                raise RuntimeError("its finalizer is still there")
-            log.info("hub %s/%s: its namespace is terminating; its release goes with it", namespace, name)
-
-        self.spawn_deletion(key, release)
 
     async def _serve_webhooks(self) -> None:
         path = self.settings.webhook_secret_file
