@@ -125,6 +125,16 @@ class Settings(BaseSettings):
         validation_alias=ENV_PREFIX + "ROLLOUT_POLL_SECONDS",
         description="While pre-pullers roll out, hubs look at them this often, in seconds.",
     )
+    puller_relist: float = Field(
+        60,
+        gt=0,
+        validation_alias=ENV_PREFIX + "PULLER_RELIST_SECONDS",
+        description=(
+            "Hubs see their pre-puller DaemonSets through the watch (at 1,000 courses a LIST is "
+            "~1.3 MB); a round lists them again when that view is older than this, in seconds, "
+            "or after a failed round: a watch that reconnected may have missed a deletion."
+        ),
+    )
     resolve_concurrency: int = Field(16, ge=1, description="Image resolutions running at once.")
     aws_endpoint_url: str | None = Field(
         None,

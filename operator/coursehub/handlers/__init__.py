@@ -324,6 +324,7 @@ def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None
         rec = r.reconcilers.get((ns, hub)) if hub else None
         if rec is None or puller_mod.chunk_of(name) is None:
             return
+        rec.note_puller(type, _plain(body))
         deleted_by_someone_else = type == "DELETED" and ("DaemonSet", name) in (rec.memory.owned or ())
         rolled_out = type != "DELETED" and rec.memory.pulling and puller_mod.rolled_out(dict(body))
         if deleted_by_someone_else or rolled_out:

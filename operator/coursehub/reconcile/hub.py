@@ -55,6 +55,7 @@ from ..settings import Settings
 from ..state import Index, Key
 from . import status_io
 from .finalizers import add_finalizer, remove_finalizer
+from .puller_cache import PullerCache
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ OWNED_KINDS = (
 class HubMemory:
     """What one hub's reconciler remembers between rounds (rebuilt after a restart)."""
 
+    # the hub's pullers as last seen: the watch, our applies, a LIST every Settings.puller_relist
+    pullers: PullerCache
     applied: dict[Ident, str] = field(default_factory=dict)  # (kind, name) -> hash applied
     owned: set[Ident] | None = None  # objects of this hub known to exist; None: not looked up yet
     deployed_fingerprint: str | None = None  # values+chart known to be deployed
@@ -102,7 +105,7 @@ class HubReconciler:
         self.index = index
         self.settings = settings
         self.key = key
-        self.memory = HubMemory()
+        self.memory = HubMemory(pullers=PullerCache(max_age=settings.puller_relist))
         self.task: asyncio.Task | None = None
         self.poll_task: asyncio.Task | None = None
         self.release_task: asyncio.Task | None = None
@@ -171,6 +174,7 @@ class HubReconciler:
             except Exception as e:
                 attempt += 1
                 busy = False
+                self.memory.pullers.forget()  # what the round saw may be wrong: list again
                 reason = type(e).__name__
                 metrics.RECONCILE_ERRORS.labels(kind="JupyterHubDeployment", reason=reason).inc()
                 # An API outage is expected weather: one line, no traceback.
@@ -326,17 +330,28 @@ class HubReconciler:
         ns = hub.namespace
         live: dict[Ident, dict | None] = {}
         if mem.owned is None:
-            # Once per process: the list answers also serve as this round's live objects.
+            # Once per process: the list answers also serve as this round's live objects, and
+            # the DaemonSets among them as the pullers' first LIST.
+            mark = mem.pullers.list_begins()
             discovered = await self._discover_owned(hub)
             mem.owned = set(discovered)
             live.update(discovered)
+            mem.pullers.listed(
+                (
+                    o
+                    for (kind, name), o in discovered.items()
+                    if kind == "DaemonSet" and puller_mod.chunk_of(name)
+                ),
+                mark,
+                time.monotonic(),
+            )
 
         # The round's reads go out together: under a burst's status writes each answer waits its
         # turn at the API server (~0.1 s), and one after another they made a round's observation
         # 0.4-0.5 s of the time between a puller's rollout and its courses turning Ready.
         index_cm, listed_pullers, secrets = await asyncio.gather(
             self.kube.get_or_none(CONFIG_MAPS, allowlist_mod.ALLOWLIST_CONFIGMAP, ns),
-            self.kube.list(DAEMON_SETS, ns, label_selector=puller_mod.puller_selector(hub)),
+            self._live_pullers(hub),
             self._read_secrets(hub),
         )
         live[("ConfigMap", allowlist_mod.ALLOWLIST_CONFIGMAP)] = index_cm
@@ -415,6 +430,24 @@ class HubReconciler:
         )
         return observed, live
 
+    async def _live_pullers(self, hub: HubRecord) -> list[dict]:
+        """The hub's puller DaemonSets: from the watch, or a LIST when that view is too old."""
+        cache = self.memory.pullers
+        if cache.needs_list(time.monotonic()):
+            mark = cache.list_begins()
+            listed = await self.kube.list(
+                DAEMON_SETS, hub.namespace, label_selector=puller_mod.puller_selector(hub)
+            )
+            cache.listed(listed, mark, time.monotonic())
+        return list(cache.bodies.values())
+
+    def note_puller(self, event_type: str | None, body: dict) -> None:
+        """A watch event about one of this hub's pullers (handlers.puller_event)."""
+        if event_type == "DELETED":
+            self.memory.pullers.note_deleted(body)
+        else:
+            self.memory.pullers.note(body, from_watch=True)
+
     async def _read_secrets(self, hub: HubRecord) -> dict[str, dict | None]:
         """The Secrets the hub references, by name (never listed: the chart's RBAC)."""
         names = required_secret_names(hub)
@@ -488,6 +521,8 @@ class HubReconciler:
             mem.owned.add(ident)
         for kind, name in step.delete:
             await self.kube.delete(BY_KIND[kind], name, hub.namespace)
+            if kind == "DaemonSet":
+                mem.pullers.dropped(name)
             mem.owned.discard((kind, name))
             mem.applied.pop((kind, name), None)
             mem.shard_images.pop(name, None)
@@ -512,8 +547,10 @@ class HubReconciler:
             self.memory.applied[ident] = digest
             return
         manifest["metadata"].setdefault("annotations", {})[APPLIED_HASH] = digest
-        await self.kube.apply(manifest)
+        answer = await self.kube.apply(manifest)
         self.memory.applied[ident] = digest
+        if ident[0] == "DaemonSet" and puller_mod.chunk_of(ident[1]) and isinstance(answer, dict):
+            self.memory.pullers.note(answer, from_watch=False)
 
     # -- release -------------------------------------------------------------
     async def _run_release(self, want: str, hub: HubRecord, chart, values: dict, user: str) -> None:
