@@ -324,9 +324,10 @@ def register(registry: kopf.OperatorRegistry, *, watch_namespaces: bool) -> None
         rec = r.reconcilers.get((ns, hub)) if hub else None
         if rec is None or puller_mod.chunk_of(name) is None:
             return
-        rec.note_puller(type, _plain(body))
+        plain = _plain(body)
+        rec.note_puller(type, plain)
         deleted_by_someone_else = type == "DELETED" and ("DaemonSet", name) in (rec.memory.owned or ())
-        rolled_out = type != "DELETED" and rec.memory.pulling and puller_mod.rolled_out(dict(body))
+        rolled_out = type != "DELETED" and rec.memory.pulling and puller_mod.rolled_out(plain)
         if deleted_by_someone_else or rolled_out:
             r.index.wake_hub(rec.key, change=deleted_by_someone_else)
 

@@ -549,7 +549,7 @@ class HubReconciler:
         manifest["metadata"].setdefault("annotations", {})[APPLIED_HASH] = digest
         answer = await self.kube.apply(manifest)
         self.memory.applied[ident] = digest
-        if ident[0] == "DaemonSet" and puller_mod.chunk_of(ident[1]) and isinstance(answer, dict):
+        if ident[0] == "DaemonSet" and puller_mod.chunk_of(ident[1]):
             self.memory.pullers.note(answer, from_watch=False)
 
     # -- release -------------------------------------------------------------

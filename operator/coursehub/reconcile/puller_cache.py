@@ -19,7 +19,6 @@ against it):
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 
 
@@ -48,8 +47,7 @@ class PullerCache:
         self.max_age = max_age
         self.bodies: dict[str, dict] = {}
         self.listed_at: float | None = None  # monotonic time of the LIST the view rests on
-        self._notes = itertools.count(1)
-        self._last_note = 0
+        self._notes = 0  # notes so far (watch events, answers, our deletions)
         self._touched: dict[str, int] = {}  # name -> number of the last note about it
 
     def needs_list(self, now: float) -> bool:
@@ -61,7 +59,7 @@ class PullerCache:
 
     def list_begins(self) -> int:
         """A mark to pass to `listed` with the LIST's answer."""
-        return self._last_note
+        return self._notes
 
     def listed(self, items: Iterable[dict], mark: int, now: float) -> None:
         """A LIST's answer; what was noted since `mark` (after the LIST began) stays."""
@@ -93,5 +91,5 @@ class PullerCache:
         self.bodies.pop(name, None)
 
     def _touch(self, name: str) -> None:
-        self._last_note = next(self._notes)
-        self._touched[name] = self._last_note
+        self._notes += 1
+        self._touched[name] = self._notes
